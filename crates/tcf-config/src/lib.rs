@@ -1,0 +1,208 @@
+//! The platform's config: `tcf-platform.toml`.
+//!
+//! [`load`] reads a file, applies an `[environments.NAME]` overlay, fills in defaults and checks
+//! everything a running platform depends on (addresses, references between services, cycles).
+//! Every problem is reported with file, line and column and a hint, all at once.
+
+mod diag;
+mod raw;
+mod resolve;
+pub mod units;
+
+pub use diag::{line_col, render, Diagnostic};
+pub use resolve::resolve;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use units::serialize_duration;
+
+/// The file name looked up in the current directory when no path is given.
+pub const DEFAULT_FILE_NAME: &str = "tcf-platform.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no {DEFAULT_FILE_NAME} in {dir}\nhint: run from the directory that holds it, pass --config PATH, or set TCF_CONFIG")]
+    NotFound { dir: PathBuf },
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The rendered text names file, line and column of each problem.
+    #[error("{rendered}")]
+    Invalid {
+        path: PathBuf,
+        rendered: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// The effective config of a platform: every default filled in, every path absolute.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    /// The `[environments.NAME]` overlay applied, if any.
+    pub environment: Option<String>,
+    pub platform: Platform,
+    pub daemon: Daemon,
+    pub services: BTreeMap<String, Service>,
+    pub dependencies: BTreeMap<String, Dependency>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Platform {
+    pub name: String,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Daemon {
+    /// The API's Unix socket (mode 0600).
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub runtime: RuntimeKind,
+    /// argv; `{version}`, `{service}` and `{instance}` are replaced per instance.
+    pub command: Vec<String>,
+    /// The version `up` starts when nothing was deployed yet.
+    pub version: String,
+    /// The public address the proxy serves for this service.
+    pub listen: SocketAddr,
+    pub instances: u32,
+    pub env: BTreeMap<String, String>,
+    pub depends_on: Vec<String>,
+    pub health: Health,
+    #[serde(serialize_with = "serialize_duration")]
+    pub stop_timeout: Duration,
+    pub max_request_body: u64,
+    #[serde(serialize_with = "serialize_duration")]
+    pub upstream_timeout: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub connect_timeout: Duration,
+    pub log_max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "probe", rename_all = "lowercase")]
+pub enum Probe {
+    Http { path: String },
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    #[serde(flatten)]
+    pub probe: Probe,
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Consecutive passes that make an instance healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy instance unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Failures during this time after start do not count.
+    #[serde(serialize_with = "serialize_duration")]
+    pub start_period: Duration,
+    /// An instance not healthy this long after start is restarted.
+    #[serde(serialize_with = "serialize_duration")]
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyKind {
+    Postgres,
+    Redis,
+    Qdrant,
+    Http,
+    Tcp,
+}
+
+/// An external endpoint services rely on: probed, never started by us.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dependency {
+    pub name: String,
+    pub kind: DependencyKind,
+    /// `host:port`, for the TCP-level probes (postgres, redis, tcp).
+    pub address: Option<String>,
+    /// For http and qdrant probes.
+    pub url: Option<String>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Services in an order where each comes after everything it depends on.
+    pub fn start_order(&self) -> Vec<String> {
+        let mut order = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        fn visit(
+            cfg: &Config,
+            name: &str,
+            seen: &mut std::collections::BTreeSet<String>,
+            order: &mut Vec<String>,
+        ) {
+            if !seen.insert(name.to_string()) {
+                return;
+            }
+            if let Some(svc) = cfg.services.get(name) {
+                for dep in &svc.depends_on {
+                    visit(cfg, dep, seen, order);
+                }
+                order.push(name.to_string());
+            }
+        }
+        for name in self.services.keys() {
+            visit(self, name, &mut seen, &mut order);
+        }
+        order
+    }
+}
+
+/// Where the config is: the explicit path (from `--config` or `TCF_CONFIG`), else
+/// `tcf-platform.toml` in the current directory.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let dir = std::env::current_dir().map_err(|source| ConfigError::Read {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let candidate = dir.join(DEFAULT_FILE_NAME);
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(ConfigError::NotFound { dir })
+    }
+}
+
+/// Read, overlay `environment`, resolve and validate the config at `path`.
+pub fn load(path: &Path, environment: Option<&str>) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    resolve(&abs, &source, environment).map_err(|diagnostics| ConfigError::Invalid {
+        rendered: render(path, &source, &diagnostics),
+        path: path.to_path_buf(),
+        diagnostics,
+    })
+}

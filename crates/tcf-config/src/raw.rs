@@ -1,0 +1,120 @@
+//! The file as written: every table denies unknown keys, and the values that later checks
+//! complain about keep their source span so that errors can point at them.
+
+use crate::units::{ByteSize, Dur};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub platform: RawPlatform,
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, RawService>,
+    #[serde(default)]
+    pub dependencies: BTreeMap<Spanned<String>, RawDependency>,
+    #[serde(default)]
+    pub environments: BTreeMap<Spanned<String>, RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    pub name: Spanned<String>,
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub socket: Option<String>,
+}
+
+/// Values every service inherits unless it sets its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub runtime: Option<Spanned<String>>,
+    pub instances: Option<Spanned<u32>>,
+    pub stop_timeout: Option<Dur>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub max_request_body: Option<ByteSize>,
+    pub upstream_timeout: Option<Dur>,
+    pub connect_timeout: Option<Dur>,
+    pub log_max_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `http` (default) or `tcp`.
+    pub probe: Option<Spanned<String>>,
+    pub path: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub healthy_threshold: Option<Spanned<u32>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub start_period: Option<Dur>,
+    pub deadline: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub runtime: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub version: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub instances: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub stop_timeout: Option<Dur>,
+    pub max_request_body: Option<ByteSize>,
+    pub upstream_timeout: Option<Dur>,
+    pub connect_timeout: Option<Dur>,
+    pub log_max_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependency {
+    /// postgres, redis, qdrant, http or tcp.
+    pub kind: Option<Spanned<String>>,
+    /// `host:port` for TCP-level kinds.
+    pub address: Option<Spanned<String>>,
+    /// Full URL for `http` and `qdrant`.
+    pub url: Option<Spanned<String>>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+}
+
+/// `[environments.NAME]`: partial overrides applied with `--env NAME`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub platform: Option<RawPlatformOverride>,
+    pub defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, RawService>,
+    #[serde(default)]
+    pub dependencies: BTreeMap<Spanned<String>, RawDependency>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatformOverride {
+    pub name: Option<Spanned<String>>,
+    pub state_dir: Option<String>,
+}

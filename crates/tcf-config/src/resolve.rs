@@ -1,0 +1,572 @@
+//! From the file as written to the effective [`Config`]: overlay, defaults, checks.
+
+use crate::raw::*;
+use crate::{
+    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, RuntimeKind,
+    Service,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+const KEYS_HINT: &str = "check the spelling; docs/configuration.md lists every key";
+/// The longest path a Unix socket address can hold on Linux (sun_path minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Resolve the text of a config file at `path` (absolute) into the effective config.
+pub fn resolve(
+    path: &Path,
+    source: &str,
+    environment: Option<&str>,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut file: RawFile = toml::from_str(source).map_err(|e| vec![parse_diagnostic(&e)])?;
+    let mut errors = Vec::new();
+
+    if let Some(env_name) = environment {
+        apply_environment(&mut file, env_name, &mut errors);
+    }
+
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let name = file.platform.name.get_ref().trim().to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        errors.push(
+            Diagnostic::new(format!("invalid platform name {name:?}"), Some(file.platform.name.span()))
+                .hint("use letters, digits, '-' and '_' only; it names containers, networks and files"),
+        );
+    }
+    let state_dir = base_dir.join(file.platform.state_dir.as_deref().unwrap_or(".tcf"));
+    let socket = state_dir.join(file.daemon.socket.as_deref().unwrap_or("tcf.sock"));
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "the API socket path {} is {} bytes long; Unix sockets allow at most {MAX_SOCKET_PATH}",
+                    socket.display(),
+                    socket.as_os_str().len()
+                ),
+                None,
+            )
+            .hint("set [daemon] socket to a shorter absolute path, such as \"/run/tcf/tcf.sock\""),
+        );
+    }
+
+    let known: Vec<String> = file
+        .services
+        .keys()
+        .chain(file.dependencies.keys())
+        .map(|k| k.get_ref().clone())
+        .collect();
+
+    let mut dependencies = BTreeMap::new();
+    for (key, raw) in &file.dependencies {
+        if file.services.keys().any(|s| s.get_ref() == key.get_ref()) {
+            errors.push(
+                Diagnostic::new(
+                    format!("{:?} is both a service and a dependency", key.get_ref()),
+                    Some(key.span()),
+                )
+                .hint("rename one of them; depends_on must name exactly one thing"),
+            );
+        }
+        if let Some(d) = resolve_dependency(key, raw, &mut errors) {
+            dependencies.insert(d.name.clone(), d);
+        }
+    }
+
+    let mut services = BTreeMap::new();
+    let mut listeners: HashMap<SocketAddr, (String, std::ops::Range<usize>)> = HashMap::new();
+    for (key, raw) in &file.services {
+        let Some(svc) = resolve_service(key, raw, &file.defaults, &known, &mut errors) else {
+            continue;
+        };
+        let listen_span = raw.listen.as_ref().map(|l| l.span());
+        if let Some((other, _)) = listeners.get(&svc.listen) {
+            errors.push(
+                Diagnostic::new(
+                    format!(
+                        "services {other:?} and {:?} both listen on {}",
+                        svc.name, svc.listen
+                    ),
+                    listen_span,
+                )
+                .hint("give each service its own public address"),
+            );
+        } else {
+            listeners.insert(svc.listen, (svc.name.clone(), listen_span.unwrap_or(0..0)));
+        }
+        services.insert(svc.name.clone(), svc);
+    }
+
+    if errors.is_empty() {
+        check_cycles(&file, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        environment: environment.map(str::to_string),
+        platform: Platform { name, state_dir },
+        daemon: Daemon { socket },
+        services,
+        dependencies,
+    })
+}
+
+fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {
+    let message = e.message().trim().to_string();
+    let hint = if message.contains("unknown field") {
+        Some(KEYS_HINT.to_string())
+    } else if message.contains("missing field") {
+        Some("add the key; docs/configuration.md shows an example".to_string())
+    } else if message.contains("invalid type") {
+        Some("check the value's type against docs/configuration.md".to_string())
+    } else {
+        None
+    };
+    Diagnostic {
+        message,
+        span: e.span(),
+        hint,
+    }
+}
+
+fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagnostic>) {
+    let Some(key) = file
+        .environments
+        .keys()
+        .find(|k| k.get_ref() == env_name)
+        .cloned()
+    else {
+        let known: Vec<&str> = file.environments.keys().map(|k| k.get_ref().as_str()).collect();
+        errors.push(
+            Diagnostic::new(format!("unknown environment {env_name:?}"), None).hint(if known.is_empty() {
+                "this file has no [environments.NAME] tables".to_string()
+            } else {
+                format!("known environments: {}", known.join(", "))
+            }),
+        );
+        return;
+    };
+    let Some(overlay) = file.environments.remove(&key) else {
+        return;
+    };
+    if let Some(p) = overlay.platform {
+        if let Some(name) = p.name {
+            file.platform.name = name;
+        }
+        if p.state_dir.is_some() {
+            file.platform.state_dir = p.state_dir;
+        }
+    }
+    if let Some(d) = overlay.defaults {
+        let base = std::mem::take(&mut file.defaults);
+        file.defaults = overlay_defaults(base, d);
+    }
+    for (name, over) in overlay.services {
+        match file.services.keys().find(|k| k.get_ref() == name.get_ref()).cloned() {
+            Some(k) => {
+                let base = file.services.remove(&k).unwrap_or_default();
+                file.services.insert(k, overlay_service(base, over));
+            }
+            None => errors.push(
+                Diagnostic::new(
+                    format!("environment {env_name:?} overrides unknown service {:?}", name.get_ref()),
+                    Some(name.span()),
+                )
+                .hint("an environment can only change services defined in [services]"),
+            ),
+        }
+    }
+    for (name, over) in overlay.dependencies {
+        match file.dependencies.keys().find(|k| k.get_ref() == name.get_ref()).cloned() {
+            Some(k) => {
+                let base = file.dependencies.remove(&k).unwrap_or_default();
+                file.dependencies.insert(
+                    k,
+                    RawDependency {
+                        kind: over.kind.or(base.kind),
+                        address: over.address.or(base.address),
+                        url: over.url.or(base.url),
+                        interval: over.interval.or(base.interval),
+                        timeout: over.timeout.or(base.timeout),
+                    },
+                );
+            }
+            None => errors.push(
+                Diagnostic::new(
+                    format!("environment {env_name:?} overrides unknown dependency {:?}", name.get_ref()),
+                    Some(name.span()),
+                )
+                .hint("an environment can only change dependencies defined in [dependencies]"),
+            ),
+        }
+    }
+}
+
+fn overlay_health(base: RawHealth, over: RawHealth) -> RawHealth {
+    RawHealth {
+        probe: over.probe.or(base.probe),
+        path: over.path.or(base.path),
+        interval: over.interval.or(base.interval),
+        timeout: over.timeout.or(base.timeout),
+        healthy_threshold: over.healthy_threshold.or(base.healthy_threshold),
+        unhealthy_threshold: over.unhealthy_threshold.or(base.unhealthy_threshold),
+        start_period: over.start_period.or(base.start_period),
+        deadline: over.deadline.or(base.deadline),
+    }
+}
+
+fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
+    let mut env = base.env;
+    env.extend(over.env);
+    RawDefaults {
+        runtime: over.runtime.or(base.runtime),
+        instances: over.instances.or(base.instances),
+        stop_timeout: over.stop_timeout.or(base.stop_timeout),
+        env,
+        health: overlay_health(base.health, over.health),
+        max_request_body: over.max_request_body.or(base.max_request_body),
+        upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
+        connect_timeout: over.connect_timeout.or(base.connect_timeout),
+        log_max_size: over.log_max_size.or(base.log_max_size),
+    }
+}
+
+fn overlay_service(base: RawService, over: RawService) -> RawService {
+    let mut env = base.env;
+    env.extend(over.env);
+    RawService {
+        runtime: over.runtime.or(base.runtime),
+        command: over.command.or(base.command),
+        version: over.version.or(base.version),
+        listen: over.listen.or(base.listen),
+        instances: over.instances.or(base.instances),
+        env,
+        depends_on: if over.depends_on.is_empty() {
+            base.depends_on
+        } else {
+            over.depends_on
+        },
+        health: overlay_health(base.health, over.health),
+        stop_timeout: over.stop_timeout.or(base.stop_timeout),
+        max_request_body: over.max_request_body.or(base.max_request_body),
+        upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
+        connect_timeout: over.connect_timeout.or(base.connect_timeout),
+        log_max_size: over.log_max_size.or(base.log_max_size),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnostic>) -> Option<u32> {
+    match v {
+        Some(s) if *s.get_ref() == 0 => {
+            errors.push(
+                Diagnostic::new(format!("{what} must be at least 1"), Some(s.span()))
+                    .hint("set it to 1 or more"),
+            );
+            None
+        }
+        Some(s) => Some(*s.get_ref()),
+        None => None,
+    }
+}
+
+fn resolve_service(
+    key: &Spanned<String>,
+    raw: &RawService,
+    defaults: &RawDefaults,
+    known: &[String],
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Service> {
+    let name = key.get_ref().clone();
+    let before = errors.len();
+    if !valid_name(&name) {
+        errors.push(
+            Diagnostic::new(format!("invalid service name {name:?}"), Some(key.span()))
+                .hint("use letters, digits, '-' and '_' only"),
+        );
+    }
+    let runtime_value = raw.runtime.as_ref().or(defaults.runtime.as_ref());
+    let runtime = match runtime_value.map(|r| (r.get_ref().as_str(), r.span())) {
+        None | Some(("process", _)) => RuntimeKind::Process,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(format!("unknown runtime {other:?} for service {name:?}"), Some(span))
+                    .hint("this build supports runtime = \"process\""),
+            );
+            RuntimeKind::Process
+        }
+    };
+    let command = match &raw.command {
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} has an empty command"), Some(c.span()))
+                    .hint("command is the program and its arguments, such as [\"tcf-demo\", \"--port-env\", \"PORT\"]"),
+            );
+            vec![]
+        }
+        Some(c) => c.get_ref().clone(),
+        None => {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} has no command"), Some(key.span()))
+                    .hint("add command = [\"program\", \"arg\", ...]; {version}, {service} and {instance} are replaced"),
+            );
+            vec![]
+        }
+    };
+    let version = match &raw.version {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            errors.push(Diagnostic::new("version must not be empty", Some(v.span())).hint("set version = \"v1\""));
+            String::new()
+        }
+        Some(v) => v.get_ref().clone(),
+        None => {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} has no version"), Some(key.span()))
+                    .hint("add version = \"v1\": the version `up` starts when nothing was deployed yet"),
+            );
+            String::new()
+        }
+    };
+    let listen = match &raw.listen {
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::new(format!("invalid listen address {:?}", l.get_ref()), Some(l.span()))
+                        .hint("write an IP address and a port, such as \"127.0.0.1:3000\" or \"0.0.0.0:8080\""),
+                );
+                None
+            }
+        },
+        None => {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} has no listen address"), Some(key.span()))
+                    .hint("add listen = \"127.0.0.1:PORT\": the public address our proxy serves"),
+            );
+            None
+        }
+    };
+    let instances = raw.instances.clone().or_else(|| defaults.instances.clone());
+    let instances = at_least_one(&instances, "instances", errors)
+    .unwrap_or(1);
+    for dep in &raw.depends_on {
+        let d = dep.get_ref();
+        if d == &name {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} depends on itself"), Some(dep.span()))
+                    .hint("remove it from depends_on"),
+            );
+        } else if !known.iter().any(|k| k == d) {
+            errors.push(
+                Diagnostic::new(format!("service {name:?} depends on unknown {d:?}"), Some(dep.span())).hint(
+                    if known.is_empty() {
+                        "define it under [services] or [dependencies]".to_string()
+                    } else {
+                        format!("known services and dependencies: {}", known.join(", "))
+                    },
+                ),
+            );
+        }
+    }
+    let h = overlay_health(defaults.health.clone(), raw.health.clone());
+    let probe = match h.probe.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None | Some(("http", _)) => {
+            let path = h.path.clone().unwrap_or_else(|| "/health".to_string());
+            if !path.starts_with('/') {
+                errors.push(
+                    Diagnostic::new(format!("health path {path:?} must start with '/'"), Some(key.span()))
+                        .hint("write it as \"/health\""),
+                );
+            }
+            Probe::Http { path }
+        }
+        Some(("tcp", _)) => Probe::Tcp,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(format!("unknown health probe {other:?}"), Some(span))
+                    .hint("use probe = \"http\" (GET path, 2xx passes) or probe = \"tcp\" (connect passes)"),
+            );
+            Probe::Tcp
+        }
+    };
+    let health = Health {
+        probe,
+        interval: h.interval.map_or(Duration::from_secs(1), |d| d.0),
+        timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors).unwrap_or(1),
+        unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors).unwrap_or(3),
+        start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
+        deadline: h.deadline.map_or(Duration::from_secs(30), |d| d.0),
+    };
+    let mut env = defaults.env.clone();
+    env.extend(raw.env.clone());
+    if errors.len() > before {
+        return None;
+    }
+    Some(Service {
+        name,
+        runtime,
+        command,
+        version,
+        listen: listen?,
+        instances,
+        env,
+        depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
+        health,
+        stop_timeout: raw.stop_timeout.or(defaults.stop_timeout).map_or(Duration::from_secs(10), |d| d.0),
+        max_request_body: raw
+            .max_request_body
+            .or(defaults.max_request_body)
+            .map_or(16 << 20, |b| b.0),
+        upstream_timeout: raw
+            .upstream_timeout
+            .or(defaults.upstream_timeout)
+            .map_or(Duration::from_secs(60), |d| d.0),
+        connect_timeout: raw
+            .connect_timeout
+            .or(defaults.connect_timeout)
+            .map_or(Duration::from_secs(5), |d| d.0),
+        log_max_size: raw.log_max_size.or(defaults.log_max_size).map_or(10 << 20, |b| b.0),
+    })
+}
+
+fn resolve_dependency(
+    key: &Spanned<String>,
+    raw: &RawDependency,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Dependency> {
+    let name = key.get_ref().clone();
+    let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+        Some(("postgres", _)) => DependencyKind::Postgres,
+        Some(("redis", _)) => DependencyKind::Redis,
+        Some(("qdrant", _)) => DependencyKind::Qdrant,
+        Some(("http", _)) => DependencyKind::Http,
+        Some(("tcp", _)) => DependencyKind::Tcp,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(format!("unknown dependency kind {other:?}"), Some(span))
+                    .hint("use one of: postgres, redis, qdrant, http, tcp"),
+            );
+            return None;
+        }
+        None => {
+            errors.push(
+                Diagnostic::new(format!("dependency {name:?} has no kind"), Some(key.span()))
+                    .hint("add kind = \"postgres\" (or redis, qdrant, http, tcp)"),
+            );
+            return None;
+        }
+    };
+    let address = raw.address.as_ref().map(|a| a.get_ref().clone());
+    let url = raw.url.as_ref().map(|u| u.get_ref().clone());
+    match kind {
+        DependencyKind::Http if url.is_none() => {
+            errors.push(
+                Diagnostic::new(format!("dependency {name:?} of kind http has no url"), Some(key.span()))
+                    .hint("add url = \"http://127.0.0.1:8080/health\""),
+            );
+            return None;
+        }
+        DependencyKind::Qdrant if url.is_none() && address.is_none() => {
+            errors.push(
+                Diagnostic::new(format!("dependency {name:?} has neither address nor url"), Some(key.span()))
+                    .hint("add address = \"127.0.0.1:6333\""),
+            );
+            return None;
+        }
+        DependencyKind::Postgres | DependencyKind::Redis | DependencyKind::Tcp if address.is_none() => {
+            errors.push(
+                Diagnostic::new(format!("dependency {name:?} has no address"), Some(key.span()))
+                    .hint("add address = \"host:port\""),
+            );
+            return None;
+        }
+        _ => {}
+    }
+    if let (Some(a), Some(span)) = (&address, raw.address.as_ref().map(|a| a.span())) {
+        if !a.contains(':') || a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).is_none() {
+            errors.push(
+                Diagnostic::new(format!("invalid address {a:?}"), Some(span))
+                    .hint("write host and port, such as \"127.0.0.1:5432\""),
+            );
+            return None;
+        }
+    }
+    if let (Some(u), Some(span)) = (&url, raw.url.as_ref().map(|u| u.span())) {
+        if !u.starts_with("http://") {
+            errors.push(
+                Diagnostic::new(format!("invalid url {u:?}"), Some(span))
+                    .hint("write a plain http:// URL, such as \"http://127.0.0.1:6333/healthz\""),
+            );
+            return None;
+        }
+    }
+    Some(Dependency {
+        name,
+        kind,
+        address,
+        url,
+        interval: raw.interval.map_or(Duration::from_secs(5), |d| d.0),
+        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+    })
+}
+
+/// Find cycles among services' `depends_on`, naming the whole cycle once.
+fn check_cycles(file: &RawFile, errors: &mut Vec<Diagnostic>) {
+    let edges: BTreeMap<&str, Vec<&Spanned<String>>> = file
+        .services
+        .iter()
+        .map(|(k, s)| (k.get_ref().as_str(), s.depends_on.iter().collect()))
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = edges.keys().map(|k| (*k, Mark::New)).collect();
+    fn dfs<'a>(
+        node: &'a str,
+        edges: &BTreeMap<&'a str, Vec<&'a Spanned<String>>>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+        errors: &mut Vec<Diagnostic>,
+    ) {
+        marks.insert(node, Mark::Active);
+        stack.push(node);
+        for dep in edges.get(node).into_iter().flatten() {
+            let d = dep.get_ref().as_str();
+            match marks.get(d).copied() {
+                Some(Mark::New) => dfs(d, edges, marks, stack, errors),
+                Some(Mark::Active) => {
+                    let start = stack.iter().position(|n| *n == d).unwrap_or(0);
+                    let mut cycle: Vec<&str> = stack[start..].to_vec();
+                    cycle.push(d);
+                    errors.push(
+                        Diagnostic::new(format!("dependency cycle: {}", cycle.join(" -> ")), Some(dep.span()))
+                            .hint("services must start in some order; remove one depends_on entry of this cycle"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        marks.insert(node, Mark::Done);
+    }
+    let names: Vec<&str> = edges.keys().copied().collect();
+    for n in names {
+        if marks.get(n) == Some(&Mark::New) {
+            dfs(n, &edges, &mut marks, &mut Vec::new(), errors);
+        }
+    }
+}

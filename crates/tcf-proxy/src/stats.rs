@@ -1,0 +1,175 @@
+//! Per-service proxy statistics: lock-free counters and a latency histogram that the hot path
+//! bumps with relaxed atomics, and that monitors snapshot and difference over a window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Sub-buckets per power of two: about 19% relative error on quantiles.
+const SUB: usize = 4;
+/// Powers of two of microseconds covered: up to about 4.6 hours.
+const POWERS: usize = 34;
+pub const BUCKETS: usize = SUB * POWERS;
+
+#[derive(Debug)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    /// Responses with status >= 500, whoever made them.
+    pub responses_5xx: AtomicU64,
+    /// Responses the proxy made itself because it could not get one from upstream.
+    pub proxy_errors: AtomicU64,
+    latency: Box<[AtomicU64]>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: AtomicU64::new(0),
+            responses_5xx: AtomicU64::new(0),
+            proxy_errors: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+fn bucket_of(micros: u64) -> usize {
+    if micros < SUB as u64 {
+        return micros as usize;
+    }
+    let power = 63 - micros.leading_zeros() as usize; // floor(log2)
+    let sub = ((micros >> (power - 2)) & (SUB as u64 - 1)) as usize;
+    ((power - 1) * SUB + sub).min(BUCKETS - 1)
+}
+
+/// The upper bound of a bucket in microseconds.
+fn bucket_upper(index: usize) -> u64 {
+    if index < SUB {
+        return index as u64 + 1;
+    }
+    let power = index / SUB + 1;
+    let sub = (index % SUB) as u64;
+    (SUB as u64 + sub + 1) << (power - 2)
+}
+
+impl Stats {
+    pub fn record(&self, status: u16, latency: Duration, by_proxy: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        if by_proxy {
+            self.proxy_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let b = bucket_of(latency.as_micros().min(u64::MAX as u128) as u64);
+        self.latency[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
+            proxy_errors: self.proxy_errors.load(Ordering::Relaxed),
+            latency: self.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        }
+    }
+}
+
+/// Counters at one moment; subtract two to get a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub requests: u64,
+    pub responses_5xx: u64,
+    pub proxy_errors: u64,
+    pub latency: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            requests: 0,
+            responses_5xx: 0,
+            proxy_errors: 0,
+            latency: vec![0; BUCKETS],
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            requests: self.requests.saturating_sub(earlier.requests),
+            responses_5xx: self.responses_5xx.saturating_sub(earlier.responses_5xx),
+            proxy_errors: self.proxy_errors.saturating_sub(earlier.proxy_errors),
+            latency: self
+                .latency
+                .iter()
+                .zip(earlier.latency.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
+    }
+
+    /// The latency below which a share `q` (0..=1) of the requests fell; None without requests.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(bucket_upper(i)));
+            }
+        }
+        None
+    }
+
+    pub fn ratio_5xx(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.responses_5xx as f64 / self.requests as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bound_their_values() {
+        let mut last = 0;
+        for us in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 12_345, 1_000_000, 60_000_000] {
+            let b = bucket_of(us);
+            assert!(b >= last, "bucket of {us} went backwards");
+            last = b;
+            assert!(bucket_upper(b) >= us, "upper {} < {us}", bucket_upper(b));
+            assert!(bucket_upper(b) as f64 <= (us.max(1) as f64) * 1.5 + 1.0, "bucket too wide for {us}");
+        }
+    }
+
+    #[test]
+    fn quantiles_over_a_window() {
+        let s = Stats::default();
+        for _ in 0..90 {
+            s.record(200, Duration::from_millis(1), false);
+        }
+        let before = s.snapshot();
+        for _ in 0..98 {
+            s.record(200, Duration::from_millis(2), false);
+        }
+        s.record(502, Duration::from_millis(100), true);
+        s.record(500, Duration::from_millis(100), false);
+        let w = s.snapshot().since(&before);
+        assert_eq!(w.requests, 100);
+        assert_eq!(w.responses_5xx, 2);
+        assert_eq!(w.proxy_errors, 1);
+        let p50 = w.quantile(0.5).unwrap();
+        assert!(p50 >= Duration::from_millis(2) && p50 < Duration::from_millis(3), "{p50:?}");
+        let p99 = w.quantile(0.99).unwrap();
+        assert!(p99 >= Duration::from_millis(100), "{p99:?}");
+        assert!((w.ratio_5xx() - 0.02).abs() < 1e-9);
+        assert_eq!(Snapshot::empty().quantile(0.5), None);
+    }
+}

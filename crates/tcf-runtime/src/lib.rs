@@ -1,0 +1,104 @@
+//! How an instance runs. [`Runtime`] hides whether it is a process, a container or a task of an
+//! orchestrator: the supervisor and the deploy logic only start, signal and wait.
+//!
+//! [`process::ProcessRuntime`] is the embedded default: every instance is a child process in its
+//! own process group, so that stopping it also stops whatever it spawned.
+
+pub mod logfile;
+pub mod process;
+pub mod procfs;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start {instance}: program {program:?} not found beside tcf-platform or in PATH\nhint: build it (cargo build --workspace) or give its full path in the service's command")]
+    ProgramNotFound { instance: String, program: String },
+    #[error("cannot start {instance} ({program}): {source}")]
+    Spawn {
+        instance: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything needed to start one instance; placeholders are already substituted.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// The internal port the instance must listen on (also in `PORT`).
+    pub port: u16,
+    pub log_path: PathBuf,
+    pub log_max_size: u64,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Waiting failed; the instance is treated as gone.
+    Unknown(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::Unknown(e) => write!(f, "unknown exit ({e})"),
+        }
+    }
+}
+
+/// Identity of a started instance, stored so that a later daemon can find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    pub pgid: u32,
+    pub start_ticks: Option<u64>,
+}
+
+pub trait Running: Send {
+    fn identity(&self) -> Identity;
+    /// Ask the instance to stop (SIGTERM to its whole process group).
+    fn terminate(&self);
+    /// Stop it now (SIGKILL to its whole process group).
+    fn kill(&self);
+    /// Resolves once the instance has exited; what it spawned is killed too.
+    fn wait(&mut self) -> BoxFuture<'_, Exit>;
+}
+
+pub trait Runtime: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>>;
+    /// Remove what a previous daemon left running (recorded identity); true if anything was found.
+    fn clean_up(&self, left: Identity, grace: Duration) -> BoxFuture<'_, bool>;
+}
+
+/// Stop a running instance: terminate, wait up to `grace`, then kill.
+pub async fn stop(instance: &mut dyn Running, grace: Duration) -> Exit {
+    instance.terminate();
+    match tokio::time::timeout(grace, instance.wait()).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            instance.kill();
+            instance.wait().await
+        }
+    }
+}

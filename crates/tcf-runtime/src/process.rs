@@ -1,0 +1,287 @@
+//! The process runtime: each instance is a child process in its own process group, with its
+//! stdout and stderr captured into a capped log file.
+
+use crate::logfile::CappedLog;
+use crate::{procfs, BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// Runs instances as local processes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    /// Relative program paths and the instances' working directory (the config's directory).
+    workdir: PathBuf,
+}
+
+impl ProcessRuntime {
+    pub fn new(workdir: impl Into<PathBuf>) -> Self {
+        ProcessRuntime {
+            workdir: workdir.into(),
+        }
+    }
+
+    /// Where a command's program is: a path with '/' is taken relative to the config's
+    /// directory; a bare name is looked up beside this binary first (so the workspace's own
+    /// programs are found after `cargo build`), then in PATH.
+    pub fn resolve_program(&self, program: &str) -> Option<PathBuf> {
+        if program.contains('/') {
+            let p = self.workdir.join(program);
+            return p.is_file().then_some(p);
+        }
+        let beside_us = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(program)))
+            .filter(|p| p.is_file());
+        beside_us.or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(program))
+                    .find(|p| p.is_file())
+            })
+        })
+    }
+}
+
+struct ProcessInstance {
+    child: Child,
+    identity: Identity,
+    exited: Arc<AtomicBool>,
+}
+
+fn signal_group(pgid: u32, signal: Signal) {
+    // ESRCH (group already gone) is the normal case after an exit.
+    let _ = killpg(Pid::from_raw(pgid as i32), signal);
+}
+
+impl Running for ProcessInstance {
+    fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    fn terminate(&self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            signal_group(self.identity.pgid, Signal::SIGTERM);
+        }
+    }
+
+    fn kill(&self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            signal_group(self.identity.pgid, Signal::SIGKILL);
+        }
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let status = self.child.wait().await;
+            // The leader is gone; whatever it spawned into its group goes with it.
+            if !self.exited.swap(true, Ordering::SeqCst) {
+                signal_group(self.identity.pgid, Signal::SIGKILL);
+            }
+            match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (s.code(), s.signal()) {
+                        (Some(c), _) => Exit::Code(c),
+                        (None, Some(sig)) => Exit::Signal(sig),
+                        _ => Exit::Unknown("no code and no signal".into()),
+                    }
+                }
+                Err(e) => Exit::Unknown(e.to_string()),
+            }
+        })
+    }
+}
+
+fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: Arc<Mutex<CappedLog>>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Ok(mut l) = log.lock() {
+                        if let Err(e) = l.write(&buf[..n]) {
+                            tracing::warn!("cannot write instance log: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>> {
+        Box::pin(async move {
+            let program_name = spec.command.first().cloned().unwrap_or_default();
+            let program = self.resolve_program(&program_name).ok_or_else(|| {
+                RuntimeError::ProgramNotFound {
+                    instance: spec.id.clone(),
+                    program: program_name.clone(),
+                }
+            })?;
+            let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
+                RuntimeError::Log {
+                    path: spec.log_path.clone(),
+                    source,
+                }
+            })?;
+            let log = Arc::new(Mutex::new(log));
+            let mut cmd = Command::new(&program);
+            cmd.args(&spec.command[1..])
+                .envs(&spec.env)
+                .env("PORT", spec.port.to_string())
+                .env("TCF_SERVICE", &spec.service)
+                .env("TCF_VERSION", &spec.version)
+                .env("TCF_INSTANCE", &spec.id)
+                .current_dir(&self.workdir)
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(false);
+            let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+                instance: spec.id.clone(),
+                program: program.display().to_string(),
+                source,
+            })?;
+            let pid = child.id().unwrap_or(0);
+            if let Some(out) = child.stdout.take() {
+                pump(out, log.clone());
+            }
+            if let Some(err) = child.stderr.take() {
+                pump(err, log);
+            }
+            Ok(Box::new(ProcessInstance {
+                child,
+                identity: Identity {
+                    pid,
+                    pgid: pid,
+                    start_ticks: procfs::start_ticks(pid),
+                },
+                exited: Arc::new(AtomicBool::new(false)),
+            }) as Box<dyn Running>)
+        })
+    }
+
+    fn clean_up(&self, left: Identity, grace: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // Without a recorded start time we cannot tell our process from a stranger's.
+            let Some(since) = left.start_ticks else {
+                return false;
+            };
+            let members = procfs::group_members(left.pgid, since);
+            if members.is_empty() {
+                return false;
+            }
+            signal_group(left.pgid, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline {
+                if procfs::group_members(left.pgid, since).is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            signal_group(left.pgid, Signal::SIGKILL);
+            true
+        })
+    }
+}
+
+/// Whether `path` names a program we could run (used by `config validate`).
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec(dir: &Path, cmd: &[&str]) -> InstanceSpec {
+        InstanceSpec {
+            id: "svc-1".into(),
+            service: "svc".into(),
+            version: "v1".into(),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            port: 4242,
+            log_path: dir.join("logs/svc-1.log"),
+            log_max_size: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_output_and_passes_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let mut inst = rt
+            .start(spec(dir.path(), &["sh", "-c", "echo port=$PORT service=$TCF_SERVICE; echo oops >&2; exit 3"]))
+            .await
+            .unwrap();
+        assert_eq!(inst.wait().await, Exit::Code(3));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = std::fs::read_to_string(dir.path().join("logs/svc-1.log")).unwrap();
+        assert!(log.contains("port=4242 service=svc"), "{log}");
+        assert!(log.contains("oops"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn stop_kills_the_whole_group_even_when_sigterm_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        // The shell ignores SIGTERM and has a grandchild that would otherwise be orphaned.
+        let mut inst = rt
+            .start(spec(dir.path(), &["sh", "-c", "trap '' TERM; sleep 1000 & wait"]))
+            .await
+            .unwrap();
+        let id = inst.identity();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let members = procfs::group_members(id.pgid, id.start_ticks.unwrap());
+        assert!(members.len() >= 2, "expected shell and sleep, got {members:?}");
+        let exit = crate::stop(inst.as_mut(), Duration::from_millis(300)).await;
+        assert_eq!(exit, Exit::Signal(9));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn clean_up_removes_a_group_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let inst = rt.start(spec(dir.path(), &["sleep", "1000"])).await.unwrap();
+        let id = inst.identity();
+        // Forget the handle, like a daemon that was killed.
+        std::mem::forget(inst);
+        assert!(rt.clean_up(id, Duration::from_secs(2)).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
+        assert!(!rt.clean_up(id, Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let err = rt
+            .start(spec(dir.path(), &["no-such-program-tcf"]))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no-such-program-tcf"));
+    }
+}

@@ -1,0 +1,462 @@
+//! The platform's durable state in one SQLite file (`state.db` in the state directory).
+//!
+//! WAL mode and one transaction per write, so a daemon killed at any point leaves a store that
+//! opens cleanly. The schema is versioned by `PRAGMA user_version`; [`MIGRATIONS`] only grows.
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state store {path}: {source}\nhint: check that the state directory is writable and the disk is not full")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the state store {path} has schema version {found}, newer than this binary understands ({known})\nhint: run the tcf-platform release that wrote it, or a newer one")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state store error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state store is unusable: a thread panicked while writing to it")]
+    Poisoned,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Schema migrations, applied in order; index + 1 is the schema version after each one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: releases, instances, events, locks.
+    "CREATE TABLE releases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        strategy TEXT NOT NULL,
+        status TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER
+    );
+    CREATE TABLE release_services (
+        release_id INTEGER NOT NULL REFERENCES releases(id),
+        service TEXT NOT NULL,
+        version TEXT NOT NULL,
+        PRIMARY KEY (release_id, service)
+    );
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        version TEXT NOT NULL,
+        pid INTEGER,
+        pgid INTEGER,
+        proc_start_ticks INTEGER,
+        port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        started_ms INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        service TEXT,
+        instance TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_service ON events(service, id);
+    CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        reason TEXT,
+        acquired_ms INTEGER NOT NULL,
+        heartbeat_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );",
+];
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One state change: the audit trail.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub kind: String,
+    pub service: Option<String>,
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+/// What a new event says; the store assigns id and time.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub actor: String,
+    pub kind: String,
+    pub service: Option<String>,
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+/// A running instance as recorded, so that a restarted daemon can find what the last one left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub pid: Option<i64>,
+    pub pgid: Option<i64>,
+    /// Start time of the process in clock ticks since boot (`/proc/PID/stat` field 22):
+    /// tells a live instance from an unrelated process that reused its pid.
+    pub proc_start_ticks: Option<i64>,
+    pub port: u16,
+    pub state: String,
+    pub started_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    pub id: i64,
+    pub strategy: String,
+    pub status: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub versions: BTreeMap<String, String>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `state_dir` and bring its schema up to date.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        let path = state_dir.join("state.db");
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn, &path)?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut conn)?)
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        self.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+    }
+
+    pub fn append_event(&self, e: &NewEvent) -> Result<Event> {
+        let ts = now_ms();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO events (ts_ms, actor, kind, service, instance, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![ts, e.actor, e.kind, e.service, e.instance, e.message],
+            )?;
+            Ok(Event {
+                id: c.last_insert_rowid(),
+                ts_ms: ts,
+                actor: e.actor.clone(),
+                kind: e.kind.clone(),
+                service: e.service.clone(),
+                instance: e.instance.clone(),
+                message: e.message.clone(),
+            })
+        })
+    }
+
+    /// The newest `limit` events (optionally of one service), oldest first.
+    pub fn events(&self, service: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, ts_ms, actor, kind, service, instance, message FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR service = ?2)
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let mut rows: Vec<Event> = stmt
+                .query_map(params![after_id, service, limit], |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        actor: r.get(2)?,
+                        kind: r.get(3)?,
+                        service: r.get(4)?,
+                        instance: r.get(5)?,
+                        message: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+    }
+
+    pub fn upsert_instance(&self, i: &InstanceRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO instances (id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET service = ?2, version = ?3, pid = ?4, pgid = ?5,
+                   proc_start_ticks = ?6, port = ?7, state = ?8, started_ms = ?9",
+                params![
+                    i.id,
+                    i.service,
+                    i.version,
+                    i.pid,
+                    i.pgid,
+                    i.proc_start_ticks,
+                    i.port,
+                    i.state,
+                    i.started_ms
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_instance(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM instances WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms
+                 FROM instances ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(InstanceRecord {
+                        id: r.get(0)?,
+                        service: r.get(1)?,
+                        version: r.get(2)?,
+                        pid: r.get(3)?,
+                        pgid: r.get(4)?,
+                        proc_start_ticks: r.get(5)?,
+                        port: r.get(6)?,
+                        state: r.get(7)?,
+                        started_ms: r.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Record a release and its per-service versions in one transaction.
+    pub fn create_release(
+        &self,
+        strategy: &str,
+        status: &str,
+        actor: &str,
+        reason: Option<&str>,
+        versions: &BTreeMap<String, String>,
+    ) -> Result<i64> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO releases (strategy, status, actor, reason, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![strategy, status, actor, reason, now_ms()],
+            )?;
+            let id = tx.last_insert_rowid();
+            for (service, version) in versions {
+                tx.execute(
+                    "INSERT INTO release_services (release_id, service, version) VALUES (?1, ?2, ?3)",
+                    params![id, service, version],
+                )?;
+            }
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    pub fn finish_release(&self, id: i64, status: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE releases SET status = ?2, finished_ms = ?3 WHERE id = ?1",
+                params![id, status, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Releases, newest first.
+    pub fn releases(&self, limit: u32) -> Result<Vec<Release>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, strategy, status, actor, reason, started_ms, finished_ms FROM releases
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let mut releases: Vec<Release> = stmt
+                .query_map(params![limit], |r| {
+                    Ok(Release {
+                        id: r.get(0)?,
+                        strategy: r.get(1)?,
+                        status: r.get(2)?,
+                        actor: r.get(3)?,
+                        reason: r.get(4)?,
+                        started_ms: r.get(5)?,
+                        finished_ms: r.get(6)?,
+                        versions: BTreeMap::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut svc = c.prepare("SELECT service, version FROM release_services WHERE release_id = ?1")?;
+            for rel in &mut releases {
+                rel.versions = svc
+                    .query_map(params![rel.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(releases)
+        })
+    }
+
+    /// The version each service runs according to the newest active release that names it.
+    pub fn active_versions(&self) -> Result<BTreeMap<String, String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT rs.service, rs.version FROM release_services rs
+                 JOIN releases r ON r.id = rs.release_id
+                 WHERE r.status = 'active'
+                 ORDER BY r.id ASC",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Later releases overwrite earlier ones for the services they name.
+            Ok(rows.into_iter().collect())
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_store_and_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.append_event(&NewEvent {
+            actor: "test".into(),
+            kind: "k".into(),
+            message: "m".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.events(None, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_a_store_from_the_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("state.db")).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn active_versions_follow_the_newest_active_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let v = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        s.create_release("initial", "active", "t", None, &v(&[("a", "v1"), ("b", "v1")]))
+            .unwrap();
+        s.create_release("blue_green", "active", "t", None, &v(&[("a", "v2")]))
+            .unwrap();
+        s.create_release("blue_green", "failed", "t", None, &v(&[("b", "v9")]))
+            .unwrap();
+        assert_eq!(s.active_versions().unwrap(), v(&[("a", "v2"), ("b", "v1")]));
+        let rel = s.releases(10).unwrap();
+        assert_eq!(rel.len(), 3);
+        assert_eq!(rel[0].versions, v(&[("b", "v9")]));
+    }
+
+    #[test]
+    fn events_filter_by_service_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for svc in ["a", "b", "a"] {
+            s.append_event(&NewEvent {
+                actor: "t".into(),
+                kind: "k".into(),
+                service: Some(svc.into()),
+                message: svc.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        assert_eq!(s.events(Some("a"), 0, 10).unwrap().len(), 2);
+        assert_eq!(s.events(None, 1, 10).unwrap().len(), 2);
+        assert_eq!(s.events(None, 0, 1).unwrap()[0].id, 3);
+    }
+}
