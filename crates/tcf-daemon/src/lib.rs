@@ -1,1 +1,326 @@
+//! The daemon behind `tcf-platform up`.
+//!
+//! Startup: take the state directory's lock, open the store, clean up whatever a previous daemon
+//! left running, bind every public address and the API socket (so a conflict fails before
+//! anything starts), then start services in dependency order. Shutdown: stop accepting, let
+//! in-flight requests finish, stop instances in reverse dependency order.
 
+mod api;
+mod health;
+mod logs;
+mod metrics;
+mod platform;
+mod supervisor;
+
+pub use api::build_status;
+
+use nix::fcntl::{Flock, FlockArg};
+use platform::{lock, DependencyInfo, DependencyRuntime, Platform, ServiceRuntime};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tcf_config::Config;
+use tcf_proxy::{ServiceProxy, Settings};
+use tcf_runtime::process::ProcessRuntime;
+use tcf_runtime::{Identity, Runtime};
+use tcf_store::Store;
+use tokio::sync::{broadcast, watch};
+
+/// How long the proxies wait for in-flight requests when the daemon stops.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+/// How long a leftover process of a previous daemon gets to stop before SIGKILL.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another tcf-platform daemon{} is running on {state_dir}\nhint: use it (`tcf-platform status`), or stop it first with `tcf-platform down`", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning { state_dir: PathBuf, pid: Option<u32> },
+    #[error("cannot use the state directory {path}: {source}\nhint: check its permissions and free disk space, or set [platform] state_dir")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] tcf_store::StoreError),
+    #[error("service {service} cannot listen on {addr}: {source}\nhint: another program uses that address (find it with `ss -ltnp`), or change the service's listen address")]
+    Bind {
+        service: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the API socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+}
+
+fn state_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::StateDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Hold the state directory's lock for the daemon's lifetime; the pid inside names the holder.
+fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, DaemonError> {
+    let path = state_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(state_dir_err(state_dir))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            held.set_len(0).map_err(state_dir_err(state_dir))?;
+            writeln!(held, "{}", std::process::id()).map_err(state_dir_err(state_dir))?;
+            Ok(held)
+        }
+        Err((_, _)) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            Err(DaemonError::AlreadyRunning {
+                state_dir: state_dir.to_path_buf(),
+                pid,
+            })
+        }
+    }
+}
+
+/// Run the platform until `stop` resolves or the API is asked to stop.
+pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+    let state_dir = config.platform.state_dir.clone();
+    std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
+    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    let _lock = take_lock(&state_dir)?;
+    let store = Store::open(&state_dir)?;
+    let workdir = config
+        .path
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(workdir));
+
+    // Bind everything before starting anything: a taken address fails the whole start.
+    let mut listeners = Vec::new();
+    for svc in config.services.values() {
+        let l = tokio::net::TcpListener::bind(svc.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                service: svc.name.clone(),
+                addr: svc.listen,
+                source,
+            })?;
+        listeners.push((svc.name.clone(), l));
+    }
+    let socket = config.daemon.socket.clone();
+    let unclean = socket.exists();
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(state_dir_err(dir))?;
+    }
+    // We hold the lock, so a socket file here is left from a daemon that did not stop cleanly.
+    let _ = std::fs::remove_file(&socket);
+    let api_listener = tokio::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        }
+    })?;
+
+    let active = store.active_versions()?;
+    let mut services = BTreeMap::new();
+    for (name, cfg) in &config.services {
+        let proxy = ServiceProxy::new(
+            name.clone(),
+            Settings {
+                max_request_body: cfg.max_request_body,
+                upstream_timeout: cfg.upstream_timeout,
+                connect_timeout: cfg.connect_timeout,
+            },
+        );
+        let version = active.get(name).cloned().unwrap_or_else(|| cfg.version.clone());
+        services.insert(
+            name.clone(),
+            Arc::new(ServiceRuntime {
+                config: cfg.clone(),
+                proxy,
+                version: Mutex::new(version),
+                instances: Mutex::new(Vec::new()),
+                healthy: watch::channel(false).0,
+                metrics: Mutex::new(Default::default()),
+            }),
+        );
+    }
+    let dependencies = config
+        .dependencies
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Arc::new(DependencyRuntime {
+                    config: d.clone(),
+                    info: Mutex::new(DependencyInfo::default()),
+                    healthy: watch::channel(false).0,
+                }),
+            )
+        })
+        .collect();
+    let p = Arc::new(Platform {
+        config,
+        store,
+        runtime,
+        services,
+        dependencies,
+        events: broadcast::channel(1024).0,
+        shutdown: watch::channel(false).0,
+        started: Instant::now(),
+    });
+
+    p.event(
+        "daemon.started",
+        None,
+        None,
+        format!(
+            "daemon started (pid {}, config {}){}",
+            std::process::id(),
+            p.config.path.display(),
+            if unclean {
+                "; the previous daemon did not stop cleanly"
+            } else {
+                ""
+            }
+        ),
+    );
+    recover(&p).await;
+    record_initial_release(&p, &active);
+
+    // Proxies first: they answer 503 until a service has a healthy instance.
+    let mut proxy_tasks = Vec::new();
+    for (name, listener) in listeners {
+        let proxy = p.services[&name].proxy.clone();
+        proxy_tasks.push(tokio::spawn(tcf_proxy::serve(
+            listener,
+            proxy,
+            p.shutdown.subscribe(),
+            SHUTDOWN_DRAIN,
+        )));
+    }
+    for dep in p.dependencies.values() {
+        tokio::spawn(supervisor::watch_dependency(p.clone(), dep.clone()));
+    }
+    for svc in p.services.values() {
+        tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
+    }
+    tokio::spawn(metrics::run_sampler(p.clone()));
+
+    let mut api_shutdown = p.shutdown.subscribe();
+    let api_server = axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
+        let _ = api_shutdown.wait_for(|s| *s).await;
+    });
+    let api = tokio::spawn(async move {
+        if let Err(e) = api_server.await {
+            tracing::error!("the API server failed: {e}");
+        }
+    });
+
+    let mut shutdown = p.shutdown.subscribe();
+    tokio::select! {
+        _ = stop => {
+            p.event("daemon.stop_requested", None, None, "stop requested by signal");
+            p.shutdown.send_replace(true);
+        }
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    p.event("daemon.stopping", None, None, "stopping: draining connections, then stopping instances");
+    for t in proxy_tasks {
+        let _ = t.await;
+    }
+    supervisor::stop_all(&p).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    let _ = std::fs::remove_file(&socket);
+    p.event(
+        "daemon.stopped",
+        None,
+        None,
+        format!("daemon stopped after {}s", p.started.elapsed().as_secs()),
+    );
+    Ok(())
+}
+
+/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store.
+async fn recover(p: &Arc<Platform>) {
+    let records = match p.store.instances() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot read recorded instances: {e}");
+            return;
+        }
+    };
+    for rec in records {
+        let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
+            let _ = p.store.remove_instance(&rec.id);
+            continue;
+        };
+        let left = Identity {
+            pid: pid as u32,
+            pgid: pgid as u32,
+            start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+        };
+        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+            p.event(
+                "recovery.cleaned_up",
+                Some(&rec.service),
+                Some(&rec.id),
+                format!("stopped process group {pgid} left running by a previous daemon"),
+            );
+        }
+        let _ = p.store.remove_instance(&rec.id);
+    }
+}
+
+/// Services with no active release yet get one recording the version `up` starts.
+fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
+    let mut initial = BTreeMap::new();
+    for (name, svc) in &p.services {
+        let running = lock(&svc.version).clone();
+        match active.get(name) {
+            None => {
+                initial.insert(name.clone(), running);
+            }
+            Some(v) if *v != svc.config.version => p.event(
+                "service.version",
+                Some(name),
+                None,
+                format!(
+                    "running the active release's {v}; the config's version {} applies only to a first start (deploy it with `tcf-platform prod deploy {}`)",
+                    svc.config.version, svc.config.version
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    if initial.is_empty() {
+        return;
+    }
+    match p.store.create_release("initial", "active", "daemon", Some("first start"), &initial) {
+        Ok(id) => p.event(
+            "release.recorded",
+            None,
+            None,
+            format!(
+                "release {id}: first start of {}",
+                initial
+                    .iter()
+                    .map(|(s, v)| format!("{s} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => tracing::error!("cannot record the initial release: {e}"),
+    }
+}

@@ -1,1 +1,176 @@
-fn main() {}
+//! `tcf-demo`: a small HTTP service that stands in for the TCF services in demos and tests.
+//!
+//! It listens on 127.0.0.1:$PORT and answers:
+//! - `GET /health`: 200 `ok` (503 when told to fail health)
+//! - anything else: 200 with JSON `{"service", "version", "instance", "pid", "path"}`
+//!
+//! Knobs that make it behave like a bad release (environment variables):
+//! - `DEMO_FAIL_HEALTH=1`: /health answers 503
+//! - `DEMO_START_DELAY_MS=N`: wait N ms before listening (a slow start)
+//! - `DEMO_ERROR_RATE=0.3`: answer that share of requests (not /health) with 500
+//! - `DEMO_LATENCY_MS=N`: add N ms to every answer (not /health)
+//! - `DEMO_HOLD_MS=N`, or `?hold_ms=N` on one request: hold the request open N ms
+//!
+//! A version name can carry the same faults, so a deploy can pick them per release:
+//! `unhealthy` in the version fails health, `errors` answers every request with 500 (or
+//! `DEMO_ERROR_RATE`), `slow` starts after 5 s (or `DEMO_START_DELAY_MS`).
+//!
+//! SIGTERM: stop accepting, finish the requests in flight, exit 0.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Knobs {
+    service: String,
+    version: String,
+    instance: String,
+    fail_health: bool,
+    error_rate: f64,
+    latency: Duration,
+    hold: Duration,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_ms(name: &str) -> Option<Duration> {
+    env(name).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+impl Knobs {
+    fn from_env() -> (Knobs, Duration) {
+        let version = env("TCF_VERSION").unwrap_or_else(|| "dev".into());
+        let error_rate = env("DEMO_ERROR_RATE")
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(if version.contains("errors") { 1.0 } else { 0.0 });
+        let start_delay = env_ms("DEMO_START_DELAY_MS").unwrap_or(if version.contains("slow") {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        });
+        let knobs = Knobs {
+            service: env("TCF_SERVICE").unwrap_or_else(|| "demo".into()),
+            instance: env("TCF_INSTANCE").unwrap_or_else(|| "demo-1".into()),
+            fail_health: env("DEMO_FAIL_HEALTH").is_some_and(|v| v != "0") || version.contains("unhealthy"),
+            error_rate: error_rate.clamp(0.0, 1.0),
+            latency: env_ms("DEMO_LATENCY_MS").unwrap_or_default(),
+            hold: env_ms("DEMO_HOLD_MS").unwrap_or_default(),
+            version,
+        };
+        (knobs, start_delay)
+    }
+}
+
+fn query_ms(query: Option<&str>, key: &str) -> Option<Duration> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
+fn json_escape(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        let (status, body) = if knobs.fail_health {
+            (StatusCode::SERVICE_UNAVAILABLE, "failing health on purpose\n")
+        } else {
+            (StatusCode::OK, "ok\n")
+        };
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        return resp;
+    }
+    let hold = query_ms(req.uri().query(), "hold_ms").unwrap_or(knobs.hold);
+    let wait = knobs.latency + hold;
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let failing = knobs.error_rate > 0.0 && fastrand::f64() < knobs.error_rate;
+    let body = format!(
+        "{{\"service\":{},\"version\":{},\"instance\":{},\"pid\":{},\"path\":{}}}\n",
+        json_escape(&knobs.service),
+        json_escape(&knobs.version),
+        json_escape(&knobs.instance),
+        std::process::id(),
+        json_escape(&path)
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static header"));
+    if failing {
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    resp
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let (knobs, start_delay) = Knobs::from_env();
+    let port: u16 = match env("PORT").map(|p| p.parse()) {
+        Some(Ok(p)) => p,
+        _ => {
+            eprintln!("tcf-demo: set PORT to the port to listen on (tcf-platform does this for you)");
+            std::process::exit(2);
+        }
+    };
+    let host = env("DEMO_BIND").unwrap_or_else(|| "127.0.0.1".into());
+    if !start_delay.is_zero() {
+        eprintln!("tcf-demo: starting slowly on purpose ({start_delay:?})");
+        tokio::time::sleep(start_delay).await;
+    }
+    let listener = match tokio::net::TcpListener::bind((host.as_str(), port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tcf-demo: cannot listen on {host}:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "tcf-demo: {} {} ({}) listening on {host}:{port}",
+        knobs.service, knobs.version, knobs.instance
+    );
+    let knobs = Arc::new(knobs);
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tcf-demo: cannot handle SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    };
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let k = knobs.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let k = k.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(k, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move { let _ = watched.await; });
+            }
+            _ = term.recv() => break,
+        }
+    }
+    drop(listener);
+    eprintln!("tcf-demo: SIGTERM: finishing requests in flight");
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    eprintln!("tcf-demo: stopped");
+}

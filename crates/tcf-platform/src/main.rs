@@ -1,1 +1,308 @@
-fn main() {}
+//! `tcf-platform`: the binary edge. Parses the command line, loads the config, and either runs
+//! the daemon (`up`) or talks to it over its API.
+
+mod cli;
+mod output;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, ConfigCommand, Format, ProdCommand, StatusArgs};
+use http_body_util::BodyExt;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tcf_api::{Client, ClientError};
+use tcf_config::{Config, ConfigError};
+
+/// A failure with its exit code: 1 for operational failures, 2 for usage and config errors.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = if error.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+        Failure { code, error }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+type CmdResult = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(f) => {
+            // Config errors render their own "error:" lines with file, line and column.
+            match f.error.downcast_ref::<ConfigError>() {
+                Some(ConfigError::Invalid { rendered, .. }) => eprint!("{rendered}"),
+                _ => eprintln!("error: {:#}", f.error),
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = tcf_config::locate(cli.config.as_deref())?;
+    Ok(tcf_config::load(&path, cli.environment.as_deref())?)
+}
+
+fn client(cli: &Cli) -> anyhow::Result<Client> {
+    Ok(Client::new(load_config(cli)?.daemon.socket))
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not an error.
+fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    print_text(&text)
+}
+
+async fn dispatch(cli: Cli) -> CmdResult {
+    match &cli.command {
+        Command::Up => up(&cli).await,
+        Command::Down { timeout } => down(&cli, *timeout).await,
+        Command::Status(args) => status(&cli, args).await,
+        Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
+        Command::Logs { service, follow, tail } => logs(&cli, service, *follow, *tail).await,
+        Command::Events { service, limit, format } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
+        Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "tcf-platform", &mut script);
+            print_text(&String::from_utf8_lossy(&script))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version { format } => {
+            let v = env!("CARGO_PKG_VERSION");
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "version": v }))?,
+                Format::Table => print_text(&format!("tcf-platform {v}\n"))?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn up(cli: &Cli) -> CmdResult {
+    let config = load_config(cli)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TCF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    eprintln!(
+        "tcf-platform {}: platform {} with {} service(s); state in {}; API on {}",
+        env!("CARGO_PKG_VERSION"),
+        config.platform.name,
+        config.services.len(),
+        config.platform.state_dir.display(),
+        config.daemon.socket.display()
+    );
+    for svc in config.services.values() {
+        eprintln!("  {:<12} http://{}", svc.name, svc.listen);
+    }
+    eprintln!("Press Ctrl-C to stop (or run `tcf-platform down`).");
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    tcf_daemon::run(config, stop).await.map_err(anyhow::Error::from)?;
+    eprintln!("tcf-platform: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
+    let client = client(cli)?;
+    let ping: tcf_api::Ping = client.get("/v1/ping").await?;
+    let _: tcf_api::DownResponse = client.post("/v1/down", &serde_json::json!({})).await?;
+    eprintln!("stopping platform {} (daemon pid {})...", ping.platform, ping.pid);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        match client.get::<tcf_api::Ping>("/v1/ping").await {
+            Err(ClientError::NotRunning { .. }) => break,
+            _ if started.elapsed() > timeout => {
+                return Err(anyhow::anyhow!(
+                    "the daemon is still stopping after {}; it keeps going; watch it with `tcf-platform events`",
+                    humantime::format_duration(timeout)
+                )
+                .into())
+            }
+            _ => {}
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!("  still stopping ({}s)...", started.elapsed().as_secs());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("stopped in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
+    let client = client(cli)?;
+    let path = if args.metrics { "/v1/status?metrics=true" } else { "/v1/status" };
+    let s: tcf_api::Status = client.get(path).await?;
+    match args.format {
+        Format::Json => print_json(&s)?,
+        Format::Table => print_text(&output::status(&s, args.health, args.metrics))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize) -> CmdResult {
+    let client = client(cli)?;
+    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}");
+    let resp = client.send("GET", &path, None).await?;
+    let mut body = resp.into_body();
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the log stream broke off")?;
+        if let Some(data) = frame.data_ref() {
+            // A closed pipe (`| head`) ends the command quietly.
+            if out.write_all(data).and_then(|_| out.flush()).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(cli: &Cli, service: Option<&str>, limit: u32, format: Format) -> CmdResult {
+    let client = client(cli)?;
+    let mut path = format!("/v1/events?limit={limit}");
+    if let Some(s) = service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let events: Vec<tcf_api::Event> = client.get(&path).await?;
+    match format {
+        Format::Json => print_json(&events)?,
+        Format::Table => print_text(&output::events(&events))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(cli: &Cli, format: Format) -> CmdResult {
+    let path = tcf_config::locate(cli.config.as_deref()).map_err(anyhow::Error::from)?;
+    match tcf_config::load(&path, cli.environment.as_deref()) {
+        Ok(cfg) => {
+            let rt = tcf_runtime::process::ProcessRuntime::new(cfg.path.parent().unwrap_or(std::path::Path::new(".")));
+            let warnings: Vec<String> = cfg
+                .services
+                .values()
+                .filter_map(|s| {
+                    let program = s.command.first()?;
+                    rt.resolve_program(program).is_none().then(|| {
+                        format!(
+                            "service {:?}: program {program:?} not found beside tcf-platform or in PATH (yet)",
+                            s.name
+                        )
+                    })
+                })
+                .collect();
+            match format {
+                Format::Json => print_json(&serde_json::json!({
+                    "valid": true,
+                    "path": path.display().to_string(),
+                    "services": cfg.services.len(),
+                    "dependencies": cfg.dependencies.len(),
+                    "warnings": warnings,
+                    "errors": [],
+                }))?,
+                Format::Table => {
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    print_text(&format!(
+                        "config ok: {} ({} services, {} dependencies)\n",
+                        path.display(),
+                        cfg.services.len(),
+                        cfg.dependencies.len()
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ConfigError::Invalid {
+            rendered,
+            diagnostics,
+            ..
+        }) => {
+            match format {
+                Format::Json => {
+                    let source = std::fs::read_to_string(&path).unwrap_or_default();
+                    let errors: Vec<serde_json::Value> = diagnostics
+                        .iter()
+                        .map(|d| {
+                            let (line, column) = d
+                                .span
+                                .as_ref()
+                                .map(|s| tcf_config::line_col(&source, s.start))
+                                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+                            serde_json::json!({
+                                "message": d.message, "line": line, "column": column, "hint": d.hint,
+                            })
+                        })
+                        .collect();
+                    print_json(&serde_json::json!({
+                        "valid": false,
+                        "path": path.display().to_string(),
+                        "errors": errors,
+                    }))?;
+                }
+                Format::Table => eprint!("{rendered}"),
+            }
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::Error::from(e).into()),
+    }
+}
+
+fn show(cli: &Cli, format: Format) -> CmdResult {
+    let cfg = load_config(cli)?;
+    match format {
+        Format::Json => print_json(&cfg)?,
+        Format::Table => print_text(&toml::to_string_pretty(&cfg).context("cannot print the config as TOML")?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

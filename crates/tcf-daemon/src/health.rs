@@ -1,0 +1,168 @@
+//! Probes: HTTP (GET a path, 2xx passes), TCP (connect passes) and the dependency kinds
+//! (postgres and tcp connect; redis answers PING; http and qdrant answer a GET with 2xx).
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tcf_config::{Dependency, DependencyKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Outcome of one probe: Ok, or why it failed.
+pub type ProbeResult = Result<(), String>;
+
+async fn with_timeout<F: std::future::Future<Output = ProbeResult>>(timeout: Duration, f: F) -> ProbeResult {
+    tokio::time::timeout(timeout, f)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(timeout))))
+}
+
+pub async fn tcp(addr: &str, timeout: Duration) -> ProbeResult {
+    with_timeout(timeout, async {
+        TcpStream::connect(addr)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))
+    })
+    .await
+}
+
+/// GET `path` on `authority` (host:port); a 2xx answer passes.
+pub async fn http(authority: &str, path: &str, timeout: Duration) -> ProbeResult {
+    with_timeout(timeout, async {
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get(path)
+            .header("host", authority)
+            .header("user-agent", "tcf-platform-health")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad health path {path:?}: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path} on {authority} failed: {e}"))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {}", resp.status()))
+        }
+    })
+    .await
+}
+
+/// Probe an instance on loopback.
+pub async fn instance(port: u16, probe: &tcf_config::Probe, timeout: Duration) -> ProbeResult {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
+    match probe {
+        tcf_config::Probe::Http { path } => http(&addr, path, timeout).await,
+        tcf_config::Probe::Tcp => tcp(&addr, timeout).await,
+    }
+}
+
+/// Split `http://host:port/path` into authority and path.
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((authority, path.to_string()))
+}
+
+async fn redis_ping(addr: &str, timeout: Duration) -> ProbeResult {
+    with_timeout(timeout, async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        s.write_all(b"PING\r\n")
+            .await
+            .map_err(|e| format!("cannot send PING to {addr}: {e}"))?;
+        let mut buf = [0u8; 64];
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("no answer to PING from {addr}: {e}"))?;
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        // +PONG, or an error such as -NOAUTH: either way a Redis server is answering.
+        if reply.starts_with('+') || reply.starts_with('-') {
+            Ok(())
+        } else {
+            Err(format!("{addr} did not answer PING like Redis: {:?}", reply.trim()))
+        }
+    })
+    .await
+}
+
+/// Where a dependency is, for display.
+pub fn dependency_target(d: &Dependency) -> String {
+    d.url
+        .clone()
+        .or_else(|| d.address.clone())
+        .unwrap_or_default()
+}
+
+pub async fn dependency(d: &Dependency) -> ProbeResult {
+    let address = d.address.clone().unwrap_or_default();
+    match d.kind {
+        DependencyKind::Postgres | DependencyKind::Tcp => tcp(&address, d.timeout).await,
+        DependencyKind::Redis => redis_ping(&address, d.timeout).await,
+        DependencyKind::Http | DependencyKind::Qdrant => {
+            let url = d
+                .url
+                .clone()
+                .unwrap_or_else(|| format!("http://{address}/healthz"));
+            let (authority, path) = split_url(&url)?;
+            http(&authority, &path, d.timeout).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_authority_and_path() {
+        assert_eq!(
+            split_url("http://127.0.0.1:6333/healthz").unwrap(),
+            ("127.0.0.1:6333".to_string(), "/healthz".to_string())
+        );
+        assert_eq!(
+            split_url("http://example").unwrap(),
+            ("example:80".to_string(), "/".to_string())
+        );
+        assert!(split_url("https://x").is_err());
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_fail_with_a_reason() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        assert!(tcp(&addr, Duration::from_secs(1)).await.is_ok());
+        drop(l);
+        let err = tcp(&addr, Duration::from_secs(1)).await.unwrap_err();
+        assert!(err.contains("cannot connect"), "{err}");
+        // A listener that never answers HTTP times out.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let err = http(&addr, "/health", Duration::from_millis(200)).await.unwrap_err();
+        assert!(err.contains("no answer within"), "{err}");
+    }
+}

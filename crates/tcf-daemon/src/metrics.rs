@@ -1,0 +1,104 @@
+//! Sampling of proxy stats and process CPU/RSS every [`SAMPLE_EVERY`], kept over a short
+//! window so `status --metrics` shows current rates and latencies rather than lifetime averages.
+
+use crate::platform::{lock, Platform, ServiceRuntime};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tcf_api::ServiceMetrics;
+use tcf_proxy::Snapshot;
+use tcf_runtime::procfs;
+
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Samples kept: the window is this many sample periods long.
+const WINDOW_SAMPLES: usize = 6;
+
+#[derive(Debug, Default)]
+pub struct MetricsWindow {
+    samples: VecDeque<(Instant, Snapshot)>,
+}
+
+impl MetricsWindow {
+    pub fn push(&mut self, at: Instant, snap: Snapshot) {
+        self.samples.push_back((at, snap));
+        while self.samples.len() > WINDOW_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Rates and latencies between the oldest sample and `now_snap` taken at `now`.
+    pub fn compute(&self, now: Instant, now_snap: &Snapshot) -> (f64, Snapshot) {
+        match self.samples.front() {
+            Some((at, first)) => (now.duration_since(*at).as_secs_f64(), now_snap.since(first)),
+            None => (0.0, Snapshot::empty()),
+        }
+    }
+}
+
+fn per_second(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Metrics of one service right now.
+pub fn service_metrics(svc: &ServiceRuntime) -> ServiceMetrics {
+    let now = Instant::now();
+    let snap = svc.proxy.stats().snapshot();
+    let (secs, window) = lock(&svc.metrics).compute(now, &snap);
+    let (mut cpu, mut rss) = (0.0, 0);
+    for i in svc.instances() {
+        let info = i.info();
+        if info.pid.is_some() {
+            cpu += info.cpu_percent;
+            rss += info.rss_bytes;
+        }
+    }
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+    ServiceMetrics {
+        window_s: (secs * 10.0).round() / 10.0,
+        requests_per_s: per_second(window.requests, secs),
+        errors_5xx_per_s: per_second(window.responses_5xx, secs),
+        error_ratio_5xx: window.ratio_5xx(),
+        p50_ms: window.quantile(0.5).map(ms),
+        p99_ms: window.quantile(0.99).map(ms),
+        cpu_percent: (cpu * 10.0).round() / 10.0,
+        rss_bytes: rss,
+    }
+}
+
+/// Take one sample of every service and instance.
+pub fn sample(p: &Platform) {
+    let hz = procfs::ticks_per_second() as f64;
+    for svc in p.services.values() {
+        lock(&svc.metrics).push(Instant::now(), svc.proxy.stats().snapshot());
+        for inst in svc.instances() {
+            let mut info = lock(&inst.info);
+            let Some(pid) = info.pid else { continue };
+            let now = Instant::now();
+            if let Some(ticks) = procfs::cpu_ticks(pid) {
+                if let Some((at, before)) = info.cpu_ticks {
+                    let secs = now.duration_since(at).as_secs_f64();
+                    if secs > 0.0 {
+                        info.cpu_percent = (ticks.saturating_sub(before) as f64 / hz) / secs * 100.0;
+                    }
+                }
+                info.cpu_ticks = Some((now, ticks));
+            }
+            info.rss_bytes = procfs::rss_bytes(pid).unwrap_or(0);
+        }
+    }
+}
+
+pub async fn run_sampler(p: Arc<Platform>) {
+    let mut shutdown = p.shutdown.subscribe();
+    loop {
+        sample(&p);
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

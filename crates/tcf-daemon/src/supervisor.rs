@@ -1,0 +1,446 @@
+//! Instance lifecycle: start through the [`Runtime`](tcf_runtime::Runtime), probe health, keep
+//! the proxy's pool equal to the healthy instances, restart crashed instances with exponential
+//! backoff, and stop gracefully (SIGTERM, `stop_timeout`, SIGKILL of the whole group).
+
+use crate::health;
+use crate::platform::{lock, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tcf_proxy::Backend;
+use tcf_runtime::{Exit, InstanceSpec};
+use tcf_store::{now_ms, InstanceRecord};
+use tokio::sync::{oneshot, watch};
+
+/// Crashes within this window count towards backoff and crashloop.
+const CRASH_WINDOW: Duration = Duration::from_secs(120);
+/// This many crashes within the window mark an instance `crashloop`.
+const CRASHLOOP_AFTER: usize = 5;
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Probe this often until an instance is first healthy, so starts and deploys are quick.
+const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Ask the kernel for a free loopback port for a new instance.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn substitute(text: &str, service: &str, version: &str, instance: &str) -> String {
+    text.replace("{version}", version)
+        .replace("{service}", service)
+        .replace("{instance}", instance)
+}
+
+/// Exponential backoff for the n-th recent crash (n >= 1).
+pub fn backoff(recent_crashes: usize) -> Duration {
+    let exp = recent_crashes.saturating_sub(1).min(16) as u32;
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+/// Create instance number `n` of `svc` at `version` and start supervising it.
+pub fn spawn_instance(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    n: u32,
+    version: &str,
+) -> std::io::Result<Arc<Instance>> {
+    let name = &svc.config.name;
+    let id = format!("{name}-{n}");
+    let port = free_port()?;
+    let inst = Arc::new(Instance {
+        backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
+        id,
+        service: name.clone(),
+        version: version.to_string(),
+        port,
+        info: Mutex::new(InstanceInfo {
+            state: InstanceState::Starting,
+            health: Health::Unknown,
+            pid: None,
+            restarts: 0,
+            started: None,
+            cpu_ticks: None,
+            cpu_percent: 0.0,
+            rss_bytes: 0,
+        }),
+        stop: watch::channel(false).0,
+        task: Mutex::new(None),
+    });
+    lock(&svc.instances).push(inst.clone());
+    let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone()));
+    *lock(&inst.task) = Some(task);
+    Ok(inst)
+}
+
+enum Outcome {
+    Exited(Exit),
+    Stop,
+    MissedDeadline,
+}
+
+async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instance>) {
+    let cfg = &svc.config;
+    let mut stop_rx = inst.stop.subscribe();
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut crashloop_reported = false;
+    let id = inst.id.as_str();
+    let service = Some(cfg.name.as_str());
+    loop {
+        if *stop_rx.borrow() {
+            break;
+        }
+        {
+            let mut i = lock(&inst.info);
+            i.state = InstanceState::Starting;
+            i.health = Health::Unknown;
+        }
+        let spec = InstanceSpec {
+            id: inst.id.clone(),
+            service: cfg.name.clone(),
+            version: inst.version.clone(),
+            command: cfg
+                .command
+                .iter()
+                .map(|a| substitute(a, &cfg.name, &inst.version, id))
+                .collect(),
+            env: cfg
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), substitute(v, &cfg.name, &inst.version, id)))
+                .collect::<BTreeMap<_, _>>(),
+            port: inst.port,
+            log_path: p.logs_dir().join(format!("{id}.log")),
+            log_max_size: cfg.log_max_size,
+        };
+        let mut ran_healthy_for = Duration::ZERO;
+        match p.runtime.start(spec).await {
+            Err(e) => p.event("instance.start_failed", service, Some(id), e.to_string()),
+            Ok(mut running) => {
+                let ident = running.identity();
+                let started = Instant::now();
+                {
+                    let mut i = lock(&inst.info);
+                    i.pid = Some(ident.pid);
+                    i.started = Some(started);
+                    i.state = InstanceState::Running;
+                    i.cpu_ticks = None;
+                }
+                let record = InstanceRecord {
+                    id: inst.id.clone(),
+                    service: cfg.name.clone(),
+                    version: inst.version.clone(),
+                    pid: Some(ident.pid as i64),
+                    pgid: Some(ident.pgid as i64),
+                    proc_start_ticks: ident.start_ticks.map(|t| t as i64),
+                    port: inst.port,
+                    state: "running".into(),
+                    started_ms: now_ms(),
+                };
+                if let Err(e) = p.store.upsert_instance(&record) {
+                    tracing::error!("cannot record instance {id}: {e}");
+                }
+                p.event(
+                    "instance.started",
+                    service,
+                    Some(id),
+                    format!("started {} (pid {}, port {})", inst.version, ident.pid, inst.port),
+                );
+                let (deadline_tx, deadline_rx) = oneshot::channel::<()>();
+                let prober = tokio::spawn(probe_loop(p.clone(), svc.clone(), inst.clone(), started, deadline_tx));
+                let outcome = tokio::select! {
+                    exit = running.wait() => Outcome::Exited(exit),
+                    _ = stop_rx.wait_for(|s| *s) => Outcome::Stop,
+                    Ok(()) = deadline_rx => Outcome::MissedDeadline,
+                };
+                prober.abort();
+                let was_healthy = lock(&inst.info).health == Health::Healthy;
+                {
+                    let mut i = lock(&inst.info);
+                    i.health = Health::Unknown;
+                    if matches!(outcome, Outcome::Stop) {
+                        i.state = InstanceState::Stopping;
+                    }
+                }
+                // Out of the pool before it goes away.
+                svc.rebuild_route();
+                match outcome {
+                    Outcome::Exited(exit) => {
+                        p.event("instance.exited", service, Some(id), format!("exited unexpectedly: {exit}"));
+                    }
+                    Outcome::Stop => {
+                        let exit = tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
+                        let _ = p.store.remove_instance(id);
+                        p.event("instance.stopped", service, Some(id), format!("stopped ({exit})"));
+                        break;
+                    }
+                    Outcome::MissedDeadline => {
+                        p.event(
+                            "instance.deadline_missed",
+                            service,
+                            Some(id),
+                            format!(
+                                "not healthy within its {} deadline; restarting it",
+                                humantime::format_duration(cfg.health.deadline)
+                            ),
+                        );
+                        tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
+                    }
+                }
+                let _ = p.store.remove_instance(id);
+                if was_healthy {
+                    ran_healthy_for = started.elapsed();
+                }
+            }
+        }
+        if *stop_rx.borrow() {
+            break;
+        }
+        // A crash after a long healthy run starts the count afresh.
+        if ran_healthy_for > CRASH_WINDOW {
+            crashes.clear();
+            crashloop_reported = false;
+        }
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes.front().is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW) {
+            crashes.pop_front();
+        }
+        let delay = backoff(crashes.len());
+        {
+            let mut i = lock(&inst.info);
+            i.restarts += 1;
+            i.pid = None;
+            i.state = if crashes.len() >= CRASHLOOP_AFTER {
+                InstanceState::Crashloop
+            } else {
+                InstanceState::Backoff
+            };
+        }
+        if crashes.len() >= CRASHLOOP_AFTER && !crashloop_reported {
+            crashloop_reported = true;
+            p.event(
+                "instance.crashloop",
+                service,
+                Some(id),
+                format!(
+                    "crashed {} times in {}; retrying with backoff up to {}; see `tcf-platform logs {}`",
+                    crashes.len(),
+                    humantime::format_duration(CRASH_WINDOW),
+                    humantime::format_duration(BACKOFF_MAX),
+                    cfg.name
+                ),
+            );
+        }
+        p.event(
+            "instance.restarting",
+            service,
+            Some(id),
+            format!("restarting in {}", humantime::format_duration(delay)),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+    }
+    {
+        let mut i = lock(&inst.info);
+        i.state = InstanceState::Stopped;
+        i.health = Health::Unknown;
+        i.pid = None;
+    }
+    svc.rebuild_route();
+}
+
+/// Probe an instance until its supervisor stops this task; report a missed deadline once.
+async fn probe_loop(
+    p: Arc<Platform>,
+    svc: Arc<ServiceRuntime>,
+    inst: Arc<Instance>,
+    started: Instant,
+    deadline: oneshot::Sender<()>,
+) {
+    let h = &svc.config.health;
+    let service = Some(svc.config.name.as_str());
+    let id = Some(inst.id.as_str());
+    let mut deadline = Some(deadline);
+    let (mut passes, mut fails) = (0u32, 0u32);
+    let mut ever_healthy = false;
+    let mut last_error = String::new();
+    loop {
+        let result = health::instance(inst.port, &h.probe, h.timeout).await;
+        let current = lock(&inst.info).health;
+        match result {
+            Ok(()) => {
+                passes += 1;
+                fails = 0;
+                if current != Health::Healthy && passes >= h.healthy_threshold {
+                    lock(&inst.info).health = Health::Healthy;
+                    svc.rebuild_route();
+                    let msg = if ever_healthy {
+                        "healthy again; back in the proxy's pool".to_string()
+                    } else {
+                        format!(
+                            "healthy after {} ms; in the proxy's pool",
+                            started.elapsed().as_millis()
+                        )
+                    };
+                    ever_healthy = true;
+                    p.event("instance.healthy", service, id, msg);
+                }
+            }
+            Err(reason) => {
+                passes = 0;
+                last_error = reason.clone();
+                let grace = !ever_healthy && started.elapsed() < h.start_period;
+                if !grace {
+                    fails += 1;
+                }
+                if current == Health::Healthy && fails >= h.unhealthy_threshold {
+                    lock(&inst.info).health = Health::Unhealthy;
+                    svc.rebuild_route();
+                    p.event(
+                        "instance.unhealthy",
+                        service,
+                        id,
+                        format!("unhealthy after {fails} failed probes ({reason}); out of the proxy's pool"),
+                    );
+                } else if current == Health::Unknown && fails >= h.unhealthy_threshold {
+                    lock(&inst.info).health = Health::Unhealthy;
+                }
+            }
+        }
+        if !ever_healthy && started.elapsed() >= h.deadline {
+            if let Some(tx) = deadline.take() {
+                tracing::warn!("{} missed its health deadline; last probe: {last_error}", inst.id);
+                let _ = tx.send(());
+            }
+            return;
+        }
+        let pause = if ever_healthy {
+            h.interval
+        } else {
+            h.interval.min(STARTUP_PROBE_INTERVAL)
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Start a service once everything it depends on is healthy.
+pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
+    let cfg = &svc.config;
+    let mut shutdown = p.shutdown.subscribe();
+    for dep in &cfg.depends_on {
+        let mut rx = if let Some(s) = p.services.get(dep) {
+            s.healthy.subscribe()
+        } else if let Some(d) = p.dependencies.get(dep) {
+            d.healthy.subscribe()
+        } else {
+            continue;
+        };
+        if !*rx.borrow() {
+            p.event(
+                "service.waiting",
+                Some(&cfg.name),
+                None,
+                format!("waiting for {dep} to be healthy"),
+            );
+            tokio::select! {
+                _ = rx.wait_for(|h| *h) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+    let version = lock(&svc.version).clone();
+    p.event(
+        "service.starting",
+        Some(&cfg.name),
+        None,
+        format!("starting {} instance(s) of {version}", cfg.instances),
+    );
+    for n in 1..=cfg.instances {
+        if let Err(e) = spawn_instance(&p, &svc, n, &version) {
+            p.event(
+                "instance.start_failed",
+                Some(&cfg.name),
+                None,
+                format!("no free port for instance {n}: {e}"),
+            );
+        }
+    }
+}
+
+/// Stop every instance, dependents before what they depend on, and wait for them.
+pub async fn stop_all(p: &Arc<Platform>) {
+    let mut order = p.config.start_order();
+    order.reverse();
+    for name in order {
+        let Some(svc) = p.services.get(&name) else { continue };
+        let instances = svc.instances();
+        for i in &instances {
+            i.stop.send_replace(true);
+        }
+        for i in &instances {
+            let task = lock(&i.task).take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// Probe a dependency forever (until shutdown), recording changes.
+pub async fn watch_dependency(p: Arc<Platform>, dep: Arc<crate::platform::DependencyRuntime>) {
+    let mut shutdown = p.shutdown.subscribe();
+    let name = dep.config.name.clone();
+    loop {
+        let result = health::dependency(&dep.config).await;
+        let healthy = result.is_ok();
+        let previous = lock(&dep.info).healthy;
+        {
+            let mut info = lock(&dep.info);
+            info.healthy = Some(healthy);
+            info.last_error = result.as_ref().err().cloned();
+        }
+        dep.healthy.send_replace(healthy);
+        if previous != Some(healthy) {
+            let (kind, msg) = match &result {
+                Ok(()) => ("dependency.healthy", format!("{name} is healthy")),
+                Err(e) => ("dependency.unhealthy", format!("{name} is unhealthy: {e}")),
+            };
+            p.event(kind, None, None, msg);
+        }
+        let pause = if healthy {
+            dep.config.interval
+        } else {
+            dep.config.interval.min(Duration::from_secs(1))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(4), Duration::from_secs(2));
+        assert_eq!(backoff(100), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn placeholders_are_replaced() {
+        assert_eq!(
+            substitute("{service}:{version}:{instance}", "gw", "v2", "gw-1"),
+            "gw:v2:gw-1"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The command line: every command, flag and its help text.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcf-platform",
+    version,
+    about = "Run a multi-service platform and operate it in production",
+    long_about = "Run a multi-service platform from one config file and operate it: a reverse proxy in \
+front of every service, health checks, restarts, status, logs and an audit trail of events.\n\n\
+Start with `tcf-platform up` in the directory that holds tcf-platform.toml (or pass --config). \
+Every other command talks to that running daemon.",
+    after_help = "Exit codes: 0 success, 1 failure (for example, no daemon running), 2 usage or config error."
+)]
+pub struct Cli {
+    /// The config file [default: ./tcf-platform.toml]
+    #[arg(long, short = 'c', global = true, env = "TCF_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Apply the [environments.NAME] overrides of the config
+    #[arg(long = "env", short = 'e', global = true, env = "TCF_ENV", value_name = "NAME")]
+    pub environment: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: the daemon in the foreground (Ctrl-C or `down` stops it)
+    #[command(long_about = "Run the platform in the foreground: bind every service's public address, \
+start the services in dependency order (a service starts once what it depends on is healthy), probe \
+their health, restart what crashes, and serve the API on a Unix socket in the state directory.\n\n\
+Ctrl-C, SIGTERM or `tcf-platform down` stop it cleanly: stop accepting, finish requests in flight, \
+stop instances in reverse dependency order.")]
+    Up,
+    /// Stop the running daemon and everything it started
+    Down {
+        /// Give up waiting after this long (the daemon keeps stopping)
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show services, instances and their health
+    Status(StatusArgs),
+    /// Show the log of a service's instances
+    Logs {
+        /// The service
+        service: String,
+        /// Keep printing what the instances write
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many lines of each instance's log to show first
+        #[arg(long, short = 'n', default_value_t = 100)]
+        tail: usize,
+    },
+    /// Show the audit trail: every state change, oldest first
+    Events {
+        /// Only events of this service
+        #[arg(long)]
+        service: Option<String>,
+        /// How many of the newest events
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Check or show the config
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
+    #[command(subcommand)]
+    Prod(ProdCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(long_about = "Print a completion script for SHELL to standard output.\n\n\
+Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-platform")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the version of this binary
+    Version {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// One line per service (the default view)
+    #[arg(long)]
+    pub services: bool,
+    /// Also one line per instance with its health, pid, port and restarts
+    #[arg(long)]
+    pub health: bool,
+    /// Also request rate, 5xx rate, p50/p99 latency (from the proxy), CPU and memory
+    #[arg(long)]
+    pub metrics: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the config: exit 0 when valid, 2 when not (with file, line and column)
+    Validate {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print the effective config: defaults filled in, environment applied
+    Show {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProdCommand {
+    /// Show services, instances and their health (same as `tcf-platform status`)
+    Status(StatusArgs),
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write it like 30s, 2m or 500ms)"))
+}

@@ -1,0 +1,178 @@
+//! Human output: aligned tables for status and events. JSON output is the `tcf-api` types.
+
+use tcf_api::{Event, Status};
+
+/// Columns padded to their widest cell; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn uptime(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.1}ms"))
+}
+
+pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
+    let healthy = s.services.iter().filter(|x| x.healthy).count();
+    let mut out = format!(
+        "platform {}: {} of {} services healthy\n\n",
+        s.platform,
+        healthy,
+        s.services.len()
+    );
+    let mut headers = vec!["SERVICE", "VERSION", "LISTEN", "HEALTH", "INSTANCES"];
+    if metrics {
+        headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS"]);
+    }
+    let rows: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|svc| {
+            let ready = svc.instances.iter().filter(|i| i.health == "healthy").count();
+            let mut r = vec![
+                svc.name.clone(),
+                svc.version.clone(),
+                svc.listen.clone(),
+                if svc.healthy { "healthy" } else { "unhealthy" }.to_string(),
+                format!("{ready}/{} healthy", svc.instances.len()),
+            ];
+            if let Some(m) = svc.metrics.as_ref().filter(|_| metrics) {
+                r.extend([
+                    format!("{:.1}", m.requests_per_s),
+                    format!("{:.1}", m.errors_5xx_per_s),
+                    ms(m.p50_ms),
+                    ms(m.p99_ms),
+                    format!("{:.1}%", m.cpu_percent),
+                    bytes(m.rss_bytes),
+                ]);
+            }
+            r
+        })
+        .collect();
+    out.push_str(&table(&headers, &rows));
+    if instances {
+        let rows: Vec<Vec<String>> = s
+            .services
+            .iter()
+            .flat_map(|svc| svc.instances.iter())
+            .map(|i| {
+                vec![
+                    i.id.clone(),
+                    i.version.clone(),
+                    i.pid.map_or("-".into(), |p| p.to_string()),
+                    i.port.to_string(),
+                    i.state.clone(),
+                    i.health.clone(),
+                    i.restarts.to_string(),
+                    uptime(i.uptime_s),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["INSTANCE", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS", "UPTIME"],
+            &rows,
+        ));
+    }
+    if !s.dependencies.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .dependencies
+            .iter()
+            .map(|d| {
+                vec![
+                    d.name.clone(),
+                    d.kind.clone(),
+                    d.target.clone(),
+                    match d.healthy {
+                        None => "unknown".to_string(),
+                        Some(true) => "healthy".to_string(),
+                        Some(false) => format!("unhealthy: {}", d.last_error.clone().unwrap_or_default()),
+                    },
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["DEPENDENCY", "KIND", "TARGET", "HEALTH"], &rows));
+    }
+    out
+}
+
+pub fn events(events: &[Event]) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.time.clone(),
+                e.kind.clone(),
+                e.instance.clone().or_else(|| e.service.clone()).unwrap_or_else(|| "-".into()),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "EVENT", "WHERE", "MESSAGE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["wide cell".into(), "x".into()]]);
+        assert_eq!(t, "A          LONGER\nwide cell  x\n");
+    }
+
+    #[test]
+    fn sizes_and_uptimes_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(uptime(75), "1m15s");
+        assert_eq!(uptime(7300), "2h1m");
+    }
+}
