@@ -185,9 +185,9 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
         path: PathBuf::from("."),
         source,
     })?;
-    let candidate = dir.join(DEFAULT_FILE_NAME);
-    if candidate.is_file() {
-        Ok(candidate)
+    if dir.join(DEFAULT_FILE_NAME).is_file() {
+        // Relative, so messages name the file the way the user sees it.
+        Ok(PathBuf::from(DEFAULT_FILE_NAME))
     } else {
         Err(ConfigError::NotFound { dir })
     }

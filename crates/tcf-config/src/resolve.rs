@@ -118,7 +118,10 @@ pub fn resolve(
 fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {
     let message = e.message().trim().to_string();
     let hint = if message.contains("unknown field") {
-        Some(KEYS_HINT.to_string())
+        Some(match closest_field(&message) {
+            Some(near) => format!("did you mean `{near}`? {KEYS_HINT}"),
+            None => KEYS_HINT.to_string(),
+        })
     } else if message.contains("missing field") {
         Some("add the key; docs/configuration.md shows an example".to_string())
     } else if message.contains("invalid type") {
@@ -131,6 +134,32 @@ fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {
         span: e.span(),
         hint,
     }
+}
+
+/// For "unknown field `x`, expected one of `a`, `b`": the expected name nearest to `x`.
+fn closest_field(message: &str) -> Option<String> {
+    let mut names = message.split('`').skip(1).step_by(2);
+    let unknown = names.next()?;
+    names
+        .map(|n| (edit_distance(unknown, n), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min()
+        .map(|(_, n)| n.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagnostic>) {
@@ -568,5 +597,18 @@ fn check_cycles(file: &RawFile, errors: &mut Vec<Diagnostic>) {
         if marks.get(n) == Some(&Mark::New) {
             dfs(n, &edges, &mut marks, &mut Vec::new(), errors);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_key() {
+        let msg = "unknown field `instnces`, expected one of `runtime`, `instances`, `env`";
+        assert_eq!(closest_field(msg).as_deref(), Some("instances"));
+        assert_eq!(closest_field("unknown field `zzz`, expected `runtime`"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -1,0 +1,197 @@
+//! The whole platform, for real: `up` on the example, traffic through every public port,
+//! status contract, crash recovery, `down`, and no process left behind.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(60);
+
+/// Replace values that change from run to run, keeping the shape of the JSON contract.
+fn normalise(v: &Value) -> Value {
+    let mut v = v.clone();
+    for svc in v["services"].as_array_mut().unwrap() {
+        svc["listen"] = "<addr>".into();
+        for i in svc["instances"].as_array_mut().unwrap() {
+            for key in ["pid", "port", "uptime_s"] {
+                assert!(i[key].is_u64(), "{key} should be a number: {i}");
+                i[key] = format!("<{key}>").into();
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn up_serve_recover_and_down_leaves_nothing_behind() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    let status = p.wait_for("all six services healthy", START, all_healthy);
+    insta::assert_json_snapshot!("status_contract", normalise(&status));
+
+    // Every public port answers through the proxy, from the service it fronts.
+    for svc in status["services"].as_array().unwrap() {
+        let name = svc["name"].as_str().unwrap();
+        let addr = svc["listen"].as_str().unwrap();
+        for _ in 0..3 {
+            let (code, body) = http_get(addr, "/hello").unwrap();
+            assert_eq!(code, 200, "{name} via {addr}: {body}");
+            let answer: Value = serde_json::from_str(body.trim()).unwrap();
+            assert_eq!(answer["service"], name);
+            assert_eq!(answer["version"], "v1");
+            assert_eq!(answer["path"], "/hello");
+        }
+    }
+
+    // An instance killed with SIGKILL is restarted and healthy again.
+    let gateway = &status["services"].as_array().unwrap().iter().find(|s| s["name"] == "gateway").unwrap()["instances"][0];
+    let (victim_id, victim_pid) = (gateway["id"].as_str().unwrap().to_string(), gateway["pid"].as_u64().unwrap());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let after = p.wait_for("the killed instance back and healthy", START, |s| {
+        all_healthy(s)
+            && s["services"].as_array().unwrap().iter().flat_map(|svc| svc["instances"].as_array().unwrap()).any(|i| {
+                i["id"] == victim_id.as_str() && i["restarts"].as_u64() >= Some(1) && i["pid"].as_u64() != Some(victim_pid)
+            })
+    });
+    assert!(!alive(victim_pid as u32));
+    let gateway_addr = after["services"].as_array().unwrap().iter().find(|s| s["name"] == "gateway").unwrap()["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(http_get(&gateway_addr, "/").unwrap().0, 200);
+
+    // The crash and the restart are in the audit trail.
+    let events = p.cli(&["events", "--format", "json", "--limit", "500"]);
+    assert!(events.status.success());
+    let events: Vec<Value> = serde_json::from_slice(&events.stdout).unwrap();
+    let kinds: Vec<&str> = events.iter().filter(|e| e["instance"] == victim_id.as_str()).map(|e| e["kind"].as_str().unwrap()).collect();
+    for k in ["instance.started", "instance.healthy", "instance.exited", "instance.restarting"] {
+        assert!(kinds.contains(&k), "missing {k} in {kinds:?}");
+    }
+
+    // Logs of a service come back per instance.
+    let logs = p.cli(&["logs", "gateway", "--tail", "5"]);
+    assert!(logs.status.success());
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("gateway-2 | tcf-demo: gateway v1"), "{text}");
+
+    // prod status with metrics has the contract's extra fields.
+    let out = p.cli(&["prod", "status", "--metrics", "--format", "json"]);
+    assert!(out.status.success());
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for svc in m["services"].as_array().unwrap() {
+        for key in ["requests_per_s", "errors_5xx_per_s", "error_ratio_5xx", "cpu_percent", "rss_bytes"] {
+            assert!(svc["metrics"][key].is_number(), "{key} missing in {}", svc["metrics"]);
+        }
+    }
+
+    // A second `up` on the same state directory is refused, naming the running daemon.
+    let second = p.cli(&["up"]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another tcf-platform daemon"), "{err}");
+
+    // down: exit 0, the daemon exits 0, and every process the platform started is gone.
+    p.status();
+    let down = p.cli(&["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    assert!(p.seen_pids.len() >= 8, "saw {:?}", p.seen_pids);
+    for pid in &p.seen_pids {
+        assert!(!alive(*pid), "instance pid {pid} still alive after down");
+    }
+    // Without a daemon, commands say so and how to start one.
+    let out = p.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tcf-platform daemon is running") && err.contains("tcf-platform up"), "{err}");
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    let before = p.wait_for("all healthy", START, all_healthy);
+    let daemon_pid = p.daemon.as_ref().unwrap().id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    let old: Vec<u32> = p.seen_pids.iter().copied().collect();
+
+    // Started again: what the killed daemon left running is cleaned up, the platform comes back.
+    p.up();
+    let after = p.wait_for("all healthy after restart", START, all_healthy);
+    for pid in &old {
+        assert!(!alive(*pid), "pid {pid} from the killed daemon is still alive");
+    }
+    assert_eq!(before["services"].as_array().unwrap().len(), after["services"].as_array().unwrap().len());
+    let events: Vec<Value> = serde_json::from_slice(&p.cli(&["events", "--format", "json", "--limit", "1000"]).stdout).unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "daemon.started" && e["message"].as_str().unwrap().contains("did not stop cleanly")),
+        "the restart should note the unclean stop"
+    );
+    let cleaned = events.iter().filter(|e| e["kind"] == "recovery.cleaned_up").count();
+    assert_eq!(cleaned, old.len(), "every leftover instance should be cleaned up by the new daemon");
+
+    let down = p.cli(&["down"]);
+    assert!(down.status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    for pid in &p.seen_pids {
+        assert!(!alive(*pid), "pid {pid} still alive after down");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_platform_cleanly() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    let daemon_pid = p.daemon.as_ref().unwrap().id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon_pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    for pid in &p.seen_pids {
+        assert!(!alive(*pid), "pid {pid} still alive after SIGTERM");
+    }
+    let log = std::fs::read_to_string(p.daemon_log()).unwrap();
+    assert!(log.contains("daemon.stopped"), "{log}");
+}
+
+#[test]
+fn a_service_waits_for_its_external_dependency() {
+    let db_port = free_port();
+    let api_port = free_port();
+    let config = format!(
+        r#"[platform]
+name = "deps"
+
+[dependencies.db]
+kind = "tcp"
+address = "127.0.0.1:{db_port}"
+interval = "200ms"
+
+[services.api]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{api_port}"
+depends_on = ["db"]
+"#
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let waiting = p.wait_for("the dependency probed", START, |s| s["dependencies"][0]["healthy"] == false);
+    assert_eq!(waiting["services"][0]["instances"].as_array().unwrap().len(), 0, "api must not start before db is up");
+    assert!(waiting["dependencies"][0]["last_error"].as_str().unwrap().contains("cannot connect"));
+    // Until it has a healthy instance, the proxy answers 503 and says why.
+    let (code, body) = http_get(&format!("127.0.0.1:{api_port}"), "/").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("no healthy instance of service api"), "{body}");
+
+    let db = std::net::TcpListener::bind(("127.0.0.1", db_port)).unwrap();
+    p.wait_for("api started once db is healthy", START, all_healthy);
+    assert_eq!(http_get(&format!("127.0.0.1:{api_port}"), "/").unwrap().0, 200);
+    drop(db);
+
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
