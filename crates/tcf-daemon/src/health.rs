@@ -110,6 +110,28 @@ async fn redis_ping(addr: &str, timeout: Duration) -> ProbeResult {
     .await
 }
 
+/// Ask for TLS the way every PostgreSQL client starts (SSLRequest); a PostgreSQL server answers
+/// with one byte, `S` or `N`, before any authentication. Proves more than an open port.
+async fn postgres_ping(addr: &str, timeout: Duration) -> ProbeResult {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    with_timeout(timeout, async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        s.write_all(&SSL_REQUEST)
+            .await
+            .map_err(|e| format!("cannot talk to {addr}: {e}"))?;
+        let mut reply = [0u8; 1];
+        match s.read(&mut reply).await {
+            Ok(1) if reply[0] == b'S' || reply[0] == b'N' => Ok(()),
+            Ok(0) => Err(format!("{addr} closed the connection instead of answering like PostgreSQL")),
+            Ok(_) => Err(format!("{addr} did not answer like PostgreSQL (got {:?})", reply[0] as char)),
+            Err(e) => Err(format!("{addr} did not answer like PostgreSQL: {e}")),
+        }
+    })
+    .await
+}
+
 /// Where a dependency is, for display.
 pub fn dependency_target(d: &Dependency) -> String {
     d.url
@@ -118,10 +140,12 @@ pub fn dependency_target(d: &Dependency) -> String {
         .unwrap_or_default()
 }
 
+/// Probe a dependency the way its kind calls for.
 pub async fn dependency(d: &Dependency) -> ProbeResult {
     let address = d.address.clone().unwrap_or_default();
     match d.kind {
-        DependencyKind::Postgres | DependencyKind::Tcp => tcp(&address, d.timeout).await,
+        DependencyKind::Postgres => postgres_ping(&address, d.timeout).await,
+        DependencyKind::Tcp => tcp(&address, d.timeout).await,
         DependencyKind::Redis => redis_ping(&address, d.timeout).await,
         DependencyKind::Http | DependencyKind::Qdrant => {
             let url = d

@@ -13,6 +13,7 @@ mod platform;
 mod supervisor;
 
 pub use api::build_status;
+pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
 use platform::{lock, DependencyInfo, DependencyRuntime, Platform, ServiceRuntime};
