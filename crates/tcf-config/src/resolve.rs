@@ -30,10 +30,17 @@ pub fn resolve(
 
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let name = file.platform.name.get_ref().trim().to_string();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         errors.push(
-            Diagnostic::new(format!("invalid platform name {name:?}"), Some(file.platform.name.span()))
-                .hint("use letters, digits, '-' and '_' only; it names containers, networks and files"),
+            Diagnostic::new(
+                format!("invalid platform name {name:?}"),
+                Some(file.platform.name.span()),
+            )
+            .hint("use letters, digits, '-' and '_' only; it names containers, networks and files"),
         );
     }
     let state_dir = base_dir.join(file.platform.state_dir.as_deref().unwrap_or(".tcf"));
@@ -155,7 +162,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
             prev = cur;
         }
     }
@@ -169,13 +180,19 @@ fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagno
         .find(|k| k.get_ref() == env_name)
         .cloned()
     else {
-        let known: Vec<&str> = file.environments.keys().map(|k| k.get_ref().as_str()).collect();
+        let known: Vec<&str> = file
+            .environments
+            .keys()
+            .map(|k| k.get_ref().as_str())
+            .collect();
         errors.push(
-            Diagnostic::new(format!("unknown environment {env_name:?}"), None).hint(if known.is_empty() {
-                "this file has no [environments.NAME] tables".to_string()
-            } else {
-                format!("known environments: {}", known.join(", "))
-            }),
+            Diagnostic::new(format!("unknown environment {env_name:?}"), None).hint(
+                if known.is_empty() {
+                    "this file has no [environments.NAME] tables".to_string()
+                } else {
+                    format!("known environments: {}", known.join(", "))
+                },
+            ),
         );
         return;
     };
@@ -195,14 +212,22 @@ fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagno
         file.defaults = overlay_defaults(base, d);
     }
     for (name, over) in overlay.services {
-        match file.services.keys().find(|k| k.get_ref() == name.get_ref()).cloned() {
+        match file
+            .services
+            .keys()
+            .find(|k| k.get_ref() == name.get_ref())
+            .cloned()
+        {
             Some(k) => {
                 let base = file.services.remove(&k).unwrap_or_default();
                 file.services.insert(k, overlay_service(base, over));
             }
             None => errors.push(
                 Diagnostic::new(
-                    format!("environment {env_name:?} overrides unknown service {:?}", name.get_ref()),
+                    format!(
+                        "environment {env_name:?} overrides unknown service {:?}",
+                        name.get_ref()
+                    ),
                     Some(name.span()),
                 )
                 .hint("an environment can only change services defined in [services]"),
@@ -210,7 +235,12 @@ fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagno
         }
     }
     for (name, over) in overlay.dependencies {
-        match file.dependencies.keys().find(|k| k.get_ref() == name.get_ref()).cloned() {
+        match file
+            .dependencies
+            .keys()
+            .find(|k| k.get_ref() == name.get_ref())
+            .cloned()
+        {
             Some(k) => {
                 let base = file.dependencies.remove(&k).unwrap_or_default();
                 file.dependencies.insert(
@@ -226,7 +256,10 @@ fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagno
             }
             None => errors.push(
                 Diagnostic::new(
-                    format!("environment {env_name:?} overrides unknown dependency {:?}", name.get_ref()),
+                    format!(
+                        "environment {env_name:?} overrides unknown dependency {:?}",
+                        name.get_ref()
+                    ),
                     Some(name.span()),
                 )
                 .hint("an environment can only change dependencies defined in [dependencies]"),
@@ -329,8 +362,11 @@ fn resolve_service(
         None | Some(("process", _)) => RuntimeKind::Process,
         Some((other, span)) => {
             errors.push(
-                Diagnostic::new(format!("unknown runtime {other:?} for service {name:?}"), Some(span))
-                    .hint("this build supports runtime = \"process\""),
+                Diagnostic::new(
+                    format!("unknown runtime {other:?} for service {name:?}"),
+                    Some(span),
+                )
+                .hint("this build supports runtime = \"process\""),
             );
             RuntimeKind::Process
         }
@@ -354,14 +390,18 @@ fn resolve_service(
     };
     let version = match &raw.version {
         Some(v) if v.get_ref().trim().is_empty() => {
-            errors.push(Diagnostic::new("version must not be empty", Some(v.span())).hint("set version = \"v1\""));
+            errors.push(
+                Diagnostic::new("version must not be empty", Some(v.span()))
+                    .hint("set version = \"v1\""),
+            );
             String::new()
         }
         Some(v) => v.get_ref().clone(),
         None => {
             errors.push(
-                Diagnostic::new(format!("service {name:?} has no version"), Some(key.span()))
-                    .hint("add version = \"v1\": the version `up` starts when nothing was deployed yet"),
+                Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
+                    "add version = \"v1\": the version `up` starts when nothing was deployed yet",
+                ),
             );
             String::new()
         }
@@ -379,31 +419,38 @@ fn resolve_service(
         },
         None => {
             errors.push(
-                Diagnostic::new(format!("service {name:?} has no listen address"), Some(key.span()))
-                    .hint("add listen = \"127.0.0.1:PORT\": the public address our proxy serves"),
+                Diagnostic::new(
+                    format!("service {name:?} has no listen address"),
+                    Some(key.span()),
+                )
+                .hint("add listen = \"127.0.0.1:PORT\": the public address our proxy serves"),
             );
             None
         }
     };
     let instances = raw.instances.clone().or_else(|| defaults.instances.clone());
-    let instances = at_least_one(&instances, "instances", errors)
-    .unwrap_or(1);
+    let instances = at_least_one(&instances, "instances", errors).unwrap_or(1);
     for dep in &raw.depends_on {
         let d = dep.get_ref();
         if d == &name {
             errors.push(
-                Diagnostic::new(format!("service {name:?} depends on itself"), Some(dep.span()))
-                    .hint("remove it from depends_on"),
+                Diagnostic::new(
+                    format!("service {name:?} depends on itself"),
+                    Some(dep.span()),
+                )
+                .hint("remove it from depends_on"),
             );
         } else if !known.iter().any(|k| k == d) {
             errors.push(
-                Diagnostic::new(format!("service {name:?} depends on unknown {d:?}"), Some(dep.span())).hint(
-                    if known.is_empty() {
-                        "define it under [services] or [dependencies]".to_string()
-                    } else {
-                        format!("known services and dependencies: {}", known.join(", "))
-                    },
-                ),
+                Diagnostic::new(
+                    format!("service {name:?} depends on unknown {d:?}"),
+                    Some(dep.span()),
+                )
+                .hint(if known.is_empty() {
+                    "define it under [services] or [dependencies]".to_string()
+                } else {
+                    format!("known services and dependencies: {}", known.join(", "))
+                }),
             );
         }
     }
@@ -413,8 +460,11 @@ fn resolve_service(
             let path = h.path.clone().unwrap_or_else(|| "/health".to_string());
             if !path.starts_with('/') {
                 errors.push(
-                    Diagnostic::new(format!("health path {path:?} must start with '/'"), Some(key.span()))
-                        .hint("write it as \"/health\""),
+                    Diagnostic::new(
+                        format!("health path {path:?} must start with '/'"),
+                        Some(key.span()),
+                    )
+                    .hint("write it as \"/health\""),
                 );
             }
             Probe::Http { path }
@@ -432,8 +482,10 @@ fn resolve_service(
         probe,
         interval: h.interval.map_or(Duration::from_secs(1), |d| d.0),
         timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
-        healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors).unwrap_or(1),
-        unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors).unwrap_or(3),
+        healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors)
+            .unwrap_or(1),
+        unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
+            .unwrap_or(3),
         start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
         deadline: h.deadline.map_or(Duration::from_secs(30), |d| d.0),
     };
@@ -452,7 +504,10 @@ fn resolve_service(
         env,
         depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
         health,
-        stop_timeout: raw.stop_timeout.or(defaults.stop_timeout).map_or(Duration::from_secs(10), |d| d.0),
+        stop_timeout: raw
+            .stop_timeout
+            .or(defaults.stop_timeout)
+            .map_or(Duration::from_secs(10), |d| d.0),
         max_request_body: raw
             .max_request_body
             .or(defaults.max_request_body)
@@ -465,7 +520,10 @@ fn resolve_service(
             .connect_timeout
             .or(defaults.connect_timeout)
             .map_or(Duration::from_secs(5), |d| d.0),
-        log_max_size: raw.log_max_size.or(defaults.log_max_size).map_or(10 << 20, |b| b.0),
+        log_max_size: raw
+            .log_max_size
+            .or(defaults.log_max_size)
+            .map_or(10 << 20, |b| b.0),
     })
 }
 
@@ -501,29 +559,45 @@ fn resolve_dependency(
     match kind {
         DependencyKind::Http if url.is_none() => {
             errors.push(
-                Diagnostic::new(format!("dependency {name:?} of kind http has no url"), Some(key.span()))
-                    .hint("add url = \"http://127.0.0.1:8080/health\""),
+                Diagnostic::new(
+                    format!("dependency {name:?} of kind http has no url"),
+                    Some(key.span()),
+                )
+                .hint("add url = \"http://127.0.0.1:8080/health\""),
             );
             return None;
         }
         DependencyKind::Qdrant if url.is_none() && address.is_none() => {
             errors.push(
-                Diagnostic::new(format!("dependency {name:?} has neither address nor url"), Some(key.span()))
-                    .hint("add address = \"127.0.0.1:6333\""),
+                Diagnostic::new(
+                    format!("dependency {name:?} has neither address nor url"),
+                    Some(key.span()),
+                )
+                .hint("add address = \"127.0.0.1:6333\""),
             );
             return None;
         }
-        DependencyKind::Postgres | DependencyKind::Redis | DependencyKind::Tcp if address.is_none() => {
+        DependencyKind::Postgres | DependencyKind::Redis | DependencyKind::Tcp
+            if address.is_none() =>
+        {
             errors.push(
-                Diagnostic::new(format!("dependency {name:?} has no address"), Some(key.span()))
-                    .hint("add address = \"host:port\""),
+                Diagnostic::new(
+                    format!("dependency {name:?} has no address"),
+                    Some(key.span()),
+                )
+                .hint("add address = \"host:port\""),
             );
             return None;
         }
         _ => {}
     }
     if let (Some(a), Some(span)) = (&address, raw.address.as_ref().map(|a| a.span())) {
-        if !a.contains(':') || a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).is_none() {
+        if !a.contains(':')
+            || a.rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_none()
+        {
             errors.push(
                 Diagnostic::new(format!("invalid address {a:?}"), Some(span))
                     .hint("write host and port, such as \"127.0.0.1:5432\""),
@@ -608,7 +682,10 @@ mod tests {
     fn suggests_the_nearest_key() {
         let msg = "unknown field `instnces`, expected one of `runtime`, `instances`, `env`";
         assert_eq!(closest_field(msg).as_deref(), Some("instances"));
-        assert_eq!(closest_field("unknown field `zzz`, expected `runtime`"), None);
+        assert_eq!(
+            closest_field("unknown field `zzz`, expected `runtime`"),
+            None
+        );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

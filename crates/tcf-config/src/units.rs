@@ -56,9 +56,9 @@ impl ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {text:?}: write a number with a unit, such as \"16MiB\""))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid size {text:?}: write a number with a unit, such as \"16MiB\"")
+        })?;
         let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -67,11 +67,9 @@ impl ByteSize {
             "mib" => 1 << 20,
             "g" | "gb" => 1_000_000_000,
             "gib" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "invalid size {text:?}: unknown unit {other:?}; use B, KB, KiB, MB, MiB, GB or GiB"
-                ))
-            }
+            other => return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?}; use B, KB, KiB, MB, MiB, GB or GiB"
+            )),
         };
         Ok(ByteSize((value * factor as f64) as u64))
     }

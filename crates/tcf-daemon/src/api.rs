@@ -12,7 +12,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-use tcf_api::{DependencyStatus, DownResponse, ErrorBody, Event, InstanceStatus, Ping, ServiceStatus, Status};
+use tcf_api::{
+    DependencyStatus, DownResponse, ErrorBody, Event, InstanceStatus, Ping, ServiceStatus, Status,
+};
 
 pub struct ApiError(StatusCode, String);
 
@@ -135,10 +137,17 @@ pub fn wire_event(e: tcf_store::Event) -> Event {
     }
 }
 
-async fn events(State(p): State<Arc<Platform>>, Query(q): Query<EventsQuery>) -> Result<Json<Vec<Event>>, ApiError> {
+async fn events(
+    State(p): State<Arc<Platform>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
     let rows = p
         .store
-        .events(q.service.as_deref(), q.after, q.limit.unwrap_or(100).min(10_000))
+        .events(
+            q.service.as_deref(),
+            q.after,
+            q.limit.unwrap_or(100).min(10_000),
+        )
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows.into_iter().map(wire_event).collect()))
 }
@@ -168,7 +177,12 @@ async fn logs_handler(
 }
 
 async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
-    p.event("daemon.stop_requested", None, None, "stop requested through the API (tcf-platform down)");
+    p.event(
+        "daemon.stop_requested",
+        None,
+        None,
+        "stop requested through the API (tcf-platform down)",
+    );
     p.shutdown.send_replace(true);
     Json(DownResponse { stopping: true })
 }

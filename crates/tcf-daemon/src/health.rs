@@ -13,10 +13,16 @@ use tokio::net::TcpStream;
 /// Outcome of one probe: Ok, or why it failed.
 pub type ProbeResult = Result<(), String>;
 
-async fn with_timeout<F: std::future::Future<Output = ProbeResult>>(timeout: Duration, f: F) -> ProbeResult {
-    tokio::time::timeout(timeout, f)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(timeout))))
+async fn with_timeout<F: std::future::Future<Output = ProbeResult>>(
+    timeout: Duration,
+    f: F,
+) -> ProbeResult {
+    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))
+    })
 }
 
 pub async fn tcp(addr: &str, timeout: Duration) -> ProbeResult {
@@ -104,7 +110,10 @@ async fn redis_ping(addr: &str, timeout: Duration) -> ProbeResult {
         if reply.starts_with('+') || reply.starts_with('-') {
             Ok(())
         } else {
-            Err(format!("{addr} did not answer PING like Redis: {:?}", reply.trim()))
+            Err(format!(
+                "{addr} did not answer PING like Redis: {:?}",
+                reply.trim()
+            ))
         }
     })
     .await
@@ -124,8 +133,13 @@ async fn postgres_ping(addr: &str, timeout: Duration) -> ProbeResult {
         let mut reply = [0u8; 1];
         match s.read(&mut reply).await {
             Ok(1) if reply[0] == b'S' || reply[0] == b'N' => Ok(()),
-            Ok(0) => Err(format!("{addr} closed the connection instead of answering like PostgreSQL")),
-            Ok(_) => Err(format!("{addr} did not answer like PostgreSQL (got {:?})", reply[0] as char)),
+            Ok(0) => Err(format!(
+                "{addr} closed the connection instead of answering like PostgreSQL"
+            )),
+            Ok(_) => Err(format!(
+                "{addr} did not answer like PostgreSQL (got {:?})",
+                reply[0] as char
+            )),
             Err(e) => Err(format!("{addr} did not answer like PostgreSQL: {e}")),
         }
     })
@@ -186,7 +200,9 @@ mod tests {
         // A listener that never answers HTTP times out.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let err = http(&addr, "/health", Duration::from_millis(200)).await.unwrap_err();
+        let err = http(&addr, "/health", Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(err.contains("no answer within"), "{err}");
     }
 }

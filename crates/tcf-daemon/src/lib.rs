@@ -39,9 +39,15 @@ const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("another tcf-platform daemon{} is running on {state_dir}\nhint: use it (`tcf-platform status`), or stop it first with `tcf-platform down`", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    AlreadyRunning { state_dir: PathBuf, pid: Option<u32> },
+    AlreadyRunning {
+        state_dir: PathBuf,
+        pid: Option<u32>,
+    },
     #[error("cannot use the state directory {path}: {source}\nhint: check its permissions and free disk space, or set [platform] state_dir")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] tcf_store::StoreError),
     #[error("service {service} cannot listen on {addr}: {source}\nhint: another program uses that address (find it with `ss -ltnp`), or change the service's listen address")]
@@ -51,7 +57,10 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error("cannot create the API socket {path}: {source}")]
-    Socket { path: PathBuf, source: std::io::Error },
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn state_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -90,7 +99,10 @@ fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, Daemon
 }
 
 /// Run the platform until `stop` resolves or the API is asked to stop.
-pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let state_dir = config.platform.state_dir.clone();
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
@@ -122,16 +134,17 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
     }
     // We hold the lock, so a socket file here is left from a daemon that did not stop cleanly.
     let _ = std::fs::remove_file(&socket);
-    let api_listener = tokio::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
-        path: socket.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Socket {
+    let api_listener =
+        tokio::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
             path: socket.clone(),
             source,
-        }
-    })?;
+        })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        },
+    )?;
 
     let active = store.active_versions()?;
     let mut services = BTreeMap::new();
@@ -144,7 +157,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
                 connect_timeout: cfg.connect_timeout,
             },
         );
-        let version = active.get(name).cloned().unwrap_or_else(|| cfg.version.clone());
+        let version = active
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| cfg.version.clone());
         services.insert(
             name.clone(),
             Arc::new(ServiceRuntime {
@@ -220,9 +236,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
     tokio::spawn(metrics::run_sampler(p.clone()));
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let api_server = axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
-        let _ = api_shutdown.wait_for(|s| *s).await;
-    });
+    let api_server =
+        axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
+            let _ = api_shutdown.wait_for(|s| *s).await;
+        });
     let api = tokio::spawn(async move {
         if let Err(e) = api_server.await {
             tracing::error!("the API server failed: {e}");
@@ -237,7 +254,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
         }
         _ = shutdown.wait_for(|s| *s) => {}
     }
-    p.event("daemon.stopping", None, None, "stopping: draining connections, then stopping instances");
+    p.event(
+        "daemon.stopping",
+        None,
+        None,
+        "stopping: draining connections, then stopping instances",
+    );
     for t in proxy_tasks {
         let _ = t.await;
     }
@@ -308,7 +330,10 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     if initial.is_empty() {
         return;
     }
-    match p.store.create_release("initial", "active", "daemon", Some("first start"), &initial) {
+    match p
+        .store
+        .create_release("initial", "active", "daemon", Some("first start"), &initial)
+    {
         Ok(id) => p.event(
             "release.recorded",
             None,

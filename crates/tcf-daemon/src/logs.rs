@@ -44,7 +44,9 @@ fn read_new(path: &Path, offset: u64, partial: &mut Vec<u8>) -> (Vec<String>, u6
         return (Vec::new(), offset);
     }
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(offset)).is_err() || f.take(len - offset).read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(offset)).is_err()
+        || f.take(len - offset).read_to_end(&mut buf).is_err()
+    {
         return (Vec::new(), offset);
     }
     partial.extend_from_slice(&buf);
@@ -113,12 +115,15 @@ mod tests {
         std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
         let (lines, len) = last_lines(&path, 2);
         assert_eq!(lines, vec!["two", "three"]);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         write!(f, "four\nfi").unwrap();
         let mut partial = Vec::new();
         let (new, off) = read_new(&path, len, &mut partial);
         assert_eq!(new, vec!["four"]);
-        write!(f, "ve\n").unwrap();
+        writeln!(f, "ve").unwrap();
         let (new, off) = read_new(&path, off, &mut partial);
         assert_eq!(new, vec!["five"]);
         // Rotation: a new, shorter file.

@@ -82,7 +82,8 @@ pub fn sample(p: &Platform) {
                 if let Some((at, before)) = info.cpu_ticks {
                     let secs = now.duration_since(at).as_secs_f64();
                     if secs > 0.0 {
-                        info.cpu_percent = (ticks.saturating_sub(before) as f64 / hz) / secs * 100.0;
+                        info.cpu_percent =
+                            (ticks.saturating_sub(before) as f64 / hz) / secs * 100.0;
                     }
                 }
                 info.cpu_ticks = Some((now, ticks));

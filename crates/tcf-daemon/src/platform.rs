@@ -155,7 +155,13 @@ pub struct Platform {
 
 impl Platform {
     /// Record one state change: store, broadcast and the daemon's own log.
-    pub fn event(&self, kind: &str, service: Option<&str>, instance: Option<&str>, message: impl Into<String>) {
+    pub fn event(
+        &self,
+        kind: &str,
+        service: Option<&str>,
+        instance: Option<&str>,
+        message: impl Into<String>,
+    ) {
         let message = message.into();
         let place = instance.or(service).unwrap_or("platform");
         tracing::info!("{kind:<24} {place:<14} {message}");

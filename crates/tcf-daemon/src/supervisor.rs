@@ -3,7 +3,9 @@
 //! backoff, and stop gracefully (SIGTERM, `stop_timeout`, SIGKILL of the whole group).
 
 use crate::health;
-use crate::platform::{lock, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime};
+use crate::platform::{
+    lock, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -146,10 +148,19 @@ async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instanc
                     "instance.started",
                     service,
                     Some(id),
-                    format!("started {} (pid {}, port {})", inst.version, ident.pid, inst.port),
+                    format!(
+                        "started {} (pid {}, port {})",
+                        inst.version, ident.pid, inst.port
+                    ),
                 );
                 let (deadline_tx, deadline_rx) = oneshot::channel::<()>();
-                let prober = tokio::spawn(probe_loop(p.clone(), svc.clone(), inst.clone(), started, deadline_tx));
+                let prober = tokio::spawn(probe_loop(
+                    p.clone(),
+                    svc.clone(),
+                    inst.clone(),
+                    started,
+                    deadline_tx,
+                ));
                 let outcome = tokio::select! {
                     exit = running.wait() => Outcome::Exited(exit),
                     _ = stop_rx.wait_for(|s| *s) => Outcome::Stop,
@@ -168,12 +179,22 @@ async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instanc
                 svc.rebuild_route();
                 match outcome {
                     Outcome::Exited(exit) => {
-                        p.event("instance.exited", service, Some(id), format!("exited unexpectedly: {exit}"));
+                        p.event(
+                            "instance.exited",
+                            service,
+                            Some(id),
+                            format!("exited unexpectedly: {exit}"),
+                        );
                     }
                     Outcome::Stop => {
                         let exit = tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
                         let _ = p.store.remove_instance(id);
-                        p.event("instance.stopped", service, Some(id), format!("stopped ({exit})"));
+                        p.event(
+                            "instance.stopped",
+                            service,
+                            Some(id),
+                            format!("stopped ({exit})"),
+                        );
                         break;
                     }
                     Outcome::MissedDeadline => {
@@ -205,7 +226,10 @@ async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instanc
         }
         let now = Instant::now();
         crashes.push_back(now);
-        while crashes.front().is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW) {
+        while crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
             crashes.pop_front();
         }
         let delay = backoff(crashes.len());
@@ -314,7 +338,10 @@ async fn probe_loop(
         }
         if !ever_healthy && started.elapsed() >= h.deadline {
             if let Some(tx) = deadline.take() {
-                tracing::warn!("{} missed its health deadline; last probe: {last_error}", inst.id);
+                tracing::warn!(
+                    "{} missed its health deadline; last probe: {last_error}",
+                    inst.id
+                );
                 let _ = tx.send(());
             }
             return;
@@ -377,7 +404,9 @@ pub async fn stop_all(p: &Arc<Platform>) {
     let mut order = p.config.start_order();
     order.reverse();
     for name in order {
-        let Some(svc) = p.services.get(&name) else { continue };
+        let Some(svc) = p.services.get(&name) else {
+            continue;
+        };
         let instances = svc.instances();
         for i in &instances {
             i.stop.send_replace(true);

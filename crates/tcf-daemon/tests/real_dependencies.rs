@@ -10,7 +10,11 @@ use tcf_config::{Dependency, DependencyKind};
 use tcf_daemon::probe_dependency;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A server process that is stopped by pid when the test ends, however it ends.
@@ -18,7 +22,10 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -44,7 +51,11 @@ fn find_program(name: &str, extra_dirs: &[PathBuf]) -> PathBuf {
 
 fn postgres_bin_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.reverse(); // newest major version first
@@ -79,7 +90,16 @@ async fn redis_probe_needs_a_real_redis() {
     let port = free_port();
     let _server = Server(
         Command::new(redis)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -96,7 +116,9 @@ async fn redis_probe_needs_a_real_redis() {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         }
     });
-    let err = probe_dependency(&dependency(DependencyKind::Redis, addr)).await.unwrap_err();
+    let err = probe_dependency(&dependency(DependencyKind::Redis, addr))
+        .await
+        .unwrap_err();
     assert!(err.contains("did not answer PING like Redis"), "{err}");
 }
 
@@ -109,34 +131,46 @@ async fn postgres_probe_needs_a_real_postgres() {
     let pgdata = data.path().join("pg");
     std::fs::create_dir(&pgdata).unwrap();
     // PostgreSQL refuses to run as root: run it as the postgres user the package creates.
-    let mut as_user = |cmd: &mut Command| {
+    let as_user = |cmd: &mut Command| {
         use std::os::unix::process::CommandExt;
         if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .unwrap()
-                .expect("running as root needs the postgres user (apt-get install postgresql creates it)");
+            let user = nix::unistd::User::from_name("postgres").unwrap().expect(
+                "running as root needs the postgres user (apt-get install postgresql creates it)",
+            );
             nix::unistd::chown(data.path(), Some(user.uid), Some(user.gid)).unwrap();
             nix::unistd::chown(&pgdata, Some(user.uid), Some(user.gid)).unwrap();
             cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
     };
     let mut init = Command::new(initdb);
-    init.args(["-D"]).arg(&pgdata).args(["-A", "trust", "-U", "postgres"]).stdout(Stdio::null());
+    init.args(["-D"])
+        .arg(&pgdata)
+        .args(["-A", "trust", "-U", "postgres"])
+        .stdout(Stdio::null());
     as_user(&mut init);
     assert!(init.status().unwrap().success(), "initdb failed");
     let port = free_port();
     let mut run = Command::new(postgres);
     run.arg("-D")
         .arg(&pgdata)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+        ])
         .arg(data.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     as_user(&mut run);
     let _server = Server(run.spawn().unwrap());
-    eventually_ok(&dependency(DependencyKind::Postgres, format!("127.0.0.1:{port}")))
-        .await
-        .unwrap();
+    eventually_ok(&dependency(
+        DependencyKind::Postgres,
+        format!("127.0.0.1:{port}"),
+    ))
+    .await
+    .unwrap();
 
     // A port that accepts and hangs up is not PostgreSQL.
     let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,6 +180,8 @@ async fn postgres_probe_needs_a_real_postgres() {
             drop(s);
         }
     });
-    let err = probe_dependency(&dependency(DependencyKind::Postgres, addr)).await.unwrap_err();
+    let err = probe_dependency(&dependency(DependencyKind::Postgres, addr))
+        .await
+        .unwrap_err();
     assert!(err.contains("PostgreSQL"), "{err}");
 }

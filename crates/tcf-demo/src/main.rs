@@ -40,7 +40,9 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn env_ms(name: &str) -> Option<Duration> {
-    env(name).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+    env(name)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
 impl Knobs {
@@ -57,7 +59,8 @@ impl Knobs {
         let knobs = Knobs {
             service: env("TCF_SERVICE").unwrap_or_else(|| "demo".into()),
             instance: env("TCF_INSTANCE").unwrap_or_else(|| "demo-1".into()),
-            fail_health: env("DEMO_FAIL_HEALTH").is_some_and(|v| v != "0") || version.contains("unhealthy"),
+            fail_health: env("DEMO_FAIL_HEALTH").is_some_and(|v| v != "0")
+                || version.contains("unhealthy"),
             error_rate: error_rate.clamp(0.0, 1.0),
             latency: env_ms("DEMO_LATENCY_MS").unwrap_or_default(),
             hold: env_ms("DEMO_HOLD_MS").unwrap_or_default(),
@@ -84,7 +87,10 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     let path = req.uri().path().to_string();
     if path == "/health" {
         let (status, body) = if knobs.fail_health {
-            (StatusCode::SERVICE_UNAVAILABLE, "failing health on purpose\n")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failing health on purpose\n",
+            )
         } else {
             (StatusCode::OK, "ok\n")
         };
@@ -107,8 +113,10 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
         json_escape(&path)
     );
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().expect("static header"));
+    resp.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("static header"),
+    );
     if failing {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
@@ -121,7 +129,9 @@ async fn main() {
     let port: u16 = match env("PORT").map(|p| p.parse()) {
         Some(Ok(p)) => p,
         _ => {
-            eprintln!("tcf-demo: set PORT to the port to listen on (tcf-platform does this for you)");
+            eprintln!(
+                "tcf-demo: set PORT to the port to listen on (tcf-platform does this for you)"
+            );
             std::process::exit(2);
         }
     };

@@ -16,11 +16,23 @@ Every other command talks to that running daemon.",
 )]
 pub struct Cli {
     /// The config file [default: ./tcf-platform.toml]
-    #[arg(long, short = 'c', global = true, env = "TCF_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "TCF_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// Apply the [environments.NAME] overrides of the config
-    #[arg(long = "env", short = 'e', global = true, env = "TCF_ENV", value_name = "NAME")]
+    #[arg(
+        long = "env",
+        short = 'e',
+        global = true,
+        env = "TCF_ENV",
+        value_name = "NAME"
+    )]
     pub environment: Option<String>,
 
     #[command(subcommand)]
@@ -37,11 +49,13 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: the daemon in the foreground (Ctrl-C or `down` stops it)
-    #[command(long_about = "Run the platform in the foreground: bind every service's public address, \
+    #[command(
+        long_about = "Run the platform in the foreground: bind every service's public address, \
 start the services in dependency order (a service starts once what it depends on is healthy), probe \
 their health, restart what crashes, and serve the API on a Unix socket in the state directory.\n\n\
 Ctrl-C, SIGTERM or `tcf-platform down` stop it cleanly: stop accepting, finish requests in flight, \
-stop instances in reverse dependency order.")]
+stop instances in reverse dependency order."
+    )]
     Up,
     /// Stop the running daemon and everything it started
     Down {
@@ -80,8 +94,10 @@ stop instances in reverse dependency order.")]
     #[command(subcommand)]
     Prod(ProdCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
-    #[command(long_about = "Print a completion script for SHELL to standard output.\n\n\
-Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-platform")]
+    #[command(
+        long_about = "Print a completion script for SHELL to standard output.\n\n\
+Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-platform"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,

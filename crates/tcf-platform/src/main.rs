@@ -22,7 +22,11 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        let code = if error.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+        let code = if error.downcast_ref::<ConfigError>().is_some() {
+            2
+        } else {
+            1
+        };
         Failure { code, error }
     }
 }
@@ -40,7 +44,10 @@ type CmdResult = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -90,8 +97,16 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Down { timeout } => down(&cli, *timeout).await,
         Command::Status(args) => status(&cli, args).await,
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
-        Command::Logs { service, follow, tail } => logs(&cli, service, *follow, *tail).await,
-        Command::Events { service, limit, format } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Logs {
+            service,
+            follow,
+            tail,
+        } => logs(&cli, service, *follow, *tail).await,
+        Command::Events {
+            service,
+            limit,
+            format,
+        } => events(&cli, service.as_deref(), *limit, *format).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
         Command::Completions { shell } => {
@@ -135,7 +150,10 @@ async fn up(cli: &Cli) -> CmdResult {
     eprintln!("Press Ctrl-C to stop (or run `tcf-platform down`).");
     let stop = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => {}
@@ -145,7 +163,9 @@ async fn up(cli: &Cli) -> CmdResult {
             _ => std::future::pending::<()>().await,
         }
     };
-    tcf_daemon::run(config, stop).await.map_err(anyhow::Error::from)?;
+    tcf_daemon::run(config, stop)
+        .await
+        .map_err(anyhow::Error::from)?;
     eprintln!("tcf-platform: stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -154,7 +174,10 @@ async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
     let client = client(cli)?;
     let ping: tcf_api::Ping = client.get("/v1/ping").await?;
     let _: tcf_api::DownResponse = client.post("/v1/down", &serde_json::json!({})).await?;
-    eprintln!("stopping platform {} (daemon pid {})...", ping.platform, ping.pid);
+    eprintln!(
+        "stopping platform {} (daemon pid {})...",
+        ping.platform, ping.pid
+    );
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
@@ -181,7 +204,11 @@ async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
 
 async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
     let client = client(cli)?;
-    let path = if args.metrics { "/v1/status?metrics=true" } else { "/v1/status" };
+    let path = if args.metrics {
+        "/v1/status?metrics=true"
+    } else {
+        "/v1/status"
+    };
     let s: tcf_api::Status = client.get(path).await?;
     match args.format {
         Format::Json => print_json(&s)?,
@@ -226,7 +253,9 @@ fn validate(cli: &Cli, format: Format) -> CmdResult {
     let path = tcf_config::locate(cli.config.as_deref()).map_err(anyhow::Error::from)?;
     match tcf_config::load(&path, cli.environment.as_deref()) {
         Ok(cfg) => {
-            let rt = tcf_runtime::process::ProcessRuntime::new(cfg.path.parent().unwrap_or(std::path::Path::new(".")));
+            let rt = tcf_runtime::process::ProcessRuntime::new(
+                cfg.path.parent().unwrap_or(std::path::Path::new(".")),
+            );
             let warnings: Vec<String> = cfg
                 .services
                 .values()
@@ -302,7 +331,9 @@ fn show(cli: &Cli, format: Format) -> CmdResult {
     let cfg = load_config(cli)?;
     match format {
         Format::Json => print_json(&cfg)?,
-        Format::Table => print_text(&toml::to_string_pretty(&cfg).context("cannot print the config as TOML")?)?,
+        Format::Table => {
+            print_text(&toml::to_string_pretty(&cfg).context("cannot print the config as TOML")?)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

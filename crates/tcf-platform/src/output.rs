@@ -74,7 +74,11 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         .services
         .iter()
         .map(|svc| {
-            let ready = svc.instances.iter().filter(|i| i.health == "healthy").count();
+            let ready = svc
+                .instances
+                .iter()
+                .filter(|i| i.health == "healthy")
+                .count();
             let mut r = vec![
                 svc.name.clone(),
                 svc.version.clone(),
@@ -116,7 +120,9 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
             .collect();
         out.push('\n');
         out.push_str(&table(
-            &["INSTANCE", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS", "UPTIME"],
+            &[
+                "INSTANCE", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS", "UPTIME",
+            ],
             &rows,
         ));
     }
@@ -132,7 +138,9 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
                     match d.healthy {
                         None => "unknown".to_string(),
                         Some(true) => "healthy".to_string(),
-                        Some(false) => format!("unhealthy: {}", d.last_error.clone().unwrap_or_default()),
+                        Some(false) => {
+                            format!("unhealthy: {}", d.last_error.clone().unwrap_or_default())
+                        }
                     },
                 ]
             })
@@ -150,7 +158,10 @@ pub fn events(events: &[Event]) -> String {
             vec![
                 e.time.clone(),
                 e.kind.clone(),
-                e.instance.clone().or_else(|| e.service.clone()).unwrap_or_else(|| "-".into()),
+                e.instance
+                    .clone()
+                    .or_else(|| e.service.clone())
+                    .unwrap_or_else(|| "-".into()),
                 e.message.clone(),
             ]
         })

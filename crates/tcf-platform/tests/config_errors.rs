@@ -39,7 +39,10 @@ fn validate(text: &str, extra: &[&str]) -> (i32, String, String) {
 
 fn invalid(text: &str) -> String {
     let (code, _, stderr) = validate(text, &[]);
-    assert_eq!(code, 2, "expected exit 2 for an invalid config, stderr:\n{stderr}");
+    assert_eq!(
+        code, 2,
+        "expected exit 2 for an invalid config, stderr:\n{stderr}"
+    );
     stderr
 }
 
@@ -82,9 +85,10 @@ fn two_services_on_one_address() {
 
 #[test]
 fn invalid_listen_address_and_missing_command_are_reported_together() {
-    let text = GOOD
-        .replace("127.0.0.1:18081", "localhost")
-        .replace("command = [\"tcf-demo\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"", "version = \"v1\"\nlisten = \"127.0.0.1:18080\"");
+    let text = GOOD.replace("127.0.0.1:18081", "localhost").replace(
+        "command = [\"tcf-demo\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"",
+        "version = \"v1\"\nlisten = \"127.0.0.1:18080\"",
+    );
     insta::assert_snapshot!(invalid(&text));
 }
 
@@ -121,7 +125,10 @@ fn environment_overrides_apply() {
 
 #[test]
 fn json_errors_carry_line_and_column() {
-    let (code, stdout, _) = validate(&GOOD.replace("[\"db\"]", "[\"dbx\"]"), &["--format", "json"]);
+    let (code, stdout, _) = validate(
+        &GOOD.replace("[\"db\"]", "[\"dbx\"]"),
+        &["--format", "json"],
+    );
     assert_eq!(code, 2);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["valid"], false);

@@ -46,17 +46,41 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     }
 
     // An instance killed with SIGKILL is restarted and healthy again.
-    let gateway = &status["services"].as_array().unwrap().iter().find(|s| s["name"] == "gateway").unwrap()["instances"][0];
-    let (victim_id, victim_pid) = (gateway["id"].as_str().unwrap().to_string(), gateway["pid"].as_u64().unwrap());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let gateway = &status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "gateway")
+        .unwrap()["instances"][0];
+    let (victim_id, victim_pid) = (
+        gateway["id"].as_str().unwrap().to_string(),
+        gateway["pid"].as_u64().unwrap(),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let after = p.wait_for("the killed instance back and healthy", START, |s| {
         all_healthy(s)
-            && s["services"].as_array().unwrap().iter().flat_map(|svc| svc["instances"].as_array().unwrap()).any(|i| {
-                i["id"] == victim_id.as_str() && i["restarts"].as_u64() >= Some(1) && i["pid"].as_u64() != Some(victim_pid)
-            })
+            && s["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|svc| svc["instances"].as_array().unwrap())
+                .any(|i| {
+                    i["id"] == victim_id.as_str()
+                        && i["restarts"].as_u64() >= Some(1)
+                        && i["pid"].as_u64() != Some(victim_pid)
+                })
     });
     assert!(!alive(victim_pid as u32));
-    let gateway_addr = after["services"].as_array().unwrap().iter().find(|s| s["name"] == "gateway").unwrap()["listen"]
+    let gateway_addr = after["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "gateway")
+        .unwrap()["listen"]
         .as_str()
         .unwrap()
         .to_string();
@@ -66,8 +90,17 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     let events = p.cli(&["events", "--format", "json", "--limit", "500"]);
     assert!(events.status.success());
     let events: Vec<Value> = serde_json::from_slice(&events.stdout).unwrap();
-    let kinds: Vec<&str> = events.iter().filter(|e| e["instance"] == victim_id.as_str()).map(|e| e["kind"].as_str().unwrap()).collect();
-    for k in ["instance.started", "instance.healthy", "instance.exited", "instance.restarting"] {
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["instance"] == victim_id.as_str())
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "instance.started",
+        "instance.healthy",
+        "instance.exited",
+        "instance.restarting",
+    ] {
         assert!(kinds.contains(&k), "missing {k} in {kinds:?}");
     }
 
@@ -82,8 +115,18 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     assert!(out.status.success());
     let m: Value = serde_json::from_slice(&out.stdout).unwrap();
     for svc in m["services"].as_array().unwrap() {
-        for key in ["requests_per_s", "errors_5xx_per_s", "error_ratio_5xx", "cpu_percent", "rss_bytes"] {
-            assert!(svc["metrics"][key].is_number(), "{key} missing in {}", svc["metrics"]);
+        for key in [
+            "requests_per_s",
+            "errors_5xx_per_s",
+            "error_ratio_5xx",
+            "cpu_percent",
+            "rss_bytes",
+        ] {
+            assert!(
+                svc["metrics"][key].is_number(),
+                "{key} missing in {}",
+                svc["metrics"]
+            );
         }
     }
 
@@ -96,7 +139,11 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     // down: exit 0, the daemon exits 0, and every process the platform started is gone.
     p.status();
     let down = p.cli(&["down"]);
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
     assert!(p.seen_pids.len() >= 8, "saw {:?}", p.seen_pids);
     for pid in &p.seen_pids {
@@ -106,7 +153,10 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     let out = p.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no tcf-platform daemon is running") && err.contains("tcf-platform up"), "{err}");
+    assert!(
+        err.contains("no tcf-platform daemon is running") && err.contains("tcf-platform up"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -115,7 +165,11 @@ fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
     p.up();
     let before = p.wait_for("all healthy", START, all_healthy);
     let daemon_pid = p.daemon.as_ref().unwrap().id();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
     let old: Vec<u32> = p.seen_pids.iter().copied().collect();
 
@@ -123,16 +177,37 @@ fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
     p.up();
     let after = p.wait_for("all healthy after restart", START, all_healthy);
     for pid in &old {
-        assert!(!alive(*pid), "pid {pid} from the killed daemon is still alive");
+        assert!(
+            !alive(*pid),
+            "pid {pid} from the killed daemon is still alive"
+        );
     }
-    assert_eq!(before["services"].as_array().unwrap().len(), after["services"].as_array().unwrap().len());
-    let events: Vec<Value> = serde_json::from_slice(&p.cli(&["events", "--format", "json", "--limit", "1000"]).stdout).unwrap();
+    assert_eq!(
+        before["services"].as_array().unwrap().len(),
+        after["services"].as_array().unwrap().len()
+    );
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "1000"])
+            .stdout,
+    )
+    .unwrap();
     assert!(
-        events.iter().any(|e| e["kind"] == "daemon.started" && e["message"].as_str().unwrap().contains("did not stop cleanly")),
+        events.iter().any(|e| e["kind"] == "daemon.started"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not stop cleanly")),
         "the restart should note the unclean stop"
     );
-    let cleaned = events.iter().filter(|e| e["kind"] == "recovery.cleaned_up").count();
-    assert_eq!(cleaned, old.len(), "every leftover instance should be cleaned up by the new daemon");
+    let cleaned = events
+        .iter()
+        .filter(|e| e["kind"] == "recovery.cleaned_up")
+        .count();
+    assert_eq!(
+        cleaned,
+        old.len(),
+        "every leftover instance should be cleaned up by the new daemon"
+    );
 
     let down = p.cli(&["down"]);
     assert!(down.status.success());
@@ -148,7 +223,11 @@ fn sigterm_stops_the_platform_cleanly() {
     p.up();
     p.wait_for("all healthy", START, all_healthy);
     let daemon_pid = p.daemon.as_ref().unwrap().id();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon_pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
     for pid in &p.seen_pids {
         assert!(!alive(*pid), "pid {pid} still alive after SIGTERM");
@@ -179,17 +258,35 @@ depends_on = ["db"]
     );
     let mut p = Platform::new(&config);
     p.up();
-    let waiting = p.wait_for("the dependency probed", START, |s| s["dependencies"][0]["healthy"] == false);
-    assert_eq!(waiting["services"][0]["instances"].as_array().unwrap().len(), 0, "api must not start before db is up");
-    assert!(waiting["dependencies"][0]["last_error"].as_str().unwrap().contains("cannot connect"));
+    let waiting = p.wait_for("the dependency probed", START, |s| {
+        s["dependencies"][0]["healthy"] == false
+    });
+    assert_eq!(
+        waiting["services"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "api must not start before db is up"
+    );
+    assert!(waiting["dependencies"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
     // Until it has a healthy instance, the proxy answers 503 and says why.
     let (code, body) = http_get(&format!("127.0.0.1:{api_port}"), "/").unwrap();
     assert_eq!(code, 503);
-    assert!(body.contains("no healthy instance of service api"), "{body}");
+    assert!(
+        body.contains("no healthy instance of service api"),
+        "{body}"
+    );
 
     let db = std::net::TcpListener::bind(("127.0.0.1", db_port)).unwrap();
     p.wait_for("api started once db is healthy", START, all_healthy);
-    assert_eq!(http_get(&format!("127.0.0.1:{api_port}"), "/").unwrap().0, 200);
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{api_port}"), "/").unwrap().0,
+        200
+    );
     drop(db);
 
     assert!(p.cli(&["down"]).status.success());

@@ -161,7 +161,11 @@ impl ServiceProxy {
     }
 
     /// Proxy one request; never fails: errors become responses with the right status.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client_addr: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         match self.forward(req, client_addr).await {
             Ok(resp) => {
@@ -211,15 +215,23 @@ impl ServiceProxy {
                 .parse()
                 .map_err(|e| ProxyError::BadRequest(format!("{e}")))?;
             let upstream_body = match body.take() {
-                Some(b) if !replayable => Either::Left(Limited::new(b, self.settings.max_request_body as usize)),
+                Some(b) if !replayable => {
+                    Either::Left(Limited::new(b, self.settings.max_request_body as usize))
+                }
                 _ => Either::Right(Empty::new()),
             };
             let mut up = Request::from_parts(parts.clone(), upstream_body);
             *up.uri_mut() = uri;
             let guard = OutstandingGuard::new(backend.clone());
-            let sent = tokio::time::timeout(self.settings.upstream_timeout, self.client.request(up)).await;
+            let sent =
+                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(up)).await;
             match sent {
-                Err(_) => return Err(ProxyError::Timeout(backend.addr, self.settings.upstream_timeout)),
+                Err(_) => {
+                    return Err(ProxyError::Timeout(
+                        backend.addr,
+                        self.settings.upstream_timeout,
+                    ))
+                }
                 Ok(Ok(resp)) => {
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
@@ -419,11 +431,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(service = %proxy.name, "connections still open after the {drain:?} drain; closing them");
     }
 }
-
 
 #[cfg(test)]
 mod tests;

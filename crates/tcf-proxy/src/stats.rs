@@ -68,7 +68,11 @@ impl Stats {
             requests: self.requests.load(Ordering::Relaxed),
             responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
             proxy_errors: self.proxy_errors.load(Ordering::Relaxed),
-            latency: self.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            latency: self
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
         }
     }
 }
@@ -140,12 +144,17 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_bound_their_values() {
         let mut last = 0;
-        for us in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 12_345, 1_000_000, 60_000_000] {
+        for us in [
+            0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 12_345, 1_000_000, 60_000_000,
+        ] {
             let b = bucket_of(us);
             assert!(b >= last, "bucket of {us} went backwards");
             last = b;
             assert!(bucket_upper(b) >= us, "upper {} < {us}", bucket_upper(b));
-            assert!(bucket_upper(b) as f64 <= (us.max(1) as f64) * 1.5 + 1.0, "bucket too wide for {us}");
+            assert!(
+                bucket_upper(b) as f64 <= (us.max(1) as f64) * 1.5 + 1.0,
+                "bucket too wide for {us}"
+            );
         }
     }
 
@@ -166,7 +175,10 @@ mod tests {
         assert_eq!(w.responses_5xx, 2);
         assert_eq!(w.proxy_errors, 1);
         let p50 = w.quantile(0.5).unwrap();
-        assert!(p50 >= Duration::from_millis(2) && p50 < Duration::from_millis(3), "{p50:?}");
+        assert!(
+            p50 >= Duration::from_millis(2) && p50 < Duration::from_millis(3),
+            "{p50:?}"
+        );
         let p99 = w.quantile(0.99).unwrap();
         assert!(p99 >= Duration::from_millis(100), "{p99:?}");
         assert!((w.ratio_5xx() - 0.02).abs() < 1e-9);

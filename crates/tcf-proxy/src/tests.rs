@@ -6,12 +6,18 @@ use hyper_util::client::legacy::Client as TestClient;
 use std::sync::atomic::AtomicU32;
 
 /// A tiny upstream that answers with its name, optionally after a delay.
-async fn upstream(name: &'static str, delay: Duration, hits: Arc<AtomicU32>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+async fn upstream(
+    name: &'static str,
+    delay: Duration,
+    hits: Arc<AtomicU32>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let hits = hits.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -24,11 +30,16 @@ async fn upstream(name: &'static str, delay: Duration, hits: Arc<AtomicU32>) -> 
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("")
                             .to_string();
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
                         tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(format!(
-                            "{name} xff={xff} body={body}"
-                        )))))
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            format!("{name} xff={xff} body={body}"),
+                        ))))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -57,7 +68,8 @@ async fn start_proxy(proxy: Arc<ServiceProxy>) -> (SocketAddr, tokio::sync::watc
 }
 
 async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
-    let client: TestClient<HttpConnector, Full<Bytes>> = TestClient::builder(TokioExecutor::new()).build_http();
+    let client: TestClient<HttpConnector, Full<Bytes>> =
+        TestClient::builder(TokioExecutor::new()).build_http();
     let req = Request::builder()
         .method(if body.is_some() { "POST" } else { "GET" })
         .uri(format!("http://{addr}{path}"))
@@ -66,7 +78,8 @@ async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, 
     let resp = client.request(req).await.unwrap();
     let status = resp.status().as_u16();
     let by_proxy = resp.headers().contains_key(PROXY_ERROR_HEADER);
-    let text = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+    let text =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
     (status, text, by_proxy)
 }
 
@@ -76,7 +89,9 @@ async fn forwards_balances_and_adds_forwarded_headers() {
     let (a, _ta) = upstream("a", Duration::ZERO, hits_a.clone()).await;
     let (b, _tb) = upstream("b", Duration::ZERO, hits_b.clone()).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route { backends: vec![Backend::new("a", a), Backend::new("b", b)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("a", a), Backend::new("b", b)],
+    });
     let (addr, _stop) = start_proxy(proxy.clone()).await;
     for _ in 0..20 {
         let (status, text, by_proxy) = get(addr, "/x?y=1", None).await;
@@ -95,17 +110,27 @@ async fn maps_failures_to_the_right_status() {
     // No backend at all.
     assert_eq!(get(addr, "/", None).await.0, 503);
     // A backend that refuses connections.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    proxy.set_route(Route { backends: vec![Backend::new("dead", dead)] });
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    proxy.set_route(Route {
+        backends: vec![Backend::new("dead", dead)],
+    });
     let (status, _, by_proxy) = get(addr, "/", None).await;
     assert_eq!((status, by_proxy), (502, true));
     // A backend slower than the upstream timeout.
     let (slow, _t) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
-    proxy.set_route(Route { backends: vec![Backend::new("slow", slow)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("slow", slow)],
+    });
     assert_eq!(get(addr, "/", None).await.0, 504);
     // A body over the limit.
     let (ok, _t2) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
-    proxy.set_route(Route { backends: vec![Backend::new("ok", ok)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("ok", ok)],
+    });
     assert_eq!(get(addr, "/", Some(&"x".repeat(2000))).await.0, 413);
     let (status, text, _) = get(addr, "/", Some("hello")).await;
     assert_eq!(status, 200);
@@ -115,10 +140,16 @@ async fn maps_failures_to_the_right_status() {
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_another_backend() {
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (ok, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route { backends: vec![Backend::new("dead", dead), Backend::new("ok", ok)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("dead", dead), Backend::new("ok", ok)],
+    });
     let (addr, _stop) = start_proxy(proxy).await;
     for _ in 0..10 {
         assert_eq!(get(addr, "/", None).await.0, 200);
@@ -127,14 +158,23 @@ async fn a_refused_connection_is_retried_on_another_backend() {
 
 #[tokio::test]
 async fn a_request_in_flight_keeps_its_route_across_a_switch() {
-    let (old, _t1) = upstream("old", Duration::from_millis(300), Arc::new(AtomicU32::new(0))).await;
+    let (old, _t1) = upstream(
+        "old",
+        Duration::from_millis(300),
+        Arc::new(AtomicU32::new(0)),
+    )
+    .await;
     let (new, _t2) = upstream("new", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route { backends: vec![Backend::new("old", old)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("old", old)],
+    });
     let (addr, _stop) = start_proxy(proxy.clone()).await;
     let held = tokio::spawn(async move { get(addr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    proxy.set_route(Route { backends: vec![Backend::new("new", new)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("new", new)],
+    });
     assert!(get(addr, "/", None).await.1.starts_with("new"));
     let (status, text, _) = held.await.unwrap();
     assert_eq!(status, 200);
@@ -143,9 +183,16 @@ async fn a_request_in_flight_keeps_its_route_across_a_switch() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (slow, _t) = upstream("slow", Duration::from_millis(300), Arc::new(AtomicU32::new(0))).await;
+    let (slow, _t) = upstream(
+        "slow",
+        Duration::from_millis(300),
+        Arc::new(AtomicU32::new(0)),
+    )
+    .await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route { backends: vec![Backend::new("slow", slow)] });
+    proxy.set_route(Route {
+        backends: vec![Backend::new("slow", slow)],
+    });
     let (addr, stop) = start_proxy(proxy).await;
     let held = tokio::spawn(async move { get(addr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -230,7 +230,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path());
         let mut inst = rt
-            .start(spec(dir.path(), &["sh", "-c", "echo port=$PORT service=$TCF_SERVICE; echo oops >&2; exit 3"]))
+            .start(spec(
+                dir.path(),
+                &[
+                    "sh",
+                    "-c",
+                    "echo port=$PORT service=$TCF_SERVICE; echo oops >&2; exit 3",
+                ],
+            ))
             .await
             .unwrap();
         assert_eq!(inst.wait().await, Exit::Code(3));
@@ -246,13 +253,19 @@ mod tests {
         let rt = ProcessRuntime::new(dir.path());
         // The shell ignores SIGTERM and has a grandchild that would otherwise be orphaned.
         let mut inst = rt
-            .start(spec(dir.path(), &["sh", "-c", "trap '' TERM; sleep 1000 & wait"]))
+            .start(spec(
+                dir.path(),
+                &["sh", "-c", "trap '' TERM; sleep 1000 & wait"],
+            ))
             .await
             .unwrap();
         let id = inst.identity();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let members = procfs::group_members(id.pgid, id.start_ticks.unwrap());
-        assert!(members.len() >= 2, "expected shell and sleep, got {members:?}");
+        assert!(
+            members.len() >= 2,
+            "expected shell and sleep, got {members:?}"
+        );
         let exit = crate::stop(inst.as_mut(), Duration::from_millis(300)).await;
         assert_eq!(exit, Exit::Signal(9));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -263,7 +276,10 @@ mod tests {
     async fn clean_up_removes_a_group_left_behind() {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path());
-        let inst = rt.start(spec(dir.path(), &["sleep", "1000"])).await.unwrap();
+        let inst = rt
+            .start(spec(dir.path(), &["sleep", "1000"]))
+            .await
+            .unwrap();
         let id = inst.identity();
         // Forget the handle, like a daemon that was killed.
         std::mem::forget(inst);

@@ -339,7 +339,8 @@ impl Store {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut svc = c.prepare("SELECT service, version FROM release_services WHERE release_id = ?1")?;
+            let mut svc =
+                c.prepare("SELECT service, version FROM release_services WHERE release_id = ?1")?;
             for rel in &mut releases {
                 rel.versions = svc
                     .query_map(params![rel.id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -429,8 +430,14 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect::<BTreeMap<_, _>>()
         };
-        s.create_release("initial", "active", "t", None, &v(&[("a", "v1"), ("b", "v1")]))
-            .unwrap();
+        s.create_release(
+            "initial",
+            "active",
+            "t",
+            None,
+            &v(&[("a", "v1"), ("b", "v1")]),
+        )
+        .unwrap();
         s.create_release("blue_green", "active", "t", None, &v(&[("a", "v2")]))
             .unwrap();
         s.create_release("blue_green", "failed", "t", None, &v(&[("b", "v9")]))

@@ -38,7 +38,10 @@ pub fn example_config() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tcf/tcf-platform.toml");
     let mut text = std::fs::read_to_string(path).unwrap();
     for port in 3000..=3005 {
-        text = text.replace(&format!("127.0.0.1:{port}\""), &format!("127.0.0.1:{}\"", free_port()));
+        text = text.replace(
+            &format!("127.0.0.1:{port}\""),
+            &format!("127.0.0.1:{}\"", free_port()),
+        );
     }
     text
 }
@@ -116,7 +119,12 @@ impl Platform {
     }
 
     /// Poll status until `ok` holds; panics with the last status and the daemon's log otherwise.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < timeout {
@@ -182,7 +190,10 @@ impl Drop for Platform {
         }
         for pid in &self.seen_pids {
             if alive(*pid) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -192,7 +203,10 @@ impl Drop for Platform {
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf
@@ -200,6 +214,9 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
