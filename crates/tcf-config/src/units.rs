@@ -67,9 +67,11 @@ impl ByteSize {
             "mib" => 1 << 20,
             "g" | "gb" => 1_000_000_000,
             "gib" => 1 << 30,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "invalid size {text:?}: unknown unit {other:?}; use B, KB, KiB, MB, MiB, GB or GiB"
-            )),
+            ))
+            }
         };
         Ok(ByteSize((value * factor as f64) as u64))
     }
