@@ -292,3 +292,52 @@ depends_on = ["db"]
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn an_instance_that_keeps_crashing_is_marked_crashloop() {
+    let port = free_port();
+    let config = format!(
+        r#"[platform]
+name = "crashy"
+
+[services.broken]
+command = ["sh", "-c", "echo starting {{version}}; exit 3"]
+version = "v1"
+listen = "127.0.0.1:{port}"
+"#
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let s = p.wait_for("crashloop", START, |s| {
+        s["services"][0]["instances"][0]["state"] == "crashloop"
+    });
+    assert!(
+        s["services"][0]["instances"][0]["restarts"]
+            .as_u64()
+            .unwrap()
+            >= 5
+    );
+    assert_eq!(s["services"][0]["healthy"], false);
+    let events: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["events", "--format", "json"]).stdout).unwrap();
+    let crashloop = events
+        .iter()
+        .find(|e| e["kind"] == "instance.crashloop")
+        .expect("a crashloop event");
+    assert!(crashloop["message"]
+        .as_str()
+        .unwrap()
+        .contains("tcf-platform logs broken"));
+    // Backoff grows: the restarts are not a busy loop.
+    let restarts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "instance.restarting")
+        .collect();
+    assert_eq!(restarts[0]["message"], "restarting in 250ms");
+    assert_eq!(restarts[1]["message"], "restarting in 500ms");
+    // Its output is in its log, placeholders replaced.
+    let logs = String::from_utf8_lossy(&p.cli(&["logs", "broken"]).stdout).to_string();
+    assert!(logs.contains("broken-1 | starting v1"), "{logs}");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
