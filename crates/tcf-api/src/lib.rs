@@ -27,6 +27,9 @@ pub struct ServiceStatus {
     pub listen: String,
     /// True when at least one instance is healthy and in the proxy's pool.
     pub healthy: bool,
+    /// Where requests go: colours with their versions and weights (percent).
+    #[serde(default)]
+    pub traffic: Vec<Traffic>,
     pub instances: Vec<InstanceStatus>,
     /// Present when asked for with `?metrics=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,8 +37,18 @@ pub struct ServiceStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Traffic {
+    pub colour: String,
+    pub version: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceStatus {
     pub id: String,
+    /// blue or green: the slot this instance's version runs in.
+    #[serde(default)]
+    pub colour: String,
     pub version: String,
     pub pid: Option<u32>,
     /// The internal port the instance listens on.

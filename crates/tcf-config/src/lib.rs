@@ -51,6 +51,86 @@ pub struct Config {
     pub daemon: Daemon,
     pub services: BTreeMap<String, Service>,
     pub dependencies: BTreeMap<String, Dependency>,
+    pub deploy: DeploySettings,
+    pub hooks: Hooks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    BlueGreen,
+    Canary,
+    Rolling,
+}
+
+impl Strategy {
+    /// Accepts `blue_green` and `blue-green` alike.
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s.replace('-', "_").as_str() {
+            "blue_green" => Some(Strategy::BlueGreen),
+            "canary" => Some(Strategy::Canary),
+            "rolling" => Some(Strategy::Rolling),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::BlueGreen => "blue_green",
+            Strategy::Canary => "canary",
+            Strategy::Rolling => "rolling",
+        }
+    }
+}
+
+/// How a client keeps to one colour while a canary splits traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyBy {
+    Cookie,
+    ClientIp,
+    Header(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploySettings {
+    pub strategy: Strategy,
+    /// How long a retired colour's in-flight requests may take to finish.
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_timeout: Duration,
+    /// How long upgraded connections (WebSocket) to a retired colour may stay open.
+    #[serde(serialize_with = "serialize_duration")]
+    pub upgrade_drain_timeout: Duration,
+    /// After the switch: how long the new colour is watched before the release is final.
+    #[serde(serialize_with = "serialize_duration")]
+    pub watch: Duration,
+    /// How long the previous colour stays warm (for an instant rollback) after a deploy.
+    #[serde(serialize_with = "serialize_duration")]
+    pub retire_after: Duration,
+    /// Share of 5xx answers from the new colour that reverts a deploy.
+    pub max_error_ratio: f64,
+    /// p99 latency of the new colour that reverts a deploy, if set.
+    #[serde(serialize_with = "units::serialize_opt_duration")]
+    pub max_p99: Option<Duration>,
+    /// Requests the new colour must have answered before its error ratio and p99 count.
+    pub min_requests: u64,
+    pub canary_steps: Vec<u32>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub step_interval: Duration,
+    pub sticky: StickyBy,
+    pub max_surge: u32,
+    /// A deploy lock not renewed for this long is expired and may be taken over.
+    #[serde(serialize_with = "serialize_duration")]
+    pub lock_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hooks {
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
+    pub post_rollback: Option<Vec<String>>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -20,6 +20,39 @@ pub struct RawFile {
     pub dependencies: BTreeMap<Spanned<String>, RawDependency>,
     #[serde(default)]
     pub environments: BTreeMap<Spanned<String>, RawEnvironment>,
+    #[serde(default)]
+    pub deploy: RawDeploy,
+    #[serde(default)]
+    pub hooks: RawHooks,
+}
+
+/// `[deploy]`: how deploys and rollbacks behave.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploy {
+    pub strategy: Option<Spanned<String>>,
+    pub drain_timeout: Option<Dur>,
+    pub upgrade_drain_timeout: Option<Dur>,
+    pub watch: Option<Dur>,
+    pub retire_after: Option<Dur>,
+    pub max_error_ratio: Option<Spanned<f64>>,
+    pub max_p99: Option<Dur>,
+    pub min_requests: Option<u64>,
+    pub canary_steps: Option<Spanned<Vec<u32>>>,
+    pub step_interval: Option<Dur>,
+    pub sticky: Option<Spanned<String>>,
+    pub max_surge: Option<Spanned<u32>>,
+    pub lock_ttl: Option<Dur>,
+}
+
+/// `[hooks]`: commands around deploys and rollbacks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
+    pub post_rollback: Option<Vec<String>>,
+    pub timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

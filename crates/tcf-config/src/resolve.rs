@@ -106,6 +106,13 @@ pub fn resolve(
         services.insert(svc.name.clone(), svc);
     }
 
+    let deploy = resolve_deploy(&file.deploy, &mut errors);
+    let hooks = crate::Hooks {
+        pre_deploy: file.hooks.pre_deploy.clone().filter(|c| !c.is_empty()),
+        post_deploy: file.hooks.post_deploy.clone().filter(|c| !c.is_empty()),
+        post_rollback: file.hooks.post_rollback.clone().filter(|c| !c.is_empty()),
+        timeout: file.hooks.timeout.map_or(Duration::from_secs(60), |d| d.0),
+    };
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
@@ -119,7 +126,96 @@ pub fn resolve(
         daemon: Daemon { socket },
         services,
         dependencies,
+        deploy,
+        hooks,
     })
+}
+
+fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::DeploySettings {
+    use crate::{StickyBy, Strategy};
+    let strategy = match &raw.strategy {
+        None => Strategy::BlueGreen,
+        Some(s) => Strategy::parse(s.get_ref()).unwrap_or_else(|| {
+            errors.push(
+                Diagnostic::new(
+                    format!("unknown deploy strategy {:?}", s.get_ref()),
+                    Some(s.span()),
+                )
+                .hint("use blue_green, canary or rolling"),
+            );
+            Strategy::BlueGreen
+        }),
+    };
+    let max_error_ratio = match &raw.max_error_ratio {
+        Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+            errors.push(
+                Diagnostic::new("max_error_ratio must be between 0 and 1", Some(r.span()))
+                    .hint("0.05 reverts when more than 5% of the new colour's answers are 5xx"),
+            );
+            0.05
+        }
+        Some(r) => *r.get_ref(),
+        None => 0.05,
+    };
+    let canary_steps = match &raw.canary_steps {
+        Some(steps) => {
+            let v = steps.get_ref();
+            let increasing = v.windows(2).all(|w| w[0] < w[1]);
+            if v.is_empty()
+                || !increasing
+                || v.iter().any(|s| *s == 0 || *s > 100)
+                || v.last() != Some(&100)
+            {
+                errors.push(
+                    Diagnostic::new(
+                        "canary_steps must rise from above 0 to exactly 100",
+                        Some(steps.span()),
+                    )
+                    .hint(
+                        "for example [10, 25, 50, 75, 100] (percent of traffic on the new colour)",
+                    ),
+                );
+            }
+            v.clone()
+        }
+        None => vec![10, 25, 50, 75, 100],
+    };
+    let sticky = match raw
+        .sticky
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None | Some(("cookie", _)) => StickyBy::Cookie,
+        Some(("client_ip", _)) => StickyBy::ClientIp,
+        Some((h, _)) if h.starts_with("header:") && h.len() > 7 => {
+            StickyBy::Header(h[7..].to_string())
+        }
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(format!("unknown sticky mode {other:?}"), Some(span))
+                    .hint("use \"cookie\", \"client_ip\" or \"header:NAME\""),
+            );
+            StickyBy::Cookie
+        }
+    };
+    let max_surge = at_least_one(&raw.max_surge, "max_surge", errors).unwrap_or(1);
+    crate::DeploySettings {
+        strategy,
+        drain_timeout: raw.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        upgrade_drain_timeout: raw
+            .upgrade_drain_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        watch: raw.watch.map_or(Duration::from_secs(30), |d| d.0),
+        retire_after: raw.retire_after.map_or(Duration::from_secs(300), |d| d.0),
+        max_error_ratio,
+        max_p99: raw.max_p99.map(|d| d.0),
+        min_requests: raw.min_requests.unwrap_or(20),
+        canary_steps,
+        step_interval: raw.step_interval.map_or(Duration::from_secs(10), |d| d.0),
+        sticky,
+        max_surge,
+        lock_ttl: raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+    }
 }
 
 fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {

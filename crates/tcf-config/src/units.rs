@@ -45,6 +45,17 @@ pub fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S:
     Dur(*d).serialize(s)
 }
 
+/// Serialize an optional `Duration`.
+pub fn serialize_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => Dur(*d).serialize(s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A byte size written as `"16MiB"`, `"512KiB"`, `"1GB"` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

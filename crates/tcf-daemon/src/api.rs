@@ -65,6 +65,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                     let info = i.info();
                     InstanceStatus {
                         id: i.id.clone(),
+                        colour: i.colour.clone(),
                         version: i.version.clone(),
                         pid: info.pid,
                         port: i.port,
@@ -80,7 +81,18 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 .collect();
             ServiceStatus {
                 name: svc.config.name.clone(),
-                version: lock(&svc.version).clone(),
+                version: svc.serving_version(),
+                traffic: lock(&svc.traffic)
+                    .iter()
+                    .map(|(colour, weight)| tcf_api::Traffic {
+                        colour: colour.clone(),
+                        version: svc
+                            .colour(colour)
+                            .map(|c| c.version.clone())
+                            .unwrap_or_default(),
+                        weight: *weight,
+                    })
+                    .collect(),
                 listen: svc.config.listen.to_string(),
                 healthy: *svc.healthy.borrow(),
                 instances,

@@ -16,7 +16,7 @@ pub use api::build_status;
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
-use platform::{lock, DependencyInfo, DependencyRuntime, Platform, ServiceRuntime};
+use platform::{DependencyInfo, DependencyRuntime, Platform, ServiceRuntime};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
@@ -161,17 +161,18 @@ pub async fn run(
             .get(name)
             .cloned()
             .unwrap_or_else(|| cfg.version.clone());
-        services.insert(
-            name.clone(),
-            Arc::new(ServiceRuntime {
-                config: cfg.clone(),
-                proxy,
-                version: Mutex::new(version),
-                instances: Mutex::new(Vec::new()),
-                healthy: watch::channel(false).0,
-                metrics: Mutex::new(Default::default()),
-            }),
-        );
+        let svc = Arc::new(ServiceRuntime {
+            config: cfg.clone(),
+            proxy,
+            sticky: sticky(&config.deploy.sticky),
+            colours: Mutex::new(BTreeMap::new()),
+            traffic: Mutex::new(Vec::new()),
+            healthy: watch::channel(false).0,
+            metrics: Mutex::new(Default::default()),
+        });
+        svc.add_colour("blue", &version);
+        svc.set_traffic(vec![("blue".to_string(), 100)]);
+        services.insert(name.clone(), svc);
     }
     let dependencies = config
         .dependencies
@@ -275,6 +276,16 @@ pub async fn run(
     Ok(())
 }
 
+fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
+    match by {
+        tcf_config::StickyBy::Cookie => tcf_proxy::Sticky::Cookie,
+        tcf_config::StickyBy::ClientIp => tcf_proxy::Sticky::ClientIp,
+        tcf_config::StickyBy::Header(h) => hyper::header::HeaderName::from_bytes(h.as_bytes())
+            .map(tcf_proxy::Sticky::Header)
+            .unwrap_or(tcf_proxy::Sticky::Cookie),
+    }
+}
+
 /// Stop what a previous daemon (killed, crashed) left running, as recorded in the store.
 async fn recover(p: &Arc<Platform>) {
     let records = match p.store.instances() {
@@ -310,7 +321,7 @@ async fn recover(p: &Arc<Platform>) {
 fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     let mut initial = BTreeMap::new();
     for (name, svc) in &p.services {
-        let running = lock(&svc.version).clone();
+        let running = svc.serving_version();
         match active.get(name) {
             None => {
                 initial.insert(name.clone(), running);

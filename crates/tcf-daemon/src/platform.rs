@@ -6,9 +6,10 @@
 use crate::metrics::MetricsWindow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use std::time::Instant;
 use tcf_config::{Config, Dependency, Service};
-use tcf_proxy::{Backend, Route, ServiceProxy};
+use tcf_proxy::{Backend, Pool, Route, ServiceProxy, Sticky};
 use tcf_runtime::Runtime;
 use tcf_store::{NewEvent, Store};
 use tokio::sync::{broadcast, watch};
@@ -75,6 +76,7 @@ pub struct InstanceInfo {
 pub struct Instance {
     pub id: String,
     pub service: String,
+    pub colour: String,
     pub version: String,
     pub port: u16,
     pub backend: Arc<Backend>,
@@ -83,6 +85,8 @@ pub struct Instance {
     pub stop: watch::Sender<bool>,
     /// The supervisor task; awaited when stopping.
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Taken out of the pool ahead of a stop, so its requests can finish first.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Instance {
@@ -91,36 +95,166 @@ impl Instance {
     }
 
     pub fn in_pool(&self) -> bool {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let i = lock(&self.info);
         i.state == InstanceState::Running && i.health == Health::Healthy
+    }
+
+    /// Take it out of the pool, wait (up to the limits) for its requests and upgraded
+    /// connections to finish, then stop it and wait until it is gone.
+    pub async fn drain_and_stop(
+        &self,
+        svc: &ServiceRuntime,
+        drain: Duration,
+        upgrade_drain: Duration,
+    ) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        svc.rebuild_route();
+        let start = Instant::now();
+        while self.backend.outstanding() > 0 && start.elapsed() < drain {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while self.backend.upgraded() > 0 && start.elapsed() < upgrade_drain {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.send_replace(true);
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// One colour of a service: a version's instances behind their own pool in the proxy.
+pub struct Colour {
+    pub name: String,
+    pub version: String,
+    pub pool: Arc<Pool>,
+    pub instances: Mutex<Vec<Arc<Instance>>>,
+    /// Bumped whenever someone decides this colour's fate, so a stale retirement timer can
+    /// tell it was overtaken (by a rollback that switched back, say).
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
+impl Colour {
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        lock(&self.instances).clone()
+    }
+
+    /// All instances running and healthy (and at least one).
+    pub fn all_healthy(&self) -> bool {
+        let i = self.instances();
+        !i.is_empty() && i.iter().all(|x| x.in_pool())
+    }
+}
+
+/// The other colour of the two.
+pub fn other_colour(name: &str) -> &'static str {
+    if name == "blue" {
+        "green"
+    } else {
+        "blue"
     }
 }
 
 pub struct ServiceRuntime {
     pub config: Service,
     pub proxy: Arc<ServiceProxy>,
-    pub version: Mutex<String>,
-    pub instances: Mutex<Vec<Arc<Instance>>>,
-    /// True while at least one instance is in the proxy's pool; dependents wait on it.
+    pub sticky: Sticky,
+    pub colours: Mutex<BTreeMap<String, Arc<Colour>>>,
+    /// Traffic by colour as the route has it, heaviest first for display.
+    pub traffic: Mutex<Vec<(String, u32)>>,
+    /// True while at least one instance that takes traffic is in the proxy's pool.
     pub healthy: watch::Sender<bool>,
     pub metrics: Mutex<MetricsWindow>,
 }
 
 impl ServiceRuntime {
-    pub fn instances(&self) -> Vec<Arc<Instance>> {
-        lock(&self.instances).clone()
+    pub fn colour(&self, name: &str) -> Option<Arc<Colour>> {
+        lock(&self.colours).get(name).cloned()
     }
 
-    /// Put exactly the healthy running instances in the proxy's pool (an atomic swap).
-    pub fn rebuild_route(&self) {
-        let backends: Vec<Arc<Backend>> = self
-            .instances()
+    pub fn colours(&self) -> Vec<Arc<Colour>> {
+        lock(&self.colours).values().cloned().collect()
+    }
+
+    /// Every instance of every colour.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.colours().iter().flat_map(|c| c.instances()).collect()
+    }
+
+    /// The colour with the most traffic.
+    pub fn active_colour(&self) -> Option<Arc<Colour>> {
+        let traffic = lock(&self.traffic).clone();
+        traffic
             .iter()
-            .filter(|i| i.in_pool())
-            .map(|i| i.backend.clone())
+            .max_by_key(|(_, w)| *w)
+            .and_then(|(name, _)| self.colour(name))
+    }
+
+    /// The version serving (most of) the traffic.
+    pub fn serving_version(&self) -> String {
+        self.active_colour()
+            .map(|c| c.version.clone())
+            .unwrap_or_default()
+    }
+
+    /// A new colour with its own pool; replaces a colour of that name.
+    pub fn add_colour(&self, name: &str, version: &str) -> Arc<Colour> {
+        let colour = Arc::new(Colour {
+            name: name.to_string(),
+            version: version.to_string(),
+            pool: Pool::new(name, version, self.proxy.settings()),
+            instances: Mutex::new(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        });
+        lock(&self.colours).insert(name.to_string(), colour.clone());
+        colour
+    }
+
+    pub fn remove_colour(&self, name: &str) {
+        lock(&self.colours).remove(name);
+    }
+
+    /// Send traffic by weight (atomic swap of the route); requests in flight keep their colour.
+    pub fn set_traffic(&self, weights: Vec<(String, u32)>) {
+        let pools = weights
+            .iter()
+            .filter_map(|(name, w)| self.colour(name).map(|c| (c.pool.clone(), *w)))
             .collect();
-        let any = !backends.is_empty();
-        self.proxy.set_route(Route { backends });
+        *lock(&self.traffic) = weights;
+        self.proxy.set_route(Route {
+            pools,
+            sticky: self.sticky.clone(),
+        });
+        self.update_healthy();
+    }
+
+    /// Put exactly the healthy running instances of each colour in its pool.
+    pub fn rebuild_route(&self) {
+        for colour in self.colours() {
+            let backends: Vec<Arc<Backend>> = colour
+                .instances()
+                .iter()
+                .filter(|i| i.in_pool())
+                .map(|i| i.backend.clone())
+                .collect();
+            colour.pool.set_backends(backends);
+        }
+        self.update_healthy();
+    }
+
+    fn update_healthy(&self) {
+        let traffic = lock(&self.traffic).clone();
+        let any = traffic.iter().any(|(name, w)| {
+            *w > 0
+                && self
+                    .colour(name)
+                    .is_some_and(|c| !c.pool.backends().is_empty())
+        });
         self.healthy.send_if_modified(|h| {
             let changed = *h != any;
             *h = any;

@@ -4,7 +4,7 @@
 
 use crate::health;
 use crate::platform::{
-    lock, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime,
+    lock, Colour, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,20 +42,22 @@ pub fn backoff(recent_crashes: usize) -> Duration {
     BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
-/// Create instance number `n` of `svc` at `version` and start supervising it.
+/// Create instance number `n` of `colour` and start supervising it.
 pub fn spawn_instance(
     p: &Arc<Platform>,
     svc: &Arc<ServiceRuntime>,
+    colour: &Arc<Colour>,
     n: u32,
-    version: &str,
 ) -> std::io::Result<Arc<Instance>> {
     let name = &svc.config.name;
-    let id = format!("{name}-{n}");
+    let version = colour.version.as_str();
+    let id = format!("{name}-{}-{n}", colour.name);
     let port = free_port()?;
     let inst = Arc::new(Instance {
         backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
         id,
         service: name.clone(),
+        colour: colour.name.clone(),
         version: version.to_string(),
         port,
         info: Mutex::new(InstanceInfo {
@@ -70,8 +72,9 @@ pub fn spawn_instance(
         }),
         stop: watch::channel(false).0,
         task: Mutex::new(None),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
-    lock(&svc.instances).push(inst.clone());
+    lock(&colour.instances).push(inst.clone());
     let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone()));
     *lock(&inst.task) = Some(task);
     Ok(inst)
@@ -380,15 +383,20 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
             }
         }
     }
-    let version = lock(&svc.version).clone();
+    let Some(colour) = svc.active_colour() else {
+        return;
+    };
     p.event(
         "service.starting",
         Some(&cfg.name),
         None,
-        format!("starting {} instance(s) of {version}", cfg.instances),
+        format!(
+            "starting {} instance(s) of {} ({})",
+            cfg.instances, colour.version, colour.name
+        ),
     );
     for n in 1..=cfg.instances {
-        if let Err(e) = spawn_instance(&p, &svc, n, &version) {
+        if let Err(e) = spawn_instance(&p, &svc, &colour, n) {
             p.event(
                 "instance.start_failed",
                 Some(&cfg.name),

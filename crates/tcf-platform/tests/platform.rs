@@ -108,7 +108,10 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     let logs = p.cli(&["logs", "gateway", "--tail", "5"]);
     assert!(logs.status.success());
     let text = String::from_utf8_lossy(&logs.stdout);
-    assert!(text.contains("gateway-2 | tcf-demo: gateway v1"), "{text}");
+    assert!(
+        text.contains("gateway-blue-2 | tcf-demo: gateway v1"),
+        "{text}"
+    );
 
     // prod status with metrics has the contract's extra fields.
     let out = p.cli(&["prod", "status", "--metrics", "--format", "json"]);
@@ -337,7 +340,7 @@ listen = "127.0.0.1:{port}"
     assert_eq!(restarts[1]["message"], "restarting in 500ms");
     // Its output is in its log, placeholders replaced.
     let logs = String::from_utf8_lossy(&p.cli(&["logs", "broken"]).stdout).to_string();
-    assert!(logs.contains("broken-1 | starting v1"), "{logs}");
+    assert!(logs.contains("broken-blue-1 | starting v1"), "{logs}");
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }

@@ -35,6 +35,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Requests sent to it whose response has not finished: the balancing signal.
     outstanding: AtomicUsize,
+    /// Upgraded connections (WebSocket and the like) open through it.
+    upgraded: AtomicUsize,
 }
 
 impl Backend {
@@ -43,18 +45,135 @@ impl Backend {
             instance: instance.into(),
             addr,
             outstanding: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
         })
     }
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
+
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::Relaxed)
+    }
 }
 
-/// The backends a service's requests go to right now.
-#[derive(Debug, Default)]
+/// One colour of a service: its instances, its own stats and its own upstream connection pool.
+///
+/// A colour keeps its `Pool` for its whole life, so health changes only swap `backends`; when
+/// the colour is retired and the last request holding the `Pool` finishes, its connection pool
+/// is dropped and every idle connection to the retired instances is closed.
+pub struct Pool {
+    pub colour: String,
+    pub version: String,
+    backends: ArcSwap<Vec<Arc<Backend>>>,
+    stats: Stats,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("colour", &self.colour)
+            .field("version", &self.version)
+            .field("backends", &self.backends.load().len())
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(
+        colour: impl Into<String>,
+        version: impl Into<String>,
+        settings: &Settings,
+    ) -> Arc<Pool> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            // Shorter than the usual server-side keep-alive timeouts, so we close idle
+            // connections before the instance does and never send on a closing one.
+            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Arc::new(Pool {
+            colour: colour.into(),
+            version: version.into(),
+            backends: ArcSwap::from_pointee(Vec::new()),
+            stats: Stats::default(),
+            client,
+        })
+    }
+
+    /// Replace the instances that take traffic in this colour.
+    pub fn set_backends(&self, backends: Vec<Arc<Backend>>) {
+        self.backends.store(Arc::new(backends));
+    }
+
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// How a client keeps to one colour while traffic is split.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Sticky {
+    /// A cookie the proxy sets on the first answer.
+    #[default]
+    Cookie,
+    /// A hash of this request header (falling back to the client address).
+    Header(HeaderName),
+    /// A hash of the client's IP address.
+    ClientIp,
+}
+
+/// The name of the cookie that keeps a client on one colour during a split.
+pub const STICKY_COOKIE: &str = "tcf_sticky";
+
+/// Where a service's requests go right now: one or more colours with weights.
+#[derive(Debug, Default, Clone)]
 pub struct Route {
-    pub backends: Vec<Arc<Backend>>,
+    pub pools: Vec<(Arc<Pool>, u32)>,
+    pub sticky: Sticky,
+}
+
+impl Route {
+    pub fn single(pool: Arc<Pool>) -> Route {
+        Route {
+            pools: vec![(pool, 100)],
+            sticky: Sticky::default(),
+        }
+    }
+
+    /// The colour for a client whose sticky key hashes to `key`: the first pools take the
+    /// lowest buckets, so raising the first pool's weight only ever moves clients into it.
+    fn choose(&self, key: u64) -> Option<&Arc<Pool>> {
+        let live: Vec<&(Arc<Pool>, u32)> = self.pools.iter().filter(|(_, w)| *w > 0).collect();
+        match live.len() {
+            0 => None,
+            1 => Some(&live[0].0),
+            _ => {
+                let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut bucket = key % total;
+                for (pool, w) in &live {
+                    if bucket < u64::from(*w) {
+                        return Some(pool);
+                    }
+                    bucket -= u64::from(*w);
+                }
+                live.last().map(|(p, _)| p)
+            }
+        }
+    }
+
+    fn is_split(&self) -> bool {
+        self.pools.iter().filter(|(_, w)| *w > 0).count() > 1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -93,35 +212,29 @@ impl ProxyError {
     }
 }
 
-/// The proxy of one service: its route, its stats and its upstream connection pool.
+/// The proxy of one service: its route and its stats.
 pub struct ServiceProxy {
     name: String,
     route: ArcSwap<Route>,
     settings: Settings,
     stats: Stats,
-    client: Client<HttpConnector, UpstreamBody>,
     /// Rotates the starting point of the least-outstanding scan so ties spread evenly.
     next: AtomicUsize,
 }
 
 impl ServiceProxy {
     pub fn new(name: impl Into<String>, settings: Settings) -> Arc<ServiceProxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(ServiceProxy {
             name: name.into(),
             route: ArcSwap::from_pointee(Route::default()),
             settings,
             stats: Stats::default(),
-            client,
             next: AtomicUsize::new(0),
         })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub fn name(&self) -> &str {
@@ -141,15 +254,19 @@ impl ServiceProxy {
         self.route.store(Arc::new(route));
     }
 
-    fn pick(&self, route: &Route, exclude: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
-        let n = route.backends.len();
+    fn pick(
+        &self,
+        backends: &[Arc<Backend>],
+        exclude: Option<&Arc<Backend>>,
+    ) -> Option<Arc<Backend>> {
+        let n = backends.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<&Arc<Backend>> = None;
         for i in 0..n {
-            let b = &route.backends[(start + i) % n];
+            let b = &backends[(start + i) % n];
             if exclude.is_some_and(|x| Arc::ptr_eq(x, b)) {
                 continue;
             }
@@ -167,23 +284,36 @@ impl ServiceProxy {
         client_addr: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        match self.forward(req, client_addr).await {
-            Ok(resp) => {
-                self.stats
-                    .record(resp.status().as_u16(), started.elapsed(), false);
-                resp
-            }
+        // The route is loaded once: a switch never changes where this request goes.
+        let route = self.route.load_full();
+        let (sticky_key, new_cookie) = sticky_key(&route, &req, client_addr);
+        let pool = route.choose(sticky_key).cloned();
+        let result = match &pool {
+            Some(pool) => self.forward(pool, req, client_addr).await,
+            None => Err(ProxyError::NoBackend(self.name.clone())),
+        };
+        let (mut resp, by_proxy) = match result {
+            Ok(resp) => (resp, false),
             Err(e) => {
-                let status = e.status();
-                self.stats.record(status.as_u16(), started.elapsed(), true);
                 tracing::debug!(service = %self.name, "proxy error: {e}");
-                error_response(status, &e.to_string())
+                (error_response(e.status(), &e.to_string()), true)
             }
+        };
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.stats.record(status, elapsed, by_proxy);
+        if let Some(pool) = &pool {
+            pool.stats.record(status, elapsed, by_proxy);
         }
+        if let Some(cookie) = new_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        resp
     }
 
     async fn forward(
         &self,
+        pool: &Arc<Pool>,
         req: Request<Incoming>,
         client_addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -193,6 +323,8 @@ impl ServiceProxy {
                 return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
             }
         }
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let upgrade = requested_upgrade(&parts.headers);
         let path = parts
             .uri
             .path_and_query()
@@ -201,16 +333,23 @@ impl ServiceProxy {
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, client_addr, original_host.as_ref());
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
 
         // A request without a body can be sent again if the first backend refused the connection.
         let replayable = body.is_end_stream();
         let mut body = Some(body);
-        let route = self.route.load_full();
+        let backends = pool.backends();
         let mut tried: Option<Arc<Backend>> = None;
         loop {
             let backend = self
-                .pick(&route, tried.as_ref())
+                .pick(&backends, tried.as_ref())
                 .ok_or_else(|| ProxyError::NoBackend(self.name.clone()))?;
+            let guard = OutstandingGuard::new(backend.clone());
             let uri: Uri = format!("http://{}{}", backend.addr, path)
                 .parse()
                 .map_err(|e| ProxyError::BadRequest(format!("{e}")))?;
@@ -222,9 +361,8 @@ impl ServiceProxy {
             };
             let mut up = Request::from_parts(parts.clone(), upstream_body);
             *up.uri_mut() = uri;
-            let guard = OutstandingGuard::new(backend.clone());
             let sent =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(up)).await;
+                tokio::time::timeout(self.settings.upstream_timeout, pool.client.request(up)).await;
             match sent {
                 Err(_) => {
                     return Err(ProxyError::Timeout(
@@ -232,7 +370,26 @@ impl ServiceProxy {
                         self.settings.upstream_timeout,
                     ))
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_side) = client_upgrade {
+                            let upstream_side = hyper::upgrade::on(&mut resp);
+                            tunnel(client_side, upstream_side, backend.clone());
+                        }
+                        let (mut rparts, _) = resp.into_parts();
+                        let proto = rparts.headers.get(header::UPGRADE).cloned();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        if let Some(proto) = proto {
+                            rparts
+                                .headers
+                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            rparts.headers.insert(header::UPGRADE, proto);
+                        }
+                        return Ok(Response::from_parts(
+                            rparts,
+                            Either::Right(Full::new(Bytes::new())),
+                        ));
+                    }
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
                     return Ok(Response::from_parts(
@@ -248,13 +405,93 @@ impl ServiceProxy {
                         return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
                     }
                     if e.is_connect() {
-                        if replayable && tried.is_none() && route.backends.len() > 1 {
+                        if replayable && tried.is_none() && backends.len() > 1 {
                             tried = Some(backend);
                             continue;
                         }
                         return Err(ProxyError::Connect(backend.addr, error_chain(&e)));
                     }
                     return Err(ProxyError::Upstream(backend.addr, error_chain(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
+fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
+    let wants = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if wants {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Splice an upgraded client connection to the upgraded upstream one, counting it on the
+/// backend until either side closes.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    backend: Arc<Backend>,
+) {
+    tokio::spawn(async move {
+        backend.upgraded.fetch_add(1, Ordering::Relaxed);
+        if let (Ok(c), Ok(u)) = (client.await, upstream.await) {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+        }
+        backend.upgraded.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// The key that keeps a client on one colour, and the cookie to set when we made one up.
+fn sticky_key(
+    route: &Route,
+    req: &Request<Incoming>,
+    client: SocketAddr,
+) -> (u64, Option<HeaderValue>) {
+    if !route.is_split() {
+        return (0, None);
+    }
+    let hash = |bytes: &[u8]| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    };
+    let ip = client.ip().to_string();
+    match &route.sticky {
+        Sticky::ClientIp => (hash(ip.as_bytes()), None),
+        Sticky::Header(name) => match req.headers().get(name) {
+            Some(v) => (hash(v.as_bytes()), None),
+            None => (hash(ip.as_bytes()), None),
+        },
+        Sticky::Cookie => {
+            let existing = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| *k == STICKY_COOKIE)
+                .map(|(_, v)| v.to_string());
+            match existing {
+                Some(v) => (hash(v.as_bytes()), None),
+                None => {
+                    let id = format!("{:016x}", fastrand::u64(..));
+                    let cookie = HeaderValue::from_str(&format!(
+                        "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
+                    ))
+                    .ok();
+                    (hash(id.as_bytes()), cookie)
                 }
             }
         }
@@ -398,11 +635,12 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
+    // Every connection task holds a sender; when all are gone, the receiver sees the end.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -421,20 +659,26 @@ pub async fn serve(
                     let p = p.clone();
                     async move { Ok::<_, std::convert::Infallible>(p.handle(req, client_addr).await) }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), svc);
-                let watched = graceful.watch(conn);
+                let mut conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                let mut stop = shutdown.clone();
+                let open = open_tx.clone();
                 tokio::spawn(async move {
-                    let _ = watched.await;
+                    let _open = open;
+                    tokio::select! {
+                        _ = &mut conn => return,
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    // Finish the request in flight (if any), then close instead of keeping alive.
+                    Pin::new(&mut conn).graceful_shutdown();
+                    let _ = conn.await;
                 });
             }
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(open_tx);
+    if tokio::time::timeout(drain, open_rx.recv()).await.is_err() {
         tracing::warn!(service = %proxy.name, "connections still open after the {drain:?} drain; closing them");
     }
 }

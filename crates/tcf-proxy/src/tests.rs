@@ -51,6 +51,12 @@ async fn upstream(
     (addr, task)
 }
 
+fn route_of(backends: Vec<Arc<Backend>>) -> Route {
+    let pool = Pool::new("blue", "v1", &settings());
+    pool.set_backends(backends);
+    Route::single(pool)
+}
+
 fn settings() -> Settings {
     Settings {
         max_request_body: 1024,
@@ -89,9 +95,7 @@ async fn forwards_balances_and_adds_forwarded_headers() {
     let (a, _ta) = upstream("a", Duration::ZERO, hits_a.clone()).await;
     let (b, _tb) = upstream("b", Duration::ZERO, hits_b.clone()).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route {
-        backends: vec![Backend::new("a", a), Backend::new("b", b)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("a", a), Backend::new("b", b)]));
     let (addr, _stop) = start_proxy(proxy.clone()).await;
     for _ in 0..20 {
         let (status, text, by_proxy) = get(addr, "/x?y=1", None).await;
@@ -115,22 +119,16 @@ async fn maps_failures_to_the_right_status() {
         .unwrap()
         .local_addr()
         .unwrap();
-    proxy.set_route(Route {
-        backends: vec![Backend::new("dead", dead)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("dead", dead)]));
     let (status, _, by_proxy) = get(addr, "/", None).await;
     assert_eq!((status, by_proxy), (502, true));
     // A backend slower than the upstream timeout.
     let (slow, _t) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
-    proxy.set_route(Route {
-        backends: vec![Backend::new("slow", slow)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
     assert_eq!(get(addr, "/", None).await.0, 504);
     // A body over the limit.
     let (ok, _t2) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
-    proxy.set_route(Route {
-        backends: vec![Backend::new("ok", ok)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
     assert_eq!(get(addr, "/", Some(&"x".repeat(2000))).await.0, 413);
     let (status, text, _) = get(addr, "/", Some("hello")).await;
     assert_eq!(status, 200);
@@ -147,9 +145,10 @@ async fn a_refused_connection_is_retried_on_another_backend() {
         .unwrap();
     let (ok, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route {
-        backends: vec![Backend::new("dead", dead), Backend::new("ok", ok)],
-    });
+    proxy.set_route(route_of(vec![
+        Backend::new("dead", dead),
+        Backend::new("ok", ok),
+    ]));
     let (addr, _stop) = start_proxy(proxy).await;
     for _ in 0..10 {
         assert_eq!(get(addr, "/", None).await.0, 200);
@@ -166,15 +165,11 @@ async fn a_request_in_flight_keeps_its_route_across_a_switch() {
     .await;
     let (new, _t2) = upstream("new", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route {
-        backends: vec![Backend::new("old", old)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("old", old)]));
     let (addr, _stop) = start_proxy(proxy.clone()).await;
     let held = tokio::spawn(async move { get(addr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    proxy.set_route(Route {
-        backends: vec![Backend::new("new", new)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("new", new)]));
     assert!(get(addr, "/", None).await.1.starts_with("new"));
     let (status, text, _) = held.await.unwrap();
     assert_eq!(status, 200);
@@ -190,12 +185,143 @@ async fn shutdown_lets_in_flight_requests_finish() {
     )
     .await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(Route {
-        backends: vec![Backend::new("slow", slow)],
-    });
+    proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
     let (addr, stop) = start_proxy(proxy).await;
     let held = tokio::spawn(async move { get(addr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.send(true).unwrap();
     assert_eq!(held.await.unwrap().0, 200);
+}
+
+async fn get_with_cookie(addr: SocketAddr, cookie: Option<&str>) -> (String, Option<String>) {
+    let client: TestClient<HttpConnector, Full<Bytes>> =
+        TestClient::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().uri(format!("http://{addr}/"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
+    let text =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+    (text, set)
+}
+
+#[tokio::test]
+async fn a_weighted_split_keeps_each_client_on_one_colour() {
+    let (old, _t1) = upstream("old", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let (new, _t2) = upstream("new", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let (blue, green) = (
+        Pool::new("blue", "v1", &settings()),
+        Pool::new("green", "v2", &settings()),
+    );
+    blue.set_backends(vec![Backend::new("old", old)]);
+    green.set_backends(vec![Backend::new("new", new)]);
+    proxy.set_route(Route {
+        pools: vec![(green.clone(), 25), (blue.clone(), 75)],
+        sticky: Sticky::Cookie,
+    });
+    let (addr, _stop) = start_proxy(proxy.clone()).await;
+    let mut on_new = 0;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let (text, cookie) = get_with_cookie(addr, None).await;
+        let cookie = cookie.expect("a split sets the sticky cookie");
+        if text.starts_with("new") {
+            on_new += 1;
+        }
+        clients.push((cookie, text.starts_with("new")));
+    }
+    assert!(
+        (25..=80).contains(&on_new),
+        "about a quarter should see the canary, saw {on_new}/200"
+    );
+    // Each client keeps its colour, and raising the canary's weight never moves one back.
+    proxy.set_route(Route {
+        pools: vec![(green.clone(), 50), (blue.clone(), 50)],
+        sticky: Sticky::Cookie,
+    });
+    for (cookie, was_new) in clients.iter().take(60) {
+        let (text, set) = get_with_cookie(addr, Some(cookie)).await;
+        assert!(set.is_none(), "a client with a cookie keeps it");
+        if *was_new {
+            assert!(
+                text.starts_with("new"),
+                "a canary client went back to the old colour"
+            );
+        }
+    }
+    assert!(green.stats().snapshot().requests >= on_new as u64);
+    assert_eq!(proxy.stats().snapshot().requests, 260);
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_tunnelled_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that accepts an upgrade and then echoes bytes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = TokioIo::new(up);
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut()
+                        .insert("upgrade", HeaderValue::from_static("echo"));
+                    resp.headers_mut()
+                        .insert("connection", HeaderValue::from_static("upgrade"));
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    let proxy = ServiceProxy::new("svc", settings());
+    let backend = Backend::new("echo", up_addr);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (addr, _stop) = start_proxy(proxy).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    assert_eq!(backend.upgraded(), 1);
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(backend.upgraded(), 0);
 }

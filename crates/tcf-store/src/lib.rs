@@ -3,7 +3,7 @@
 //! WAL mode and one transaction per write, so a daemon killed at any point leaves a store that
 //! opens cleanly. The schema is versioned by `PRAGMA user_version`; [`MIGRATIONS`] only grows.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -138,6 +138,31 @@ pub struct Release {
     pub finished_ms: Option<i64>,
     pub versions: BTreeMap<String, String>,
 }
+
+/// A lease: who holds a lock, why, and until when (unless renewed).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub owner: String,
+    pub host: String,
+    pub pid: i64,
+    pub reason: Option<String>,
+    pub acquired_ms: i64,
+    pub heartbeat_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What trying to take a lock gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    Acquired,
+    /// Taken over from a holder whose lease had expired.
+    TookOver(Lease),
+    Held(Lease),
+}
+
+/// Release statuses that count as a successful deploy of their versions.
+pub const SUCCESSFUL: &[&str] = &["active", "initial"];
 
 pub struct Store {
     path: PathBuf,
@@ -350,13 +375,97 @@ impl Store {
         })
     }
 
+    /// Take the lock `name` for `lease.owner`, unless someone else holds an unexpired lease.
+    pub fn acquire_lock(&self, lease: &Lease) -> Result<Acquire> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let current = tx
+                .query_row(
+                    "SELECT name, owner, host, pid, reason, acquired_ms, heartbeat_ms, expires_ms FROM locks WHERE name = ?1",
+                    params![lease.name],
+                    lease_from_row,
+                )
+                .optional()?;
+            let outcome = match current {
+                Some(held) if held.expires_ms > now_ms() => return Ok(Acquire::Held(held)),
+                Some(expired) => Acquire::TookOver(expired),
+                None => Acquire::Acquired,
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO locks (name, owner, host, pid, reason, acquired_ms, heartbeat_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    lease.name,
+                    lease.owner,
+                    lease.host,
+                    lease.pid,
+                    lease.reason,
+                    lease.acquired_ms,
+                    lease.heartbeat_ms,
+                    lease.expires_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+    }
+
+    /// Renew a lease we hold; false if it is no longer ours.
+    pub fn renew_lock(&self, name: &str, owner: &str, expires_ms: i64) -> Result<bool> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE locks SET heartbeat_ms = ?3, expires_ms = ?4 WHERE name = ?1 AND owner = ?2",
+                params![name, owner, now_ms(), expires_ms],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Release a lock; with `owner` only if that owner holds it. True if a row went away.
+    pub fn release_lock(&self, name: &str, owner: Option<&str>) -> Result<bool> {
+        self.with(|c| {
+            let n = match owner {
+                Some(o) => c.execute(
+                    "DELETE FROM locks WHERE name = ?1 AND owner = ?2",
+                    params![name, o],
+                )?,
+                None => c.execute("DELETE FROM locks WHERE name = ?1", params![name])?,
+            };
+            Ok(n > 0)
+        })
+    }
+
+    pub fn lock(&self, name: &str) -> Result<Option<Lease>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT name, owner, host, pid, reason, acquired_ms, heartbeat_ms, expires_ms FROM locks WHERE name = ?1",
+                params![name],
+                lease_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Releases left `in_progress` by a daemon that died: mark them `interrupted`.
+    pub fn interrupt_unfinished_releases(&self) -> Result<Vec<i64>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id FROM releases WHERE status = 'in_progress'")?;
+            let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            c.execute(
+                "UPDATE releases SET status = 'interrupted', finished_ms = ?1 WHERE status = 'in_progress'",
+                params![now_ms()],
+            )?;
+            Ok(ids)
+        })
+    }
+
     /// The version each service runs according to the newest active release that names it.
     pub fn active_versions(&self) -> Result<BTreeMap<String, String>> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT rs.service, rs.version FROM release_services rs
                  JOIN releases r ON r.id = rs.release_id
-                 WHERE r.status = 'active'
+                 WHERE r.status IN ('active', 'initial')
                  ORDER BY r.id ASC",
             )?;
             let rows = stmt
@@ -366,6 +475,19 @@ impl Store {
             Ok(rows.into_iter().collect())
         })
     }
+}
+
+fn lease_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        name: r.get(0)?,
+        owner: r.get(1)?,
+        host: r.get(2)?,
+        pid: r.get(3)?,
+        reason: r.get(4)?,
+        acquired_ms: r.get(5)?,
+        heartbeat_ms: r.get(6)?,
+        expires_ms: r.get(7)?,
+    })
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
@@ -390,6 +512,56 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(owner: &str, expires_ms: i64) -> Lease {
+        Lease {
+            name: "deploy".into(),
+            owner: owner.into(),
+            host: "h".into(),
+            pid: 1,
+            reason: None,
+            acquired_ms: now_ms(),
+            heartbeat_ms: now_ms(),
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn a_lock_is_exclusive_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.acquire_lock(&lease("a", now_ms() + 60_000)).unwrap(),
+            Acquire::Acquired
+        );
+        assert!(
+            matches!(s.acquire_lock(&lease("b", now_ms() + 60_000)).unwrap(), Acquire::Held(l) if l.owner == "a")
+        );
+        assert!(s.renew_lock("deploy", "a", now_ms() - 1).unwrap());
+        assert!(
+            matches!(s.acquire_lock(&lease("b", now_ms() + 60_000)).unwrap(), Acquire::TookOver(l) if l.owner == "a")
+        );
+        assert!(
+            !s.renew_lock("deploy", "a", now_ms() + 1000).unwrap(),
+            "a lost its lease"
+        );
+        assert!(!s.release_lock("deploy", Some("a")).unwrap());
+        assert!(s.release_lock("deploy", Some("b")).unwrap());
+        assert_eq!(s.lock("deploy").unwrap(), None);
+    }
+
+    #[test]
+    fn unfinished_releases_are_marked_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let v: BTreeMap<String, String> = [("a".to_string(), "v2".to_string())].into();
+        let id = s
+            .create_release("blue_green", "in_progress", "t", None, &v)
+            .unwrap();
+        assert_eq!(s.interrupt_unfinished_releases().unwrap(), vec![id]);
+        assert_eq!(s.releases(1).unwrap()[0].status, "interrupted");
+        assert!(s.active_versions().unwrap().is_empty());
+    }
 
     #[test]
     fn migrates_a_new_store_and_reopens_it() {

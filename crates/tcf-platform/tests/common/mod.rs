@@ -19,7 +19,7 @@ pub fn require_demo() {
     let demo = bin().with_file_name("tcf-demo");
     assert!(
         demo.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (or build it with `cargo build -p tcf-demo`)",
+        "{} is missing: run the tests with `cargo test --workspace` (it is a binary of the tcf-platform package)",
         demo.display()
     );
 }

@@ -1,4 +1,5 @@
-//! `tcf-demo`: a small HTTP service that stands in for the TCF services in demos and tests.
+//! `tcf-demo`: a small HTTP service (the binary is built by the tcf-platform package, beside
+//! `tcf-platform`, where the process runtime finds it) that stands in for the TCF services in demos and tests.
 //!
 //! It listens on 127.0.0.1:$PORT and answers:
 //! - `GET /health`: 200 `ok` (503 when told to fail health)
@@ -123,8 +124,22 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     resp
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+/// Run the demo service until SIGTERM; exits the process on a fatal error.
+pub fn main() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tcf-demo: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(serve());
+}
+
+async fn serve() {
     let (knobs, start_delay) = Knobs::from_env();
     let port: u16 = match env("PORT").map(|p| p.parse()) {
         Some(Ok(p)) => p,
