@@ -16,6 +16,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     #[serde(default)]
     pub dependencies: Vec<DependencyStatus>,
+    /// The deploy or rollback running now, if any.
+    #[serde(default)]
+    pub deploy_in_progress: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,4 +123,78 @@ pub struct Ping {
     pub pid: u32,
     pub version: String,
     pub config: String,
+}
+
+/// `POST /v1/deploy`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployRequest {
+    pub version: String,
+    /// Empty: every service.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// blue_green (default), canary or rolling.
+    pub strategy: Option<String>,
+    pub reason: Option<String>,
+    /// How long to wait for a held deploy lock; 0 fails at once.
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    /// Who asks, for the audit trail (`user@host`).
+    pub actor: String,
+}
+
+/// `POST /v1/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RollbackRequest {
+    /// None: the version each service ran before its current one.
+    pub version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
+/// One line of the NDJSON stream a deploy or rollback answers with. The last line has `result`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProgressLine {
+    pub time: String,
+    /// The event kind, such as `deploy.health_gate` or `deploy.switched`.
+    pub step: String,
+    pub service: Option<String>,
+    pub message: String,
+    pub release: Option<i64>,
+    /// Only on the last line: deployed, rolled_back, failed, reverted, lock_held, invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Only on the last line: 0 deployed, 1 failed and reverted, 2 usage or config, 3 lock held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
+}
+
+/// `GET /v1/releases`: one release, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    pub id: i64,
+    pub versions: std::collections::BTreeMap<String, String>,
+    pub strategy: String,
+    /// active | superseded | failed | reverted | rolled_back | interrupted | in_progress
+    pub status: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub started: String,
+    pub duration_s: Option<f64>,
+}
+
+/// `GET /v1/lock`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LockStatus {
+    pub held: bool,
+    pub owner: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+    pub reason: Option<String>,
+    pub acquired: Option<String>,
+    pub heartbeat: Option<String>,
+    pub expires: Option<String>,
 }

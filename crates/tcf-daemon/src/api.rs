@@ -1,6 +1,7 @@
 //! The JSON API on the daemon's Unix socket. Shapes come from `tcf-api`; this module maps the
 //! live state onto them.
 
+use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
@@ -31,6 +32,11 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/logs/{service}", get(logs_handler))
         .route("/v1/down", post(down))
+        .route("/v1/deploy", post(deploy_handler))
+        .route("/v1/rollback", post(rollback_handler))
+        .route("/v1/releases", get(releases_handler))
+        .route("/v1/lock", get(lock_handler))
+        .route("/v1/lock/release", post(lock_release_handler))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(p)
 }
@@ -121,6 +127,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         platform: p.config.platform.name.clone(),
         services,
         dependencies,
+        deploy_in_progress: lock(&p.deploying).clone(),
     }
 }
 
@@ -197,4 +204,278 @@ async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
     );
     p.shutdown.send_replace(true);
     Json(DownResponse { stopping: true })
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The services a request names (all when none), checked and in dependency order.
+fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiError> {
+    for s in named {
+        if !p.services.contains_key(s) {
+            let known: Vec<&str> = p.services.keys().map(String::as_str).collect();
+            return Err(bad_request(format!(
+                "no service {s:?}; services: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(p.config
+        .start_order()
+        .into_iter()
+        .filter(|s| named.is_empty() || named.contains(s))
+        .collect())
+}
+
+fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+}
+
+/// Stream a release's progress as NDJSON while it runs; it runs on even if the client leaves.
+fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(deploy::run(p, plan, tx));
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(bytes)), rx))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn deploy_handler(
+    State(p): State<Arc<Platform>>,
+    Json(req): Json<tcf_api::DeployRequest>,
+) -> Result<Response, ApiError> {
+    if !valid_version(&req.version) {
+        return Err(bad_request(format!(
+            "invalid version {:?}: use letters, digits and . _ - + (at most 128)",
+            req.version
+        )));
+    }
+    let strategy = match &req.strategy {
+        None => p.config.deploy.strategy,
+        Some(s) => tcf_config::Strategy::parse(s).ok_or_else(|| {
+            bad_request(format!(
+                "unknown strategy {s:?}; use blue_green, canary or rolling"
+            ))
+        })?,
+    };
+    let services = services_in_order(&p, &req.services)?;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Deploy(strategy),
+        targets: services
+            .into_iter()
+            .map(|s| (s, req.version.clone()))
+            .collect(),
+        reason: req.reason,
+        actor: req.actor,
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+/// Statuses of releases whose versions ran for real.
+const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
+
+async fn rollback_handler(
+    State(p): State<Arc<Platform>>,
+    Json(req): Json<tcf_api::RollbackRequest>,
+) -> Result<Response, ApiError> {
+    let releases = p
+        .store
+        .releases(10_000)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let services = services_in_order(&p, &req.services)?;
+    let known = |service: &str| -> Vec<String> {
+        let mut v: Vec<String> = releases
+            .iter()
+            .filter(|r| DEPLOYED.contains(&r.status.as_str()))
+            .filter_map(|r| r.versions.get(service).cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut targets = Vec::new();
+    match &req.version {
+        Some(version) => {
+            for s in &services {
+                if known(s).contains(version) {
+                    targets.push((s.clone(), version.clone()));
+                } else if !req.services.is_empty() {
+                    return Err(bad_request(format!(
+                        "{s} never ran {version}; known versions: {}",
+                        known(s).join(", ")
+                    )));
+                }
+            }
+            if targets.is_empty() {
+                let all: std::collections::BTreeSet<String> =
+                    services.iter().flat_map(|s| known(s)).collect();
+                return Err(bad_request(format!(
+                    "version {version} was never deployed; known versions: {}",
+                    all.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        None => {
+            for s in &services {
+                let current = p.services[s].serving_version();
+                let previous = releases
+                    .iter()
+                    .filter(|r| tcf_store::SUCCESSFUL.contains(&r.status.as_str()))
+                    .filter_map(|r| r.versions.get(s))
+                    .find(|v| **v != current);
+                if let Some(v) = previous {
+                    targets.push((s.clone(), v.clone()));
+                }
+            }
+            if targets.is_empty() {
+                return Err(bad_request(
+                    "nothing to roll back to: no earlier successful release",
+                ));
+            }
+        }
+    }
+    targets.retain(|(s, v)| p.services[s].serving_version() != *v);
+    if targets.is_empty() {
+        return Err(bad_request(
+            "already running that version; nothing to roll back",
+        ));
+    }
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Rollback,
+        targets,
+        reason: req.reason,
+        actor: req.actor,
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+#[derive(Deserialize)]
+struct ReleasesQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn releases_handler(
+    State(p): State<Arc<Platform>>,
+    Query(q): Query<ReleasesQuery>,
+) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
+    let all = p
+        .store
+        .releases(10_000)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let limit = q.limit.unwrap_or(50) as usize;
+    let out = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            q.service
+                .as_ref()
+                .is_none_or(|s| r.versions.contains_key(s))
+        })
+        .take(limit)
+        .map(|(i, r)| {
+            // A successful release is superseded once newer successful ones cover all its services.
+            let newer = &all[..i];
+            let superseded = tcf_store::SUCCESSFUL.contains(&r.status.as_str())
+                && r.versions.keys().all(|s| {
+                    newer.iter().any(|n| {
+                        tcf_store::SUCCESSFUL.contains(&n.status.as_str())
+                            && n.versions.contains_key(s)
+                    })
+                });
+            tcf_api::Release {
+                id: r.id,
+                versions: r.versions.clone(),
+                strategy: r.strategy.clone(),
+                status: if superseded {
+                    "superseded".into()
+                } else {
+                    r.status.clone()
+                },
+                actor: r.actor.clone(),
+                reason: r.reason.clone(),
+                started: deploy::rfc3339(r.started_ms),
+                duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+async fn lock_handler(
+    State(p): State<Arc<Platform>>,
+) -> Result<Json<tcf_api::LockStatus>, ApiError> {
+    let lease = p
+        .store
+        .lock(deploy::DEPLOY_LOCK)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(match lease {
+        None => tcf_api::LockStatus {
+            held: false,
+            owner: None,
+            host: None,
+            pid: None,
+            reason: None,
+            acquired: None,
+            heartbeat: None,
+            expires: None,
+        },
+        Some(l) => tcf_api::LockStatus {
+            held: true,
+            owner: Some(l.owner),
+            host: Some(l.host),
+            pid: Some(l.pid),
+            reason: l.reason,
+            acquired: Some(deploy::rfc3339(l.acquired_ms)),
+            heartbeat: Some(deploy::rfc3339(l.heartbeat_ms)),
+            expires: Some(deploy::rfc3339(l.expires_ms)),
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+struct LockReleaseRequest {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn lock_release_handler(
+    State(p): State<Arc<Platform>>,
+    Json(req): Json<LockReleaseRequest>,
+) -> Result<Json<tcf_api::LockStatus>, ApiError> {
+    if let Some(running) = lock(&p.deploying).clone() {
+        if !req.force {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("a release is running: {running}; releasing its lock lets another deploy start beside it (pass --force if you are sure)"),
+            ));
+        }
+    }
+    let released = p
+        .store
+        .release_lock(deploy::DEPLOY_LOCK, None)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if released {
+        p.event(
+            "lock.released",
+            None,
+            None,
+            "deploy lock released by hand (tcf-platform lock release)",
+        );
+    }
+    lock_handler(State(p)).await
 }

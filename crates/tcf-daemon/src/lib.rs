@@ -6,6 +6,7 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod deploy;
 mod health;
 mod logs;
 mod metrics;
@@ -197,6 +198,7 @@ pub async fn run(
         events: broadcast::channel(1024).0,
         shutdown: watch::channel(false).0,
         started: Instant::now(),
+        deploying: Mutex::new(None),
     });
 
     p.event(
@@ -215,6 +217,32 @@ pub async fn run(
         ),
     );
     recover(&p).await;
+    match p.store.interrupt_unfinished_releases() {
+        Ok(ids) => {
+            for id in ids {
+                p.event(
+                    "release.interrupted",
+                    None,
+                    None,
+                    format!("release {id} was interrupted (the daemon stopped mid-release); serving the last active release"),
+                );
+            }
+        }
+        Err(e) => tracing::error!("cannot check for interrupted releases: {e}"),
+    }
+    // Only a daemon runs releases, and no release runs yet: a deploy lock here is left over.
+    if let Ok(Some(lease)) = p.store.lock(deploy::DEPLOY_LOCK) {
+        let _ = p.store.release_lock(deploy::DEPLOY_LOCK, None);
+        p.event(
+            "lock.released",
+            None,
+            None,
+            format!(
+                "released the deploy lock of {} left by a daemon that stopped mid-release",
+                lease.owner
+            ),
+        );
+    }
     record_initial_release(&p, &active);
 
     // Proxies first: they answer 503 until a service has a healthy instance.

@@ -285,6 +285,8 @@ pub struct Platform {
     /// Flipped to true when the daemon is asked to stop.
     pub shutdown: watch::Sender<bool>,
     pub started: Instant,
+    /// What release is running right now, if any (for status).
+    pub deploying: Mutex<Option<String>>,
 }
 
 impl Platform {

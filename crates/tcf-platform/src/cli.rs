@@ -90,6 +90,19 @@ stop instances in reverse dependency order."
     /// Check or show the config
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List releases: versions, strategy, status, who, why, when, how long
+    History {
+        /// Only releases that include this service
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show or release the deploy lock
+    #[command(subcommand)]
+    Lock(LockCommand),
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
@@ -142,6 +155,85 @@ pub enum ConfigCommand {
 pub enum ProdCommand {
     /// Show services, instances and their health (same as `tcf-platform status`)
     Status(StatusArgs),
+    /// Deploy VERSION without dropping a request; reverts by itself when the new version fails
+    #[command(
+        long_about = "Deploy VERSION to every service (or those named with --service), one \
+release switched in dependency order. blue_green starts the new version beside the old one, waits \
+for its health gate, switches the route atomically and watches it; canary moves traffic in \
+weighted steps with a gate at each; rolling replaces one instance at a time.\n\n\
+Exit codes: 0 deployed, 1 failed and reverted (nothing changed for users), 2 usage or config \
+error, 3 the deploy lock is held by someone else."
+    )]
+    Deploy(DeployArgs),
+    /// Roll back to the previous successful release (or a version you name)
+    #[command(
+        long_about = "Roll back every service of the last release (or those named with \
+--service) to the version each ran before, or to VERSION. While the previous version is still \
+running (warm) this is an instant route switch; otherwise it is started like a deploy.\n\n\
+Asks for confirmation on a terminal; without one it refuses unless --force.\n\
+Exit codes as for deploy."
+    )]
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DeployArgs {
+    /// The version to deploy (replaces {version} in the services' command)
+    pub version: String,
+    /// blue_green (also blue-green), canary or rolling [default: the config's [deploy] strategy]
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Deploy only this service (repeat for more)
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RollbackArgs {
+    /// The version to go back to [default: the previous successful one]
+    pub version: Option<String>,
+    /// Same as VERSION
+    #[arg(long, conflicts_with = "version")]
+    pub to_version: Option<String>,
+    /// Roll back only this service (repeat for more)
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Do not ask for confirmation (required without a terminal)
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the deploy lock, why and until when
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Release the deploy lock (refused while a release runs, unless --force)
+    Release {
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

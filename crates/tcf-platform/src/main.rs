@@ -6,7 +6,10 @@ mod output;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command, ConfigCommand, Format, ProdCommand, StatusArgs};
+use cli::{
+    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RollbackArgs,
+    StatusArgs,
+};
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -97,6 +100,15 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Down { timeout } => down(&cli, *timeout).await,
         Command::Status(args) => status(&cli, args).await,
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
+        Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
+        Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
+        Command::History {
+            service,
+            limit,
+            format,
+        } => history(&cli, service.as_deref(), *limit, *format).await,
+        Command::Lock(LockCommand::Status { format }) => lock_status(&cli, *format).await,
+        Command::Lock(LockCommand::Release { force }) => lock_release(&cli, *force).await,
         Command::Logs {
             service,
             follow,
@@ -334,6 +346,212 @@ fn show(cli: &Cli, format: Format) -> CmdResult {
         Format::Table => {
             print_text(&toml::to_string_pretty(&cfg).context("cannot print the config as TOML")?)?
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command, for the audit trail.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{user}@{host}")
+}
+
+/// Ask on a terminal; true when the user agrees.
+fn confirm(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// Print a release's progress as it streams; the exit code comes from its last line.
+async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Format) -> CmdResult {
+    let resp = client
+        .send("POST", path, Some(body))
+        .await
+        .map_err(|e| match e {
+            ClientError::Api {
+                status: 400,
+                message,
+            } => Failure {
+                code: 2,
+                error: anyhow::anyhow!(message),
+            },
+            other => other.into(),
+        })?;
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    let mut exit = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the daemon stopped answering mid-release; see `tcf-platform history` and `tcf-platform events`")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let Ok(p) = serde_json::from_slice::<tcf_api::ProgressLine>(&line) else {
+                continue;
+            };
+            match format {
+                Format::Json => print_text(&String::from_utf8_lossy(&line))?,
+                Format::Table => {
+                    let place = p
+                        .service
+                        .as_deref()
+                        .map(|s| format!("{s}: "))
+                        .unwrap_or_default();
+                    if p.result.is_some() {
+                        print_text(&format!(
+                            "[{:>6.1}s] {}: {}\n",
+                            started.elapsed().as_secs_f64(),
+                            p.result.as_deref().unwrap_or(""),
+                            p.message
+                        ))?;
+                    } else {
+                        print_text(&format!(
+                            "[{:>6.1}s] {:<20} {place}{}\n",
+                            started.elapsed().as_secs_f64(),
+                            p.step,
+                            p.message
+                        ))?;
+                    }
+                }
+            }
+            if let Some(code) = p.exit_code {
+                exit = Some(code);
+            }
+        }
+    }
+    match exit {
+        Some(code) => Ok(ExitCode::from(code)),
+        None => Err(anyhow::anyhow!(
+            "the release stream ended without a result; see `tcf-platform history`"
+        )
+        .into()),
+    }
+}
+
+async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
+    let client = client(cli)?;
+    if !args.force && std::io::stdin().is_terminal() {
+        let which = if args.services.is_empty() {
+            "every service".to_string()
+        } else {
+            args.services.join(", ")
+        };
+        if !confirm(&format!("Deploy {} to {which}?", args.version)) {
+            eprintln!("not deployed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let req = tcf_api::DeployRequest {
+        version: args.version.clone(),
+        services: args.services.clone(),
+        strategy: args.strategy.clone(),
+        reason: args.reason.clone(),
+        lock_wait_ms: args.lock_wait.as_millis() as u64,
+        actor: actor(),
+    };
+    follow_release(
+        &client,
+        "/v1/deploy",
+        serde_json::to_vec(&req).map_err(anyhow::Error::from)?,
+        args.format,
+    )
+    .await
+}
+
+async fn rollback(cli: &Cli, args: &RollbackArgs) -> CmdResult {
+    let client = client(cli)?;
+    let version = args.version.clone().or_else(|| args.to_version.clone());
+    if !args.force {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure {
+                code: 2,
+                error: anyhow::anyhow!(
+                    "refusing to roll back without a terminal to confirm on; pass --force"
+                ),
+            });
+        }
+        let target = version
+            .clone()
+            .unwrap_or_else(|| "the previous successful release".into());
+        if !confirm(&format!("Roll back to {target}?")) {
+            eprintln!("not rolled back");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let req = tcf_api::RollbackRequest {
+        version,
+        services: args.services.clone(),
+        reason: args.reason.clone(),
+        lock_wait_ms: args.lock_wait.as_millis() as u64,
+        actor: actor(),
+    };
+    follow_release(
+        &client,
+        "/v1/rollback",
+        serde_json::to_vec(&req).map_err(anyhow::Error::from)?,
+        args.format,
+    )
+    .await
+}
+
+async fn history(cli: &Cli, service: Option<&str>, limit: u32, format: Format) -> CmdResult {
+    let client = client(cli)?;
+    let mut path = format!("/v1/releases?limit={limit}");
+    if let Some(s) = service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let releases: Vec<tcf_api::Release> = client.get(&path).await?;
+    match format {
+        Format::Json => print_json(&releases)?,
+        Format::Table => print_text(&output::history(&releases))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lock_status(cli: &Cli, format: Format) -> CmdResult {
+    let client = client(cli)?;
+    let l: tcf_api::LockStatus = client.get("/v1/lock").await?;
+    match format {
+        Format::Json => print_json(&l)?,
+        Format::Table if !l.held => print_text("the deploy lock is free\n")?,
+        Format::Table => print_text(&format!(
+            "held by {} on {} (pid {})\nreason:    {}\nacquired:  {}\nheartbeat: {}\nexpires:   {}\n",
+            l.owner.unwrap_or_default(),
+            l.host.unwrap_or_default(),
+            l.pid.unwrap_or_default(),
+            l.reason.unwrap_or_else(|| "-".into()),
+            l.acquired.unwrap_or_default(),
+            l.heartbeat.unwrap_or_default(),
+            l.expires.unwrap_or_default()
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lock_release(cli: &Cli, force: bool) -> CmdResult {
+    let client = client(cli)?;
+    let l: tcf_api::LockStatus = client
+        .post("/v1/lock/release", &serde_json::json!({ "force": force }))
+        .await?;
+    if !l.held {
+        print_text("the deploy lock is free\n")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 //! Human output: aligned tables for status and events. JSON output is the `tcf-api` types.
 
-use tcf_api::{Event, Status};
+use tcf_api::{Event, Release, Status};
 
 /// Columns padded to their widest cell; the last column is not padded.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -66,7 +66,17 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         healthy,
         s.services.len()
     );
-    let mut headers = vec!["SERVICE", "VERSION", "LISTEN", "HEALTH", "INSTANCES"];
+    if let Some(d) = &s.deploy_in_progress {
+        out.push_str(&format!("in progress: {d}\n\n"));
+    }
+    let mut headers = vec![
+        "SERVICE",
+        "VERSION",
+        "LISTEN",
+        "HEALTH",
+        "INSTANCES",
+        "TRAFFIC",
+    ];
     if metrics {
         headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS"]);
     }
@@ -85,6 +95,11 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
                 svc.listen.clone(),
                 if svc.healthy { "healthy" } else { "unhealthy" }.to_string(),
                 format!("{ready}/{} healthy", svc.instances.len()),
+                svc.traffic
+                    .iter()
+                    .map(|t| format!("{} {} {}%", t.colour, t.version, t.weight))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ];
             if let Some(m) = svc.metrics.as_ref().filter(|_| metrics) {
                 r.extend([
@@ -108,6 +123,7 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
             .map(|i| {
                 vec![
                     i.id.clone(),
+                    i.colour.clone(),
                     i.version.clone(),
                     i.pid.map_or("-".into(), |p| p.to_string()),
                     i.port.to_string(),
@@ -149,6 +165,34 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         out.push_str(&table(&["DEPENDENCY", "KIND", "TARGET", "HEALTH"], &rows));
     }
     out
+}
+
+pub fn history(releases: &[Release]) -> String {
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.started.clone(),
+                r.strategy.clone(),
+                r.status.clone(),
+                r.duration_s.map_or("-".into(), |d| format!("{d:.1}s")),
+                r.actor.clone(),
+                r.versions
+                    .iter()
+                    .map(|(s, v)| format!("{s}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "STARTED", "STRATEGY", "STATUS", "TOOK", "ACTOR", "VERSIONS", "REASON",
+        ],
+        &rows,
+    )
 }
 
 pub fn events(events: &[Event]) -> String {

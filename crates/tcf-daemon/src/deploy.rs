@@ -1,0 +1,1012 @@
+//! The control loop for releases: deploys (blue-green, canary, rolling) and rollbacks go
+//! through [`run`]: lock, release record, hooks, per-service strategy in dependency order,
+//! watch, revert on failure, retirement of the previous colour. Every step is one event.
+
+use crate::platform::{lock, other_colour, Colour, InstanceState, Platform, ServiceRuntime};
+use crate::supervisor::spawn_instance;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use tcf_api::ProgressLine;
+use tcf_config::Strategy;
+use tcf_proxy::Snapshot;
+use tcf_store::{now_ms, Acquire, Lease};
+use tokio::sync::mpsc;
+
+pub const DEPLOY_LOCK: &str = "deploy";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Deploy(Strategy),
+    Rollback,
+}
+
+/// What to do: versions per service (applied in dependency order).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub kind: Kind,
+    pub targets: Vec<(String, String)>,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Deployed,
+    RolledBack,
+    Failed(String),
+    Reverted(String),
+    LockHeld(String),
+    Invalid(String),
+}
+
+impl Outcome {
+    pub fn result(&self) -> &'static str {
+        match self {
+            Outcome::Deployed => "deployed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Failed(_) => "failed",
+            Outcome::Reverted(_) => "reverted",
+            Outcome::LockHeld(_) => "lock_held",
+            Outcome::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The documented exit codes of `prod deploy` and `prod rollback`.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Deployed | Outcome::RolledBack => 0,
+            Outcome::Failed(_) | Outcome::Reverted(_) => 1,
+            Outcome::Invalid(_) => 2,
+            Outcome::LockHeld(_) => 3,
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+/// Writes each step as an event and as a progress line to whoever started the release.
+struct Reporter {
+    p: Arc<Platform>,
+    tx: mpsc::UnboundedSender<ProgressLine>,
+    release: Option<i64>,
+}
+
+impl Reporter {
+    fn step(&self, kind: &str, service: Option<&str>, message: impl Into<String>) {
+        let message = message.into();
+        self.p.event(kind, service, None, message.clone());
+        let _ = self.tx.send(ProgressLine {
+            time: rfc3339(now_ms()),
+            step: kind.to_string(),
+            service: service.map(str::to_string),
+            message,
+            release: self.release,
+            result: None,
+            exit_code: None,
+        });
+    }
+
+    fn finish(&self, outcome: &Outcome) {
+        let message = match outcome {
+            Outcome::Deployed => "deployed".to_string(),
+            Outcome::RolledBack => "rolled back".to_string(),
+            Outcome::Failed(m)
+            | Outcome::Reverted(m)
+            | Outcome::LockHeld(m)
+            | Outcome::Invalid(m) => m.clone(),
+        };
+        let _ = self.tx.send(ProgressLine {
+            time: rfc3339(now_ms()),
+            step: "result".into(),
+            service: None,
+            message,
+            release: self.release,
+            result: Some(outcome.result().into()),
+            exit_code: Some(outcome.exit_code()),
+        });
+    }
+}
+
+/// A service whose traffic moved to a new colour in this release.
+struct Switched {
+    svc: Arc<ServiceRuntime>,
+    old: Option<Arc<Colour>>,
+    new: Arc<Colour>,
+    /// The new colour's counters at the switch: the watch looks only at what came after.
+    since: Snapshot,
+}
+
+/// Run a release to its end; the progress channel gets every step and the result last.
+pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<ProgressLine>) -> Outcome {
+    let mut rep = Reporter {
+        p: p.clone(),
+        tx,
+        release: None,
+    };
+    let outcome = run_inner(&p, &plan, &mut rep).await;
+    rep.finish(&outcome);
+    outcome
+}
+
+async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
+    if plan.targets.is_empty() {
+        return Outcome::Invalid("nothing to do: no service matches".into());
+    }
+    // The lock, held (and renewed) until the post hooks are done.
+    let owner = format!(
+        "{} (release by daemon pid {})",
+        plan.actor,
+        std::process::id()
+    );
+    let ttl = p.config.deploy.lock_ttl;
+    let deadline = Instant::now() + plan.lock_wait;
+    let mut waited = false;
+    loop {
+        let lease = Lease {
+            name: DEPLOY_LOCK.into(),
+            owner: owner.clone(),
+            host: hostname(),
+            pid: std::process::id() as i64,
+            reason: plan.reason.clone(),
+            acquired_ms: now_ms(),
+            heartbeat_ms: now_ms(),
+            expires_ms: now_ms() + ttl.as_millis() as i64,
+        };
+        match p.store.acquire_lock(&lease) {
+            Ok(Acquire::Acquired) => break,
+            Ok(Acquire::TookOver(old)) => {
+                rep.step(
+                    "lock.taken_over",
+                    None,
+                    format!(
+                        "took over the expired deploy lock of {} (last heartbeat {})",
+                        old.owner,
+                        rfc3339(old.heartbeat_ms)
+                    ),
+                );
+                break;
+            }
+            Ok(Acquire::Held(held)) => {
+                let who = format!(
+                    "the deploy lock is held by {} on {} since {}{}",
+                    held.owner,
+                    held.host,
+                    rfc3339(held.acquired_ms),
+                    held.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                );
+                if Instant::now() >= deadline {
+                    return Outcome::LockHeld(format!(
+                        "{who}; wait with --lock-wait, or see `tcf-platform lock status`"
+                    ));
+                }
+                if !waited {
+                    rep.step("lock.waiting", None, format!("waiting: {who}"));
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Outcome::Failed(format!("cannot take the deploy lock: {e}")),
+        }
+    }
+    let heartbeat = {
+        let p = p.clone();
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let _ = p
+                    .store
+                    .renew_lock(DEPLOY_LOCK, &owner, now_ms() + ttl.as_millis() as i64);
+            }
+        })
+    };
+    *lock(&p.deploying) = Some(describe(plan));
+    let outcome = locked(p, plan, rep).await;
+    *lock(&p.deploying) = None;
+    heartbeat.abort();
+    let _ = p.store.release_lock(DEPLOY_LOCK, Some(&owner));
+    outcome
+}
+
+fn describe(plan: &Plan) -> String {
+    let what = match plan.kind {
+        Kind::Deploy(s) => format!("{} deploy", s.as_str()),
+        Kind::Rollback => "rollback".to_string(),
+    };
+    let targets: Vec<String> = plan
+        .targets
+        .iter()
+        .map(|(s, v)| format!("{s} {v}"))
+        .collect();
+    format!("{what} of {} by {}", targets.join(", "), plan.actor)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
+    let strategy_name = match plan.kind {
+        Kind::Deploy(s) => s.as_str(),
+        Kind::Rollback => "rollback",
+    };
+    let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
+    let release = match p.store.create_release(
+        strategy_name,
+        "in_progress",
+        &plan.actor,
+        plan.reason.as_deref(),
+        &versions,
+    ) {
+        Ok(id) => id,
+        Err(e) => return Outcome::Failed(format!("cannot record the release: {e}")),
+    };
+    rep.release = Some(release);
+    rep.step(
+        "release.started",
+        None,
+        format!("release {release}: {}", describe(plan)),
+    );
+    let services_csv = plan
+        .targets
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let version_env = plan
+        .targets
+        .first()
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+
+    if let Kind::Deploy(_) = plan.kind {
+        if let Some(hook) = &p.config.hooks.pre_deploy {
+            if let Err(e) = run_hook(
+                p,
+                rep,
+                "pre_deploy",
+                hook,
+                &version_env,
+                &services_csv,
+                release,
+            )
+            .await
+            {
+                let _ = p.store.finish_release(release, "failed");
+                return Outcome::Failed(format!("pre_deploy hook failed, nothing changed: {e}"));
+            }
+        }
+    }
+
+    let mut switched: Vec<Switched> = Vec::new();
+    for (service, version) in &plan.targets {
+        let Some(svc) = p.services.get(service).cloned() else {
+            continue;
+        };
+        let step = match plan.kind {
+            Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await,
+            Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await,
+            Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await,
+            Kind::Rollback => rollback_service(p, rep, &svc, version).await,
+        };
+        match step {
+            Ok(s) => switched.push(s),
+            Err(reason) => {
+                revert(p, rep, switched).await;
+                let _ = p.store.finish_release(release, "failed");
+                return Outcome::Failed(format!(
+                    "{service}: {reason}; every service is back on its previous version"
+                ));
+            }
+        }
+    }
+
+    // Canaries were gated step by step; the other strategies are watched once switched.
+    let watched = matches!(
+        plan.kind,
+        Kind::Deploy(Strategy::BlueGreen) | Kind::Deploy(Strategy::Rolling)
+    );
+    if watched && !p.config.deploy.watch.is_zero() {
+        rep.step(
+            "deploy.watching",
+            None,
+            format!(
+                "watching the new version for {} (5xx ratio over {:.1}%{} reverts)",
+                humantime::format_duration(p.config.deploy.watch),
+                p.config.deploy.max_error_ratio * 100.0,
+                p.config
+                    .deploy
+                    .max_p99
+                    .map(|d| format!(", p99 over {}", humantime::format_duration(d)))
+                    .unwrap_or_default()
+            ),
+        );
+        if let Err(breach) = watch(p, &switched, p.config.deploy.watch).await {
+            rep.step("deploy.breach", None, breach.clone());
+            revert(p, rep, switched).await;
+            let _ = p.store.finish_release(release, "reverted");
+            return Outcome::Reverted(format!("{breach}; reverted to the previous version"));
+        }
+    }
+
+    let _ = p.store.finish_release(release, "active");
+    if plan.kind == Kind::Rollback {
+        mark_rolled_back(p, &plan.targets, release);
+    }
+    for s in &switched {
+        if let Some(old) = &s.old {
+            if !Arc::ptr_eq(old, &s.new)
+                && s.svc
+                    .colour(&old.name)
+                    .is_some_and(|c| Arc::ptr_eq(&c, old))
+            {
+                schedule_retirement(
+                    p.clone(),
+                    s.svc.clone(),
+                    old.clone(),
+                    p.config.deploy.retire_after,
+                );
+            }
+        }
+    }
+    rep.step(
+        "release.active",
+        None,
+        format!("release {release} is active"),
+    );
+    let hook = match plan.kind {
+        Kind::Deploy(_) => ("post_deploy", &p.config.hooks.post_deploy),
+        Kind::Rollback => ("post_rollback", &p.config.hooks.post_rollback),
+    };
+    if let (name, Some(cmd)) = hook {
+        if let Err(e) = run_hook(p, rep, name, cmd, &version_env, &services_csv, release).await {
+            rep.step(
+                "hook.failed",
+                None,
+                format!("{name} hook failed (the release stays active): {e}"),
+            );
+        }
+    }
+    match plan.kind {
+        Kind::Deploy(_) => Outcome::Deployed,
+        Kind::Rollback => Outcome::RolledBack,
+    }
+}
+
+/// The release a rollback went back from is recorded as rolled back.
+fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
+    let Ok(releases) = p.store.releases(200) else {
+        return;
+    };
+    for (service, _) in targets {
+        if let Some(from) = releases
+            .iter()
+            .filter(|r| {
+                r.id != rollback_release && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
+            })
+            .find(|r| r.versions.contains_key(service))
+        {
+            let _ = p.store.finish_release(from.id, "rolled_back");
+        }
+    }
+}
+
+/// Start `version` as a new colour of `svc` with `count` instances; none for rolling.
+fn new_colour(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> (Option<Arc<Colour>>, Arc<Colour>) {
+    let active = svc.active_colour();
+    let name = active.as_ref().map_or("blue", |c| other_colour(&c.name));
+    let colour = svc.add_colour(name, version);
+    let _ = p;
+    (active, colour)
+}
+
+/// Free the inactive slot: a colour kept warm from an earlier release is retired now.
+async fn free_slot(p: &Arc<Platform>, rep: &Reporter, svc: &Arc<ServiceRuntime>) {
+    let Some(active) = svc.active_colour() else {
+        return;
+    };
+    if let Some(warm) = svc.colour(other_colour(&active.name)) {
+        rep.step(
+            "deploy.retiring",
+            Some(&svc.config.name),
+            format!("retiring {} ({}) to make room", warm.version, warm.name),
+        );
+        retire(p, svc, &warm).await;
+    }
+}
+
+fn spawn_all(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    colour: &Arc<Colour>,
+) -> Result<(), String> {
+    for n in 1..=svc.config.instances {
+        spawn_instance(p, svc, colour, n).map_err(|e| format!("cannot start an instance: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Wait until every instance of `colour` (or just `only`) is healthy, within the deadline.
+async fn gate(
+    svc: &ServiceRuntime,
+    colour: &Colour,
+    only: Option<&str>,
+) -> Result<Duration, String> {
+    let h = &svc.config.health;
+    let limit = h.start_period + h.deadline;
+    let start = Instant::now();
+    loop {
+        let instances: Vec<_> = colour
+            .instances()
+            .into_iter()
+            .filter(|i| only.is_none_or(|id| i.id == id))
+            .collect();
+        if !instances.is_empty() && instances.iter().all(|i| i.in_pool()) {
+            return Ok(start.elapsed());
+        }
+        if let Some(bad) = instances.iter().find(|i| {
+            let info = i.info();
+            info.restarts > 0 || info.state == InstanceState::Crashloop
+        }) {
+            return Err(format!(
+                "{} {} crashed while starting (see `tcf-platform logs {}`)",
+                bad.id, colour.version, svc.config.name
+            ));
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "{} was not healthy within {} (health {} every {})",
+                colour.version,
+                humantime::format_duration(limit),
+                match &h.probe {
+                    tcf_config::Probe::Http { path } => format!("GET {path}"),
+                    tcf_config::Probe::Tcp => "TCP connect".into(),
+                },
+                humantime::format_duration(h.interval)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn start_and_gate(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> Result<(Option<Arc<Colour>>, Arc<Colour>), String> {
+    free_slot(p, rep, svc).await;
+    let (old, new) = new_colour(p, svc, version);
+    let name = svc.config.name.as_str();
+    rep.step(
+        "deploy.starting",
+        Some(name),
+        format!(
+            "starting {} instance(s) of {version} as {}",
+            svc.config.instances, new.name
+        ),
+    );
+    let gated = match spawn_all(p, svc, &new) {
+        Ok(()) => gate(svc, &new, None).await,
+        Err(e) => Err(e),
+    };
+    match gated {
+        Ok(took) => {
+            rep.step(
+                "deploy.healthy",
+                Some(name),
+                format!("{version} healthy after {} ms", took.as_millis()),
+            );
+            Ok((old, new))
+        }
+        Err(reason) => {
+            rep.step("deploy.gate_failed", Some(name), reason.clone());
+            retire(p, svc, &new).await;
+            Err(reason)
+        }
+    }
+}
+
+fn switch(rep: &Reporter, svc: &ServiceRuntime, weights: Vec<(String, u32)>, what: &str) {
+    let start = Instant::now();
+    svc.set_traffic(weights);
+    rep.step(
+        "deploy.switched",
+        Some(&svc.config.name),
+        format!(
+            "{what} (route switched in {} µs)",
+            start.elapsed().as_micros()
+        ),
+    );
+}
+
+async fn blue_green(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> Result<Switched, String> {
+    let (old, new) = start_and_gate(p, rep, svc, version).await?;
+    let since = new.pool.stats().snapshot();
+    switch(
+        rep,
+        svc,
+        vec![(new.name.clone(), 100)],
+        &format!("all traffic to {version} ({})", new.name),
+    );
+    Ok(Switched {
+        svc: svc.clone(),
+        old,
+        new,
+        since,
+    })
+}
+
+async fn canary(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> Result<Switched, String> {
+    let (old, new) = start_and_gate(p, rep, svc, version).await?;
+    let Some(old_colour) = old.clone() else {
+        return blue_green_switch_only(rep, svc, None, new, version);
+    };
+    let d = &p.config.deploy;
+    for step in &d.canary_steps {
+        let mut weights = vec![(new.name.clone(), *step)];
+        if *step < 100 {
+            weights.push((old_colour.name.clone(), 100 - step));
+        }
+        let since = new.pool.stats().snapshot();
+        switch(
+            rep,
+            svc,
+            weights,
+            &format!("{step}% of traffic to {version}"),
+        );
+        let probe = Switched {
+            svc: svc.clone(),
+            old: old.clone(),
+            new: new.clone(),
+            since,
+        };
+        if let Err(breach) = watch(p, std::slice::from_ref(&probe), d.step_interval).await {
+            rep.step(
+                "deploy.breach",
+                Some(&svc.config.name),
+                format!("at {step}%: {breach}"),
+            );
+            switch(
+                rep,
+                svc,
+                vec![(old_colour.name.clone(), 100)],
+                &format!("all traffic back to {}", old_colour.version),
+            );
+            retire(p, svc, &new).await;
+            return Err(format!("canary failed at {step}%: {breach}"));
+        }
+        rep.step(
+            "deploy.step_passed",
+            Some(&svc.config.name),
+            format!("{step}% step passed"),
+        );
+    }
+    let since = new.pool.stats().snapshot();
+    Ok(Switched {
+        svc: svc.clone(),
+        old,
+        new,
+        since,
+    })
+}
+
+fn blue_green_switch_only(
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    old: Option<Arc<Colour>>,
+    new: Arc<Colour>,
+    version: &str,
+) -> Result<Switched, String> {
+    let since = new.pool.stats().snapshot();
+    switch(
+        rep,
+        svc,
+        vec![(new.name.clone(), 100)],
+        &format!("all traffic to {version}"),
+    );
+    Ok(Switched {
+        svc: svc.clone(),
+        old,
+        new,
+        since,
+    })
+}
+
+async fn rolling(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> Result<Switched, String> {
+    free_slot(p, rep, svc).await;
+    let name = svc.config.name.clone();
+    let (old, new) = new_colour(p, svc, version);
+    let n = svc.config.instances;
+    let surge = p.config.deploy.max_surge.min(n);
+    let d = &p.config.deploy;
+    let old_instances = old.as_ref().map(|o| o.instances()).unwrap_or_default();
+    let mut replaced = 0u32;
+    while replaced < n {
+        let batch: Vec<u32> = (replaced + 1..=(replaced + surge).min(n)).collect();
+        let mut started = Vec::new();
+        for k in &batch {
+            match spawn_instance(p, svc, &new, *k) {
+                Ok(i) => started.push(i),
+                Err(e) => {
+                    return Err(rolling_failed(
+                        p,
+                        rep,
+                        svc,
+                        &old,
+                        &new,
+                        format!("cannot start an instance: {e}"),
+                    )
+                    .await)
+                }
+            }
+        }
+        for inst in &started {
+            if let Err(reason) = gate(svc, &new, Some(&inst.id)).await {
+                return Err(rolling_failed(p, rep, svc, &old, &new, reason).await);
+            }
+        }
+        replaced += batch.len() as u32;
+        let mut weights = vec![(new.name.clone(), 100 * replaced / n)];
+        if let Some(o) = &old {
+            if replaced < n {
+                weights.push((o.name.clone(), 100 - 100 * replaced / n));
+            }
+        }
+        switch(
+            rep,
+            svc,
+            weights,
+            &format!("{replaced} of {n} instance(s) on {version}"),
+        );
+        for k in &batch {
+            if let Some(old_inst) = old_instances.get(*k as usize - 1) {
+                old_inst
+                    .drain_and_stop(svc, d.drain_timeout, d.upgrade_drain_timeout)
+                    .await;
+                rep.step(
+                    "deploy.replaced",
+                    Some(&name),
+                    format!("{} stopped", old_inst.id),
+                );
+            }
+        }
+    }
+    if let Some(o) = &old {
+        svc.remove_colour(&o.name);
+    }
+    let since = new.pool.stats().snapshot();
+    Ok(Switched {
+        svc: svc.clone(),
+        // The old colour is gone: a revert starts it again.
+        old: None,
+        new,
+        since,
+    })
+}
+
+/// A rolling step failed: bring the old colour back to full strength and all traffic to it.
+async fn rolling_failed(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    old: &Option<Arc<Colour>>,
+    new: &Arc<Colour>,
+    reason: String,
+) -> String {
+    rep.step("deploy.gate_failed", Some(&svc.config.name), reason.clone());
+    if let Some(o) = old {
+        restore_colour(p, svc, o).await;
+        switch(
+            rep,
+            svc,
+            vec![(o.name.clone(), 100)],
+            &format!("all traffic back to {}", o.version),
+        );
+    }
+    retire(p, svc, new).await;
+    reason
+}
+
+/// Start again any instance of `colour` that was stopped, and wait for them.
+async fn restore_colour(p: &Arc<Platform>, svc: &Arc<ServiceRuntime>, colour: &Arc<Colour>) {
+    let running: Vec<String> = colour
+        .instances()
+        .iter()
+        .filter(|i| !i.draining.load(Ordering::SeqCst))
+        .map(|i| i.id.clone())
+        .collect();
+    lock(&colour.instances).retain(|i| !i.draining.load(Ordering::SeqCst));
+    for n in 1..=svc.config.instances {
+        let id = format!("{}-{}-{n}", svc.config.name, colour.name);
+        if !running.contains(&id) {
+            let _ = spawn_instance(p, svc, colour, n);
+        }
+    }
+    let _ = gate(svc, colour, None).await;
+}
+
+async fn rollback_service(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    version: &str,
+) -> Result<Switched, String> {
+    let active = svc.active_colour();
+    let warm = active
+        .as_ref()
+        .and_then(|a| svc.colour(other_colour(&a.name)))
+        .filter(|c| c.version == version && c.all_healthy());
+    match warm {
+        Some(target) => {
+            target.generation.fetch_add(1, Ordering::SeqCst);
+            let since = target.pool.stats().snapshot();
+            switch(
+                rep,
+                svc,
+                vec![(target.name.clone(), 100)],
+                &format!(
+                    "instant rollback to {version} ({}, still warm)",
+                    target.name
+                ),
+            );
+            Ok(Switched {
+                svc: svc.clone(),
+                old: active,
+                new: target,
+                since,
+            })
+        }
+        None => {
+            rep.step(
+                "rollback.cold",
+                Some(&svc.config.name),
+                format!("{version} is no longer running; starting it like a deploy"),
+            );
+            blue_green(p, rep, svc, version).await
+        }
+    }
+}
+
+/// Undo the switches of this release, newest first.
+async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Switched>) {
+    for s in switched.into_iter().rev() {
+        let name = s.svc.config.name.clone();
+        match &s.old {
+            Some(old)
+                if s.svc
+                    .colour(&old.name)
+                    .is_some_and(|c| Arc::ptr_eq(&c, old)) =>
+            {
+                old.generation.fetch_add(1, Ordering::SeqCst);
+                switch(
+                    rep,
+                    &s.svc,
+                    vec![(old.name.clone(), 100)],
+                    &format!("reverted to {}", old.version),
+                );
+                retire(p, &s.svc, &s.new).await;
+            }
+            _ => {
+                // Rolling replaced the old colour: start the previous version again.
+                let previous = p
+                    .store
+                    .active_versions()
+                    .ok()
+                    .and_then(|v| v.get(&name).cloned())
+                    .unwrap_or_else(|| s.svc.config.version.clone());
+                rep.step(
+                    "deploy.reverting",
+                    Some(&name),
+                    format!("starting {previous} again"),
+                );
+                let colour = s.svc.add_colour(other_colour(&s.new.name), &previous);
+                let _ = spawn_all(p, &s.svc, &colour);
+                let _ = gate(&s.svc, &colour, None).await;
+                switch(
+                    rep,
+                    &s.svc,
+                    vec![(colour.name.clone(), 100)],
+                    &format!("reverted to {previous}"),
+                );
+                retire(p, &s.svc, &s.new).await;
+            }
+        }
+    }
+}
+
+/// Watch the new colours for `window`: unhealthy instances, 5xx ratio and p99 since the switch.
+async fn watch(p: &Platform, switched: &[Switched], window: Duration) -> Result<(), String> {
+    let d = &p.config.deploy;
+    let start = Instant::now();
+    loop {
+        for s in switched {
+            let name = &s.svc.config.name;
+            if let Some(bad) = s.new.instances().iter().find(|i| !i.in_pool()) {
+                return Err(format!(
+                    "{name}: {} of {} is {} / {}",
+                    bad.id,
+                    s.new.version,
+                    bad.info().state.as_str(),
+                    bad.info().health.as_str()
+                ));
+            }
+            let w = s.new.pool.stats().snapshot().since(&s.since);
+            if w.requests >= d.min_requests {
+                if w.ratio_5xx() > d.max_error_ratio {
+                    return Err(format!(
+                        "{name}: {} answered {} of {} requests with 5xx ({:.1}% > {:.1}%)",
+                        s.new.version,
+                        w.responses_5xx,
+                        w.requests,
+                        w.ratio_5xx() * 100.0,
+                        d.max_error_ratio * 100.0
+                    ));
+                }
+                if let (Some(max), Some(p99)) = (d.max_p99, w.quantile(0.99)) {
+                    if p99 > max {
+                        return Err(format!(
+                            "{name}: {} p99 latency {} ms over the limit of {} ms",
+                            s.new.version,
+                            p99.as_millis(),
+                            max.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+        if start.elapsed() >= window {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drain and stop every instance of `colour`, then forget it.
+pub async fn retire(p: &Arc<Platform>, svc: &Arc<ServiceRuntime>, colour: &Arc<Colour>) {
+    colour.generation.fetch_add(1, Ordering::SeqCst);
+    let d = &p.config.deploy;
+    let drains: Vec<_> = colour
+        .instances()
+        .into_iter()
+        .map(|i| {
+            let svc = svc.clone();
+            let (drain, upgrade) = (d.drain_timeout, d.upgrade_drain_timeout);
+            tokio::spawn(async move { i.drain_and_stop(&svc, drain, upgrade).await })
+        })
+        .collect();
+    for t in drains {
+        let _ = t.await;
+    }
+    if svc
+        .colour(&colour.name)
+        .is_some_and(|c| Arc::ptr_eq(&c, colour))
+    {
+        svc.remove_colour(&colour.name);
+    }
+}
+
+/// Keep the previous colour warm for an instant rollback, then retire it unless something
+/// (a rollback to it, a newer deploy) decided its fate first.
+fn schedule_retirement(
+    p: Arc<Platform>,
+    svc: Arc<ServiceRuntime>,
+    colour: Arc<Colour>,
+    after: Duration,
+) {
+    let generation = colour.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    p.event(
+        "deploy.warm",
+        Some(&svc.config.name),
+        None,
+        format!(
+            "{} ({}) stays warm for {} for an instant rollback",
+            colour.version,
+            colour.name,
+            humantime::format_duration(after)
+        ),
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let serving = lock(&svc.traffic)
+            .iter()
+            .any(|(c, w)| *c == colour.name && *w > 0);
+        if colour.generation.load(Ordering::SeqCst) == generation && !serving {
+            retire(&p, &svc, &colour).await;
+            p.event(
+                "deploy.retired",
+                Some(&svc.config.name),
+                None,
+                format!("retired {} ({})", colour.version, colour.name),
+            );
+        }
+    });
+}
+
+/// Run a hook command with the release in its environment, within the hooks' timeout.
+async fn run_hook(
+    p: &Platform,
+    rep: &Reporter,
+    name: &str,
+    argv: &[String],
+    version: &str,
+    services: &str,
+    release: i64,
+) -> Result<(), String> {
+    rep.step("hook.started", None, format!("{name}: {}", argv.join(" ")));
+    let workdir = p
+        .config
+        .path
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_default();
+    let child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(workdir)
+        .env("TCF_VERSION", version)
+        .env("TCF_SERVICES", services)
+        .env("TCF_RELEASE", release.to_string())
+        .env("TCF_PLATFORM", &p.config.platform.name)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(p.config.hooks.timeout, child).await {
+        Err(_) => {
+            return Err(format!(
+                "{name} did not finish within {}",
+                humantime::format_duration(p.config.hooks.timeout)
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("cannot run {name} ({}): {e}", argv[0])),
+        Ok(Ok(out)) => out,
+    };
+    let tail = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    if out.status.success() {
+        rep.step(
+            "hook.passed",
+            None,
+            format!("{name} passed {}", tail(&out.stdout)),
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} exited with {}: {}",
+            out.status,
+            tail(&out.stderr)
+        ))
+    }
+}
