@@ -647,7 +647,6 @@ async fn rolling(
     let (old, new) = new_colour(p, svc, version);
     let n = svc.config.instances;
     let surge = p.config.deploy.max_surge.min(n);
-    let d = &p.config.deploy;
     let old_instances = old.as_ref().map(|o| o.instances()).unwrap_or_default();
     let mut replaced = 0u32;
     while replaced < n {
@@ -687,27 +686,24 @@ async fn rolling(
             weights,
             &format!("{replaced} of {n} instance(s) on {version}"),
         );
+        // The replaced instances leave the pool (their requests finish) but keep running,
+        // warm for an instant rollback until the colour is retired.
         for k in &batch {
             if let Some(old_inst) = old_instances.get(*k as usize - 1) {
-                old_inst
-                    .drain_and_stop(svc, d.drain_timeout, d.upgrade_drain_timeout)
-                    .await;
+                old_inst.draining.store(true, Ordering::SeqCst);
+                svc.rebuild_route();
                 rep.step(
                     "deploy.replaced",
                     Some(&name),
-                    format!("{} stopped", old_inst.id),
+                    format!("{} out of the pool", old_inst.id),
                 );
             }
         }
     }
-    if let Some(o) = &old {
-        svc.remove_colour(&o.name);
-    }
     let since = new.pool.stats().snapshot();
     Ok(Switched {
         svc: svc.clone(),
-        // The old colour is gone: a revert starts it again.
-        old: None,
+        old,
         new,
         since,
     })
@@ -764,10 +760,11 @@ async fn rollback_service(
     let warm = active
         .as_ref()
         .and_then(|a| svc.colour(other_colour(&a.name)))
-        .filter(|c| c.version == version && c.all_healthy());
+        .filter(|c| c.version == version && c.warm());
     match warm {
         Some(target) => {
             target.generation.fetch_add(1, Ordering::SeqCst);
+            target.undrain(svc);
             let since = target.pool.stats().snapshot();
             switch(
                 rep,

@@ -144,6 +144,24 @@ impl Colour {
         lock(&self.instances).clone()
     }
 
+    /// Every instance running and healthy, whether or not it takes traffic: ready to serve.
+    pub fn warm(&self) -> bool {
+        let i = self.instances();
+        !i.is_empty()
+            && i.iter().all(|x| {
+                let info = x.info();
+                info.state == InstanceState::Running && info.health == Health::Healthy
+            })
+    }
+
+    /// Put drained instances back in the pool (a rollback to a warm colour).
+    pub fn undrain(&self, svc: &ServiceRuntime) {
+        for i in self.instances() {
+            i.draining.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        svc.rebuild_route();
+    }
+
     /// All instances running and healthy (and at least one).
     pub fn all_healthy(&self) -> bool {
         let i = self.instances();

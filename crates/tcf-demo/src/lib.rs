@@ -99,6 +99,9 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
         *resp.status_mut() = status;
         return resp;
     }
+    if path == "/echo" && req.headers().contains_key("upgrade") {
+        return echo_upgrade(req);
+    }
     let hold = query_ms(req.uri().query(), "hold_ms").unwrap_or(knobs.hold);
     let wait = knobs.latency + hold;
     if !wait.is_zero() {
@@ -121,6 +124,31 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     if failing {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
+    resp
+}
+
+/// `GET /echo` with `Upgrade: echo`: switch protocols and echo every byte back, for testing
+/// upgraded connections (WebSocket-like) through the proxy.
+fn echo_upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert("upgrade", "echo".parse().expect("static header"));
+    resp.headers_mut()
+        .insert("connection", "upgrade".parse().expect("static header"));
     resp
 }
 
@@ -174,7 +202,9 @@ async fn serve() {
             std::process::exit(1);
         }
     };
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every connection holds a sender; when all are gone, the receiver sees the end.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -185,17 +215,29 @@ async fn serve() {
                     let k = k.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(k, req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                let mut conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(stream), svc);
-                let watched = graceful.watch(conn);
-                tokio::spawn(async move { let _ = watched.await; });
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                let mut stop = stop_rx.clone();
+                let open = open_tx.clone();
+                tokio::spawn(async move {
+                    let _open = open;
+                    tokio::select! {
+                        _ = &mut conn => return,
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    let _ = conn.await;
+                });
             }
             _ = term.recv() => break,
         }
     }
     drop(listener);
     eprintln!("tcf-demo: SIGTERM: finishing requests in flight");
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    let _ = stop_tx.send(true);
+    drop(open_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(30), open_rx.recv()).await;
     eprintln!("tcf-demo: stopped");
 }
