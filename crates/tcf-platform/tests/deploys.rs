@@ -496,3 +496,31 @@ fn upgraded_connections_get_their_drain_and_retired_colours_keep_no_connections(
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }
+
+#[test]
+fn hooks_run_with_the_release_in_their_environment_and_a_failing_pre_deploy_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let gate = dir.path().join("allow");
+    let hooks = format!(
+        "\n[hooks]\npre_deploy = [\"sh\", \"-c\", \"test -e {gate} && echo pre $TCF_VERSION $TCF_SERVICES >> {log}\"]\npost_deploy = [\"sh\", \"-c\", \"echo post $TCF_VERSION $TCF_RELEASE >> {log}\"]\ntimeout = \"10s\"\n",
+        gate = gate.display(),
+        log = log.display()
+    );
+    let mut p = Platform::new(&format!("{}{hooks}", deploy_config(&[("watch", "\"0s\"")])));
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    // The pre-deploy hook fails (no gate file): nothing is deployed.
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("pre_deploy hook failed"), "{out}");
+    assert_eq!(version_at(&listen(&status, "tokens")), "v1");
+    std::fs::write(&gate, "").unwrap();
+    let (code, out, lines) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 0, "{out}");
+    let release = lines.last().unwrap()["release"].as_i64().unwrap();
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(written, format!("pre v2 tokens\npost v2 {release}\n"));
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}
