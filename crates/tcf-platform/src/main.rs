@@ -395,7 +395,21 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     let mut buf = Vec::new();
     let started = Instant::now();
     let mut exit = None;
-    while let Some(frame) = body.frame().await {
+    // On a terminal a live line shows the running time under the steps.
+    let live = format == Format::Table && std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut last_step = String::from("starting");
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = ticker.tick(), if live => {
+                const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+                let spin = SPIN[(started.elapsed().as_millis() / 200) as usize % 4];
+                print_text(&format!("\r\x1b[K{spin} {:>6.1}s  {last_step}", started.elapsed().as_secs_f64()))?;
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.context("the daemon stopped answering mid-release; see `tcf-platform history` and `tcf-platform events`")?;
         let Some(data) = frame.data_ref() else {
             continue;
@@ -406,6 +420,9 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
             let Ok(p) = serde_json::from_slice::<tcf_api::ProgressLine>(&line) else {
                 continue;
             };
+            if live {
+                print_text("\r\x1b[K")?;
+            }
             match format {
                 Format::Json => print_text(&String::from_utf8_lossy(&line))?,
                 Format::Table => {
@@ -428,6 +445,7 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
                             p.step,
                             p.message
                         ))?;
+                        last_step = format!("{} {place}", p.step);
                     }
                 }
             }
@@ -435,6 +453,9 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
                 exit = Some(code);
             }
         }
+    }
+    if live {
+        print_text("\r\x1b[K")?;
     }
     match exit {
         Some(code) => Ok(ExitCode::from(code)),

@@ -84,17 +84,29 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         .services
         .iter()
         .map(|svc| {
-            let ready = svc
+            // Instances of colours that take traffic; a warm previous colour is counted apart.
+            let serving: Vec<&str> = svc
+                .traffic
+                .iter()
+                .filter(|t| t.weight > 0)
+                .map(|t| t.colour.as_str())
+                .collect();
+            let (live, warm): (Vec<_>, Vec<_>) = svc
                 .instances
                 .iter()
-                .filter(|i| i.health == "healthy")
-                .count();
+                .partition(|i| serving.contains(&i.colour.as_str()));
+            let ready = live.iter().filter(|i| i.health == "healthy").count();
+            let warm = if warm.is_empty() {
+                String::new()
+            } else {
+                format!(" (+{} warm)", warm.len())
+            };
             let mut r = vec![
                 svc.name.clone(),
                 svc.version.clone(),
                 svc.listen.clone(),
                 if svc.healthy { "healthy" } else { "unhealthy" }.to_string(),
-                format!("{ready}/{} healthy", svc.instances.len()),
+                format!("{ready}/{} healthy{warm}", live.len()),
                 svc.traffic
                     .iter()
                     .map(|t| format!("{} {} {}%", t.colour, t.version, t.weight))
