@@ -94,8 +94,10 @@ impl Reporter {
 
     fn finish(&self, outcome: &Outcome) {
         let message = match outcome {
-            Outcome::Deployed => "deployed".to_string(),
-            Outcome::RolledBack => "rolled back".to_string(),
+            Outcome::Deployed | Outcome::RolledBack => match self.release {
+                Some(id) => format!("release {id} is active"),
+                None => "done".to_string(),
+            },
             Outcome::Failed(m)
             | Outcome::Reverted(m)
             | Outcome::LockHeld(m)
