@@ -62,6 +62,9 @@ pub struct InstanceStatus {
     pub health: String,
     pub restarts: u32,
     pub uptime_s: u64,
+    /// The runtime's own health view, such as a container's HEALTHCHECK state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_health: Option<String>,
 }
 
 /// Proxy and process metrics of one service over the last window.

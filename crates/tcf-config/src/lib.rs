@@ -149,6 +149,25 @@ pub struct Daemon {
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     Process,
+    Docker,
+}
+
+/// How a `runtime = "docker"` service's containers run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DockerSettings {
+    /// With `{version}` (and `{service}`) still in it.
+    pub image: String,
+    pub container_port: u16,
+    pub entrypoint: Option<Vec<String>>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub user: Option<String>,
+    pub read_only: bool,
+    pub volumes: Vec<String>,
+    /// Default: one network per platform, `tcf-NAME`.
+    pub network: String,
+    /// `never` (default: images are built locally) or `missing`.
+    pub pull_missing: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +192,8 @@ pub struct Service {
     #[serde(serialize_with = "serialize_duration")]
     pub connect_timeout: Duration,
     pub log_max_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -83,6 +83,17 @@ pub struct RawDefaults {
     pub upstream_timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub log_max_size: Option<ByteSize>,
+    // runtime = "docker" (see RawService)
+    pub image: Option<Spanned<String>>,
+    pub container_port: Option<Spanned<u16>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<Spanned<f64>>,
+    pub user: Option<String>,
+    pub read_only: Option<bool>,
+    pub volumes: Option<Vec<String>>,
+    pub network: Option<String>,
+    pub pull: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -118,6 +129,17 @@ pub struct RawService {
     pub upstream_timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub log_max_size: Option<ByteSize>,
+    // runtime = "docker"
+    pub image: Option<Spanned<String>>,
+    pub container_port: Option<Spanned<u16>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<Spanned<f64>>,
+    pub user: Option<String>,
+    pub read_only: Option<bool>,
+    pub volumes: Option<Vec<String>>,
+    pub network: Option<String>,
+    pub pull: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -85,7 +85,8 @@ pub fn resolve(
     let mut services = BTreeMap::new();
     let mut listeners: HashMap<SocketAddr, (String, std::ops::Range<usize>)> = HashMap::new();
     for (key, raw) in &file.services {
-        let Some(svc) = resolve_service(key, raw, &file.defaults, &known, &mut errors) else {
+        let Some(svc) = resolve_service(key, raw, &file.defaults, &known, &name, &mut errors)
+        else {
             continue;
         };
         let listen_span = raw.listen.as_ref().map(|l| l.span());
@@ -390,6 +391,16 @@ fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        image: over.image.or(base.image),
+        container_port: over.container_port.or(base.container_port),
+        entrypoint: over.entrypoint.or(base.entrypoint),
+        memory: over.memory.or(base.memory),
+        cpus: over.cpus.or(base.cpus),
+        user: over.user.or(base.user),
+        read_only: over.read_only.or(base.read_only),
+        volumes: over.volumes.or(base.volumes),
+        network: over.network.or(base.network),
+        pull: over.pull.or(base.pull),
     }
 }
 
@@ -414,6 +425,16 @@ fn overlay_service(base: RawService, over: RawService) -> RawService {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        image: over.image.or(base.image),
+        container_port: over.container_port.or(base.container_port),
+        entrypoint: over.entrypoint.or(base.entrypoint),
+        memory: over.memory.or(base.memory),
+        cpus: over.cpus.or(base.cpus),
+        user: over.user.or(base.user),
+        read_only: over.read_only.or(base.read_only),
+        volumes: over.volumes.or(base.volumes),
+        network: over.network.or(base.network),
+        pull: over.pull.or(base.pull),
     }
 }
 
@@ -443,6 +464,7 @@ fn resolve_service(
     raw: &RawService,
     defaults: &RawDefaults,
     known: &[String],
+    platform_name: &str,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Service> {
     let name = key.get_ref().clone();
@@ -456,18 +478,44 @@ fn resolve_service(
     let runtime_value = raw.runtime.as_ref().or(defaults.runtime.as_ref());
     let runtime = match runtime_value.map(|r| (r.get_ref().as_str(), r.span())) {
         None | Some(("process", _)) => RuntimeKind::Process,
+        Some(("docker", _)) => RuntimeKind::Docker,
         Some((other, span)) => {
             errors.push(
                 Diagnostic::new(
                     format!("unknown runtime {other:?} for service {name:?}"),
                     Some(span),
                 )
-                .hint("this build supports runtime = \"process\""),
+                .hint("use runtime = \"process\" (the default) or \"docker\""),
             );
             RuntimeKind::Process
         }
     };
+    let docker = if runtime == RuntimeKind::Docker {
+        let d = defaults;
+        let effective = RawService {
+            image: raw.image.clone().or_else(|| d.image.clone()),
+            container_port: raw
+                .container_port
+                .clone()
+                .or_else(|| d.container_port.clone()),
+            entrypoint: raw.entrypoint.clone().or_else(|| d.entrypoint.clone()),
+            memory: raw.memory.or(d.memory),
+            cpus: raw.cpus.clone().or_else(|| d.cpus.clone()),
+            user: raw.user.clone().or_else(|| d.user.clone()),
+            read_only: raw.read_only.or(d.read_only),
+            volumes: raw.volumes.clone().or_else(|| d.volumes.clone()),
+            network: raw.network.clone().or_else(|| d.network.clone()),
+            pull: raw.pull.clone().or_else(|| d.pull.clone()),
+            ..Default::default()
+        };
+        resolve_docker(key, &effective, platform_name, errors)
+    } else {
+        None
+    };
     let command = match &raw.command {
+        // A container's command is optional: the image's CMD runs.
+        None if runtime == RuntimeKind::Docker => vec![],
+        Some(c) if runtime == RuntimeKind::Docker => c.get_ref().clone(),
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has an empty command"), Some(c.span()))
@@ -620,6 +668,7 @@ fn resolve_service(
             .log_max_size
             .or(defaults.log_max_size)
             .map_or(10 << 20, |b| b.0),
+        docker,
     })
 }
 
@@ -768,6 +817,74 @@ fn check_cycles(file: &RawFile, errors: &mut Vec<Diagnostic>) {
             dfs(n, &edges, &mut marks, &mut Vec::new(), errors);
         }
     }
+}
+
+fn resolve_docker(
+    key: &Spanned<String>,
+    raw: &RawService,
+    platform: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<crate::DockerSettings> {
+    let name = key.get_ref();
+    let image = match &raw.image {
+        Some(i) if !i.get_ref().trim().is_empty() => i.get_ref().clone(),
+        _ => {
+            errors.push(
+                Diagnostic::new(
+                    format!("service {name:?} runs in Docker but has no image"),
+                    Some(key.span()),
+                )
+                .hint("add image = \"tcf/NAME:{version}\""),
+            );
+            return None;
+        }
+    };
+    let Some(port) = &raw.container_port else {
+        errors.push(
+            Diagnostic::new(
+                format!("service {name:?} runs in Docker but has no container_port"),
+                Some(key.span()),
+            )
+            .hint(
+                "add container_port = 8080: the port the service listens on inside its container",
+            ),
+        );
+        return None;
+    };
+    if let Some(c) = &raw.cpus {
+        if *c.get_ref() <= 0.0 {
+            errors.push(
+                Diagnostic::new("cpus must be more than 0", Some(c.span()))
+                    .hint("for example cpus = 0.5"),
+            );
+        }
+    }
+    let pull_missing = match raw.pull.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None | Some(("never", _)) => false,
+        Some(("missing", _)) => true,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(format!("unknown pull policy {other:?}"), Some(span))
+                    .hint("use pull = \"never\" (images are built locally) or \"missing\""),
+            );
+            false
+        }
+    };
+    Some(crate::DockerSettings {
+        image,
+        container_port: *port.get_ref(),
+        entrypoint: raw.entrypoint.clone(),
+        memory: raw.memory.map(|m| m.0),
+        cpus: raw.cpus.as_ref().map(|c| *c.get_ref()),
+        user: raw.user.clone(),
+        read_only: raw.read_only.unwrap_or(false),
+        volumes: raw.volumes.clone().unwrap_or_default(),
+        network: raw
+            .network
+            .clone()
+            .unwrap_or_else(|| format!("tcf-{platform}")),
+        pull_missing,
+    })
 }
 
 #[cfg(test)]

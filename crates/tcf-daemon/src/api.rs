@@ -78,6 +78,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,
+                        runtime_health: info.runtime_health.clone(),
                         uptime_s: info
                             .started
                             .filter(|_| info.pid.is_some())

@@ -289,6 +289,26 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         }
     }
 
+    // Everything the release needs must be there before anything starts (images, say).
+    for (service, version) in &plan.targets {
+        let Some(svc) = p.services.get(service) else {
+            continue;
+        };
+        let spec = crate::supervisor::instance_spec(
+            p,
+            &svc.config,
+            &format!("{service}-check"),
+            "check",
+            version,
+            0,
+        );
+        if let Err(reason) = p.runtime_for(&svc.config).check(&spec).await {
+            rep.step("deploy.check_failed", Some(service), reason.clone());
+            let _ = p.store.finish_release(release, "failed");
+            return Outcome::Failed(format!("{service}: {reason}; nothing changed"));
+        }
+    }
+
     let mut switched: Vec<Switched> = Vec::new();
     for (service, version) in &plan.targets {
         let Some(svc) = p.services.get(service).cloned() else {

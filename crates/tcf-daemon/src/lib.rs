@@ -57,6 +57,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Docker(#[from] tcf_docker::DockerError),
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -115,6 +117,26 @@ pub async fn run(
         .map(|d| d.to_path_buf())
         .unwrap_or_else(|| PathBuf::from("."));
     let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(workdir));
+    let docker_services: Vec<String> = config
+        .services
+        .values()
+        .filter(|s| s.runtime == tcf_config::RuntimeKind::Docker)
+        .map(|s| s.name.clone())
+        .collect();
+    let docker = if docker_services.is_empty() {
+        None
+    } else {
+        let d = tcf_docker::DockerRuntime::connect(&config.platform.name, &docker_services).await?;
+        let networks: std::collections::BTreeSet<String> = config
+            .services
+            .values()
+            .filter_map(|s| s.docker.as_ref().map(|d| d.network.clone()))
+            .collect();
+        for n in networks {
+            d.ensure_network(&n).await?;
+        }
+        Some(Arc::new(d))
+    };
 
     // Bind everything before starting anything: a taken address fails the whole start.
     let mut listeners = Vec::new();
@@ -148,6 +170,37 @@ pub async fn run(
     )?;
 
     let active = store.active_versions()?;
+    // Containers a previous daemon left: adopt those of the active release, remove the rest.
+    let mut adoptable = BTreeMap::new();
+    let mut reconcile_notes = Vec::new();
+    if let Some(d) = &docker {
+        for found in d.find().await? {
+            let wanted = config.services.get(&found.service).is_some_and(|svc| {
+                let version = active.get(&svc.name).unwrap_or(&svc.version);
+                svc.runtime == tcf_config::RuntimeKind::Docker
+                    && found.running
+                    && found.version == *version
+                    && found.host_port.is_some()
+                    && (1..=svc.instances)
+                        .any(|n| found.instance == format!("{}-{}-{n}", svc.name, found.colour))
+            });
+            if wanted {
+                adoptable.insert(found.instance.clone(), found);
+            } else {
+                d.remove(&found.id).await?;
+                reconcile_notes.push((
+                    found.service.clone(),
+                    found.instance.clone(),
+                    format!(
+                        "removed container {} ({} {}): not part of the active release",
+                        &found.id[..12.min(found.id.len())],
+                        found.service,
+                        found.version
+                    ),
+                ));
+            }
+        }
+    }
     let mut services = BTreeMap::new();
     for (name, cfg) in &config.services {
         let proxy = ServiceProxy::new(
@@ -171,8 +224,14 @@ pub async fn run(
             healthy: watch::channel(false).0,
             metrics: Mutex::new(Default::default()),
         });
-        svc.add_colour("blue", &version);
-        svc.set_traffic(vec![("blue".to_string(), 100)]);
+        // Adopted containers keep the colour they run in.
+        let colour = adoptable
+            .values()
+            .find(|f: &&tcf_docker::Found| f.service == *name)
+            .map_or("blue".to_string(), |f| f.colour.clone());
+        let colour = if colour == "green" { "green" } else { "blue" };
+        svc.add_colour(colour, &version);
+        svc.set_traffic(vec![(colour.to_string(), 100)]);
         services.insert(name.clone(), svc);
     }
     let dependencies = config
@@ -193,6 +252,8 @@ pub async fn run(
         config,
         store,
         runtime,
+        docker: docker.clone(),
+        adoptable: Mutex::new(adoptable),
         services,
         dependencies,
         events: broadcast::channel(1024).0,
@@ -217,6 +278,9 @@ pub async fn run(
         ),
     );
     recover(&p).await;
+    for (service, instance, note) in reconcile_notes {
+        p.event("recovery.removed", Some(&service), Some(&instance), note);
+    }
     match p.store.interrupt_unfinished_releases() {
         Ok(ids) => {
             for id in ids {
@@ -293,6 +357,15 @@ pub async fn run(
         let _ = t.await;
     }
     supervisor::stop_all(&p).await;
+    if let Some(d) = &p.docker {
+        // Containers are removed as they stop; leftovers the daemon did not adopt go too.
+        for found in d.find().await.unwrap_or_default() {
+            let _ = d.remove(&found.id).await;
+        }
+        if let Err(e) = d.remove_networks().await {
+            tracing::warn!("cannot remove the platform's Docker networks: {e}");
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     let _ = std::fs::remove_file(&socket);
     p.event(

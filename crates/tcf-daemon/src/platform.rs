@@ -71,6 +71,8 @@ pub struct InstanceInfo {
     pub cpu_ticks: Option<(Instant, u64)>,
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    /// The runtime's own health view (a container's HEALTHCHECK), if it has one.
+    pub runtime_health: Option<String>,
 }
 
 pub struct Instance {
@@ -297,6 +299,10 @@ pub struct Platform {
     pub config: Config,
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
+    /// The Docker runtime, when a service uses it.
+    pub docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    /// Containers found running at startup that match the active release, by instance id.
+    pub adoptable: Mutex<BTreeMap<String, tcf_docker::Found>>,
     pub services: BTreeMap<String, Arc<ServiceRuntime>>,
     pub dependencies: BTreeMap<String, Arc<DependencyRuntime>>,
     pub events: broadcast::Sender<tcf_store::Event>,
@@ -308,6 +314,14 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The runtime a service's instances run on.
+    pub fn runtime_for(&self, svc: &tcf_config::Service) -> Arc<dyn Runtime> {
+        match (svc.runtime, &self.docker) {
+            (tcf_config::RuntimeKind::Docker, Some(d)) => d.clone(),
+            _ => self.runtime.clone(),
+        }
+    }
+
     /// Record one state change: store, broadcast and the daemon's own log.
     pub fn event(
         &self,

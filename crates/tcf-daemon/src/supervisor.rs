@@ -49,10 +49,24 @@ pub fn spawn_instance(
     colour: &Arc<Colour>,
     n: u32,
 ) -> std::io::Result<Arc<Instance>> {
+    spawn_or_adopt(p, svc, colour, n, None)
+}
+
+/// Like [`spawn_instance`], but the first run is a container found running at startup.
+pub fn spawn_or_adopt(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    colour: &Arc<Colour>,
+    n: u32,
+    adopted: Option<(u16, Box<dyn tcf_runtime::Running>)>,
+) -> std::io::Result<Arc<Instance>> {
     let name = &svc.config.name;
     let version = colour.version.as_str();
     let id = format!("{name}-{}-{n}", colour.name);
-    let port = free_port()?;
+    let (port, adopted) = match adopted {
+        Some((port, running)) => (port, Some(running)),
+        None => (free_port()?, None),
+    };
     let inst = Arc::new(Instance {
         backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
         id,
@@ -69,13 +83,14 @@ pub fn spawn_instance(
             cpu_ticks: None,
             cpu_percent: 0.0,
             rss_bytes: 0,
+            runtime_health: None,
         }),
         stop: watch::channel(false).0,
         task: Mutex::new(None),
         draining: std::sync::atomic::AtomicBool::new(false),
     });
     lock(&colour.instances).push(inst.clone());
-    let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone()));
+    let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone(), adopted));
     *lock(&inst.task) = Some(task);
     Ok(inst)
 }
@@ -86,7 +101,52 @@ enum Outcome {
     MissedDeadline,
 }
 
-async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instance>) {
+/// What the runtime needs to start instance `id` of `cfg` at `version`; placeholders replaced.
+pub fn instance_spec(
+    p: &Platform,
+    cfg: &tcf_config::Service,
+    id: &str,
+    colour: &str,
+    version: &str,
+    port: u16,
+) -> InstanceSpec {
+    let sub = |a: &String| substitute(a, &cfg.name, version, id);
+    InstanceSpec {
+        id: id.to_string(),
+        service: cfg.name.clone(),
+        version: version.to_string(),
+        command: cfg.command.iter().map(sub).collect(),
+        env: cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), sub(v)))
+            .collect::<BTreeMap<_, _>>(),
+        port,
+        log_path: p.logs_dir().join(format!("{id}.log")),
+        log_max_size: cfg.log_max_size,
+        colour: colour.to_string(),
+        stop_timeout: cfg.stop_timeout,
+        container: cfg.docker.as_ref().map(|d| tcf_runtime::ContainerSpec {
+            image: sub(&d.image),
+            container_port: d.container_port,
+            entrypoint: d.entrypoint.clone(),
+            memory_bytes: d.memory,
+            cpus: d.cpus,
+            user: d.user.clone(),
+            read_only: d.read_only,
+            volumes: d.volumes.clone(),
+            network: d.network.clone(),
+            pull_missing: d.pull_missing,
+        }),
+    }
+}
+
+async fn supervise(
+    p: Arc<Platform>,
+    svc: Arc<ServiceRuntime>,
+    inst: Arc<Instance>,
+    mut adopted: Option<Box<dyn tcf_runtime::Running>>,
+) {
     let cfg = &svc.config;
     let mut stop_rx = inst.stop.subscribe();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
@@ -102,26 +162,13 @@ async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instanc
             i.state = InstanceState::Starting;
             i.health = Health::Unknown;
         }
-        let spec = InstanceSpec {
-            id: inst.id.clone(),
-            service: cfg.name.clone(),
-            version: inst.version.clone(),
-            command: cfg
-                .command
-                .iter()
-                .map(|a| substitute(a, &cfg.name, &inst.version, id))
-                .collect(),
-            env: cfg
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), substitute(v, &cfg.name, &inst.version, id)))
-                .collect::<BTreeMap<_, _>>(),
-            port: inst.port,
-            log_path: p.logs_dir().join(format!("{id}.log")),
-            log_max_size: cfg.log_max_size,
-        };
+        let spec = instance_spec(&p, cfg, &inst.id, &inst.colour, &inst.version, inst.port);
         let mut ran_healthy_for = Duration::ZERO;
-        match p.runtime.start(spec).await {
+        let started_or_adopted = match adopted.take() {
+            Some(running) => Ok(running),
+            None => p.runtime_for(cfg).start(spec).await,
+        };
+        match started_or_adopted {
             Err(e) => p.event("instance.start_failed", service, Some(id), e.to_string()),
             Ok(mut running) => {
                 let ident = running.identity();
@@ -163,6 +210,7 @@ async fn supervise(p: Arc<Platform>, svc: Arc<ServiceRuntime>, inst: Arc<Instanc
                     inst.clone(),
                     started,
                     deadline_tx,
+                    running.status_probe(),
                 ));
                 let outcome = tokio::select! {
                     exit = running.wait() => Outcome::Exited(exit),
@@ -288,6 +336,7 @@ async fn probe_loop(
     inst: Arc<Instance>,
     started: Instant,
     deadline: oneshot::Sender<()>,
+    runtime_health: Option<tcf_runtime::StatusProbe>,
 ) {
     let h = &svc.config.health;
     let service = Some(svc.config.name.as_str());
@@ -298,6 +347,10 @@ async fn probe_loop(
     let mut last_error = String::new();
     loop {
         let result = health::instance(inst.port, &h.probe, h.timeout).await;
+        if let Some(probe) = &runtime_health {
+            let status = probe().await;
+            lock(&inst.info).runtime_health = status;
+        }
         let current = lock(&inst.info).health;
         match result {
             Ok(()) => {
@@ -396,13 +449,55 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
         ),
     );
     for n in 1..=cfg.instances {
-        if let Err(e) = spawn_instance(&p, &svc, &colour, n) {
+        let id = format!("{}-{}-{n}", cfg.name, colour.name);
+        let adopted = adopt(&p, &svc, &id, &colour.version).await;
+        if let Err(e) = spawn_or_adopt(&p, &svc, &colour, n, adopted) {
             p.event(
                 "instance.start_failed",
                 Some(&cfg.name),
                 None,
                 format!("no free port for instance {n}: {e}"),
             );
+        }
+    }
+}
+
+/// A container of this instance found running at startup, taken over instead of replaced.
+async fn adopt(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    id: &str,
+    version: &str,
+) -> Option<(u16, Box<dyn tcf_runtime::Running>)> {
+    let docker = p.docker.as_ref()?;
+    let found = lock(&p.adoptable).remove(id)?;
+    let port = found.host_port?;
+    if found.version != version {
+        return None;
+    }
+    let spec = instance_spec(p, &svc.config, id, &found.colour, version, port);
+    match docker.adopt(&found, &spec).await {
+        Ok(running) => {
+            p.event(
+                "recovery.adopted",
+                Some(&svc.config.name),
+                Some(id),
+                format!(
+                    "adopted running container {} on port {port}",
+                    &found.id[..12.min(found.id.len())]
+                ),
+            );
+            Some((port, running))
+        }
+        Err(e) => {
+            let _ = docker.remove(&found.id).await;
+            p.event(
+                "recovery.removed",
+                Some(&svc.config.name),
+                Some(id),
+                format!("could not adopt container: {e}; removed it"),
+            );
+            None
         }
     }
 }

@@ -192,23 +192,21 @@ async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
     );
     let started = Instant::now();
     let mut last_report = Instant::now();
-    loop {
-        match client.get::<tcf_api::Ping>("/v1/ping").await {
-            Err(ClientError::NotRunning { .. }) => break,
-            _ if started.elapsed() > timeout => {
-                return Err(anyhow::anyhow!(
-                    "the daemon is still stopping after {}; it keeps going; watch it with `tcf-platform events`",
-                    humantime::format_duration(timeout)
-                )
-                .into())
-            }
-            _ => {}
+    // The API closes first; the daemon is gone when its process is.
+    let daemon = nix::unistd::Pid::from_raw(ping.pid as i32);
+    while nix::sys::signal::kill(daemon, None).is_ok() && !is_zombie(ping.pid) {
+        if started.elapsed() > timeout {
+            return Err(anyhow::anyhow!(
+                "the daemon is still stopping after {}; it keeps going; watch it with `tcf-platform events`",
+                humantime::format_duration(timeout)
+            )
+            .into());
         }
         if last_report.elapsed() > Duration::from_secs(5) {
             eprintln!("  still stopping ({}s)...", started.elapsed().as_secs());
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("stopped in {:.1}s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
@@ -348,6 +346,15 @@ fn show(cli: &Cli, format: Format) -> CmdResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Who runs this command, for the audit trail.

@@ -149,7 +149,8 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         out.push('\n');
         out.push_str(&table(
             &[
-                "INSTANCE", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS", "UPTIME",
+                "INSTANCE", "COLOUR", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS",
+                "UPTIME",
             ],
             &rows,
         ));

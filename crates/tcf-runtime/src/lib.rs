@@ -45,7 +45,34 @@ pub struct InstanceSpec {
     pub port: u16,
     pub log_path: PathBuf,
     pub log_max_size: u64,
+    /// The slot this instance runs in (blue or green), for labels.
+    pub colour: String,
+    /// How long a graceful stop may take before the instance is killed.
+    pub stop_timeout: Duration,
+    /// Set for container runtimes: what to run and how.
+    pub container: Option<ContainerSpec>,
 }
+
+/// What a container runtime needs beyond a process's argv and environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// `{version}` already replaced.
+    pub image: String,
+    pub container_port: u16,
+    pub entrypoint: Option<Vec<String>>,
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub user: Option<String>,
+    pub read_only: bool,
+    /// `host-path:container-path[:ro]` or `volume:container-path`.
+    pub volumes: Vec<String>,
+    pub network: String,
+    /// Pull the image when it is not present locally.
+    pub pull_missing: bool,
+}
+
+/// A check of the runtime's own health for an instance (a container's HEALTHCHECK state).
+pub type StatusProbe = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
 
 /// How an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +109,10 @@ pub trait Running: Send {
     fn kill(&self);
     /// Resolves once the instance has exited; what it spawned is killed too.
     fn wait(&mut self) -> BoxFuture<'_, Exit>;
+    /// The runtime's own view of the instance's health, if it has one.
+    fn status_probe(&self) -> Option<StatusProbe> {
+        None
+    }
 }
 
 pub trait Runtime: Send + Sync {
@@ -89,6 +120,10 @@ pub trait Runtime: Send + Sync {
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>>;
     /// Remove what a previous daemon left running (recorded identity); true if anything was found.
     fn clean_up(&self, left: Identity, grace: Duration) -> BoxFuture<'_, bool>;
+    /// Fail early, before anything starts, when `spec` cannot run (a missing image, say).
+    fn check(&self, _spec: &InstanceSpec) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Stop a running instance: terminate, wait up to `grace`, then kill.

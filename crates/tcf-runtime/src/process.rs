@@ -222,6 +222,9 @@ mod tests {
             port: 4242,
             log_path: dir.join("logs/svc-1.log"),
             log_max_size: 1 << 20,
+            colour: "blue".into(),
+            stop_timeout: Duration::from_secs(1),
+            container: None,
         }
     }
 

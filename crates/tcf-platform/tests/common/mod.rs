@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod sequence;
 
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -37,7 +38,14 @@ pub fn free_port() -> u16 {
 /// The example platform with its public ports moved to free ones, so tests never collide
 /// with each other or with a platform a developer is running.
 pub fn example_config() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tcf/tcf-platform.toml");
+    example_config_at("examples/tcf/tcf-platform.toml")
+}
+
+/// An example config from the repository, public ports moved to free ones.
+pub fn example_config_at(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
     let mut text = std::fs::read_to_string(path).unwrap();
     for port in 3000..=3005 {
         text = text.replace(

@@ -1,0 +1,468 @@
+//! The Docker runtime: each instance is a container on a real Docker engine, driven through the
+//! Engine API (bollard, over the local socket; `DOCKER_HOST` is respected).
+//!
+//! Containers carry labels (platform, service, version, colour, instance) so a restarted daemon
+//! finds them; they publish their port on 127.0.0.1 only, on the port the daemon picked, so the
+//! proxy routes to them exactly like to a process.
+
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tcf_runtime::logfile::CappedLog;
+use tcf_runtime::{
+    procfs, BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError, StatusProbe,
+};
+
+/// The oldest Engine API we speak (Docker 19.03).
+pub const MIN_API: (u32, u32) = (1, 40);
+
+pub const LABEL_PLATFORM: &str = "tcf.platform";
+pub const LABEL_SERVICE: &str = "tcf.service";
+pub const LABEL_VERSION: &str = "tcf.version";
+pub const LABEL_COLOUR: &str = "tcf.colour";
+pub const LABEL_INSTANCE: &str = "tcf.instance";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine{}: {source}\nhint: start it (`dockerd`, or `systemctl start docker`) or point DOCKER_HOST at it; services {services} use runtime = \"docker\"", host.as_ref().map(|h| format!(" at {h}")).unwrap_or_default())]
+    Unreachable {
+        host: Option<String>,
+        services: String,
+        source: bollard::errors::Error,
+    },
+    #[error("the Docker engine speaks API {found}; tcf-platform needs {}.{} or newer\nhint: upgrade Docker (19.03 or later)", MIN_API.0, MIN_API.1)]
+    TooOld { found: String },
+    #[error("Docker engine error: {0}")]
+    Api(#[from] bollard::errors::Error),
+}
+
+/// A container left by an earlier daemon, found by its labels.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub colour: String,
+    pub instance: String,
+    pub running: bool,
+    /// The loopback port it publishes.
+    pub host_port: Option<u16>,
+}
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    platform: String,
+}
+
+fn parse_api(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl DockerRuntime {
+    /// Connect, negotiate the API version and check the engine is recent enough.
+    pub async fn connect(
+        platform: &str,
+        services: &[String],
+    ) -> Result<DockerRuntime, DockerError> {
+        let host = std::env::var("DOCKER_HOST").ok();
+        let unreachable = |source| DockerError::Unreachable {
+            host: host.clone(),
+            services: services.join(", "),
+            source,
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let version = docker.version().await.map_err(unreachable)?;
+        let api = version.api_version.unwrap_or_default();
+        if parse_api(&api).is_none_or(|v| v < MIN_API) {
+            return Err(DockerError::TooOld { found: api });
+        }
+        Ok(DockerRuntime {
+            docker,
+            platform: platform.to_string(),
+        })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn platform_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_PLATFORM}={}", self.platform)],
+        )])
+    }
+
+    /// Every container of this platform, running or not.
+    pub async fn find(&self) -> Result<Vec<Found>, DockerError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.platform_filter()),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                Some(Found {
+                    id: c.id?,
+                    service: get(LABEL_SERVICE),
+                    version: get(LABEL_VERSION),
+                    colour: get(LABEL_COLOUR),
+                    instance: get(LABEL_INSTANCE),
+                    running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                    host_port: c
+                        .ports
+                        .unwrap_or_default()
+                        .iter()
+                        .find(|p| p.ip.as_deref() == Some("127.0.0.1"))
+                        .and_then(|p| p.public_port),
+                })
+            })
+            .collect())
+    }
+
+    /// Remove a container whatever its state.
+    pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        self.docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Create the platform's network unless it exists.
+    pub async fn ensure_network(&self, name: &str) -> Result<(), DockerError> {
+        let existing = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await?;
+        if existing.iter().any(|n| n.name.as_deref() == Some(name)) {
+            return Ok(());
+        }
+        self.docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.to_string(),
+                labels: Some(HashMap::from([(
+                    LABEL_PLATFORM.to_string(),
+                    self.platform.clone(),
+                )])),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Remove the networks this platform created.
+    pub async fn remove_networks(&self) -> Result<(), DockerError> {
+        let nets = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(self.platform_filter()),
+            }))
+            .await?;
+        for n in nets {
+            if let Some(id) = n.id {
+                let _ = self.docker.remove_network(&id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take over a running container found at startup, as the instance `spec` describes.
+    pub async fn adopt(
+        &self,
+        found: &Found,
+        spec: &InstanceSpec,
+    ) -> Result<Box<dyn Running>, RuntimeError> {
+        let pid = self.pid_of(&found.id).await;
+        let running =
+            DockerInstance::attach(self.docker.clone(), found.id.clone(), spec, pid, false)?;
+        Ok(Box::new(running))
+    }
+
+    /// The host pid of a container's main process (for CPU and memory from /proc).
+    async fn pid_of(&self, id: &str) -> u32 {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state?.pid)
+            .unwrap_or(0) as u32
+    }
+
+    async fn image_present(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| format!("cannot pull image {image}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+struct DockerInstance {
+    docker: Docker,
+    id: String,
+    identity: Identity,
+    exited: Arc<AtomicBool>,
+}
+
+impl DockerInstance {
+    /// Follow the container's output into the instance's capped log file.
+    fn attach(
+        docker: Docker,
+        id: String,
+        spec: &InstanceSpec,
+        pid: u32,
+        from_start: bool,
+    ) -> Result<DockerInstance, RuntimeError> {
+        let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
+            RuntimeError::Log {
+                path: spec.log_path.clone(),
+                source,
+            }
+        })?;
+        let log = Arc::new(Mutex::new(log));
+        let follower = docker.clone();
+        let cid = id.clone();
+        tokio::spawn(async move {
+            let mut stream = follower.logs(
+                &cid,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    tail: if from_start { "all".into() } else { "0".into() },
+                    ..Default::default()
+                }),
+            );
+            while let Some(Ok(chunk)) = stream.next().await {
+                if let Ok(mut l) = log.lock() {
+                    let _ = l.write(&chunk.into_bytes());
+                }
+            }
+        });
+        Ok(DockerInstance {
+            docker,
+            id,
+            identity: Identity {
+                pid,
+                pgid: pid,
+                start_ticks: procfs::start_ticks(pid),
+            },
+            exited: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn signal(&self, signal: &str) {
+        if self.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        let (docker, id, signal) = (self.docker.clone(), self.id.clone(), signal.to_string());
+        tokio::spawn(async move {
+            let _ = docker
+                .kill_container(&id, Some(KillContainerOptions { signal }))
+                .await;
+        });
+    }
+}
+
+impl Running for DockerInstance {
+    fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    fn terminate(&self) {
+        self.signal("SIGTERM");
+    }
+
+    fn kill(&self) {
+        self.signal("SIGKILL");
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let mut stream = self.docker.wait_container(
+                &self.id,
+                Some(WaitContainerOptions {
+                    condition: "not-running".into(),
+                }),
+            );
+            let exit = match stream.next().await {
+                Some(Ok(r)) => Exit::Code(r.status_code as i32),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Exit::Code(code as i32)
+                }
+                Some(Err(e)) => Exit::Unknown(e.to_string()),
+                None => Exit::Unknown("the engine closed the wait".into()),
+            };
+            self.exited.store(true, Ordering::SeqCst);
+            // A container is used once: what the platform created, it removes.
+            let _ = self
+                .docker
+                .remove_container(
+                    &self.id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            exit
+        })
+    }
+
+    fn status_probe(&self) -> Option<StatusProbe> {
+        let (docker, id) = (self.docker.clone(), self.id.clone());
+        Some(Arc::new(move || {
+            let (docker, id) = (docker.clone(), id.clone());
+            Box::pin(async move {
+                let c = docker.inspect_container(&id, None).await.ok()?;
+                let status = c.state?.health?.status?;
+                Some(status.to_string())
+            }) as BoxFuture<'static, Option<String>>
+        }))
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn check(&self, spec: &InstanceSpec) -> BoxFuture<'_, Result<(), String>> {
+        let spec = spec.clone();
+        Box::pin(async move {
+            let Some(c) = &spec.container else {
+                return Err(format!("{} has no container settings", spec.id));
+            };
+            if self.image_present(&c.image).await {
+                return Ok(());
+            }
+            if c.pull_missing {
+                return self.pull(&c.image).await;
+            }
+            Err(format!(
+                "image {} is not present on this Docker engine (pull = \"never\"); build or load it first (scripts/build-images builds the demo images)",
+                c.image
+            ))
+        })
+    }
+
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>> {
+        Box::pin(async move {
+            let spawn_err = |e: String| RuntimeError::Spawn {
+                instance: spec.id.clone(),
+                program: spec
+                    .container
+                    .as_ref()
+                    .map(|c| c.image.clone())
+                    .unwrap_or_default(),
+                source: std::io::Error::other(e),
+            };
+            let Some(c) = spec.container.clone() else {
+                return Err(spawn_err("no container settings".into()));
+            };
+            self.check(&spec).await.map_err(spawn_err)?;
+            let port_key = format!("{}/tcp", c.container_port);
+            let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            env.push(format!("PORT={}", c.container_port));
+            env.push(format!("TCF_SERVICE={}", spec.service));
+            env.push(format!("TCF_VERSION={}", spec.version));
+            env.push(format!("TCF_INSTANCE={}", spec.id));
+            let labels = HashMap::from([
+                (LABEL_PLATFORM.to_string(), self.platform.clone()),
+                (LABEL_SERVICE.to_string(), spec.service.clone()),
+                (LABEL_VERSION.to_string(), spec.version.clone()),
+                (LABEL_COLOUR.to_string(), spec.colour.clone()),
+                (LABEL_INSTANCE.to_string(), spec.id.clone()),
+            ]);
+            let host_config = HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    port_key.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(spec.port.to_string()),
+                    }]),
+                )])),
+                memory: c.memory_bytes.map(|m| m as i64),
+                nano_cpus: c.cpus.map(|n| (n * 1e9) as i64),
+                readonly_rootfs: Some(c.read_only),
+                binds: (!c.volumes.is_empty()).then(|| c.volumes.clone()),
+                network_mode: Some(c.network.clone()),
+                ..Default::default()
+            };
+            let body = ContainerCreateBody {
+                image: Some(c.image.clone()),
+                cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+                entrypoint: c.entrypoint.clone(),
+                env: Some(env),
+                user: c.user.clone(),
+                labels: Some(labels),
+                exposed_ports: Some(vec![port_key]),
+                stop_timeout: Some(spec.stop_timeout.as_secs() as i64),
+                host_config: Some(host_config),
+                ..Default::default()
+            };
+            // A container of the same name left from an earlier run is in the way: remove it.
+            let name = format!("{}-{}", self.platform, spec.id);
+            let _ = self.remove(&name).await;
+            let created = self
+                .docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name),
+                        ..Default::default()
+                    }),
+                    body,
+                )
+                .await
+                .map_err(|e| spawn_err(e.to_string()))?;
+            if let Err(e) = self.docker.start_container(&created.id, None).await {
+                let _ = self.remove(&created.id).await;
+                return Err(spawn_err(e.to_string()));
+            }
+            let pid = self.pid_of(&created.id).await;
+            let inst = DockerInstance::attach(self.docker.clone(), created.id, &spec, pid, true)?;
+            Ok(Box::new(inst) as Box<dyn Running>)
+        })
+    }
+
+    fn clean_up(&self, _left: Identity, _grace: Duration) -> BoxFuture<'_, bool> {
+        // Containers are reconciled by label (see `find`), not by pid.
+        Box::pin(async { false })
+    }
+}

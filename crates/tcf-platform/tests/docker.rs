@@ -1,0 +1,246 @@
+//! The Docker runtime on a real engine: the TCF services as FROM-scratch containers, the same
+//! zero-downtime deploy sequence as with processes, a missing image refused before any traffic
+//! moves, reconcile after the daemon is killed, and nothing left behind.
+//!
+//! Needs a running Docker engine (scripts/test installs docker.io and starts dockerd).
+
+mod common;
+
+use common::sequence::*;
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(120);
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI (apt-get install docker.io)");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn count(args: &[&str]) -> usize {
+    docker(args)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Images built for this test run, removed when it ends, however it ends.
+struct Images {
+    label: String,
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let ids = docker(&[
+            "image",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", self.label),
+        ]);
+        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["image", "rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+/// Containers and networks of a platform, removed when the test ends, even when it fails.
+struct PlatformObjects {
+    platform: String,
+}
+
+impl Drop for PlatformObjects {
+    fn drop(&mut self) {
+        let filter = format!("label=tcf.platform={}", self.platform);
+        for kind in [["ps", "-aq"], ["network", "ls"]] {
+            let mut args: Vec<&str> = kind.to_vec();
+            if kind[0] == "network" {
+                args.push("-q");
+            }
+            args.extend(["--filter", &filter]);
+            let ids = docker(&args);
+            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+            if !ids.is_empty() {
+                let rm: &[&str] = if kind[0] == "ps" {
+                    &["rm", "-f"]
+                } else {
+                    &["network", "rm"]
+                };
+                let _ = Command::new("docker").args(rm).args(&ids).output();
+            }
+        }
+    }
+}
+
+#[test]
+fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output();
+    assert!(
+        engine.as_ref().is_ok_and(|o| o.status.success()),
+        "no Docker engine answers: start dockerd (scripts/test does) — this test does not skip"
+    );
+    let run_id = std::process::id();
+    let repo = format!("tcf-test-{run_id}/demo");
+    let label = format!("tcf.test={run_id}");
+    let images = Images {
+        label: label.clone(),
+    };
+    let versions = ["v1", "v2", "v3", "v4", "v3-unhealthy", "v4-errors"];
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-images");
+    let built = Command::new("bash")
+        .arg(&script)
+        .args(["--repo", &repo, "--label", &label])
+        .args(versions)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "build-images failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let platform = format!("tcf-docker-test-{run_id}");
+    let config = example_config_at("examples/tcf-docker/tcf-platform.toml")
+        .replace("name = \"tcf-docker\"", &format!("name = \"{platform}\""))
+        .replace("tcf/demo:{version}", &format!("{repo}:{{version}}"));
+    // Dropped after `p` (declared later) has stopped the daemon, before `images`.
+    let objects = PlatformObjects {
+        platform: platform.clone(),
+    };
+    let mut p = Platform::new(&deploy_config_from(&config, &[("retire_after", "\"10m\"")]));
+    p.up();
+    let status = p.wait_for("all containers healthy", START, all_healthy);
+    assert_eq!(
+        count(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=tcf.platform={platform}")
+        ]),
+        7
+    );
+    // Published on loopback only.
+    let ports = docker(&[
+        "ps",
+        "--format",
+        "{{.Ports}}",
+        "--filter",
+        &format!("label=tcf.platform={platform}"),
+    ]);
+    assert!(
+        ports.lines().all(|l| l.starts_with("127.0.0.1:")),
+        "{ports}"
+    );
+    let gateway = listen(&status, "gateway");
+    let personas = listen(&status, "personas");
+
+    // A tag that is not present locally fails before any traffic changes, naming the image.
+    let (code, out, lines) = run(&p, &["prod", "deploy", "v9", "--service", "gateway"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("image {repo}:v9 is not present")),
+        "{out}"
+    );
+    assert!(!has_step(&lines, "deploy.starting"), "{out}");
+
+    zero_downtime_sequence(&mut p, &gateway, &personas);
+
+    // Container logs come through `tcf-platform logs`.
+    let logs = String::from_utf8_lossy(&p.cli(&["logs", "personas"]).stdout).to_string();
+    assert!(logs.contains("tcf-demo: personas v2"), "{logs}");
+    // CPU and memory of containers in status --metrics.
+    let m: Value =
+        serde_json::from_slice(&p.cli(&["status", "--metrics", "--format", "json"]).stdout)
+            .unwrap();
+    let rss = m["services"][0]["metrics"]["rss_bytes"].as_u64().unwrap();
+    assert!(rss > 0, "containers report memory: {m}");
+
+    // Killed with SIGKILL: the containers keep running; the next daemon adopts those of the
+    // active release and removes the rest (the warm previous colours).
+    let before = count(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=tcf.platform={platform}"),
+    ]);
+    let daemon = p.daemon.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    p.up();
+    let after = p.wait_for("all healthy after the restart", START, all_healthy);
+    assert_eq!(version_at(&listen(&after, "gateway")), "v1");
+    assert_eq!(version_at(&listen(&after, "personas")), "v2");
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "2000"])
+            .stdout,
+    )
+    .unwrap();
+    let adopted = events
+        .iter()
+        .filter(|e| e["kind"] == "recovery.adopted")
+        .count();
+    let removed = events
+        .iter()
+        .filter(|e| e["kind"] == "recovery.removed")
+        .count();
+    assert_eq!(
+        adopted, 7,
+        "every container of the active release is adopted"
+    );
+    assert_eq!(
+        adopted + removed,
+        before,
+        "every container found is adopted or removed"
+    );
+
+    // down removes what the platform created: containers and network (images are the test's).
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(
+        count(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=tcf.platform={platform}")
+        ]),
+        0
+    );
+    assert_eq!(
+        count(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=tcf.platform={platform}")
+        ]),
+        0
+    );
+    drop(p);
+    drop(objects);
+    drop(images);
+    assert_eq!(
+        count(&["image", "ls", "-q", "--filter", &format!("label={label}")]),
+        0
+    );
+}
