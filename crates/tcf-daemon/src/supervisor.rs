@@ -226,8 +226,9 @@ async fn supervise(
                         i.state = InstanceState::Stopping;
                     }
                 }
-                // Out of the pool before it goes away.
+                // Out of the pool before it goes away; its idle connections are useless now.
                 svc.rebuild_route();
+                inst.backend.close_idle();
                 match outcome {
                     Outcome::Exited(exit) => {
                         p.event(

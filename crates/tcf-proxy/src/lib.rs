@@ -9,12 +9,10 @@ pub mod stats;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Empty, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,8 +26,16 @@ pub use stats::{Snapshot, Stats};
 type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
-/// One upstream instance the proxy may send requests to.
-#[derive(Debug)]
+type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
+
+/// Idle keep-alive connections kept per backend; more are closed when they come back.
+const IDLE_PER_BACKEND: usize = 1024;
+/// An idle connection older than this is closed rather than reused: shorter than the usual
+/// server-side keep-alive timeouts, so we never send on a connection the server is closing.
+const MAX_IDLE: Duration = Duration::from_secs(15);
+
+/// One upstream instance the proxy may send requests to, with its own idle connections in a
+/// lock-free queue: taking and returning a connection takes no lock.
 pub struct Backend {
     pub instance: String,
     pub addr: SocketAddr,
@@ -37,6 +43,18 @@ pub struct Backend {
     outstanding: AtomicUsize,
     /// Upgraded connections (WebSocket and the like) open through it.
     upgraded: AtomicUsize,
+    idle: crossbeam_queue::ArrayQueue<(Sender, Instant)>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("instance", &self.instance)
+            .field("addr", &self.addr)
+            .field("outstanding", &self.outstanding())
+            .field("idle", &self.idle.len())
+            .finish()
+    }
 }
 
 impl Backend {
@@ -46,7 +64,57 @@ impl Backend {
             addr,
             outstanding: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
+            idle: crossbeam_queue::ArrayQueue::new(IDLE_PER_BACKEND),
         })
+    }
+
+    /// Idle connections kept for reuse.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Close every idle connection (the instance is going away).
+    pub fn close_idle(&self) {
+        while self.idle.pop().is_some() {}
+    }
+
+    fn checkout(&self) -> Option<Sender> {
+        while let Some((sender, since)) = self.idle.pop() {
+            if since.elapsed() < MAX_IDLE && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_ready() {
+            // Full: the connection is dropped, which closes it.
+            let _ = self.idle.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Sender, ProxyError> {
+        let stream =
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
+                Err(_) => {
+                    return Err(ProxyError::Connect(
+                        self.addr,
+                        format!("no connection within {timeout:?}"),
+                    ))
+                }
+                Ok(Err(e)) => return Err(ProxyError::Connect(self.addr, e.to_string())),
+                Ok(Ok(s)) => s,
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Connect(self.addr, e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
     }
 
     pub fn outstanding(&self) -> usize {
@@ -58,17 +126,14 @@ impl Backend {
     }
 }
 
-/// One colour of a service: its instances, its own stats and its own upstream connection pool.
+/// One colour of a service: its instances and its own stats.
 ///
-/// A colour keeps its `Pool` for its whole life, so health changes only swap `backends`; when
-/// the colour is retired and the last request holding the `Pool` finishes, its connection pool
-/// is dropped and every idle connection to the retired instances is closed.
+/// A colour keeps its `Pool` for its whole life, so health changes only swap `backends`.
 pub struct Pool {
     pub colour: String,
     pub version: String,
     backends: ArcSwap<Vec<Arc<Backend>>>,
     stats: Stats,
-    client: Client<HttpConnector, UpstreamBody>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -85,24 +150,13 @@ impl Pool {
     pub fn new(
         colour: impl Into<String>,
         version: impl Into<String>,
-        settings: &Settings,
+        _settings: &Settings,
     ) -> Arc<Pool> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            // Shorter than the usual server-side keep-alive timeouts, so we close idle
-            // connections before the instance does and never send on a closing one.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Pool {
             colour: colour.into(),
             version: version.into(),
             backends: ArcSwap::from_pointee(Vec::new()),
             stats: Stats::default(),
-            client,
         })
     }
 
@@ -325,11 +379,6 @@ impl ServiceProxy {
         }
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let upgrade = requested_upgrade(&parts.headers);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, client_addr, original_host.as_ref());
@@ -339,30 +388,40 @@ impl ServiceProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
+        // The request goes out in origin form (path and query), as it came in; Host is kept.
+        let upstream_body = if body.is_end_stream() {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(Limited::new(body, self.settings.max_request_body as usize))
+        };
+        let mut request = Request::from_parts(parts, upstream_body);
 
-        // A request without a body can be sent again if the first backend refused the connection.
-        let replayable = body.is_end_stream();
-        let mut body = Some(body);
         let backends = pool.backends();
         let mut tried: Option<Arc<Backend>> = None;
-        loop {
+        // Nothing was sent yet whenever we loop: another connection or backend is safe.
+        for _attempt in 0..3 {
             let backend = self
                 .pick(&backends, tried.as_ref())
+                .or_else(|| tried.clone())
                 .ok_or_else(|| ProxyError::NoBackend(self.name.clone()))?;
             let guard = OutstandingGuard::new(backend.clone());
-            let uri: Uri = format!("http://{}{}", backend.addr, path)
-                .parse()
-                .map_err(|e| ProxyError::BadRequest(format!("{e}")))?;
-            let upstream_body = match body.take() {
-                Some(b) if !replayable => {
-                    Either::Left(Limited::new(b, self.settings.max_request_body as usize))
-                }
-                _ => Either::Right(Empty::new()),
+            let mut sender = match backend.checkout() {
+                Some(s) => s,
+                None => match backend.connect(self.settings.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) if backends.len() > 1 && tried.is_none() => {
+                        tracing::debug!(service = %self.name, "{e}; trying another instance");
+                        tried = Some(backend);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
-            let mut up = Request::from_parts(parts.clone(), upstream_body);
-            *up.uri_mut() = uri;
-            let sent =
-                tokio::time::timeout(self.settings.upstream_timeout, pool.client.request(up)).await;
+            let sent = tokio::time::timeout(
+                self.settings.upstream_timeout,
+                sender.try_send_request(request),
+            )
+            .await;
             match sent {
                 Err(_) => {
                     return Err(ProxyError::Timeout(
@@ -396,25 +455,31 @@ impl ServiceProxy {
                         rparts,
                         Either::Left(Tracked {
                             inner: rbody,
+                            sender: Some(sender),
                             _guard: guard,
                         }),
                     ));
                 }
-                Ok(Err(e)) => {
-                    if is_body_limit(&e) {
-                        return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
+                Ok(Err(mut e)) => match e.take_message() {
+                    // The connection closed before the request went out: use another one.
+                    Some(back) => {
+                        request = back;
+                        continue;
                     }
-                    if e.is_connect() {
-                        if replayable && tried.is_none() && backends.len() > 1 {
-                            tried = Some(backend);
-                            continue;
+                    None => {
+                        let e = e.into_error();
+                        if is_body_limit(&e) {
+                            return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
                         }
-                        return Err(ProxyError::Connect(backend.addr, error_chain(&e)));
+                        return Err(ProxyError::Upstream(backend.addr, error_chain(&e)));
                     }
-                    return Err(ProxyError::Upstream(backend.addr, error_chain(&e)));
-                }
+                },
             }
         }
+        Err(ProxyError::Upstream(
+            tried.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |b| b.addr),
+            "no connection could carry the request".into(),
+        ))
     }
 }
 
@@ -601,10 +666,23 @@ impl Drop for OutstandingGuard {
     }
 }
 
-/// An upstream response body that keeps its backend counted as busy while it streams.
+/// An upstream response body that keeps its backend counted as busy while it streams, and
+/// gives its connection back for reuse once it has been read to the end.
 pub struct Tracked {
     inner: Incoming,
+    sender: Option<Sender>,
     _guard: OutstandingGuard,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // A body that was complete from the start may never be polled to its end.
+        if let Some(sender) = self.sender.take() {
+            if self.inner.is_end_stream() {
+                self._guard.0.checkin(sender);
+            }
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -615,7 +693,13 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(sender) = self.sender.take() {
+                self._guard.0.checkin(sender);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,7 +2,9 @@
 
 use super::*;
 use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as TestClient;
+use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::AtomicU32;
 
 /// A tiny upstream that answers with its name, optionally after a delay.
@@ -324,4 +326,42 @@ async fn an_upgraded_connection_is_tunnelled_both_ways() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(backend.upgraded(), 0);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"ok",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = ServiceProxy::new("svc", settings());
+    let backend = Backend::new("b", addr);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    for _ in 0..50 {
+        assert_eq!(get(paddr, "/", None).await.0, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests should share one upstream connection"
+    );
+    assert_eq!(backend.idle_connections(), 1);
+    backend.close_idle();
+    assert_eq!(backend.idle_connections(), 0);
 }

@@ -27,12 +27,19 @@ pub fn require_demo() {
     );
 }
 
+/// A free port for a public address, below the kernel's ephemeral range (32768 and up), where
+/// the daemons give their instances ports: a test's public port never races an instance's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let region = (std::process::id() % 40) * 300;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20000 + (region + n) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// The example platform with its public ports moved to free ones, so tests never collide
