@@ -17,6 +17,9 @@
 //! `DEMO_ERROR_RATE`), `slow` starts after 5 s (or `DEMO_START_DELAY_MS`).
 //!
 //! SIGTERM: stop accepting, finish the requests in flight, exit 0.
+//!
+//! `tcf-demo healthcheck` probes a running one on $PORT (exit 0 healthy), for a container's
+//! `HEALTHCHECK`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -152,8 +155,34 @@ fn echo_upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
+/// GET /health on our own port with a plain socket; 0 when it answers 200.
+fn healthcheck() -> i32 {
+    use std::io::{Read, Write};
+    let port = env("PORT").unwrap_or_else(|| "8080".into());
+    let Ok(mut s) =
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap_or(8080)))
+    else {
+        return 1;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return 1;
+    }
+    let mut head = [0u8; 12];
+    match s.read_exact(&mut head) {
+        Ok(()) if head.starts_with(b"HTTP/1.1 200") => 0,
+        _ => 1,
+    }
+}
+
 /// Run the demo service until SIGTERM; exits the process on a fatal error.
 pub fn main() {
+    // `tcf-demo healthcheck`: for a container's HEALTHCHECK (FROM scratch has no curl).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(healthcheck());
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -150,6 +150,16 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
     );
     let gateway = listen(&status, "gateway");
     let personas = listen(&status, "personas");
+    // The image's own HEALTHCHECK is shown beside our probe.
+    p.wait_for("the containers' HEALTHCHECK reported", START, |s| {
+        s["services"].as_array().unwrap().iter().all(|svc| {
+            svc["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["runtime_health"] == "healthy")
+        })
+    });
 
     // A tag that is not present locally fails before any traffic changes, naming the image.
     let (code, out, lines) = run(&p, &["prod", "deploy", "v9", "--service", "gateway"]);
