@@ -207,22 +207,22 @@ impl Route {
     /// The colour for a client whose sticky key hashes to `key`: the first pools take the
     /// lowest buckets, so raising the first pool's weight only ever moves clients into it.
     fn choose(&self, key: u64) -> Option<&Arc<Pool>> {
-        let live: Vec<&(Arc<Pool>, u32)> = self.pools.iter().filter(|(_, w)| *w > 0).collect();
-        match live.len() {
-            0 => None,
-            1 => Some(&live[0].0),
-            _ => {
-                let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
-                let mut bucket = key % total;
-                for (pool, w) in &live {
-                    if bucket < u64::from(*w) {
-                        return Some(pool);
-                    }
-                    bucket -= u64::from(*w);
-                }
-                live.last().map(|(p, _)| p)
-            }
+        // The common case, one colour, allocates nothing and hashes nothing.
+        if let [(pool, w)] = self.pools.as_slice() {
+            return (*w > 0).then_some(pool);
         }
+        let total: u64 = self.pools.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut bucket = key % total;
+        for (pool, w) in self.pools.iter().filter(|(_, w)| *w > 0) {
+            if bucket < u64::from(*w) {
+                return Some(pool);
+            }
+            bucket -= u64::from(*w);
+        }
+        None
     }
 
     fn is_split(&self) -> bool {
@@ -337,13 +337,25 @@ impl ServiceProxy {
         req: Request<Incoming>,
         client_addr: SocketAddr,
     ) -> Response<ProxyBody> {
+        let client_ip = client_ip_value(client_addr);
+        self.handle_with(req, client_addr, &client_ip).await
+    }
+
+    /// [`handle`](Self::handle) with the client's address already rendered as a header value
+    /// (once per connection, not per request).
+    pub async fn handle_with(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client_addr: SocketAddr,
+        client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         // The route is loaded once: a switch never changes where this request goes.
         let route = self.route.load_full();
         let (sticky_key, new_cookie) = sticky_key(&route, &req, client_addr);
         let pool = route.choose(sticky_key).cloned();
         let result = match &pool {
-            Some(pool) => self.forward(pool, req, client_addr).await,
+            Some(pool) => self.forward(pool, req, client_ip).await,
             None => Err(ProxyError::NoBackend(self.name.clone())),
         };
         let (mut resp, by_proxy) = match result {
@@ -369,7 +381,7 @@ impl ServiceProxy {
         &self,
         pool: &Arc<Pool>,
         req: Request<Incoming>,
-        client_addr: SocketAddr,
+        client_ip: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         if let Some(len) = content_length(&parts.headers) {
@@ -381,7 +393,7 @@ impl ServiceProxy {
         let upgrade = requested_upgrade(&parts.headers);
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, client_addr, original_host.as_ref());
+        add_forwarded(&mut parts.headers, client_ip, original_host.as_ref());
         if let Some(proto) = &upgrade {
             parts
                 .headers
@@ -614,16 +626,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn add_forwarded(h: &mut HeaderMap, client: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = client.ip().to_string();
+fn client_ip_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+fn add_forwarded(h: &mut HeaderMap, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        // Appending to what an earlier proxy wrote needs a new value; the usual case does not.
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", client_ip.to_str().unwrap_or("")))
+                .unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(xff, v);
-    }
+    h.insert(xff, value);
     h.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
@@ -739,9 +757,10 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let p = proxy.clone();
+                let client_ip = client_ip_value(client_addr);
                 let svc = hyper::service::service_fn(move |req| {
-                    let p = p.clone();
-                    async move { Ok::<_, std::convert::Infallible>(p.handle(req, client_addr).await) }
+                    let (p, ip) = (p.clone(), client_ip.clone());
+                    async move { Ok::<_, std::convert::Infallible>(p.handle_with(req, client_addr, &ip).await) }
                 });
                 let mut conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 let mut stop = shutdown.clone();
