@@ -138,16 +138,18 @@ pub async fn run(
         Some(Arc::new(d))
     };
 
-    // Bind everything before starting anything: a taken address fails the whole start.
+    // Bind everything before starting anything: a taken address fails the whole start. Each
+    // proxy worker thread gets its own listener per service.
+    let workers = proxy_workers();
     let mut listeners = Vec::new();
     for svc in config.services.values() {
-        let l = tokio::net::TcpListener::bind(svc.listen)
-            .await
-            .map_err(|source| DaemonError::Bind {
+        let l = tcf_proxy::bind_for_workers(svc.listen, workers).map_err(|source| {
+            DaemonError::Bind {
                 service: svc.name.clone(),
                 addr: svc.listen,
                 source,
-            })?;
+            }
+        })?;
         listeners.push((svc.name.clone(), l));
     }
     let socket = config.daemon.socket.clone();
@@ -310,16 +312,15 @@ pub async fn run(
     record_initial_release(&p, &active);
 
     // Proxies first: they answer 503 until a service has a healthy instance.
-    let mut proxy_tasks = Vec::new();
-    for (name, listener) in listeners {
-        let proxy = p.services[&name].proxy.clone();
-        proxy_tasks.push(tokio::spawn(tcf_proxy::serve(
-            listener,
-            proxy,
-            p.shutdown.subscribe(),
-            SHUTDOWN_DRAIN,
-        )));
-    }
+    let proxies = listeners
+        .into_iter()
+        .map(|(name, l)| (p.services[&name].proxy.clone(), l))
+        .collect();
+    let proxy_task = tokio::spawn(tcf_proxy::serve_workers(
+        proxies,
+        p.shutdown.subscribe(),
+        SHUTDOWN_DRAIN,
+    ));
     for dep in p.dependencies.values() {
         tokio::spawn(supervisor::watch_dependency(p.clone(), dep.clone()));
     }
@@ -353,8 +354,10 @@ pub async fn run(
         None,
         "stopping: draining connections, then stopping instances",
     );
-    for t in proxy_tasks {
-        let _ = t.await;
+    match proxy_task.await {
+        Ok(Err(e)) => tracing::error!("the proxy workers failed: {e}"),
+        Err(e) => tracing::error!("the proxy workers failed: {e}"),
+        Ok(Ok(())) => {}
     }
     supervisor::stop_all(&p).await;
     if let Some(d) = &p.docker {
@@ -375,6 +378,16 @@ pub async fn run(
         format!("daemon stopped after {}s", p.started.elapsed().as_secs()),
     );
     Ok(())
+}
+
+/// Proxy worker threads: TCF_WORKER_THREADS, else one per core.
+fn proxy_workers() -> usize {
+    std::env::var("TCF_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(16)
 }
 
 fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {

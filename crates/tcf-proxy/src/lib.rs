@@ -29,7 +29,7 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
 /// Idle keep-alive connections kept per backend; more are closed when they come back.
-const IDLE_PER_BACKEND: usize = 1024;
+const IDLE_PER_BACKEND: usize = 512;
 /// An idle connection older than this is closed rather than reused: shorter than the usual
 /// server-side keep-alive timeouts, so we never send on a connection the server is closing.
 const MAX_IDLE: Duration = Duration::from_secs(15);
@@ -43,7 +43,21 @@ pub struct Backend {
     outstanding: AtomicUsize,
     /// Upgraded connections (WebSocket and the like) open through it.
     upgraded: AtomicUsize,
-    idle: crossbeam_queue::ArrayQueue<(Sender, Instant)>,
+    /// One queue per proxy worker thread: a connection is reused by the thread that made it,
+    /// so a request and its upstream connection stay on one thread.
+    idle: Box<[crossbeam_queue::ArrayQueue<(Sender, Instant)>]>,
+}
+
+thread_local! {
+    /// Which proxy worker this thread is (0 outside the workers).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many idle queues a backend keeps: one per possible worker.
+fn worker_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16)
 }
 
 impl std::fmt::Debug for Backend {
@@ -52,7 +66,7 @@ impl std::fmt::Debug for Backend {
             .field("instance", &self.instance)
             .field("addr", &self.addr)
             .field("outstanding", &self.outstanding())
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle_connections())
             .finish()
     }
 }
@@ -64,22 +78,30 @@ impl Backend {
             addr,
             outstanding: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
-            idle: crossbeam_queue::ArrayQueue::new(IDLE_PER_BACKEND),
+            idle: (0..worker_slots())
+                .map(|_| crossbeam_queue::ArrayQueue::new(IDLE_PER_BACKEND))
+                .collect(),
         })
     }
 
     /// Idle connections kept for reuse.
     pub fn idle_connections(&self) -> usize {
-        self.idle.len()
+        self.idle.iter().map(|q| q.len()).sum()
     }
 
     /// Close every idle connection (the instance is going away).
     pub fn close_idle(&self) {
-        while self.idle.pop().is_some() {}
+        for q in self.idle.iter() {
+            while q.pop().is_some() {}
+        }
+    }
+
+    fn local_idle(&self) -> &crossbeam_queue::ArrayQueue<(Sender, Instant)> {
+        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
     }
 
     fn checkout(&self) -> Option<Sender> {
-        while let Some((sender, since)) = self.idle.pop() {
+        while let Some((sender, since)) = self.local_idle().pop() {
             if since.elapsed() < MAX_IDLE && sender.is_ready() {
                 return Some(sender);
             }
@@ -90,7 +112,7 @@ impl Backend {
     fn checkin(&self, sender: Sender) {
         if sender.is_ready() {
             // Full: the connection is dropped, which closes it.
-            let _ = self.idle.push((sender, Instant::now()));
+            let _ = self.local_idle().push((sender, Instant::now()));
         }
     }
 
@@ -784,6 +806,83 @@ pub async fn serve(
     if tokio::time::timeout(drain, open_rx.recv()).await.is_err() {
         tracing::warn!(service = %proxy.name, "connections still open after the {drain:?} drain; closing them");
     }
+}
+
+/// A listener for one service's address that several workers can each bind (SO_REUSEPORT):
+/// the kernel spreads connections over them.
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Check that nobody else holds `addr` (a plain bind, without SO_REUSEPORT, fails if anyone
+/// does), then bind it once per worker.
+pub fn bind_for_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    drop(std::net::TcpListener::bind(addr)?);
+    (0..workers.max(1)).map(|_| bind_shared(addr)).collect()
+}
+
+/// Run the proxies on `listeners.len()` worker threads, each a single-threaded runtime with its
+/// own listener per service: a connection, its requests and their upstream connections stay on
+/// one thread, as in nginx's worker model. Returns when every worker has drained.
+pub async fn serve_workers(
+    services: Vec<(Arc<ServiceProxy>, Vec<std::net::TcpListener>)>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let workers = services.first().map_or(0, |(_, l)| l.len());
+    let mut per_worker: Vec<Vec<(Arc<ServiceProxy>, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for (proxy, listeners) in services {
+        for (i, l) in listeners.into_iter().enumerate() {
+            per_worker[i].push((proxy.clone(), l));
+        }
+    }
+    let mut done = Vec::new();
+    for (index, assigned) in per_worker.into_iter().enumerate() {
+        let shutdown = shutdown.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("tcf-proxy-{index}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(index));
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for (proxy, listener) in assigned {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                tasks.push(tokio::spawn(serve(l, proxy, shutdown.clone(), drain)))
+                            }
+                            Err(e) => tracing::error!("proxy worker {index}: {e}"),
+                        }
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+                let _ = tx.send(());
+            })?;
+        done.push(rx);
+    }
+    for rx in done {
+        let _ = rx.await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

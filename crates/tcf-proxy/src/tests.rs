@@ -365,3 +365,42 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     backend.close_idle();
     assert_eq!(backend.idle_connections(), 0);
 }
+
+#[tokio::test]
+async fn a_taken_address_is_refused_even_though_workers_share_it() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = addr.local_addr().unwrap();
+    // Someone else holds it (without SO_REUSEPORT): refused.
+    assert!(bind_for_workers(taken, 2).is_err());
+    drop(addr);
+    // Our own workers share it; a second platform on the same address is refused.
+    let ours = bind_for_workers(taken, 2).unwrap();
+    assert!(
+        bind_for_workers(taken, 2).is_err(),
+        "a second platform must not share the address"
+    );
+    drop(ours);
+}
+
+#[tokio::test]
+async fn workers_serve_one_address_together() {
+    let (ok, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let listeners = bind_for_workers(addr, 2).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn(serve_workers(
+        vec![(proxy.clone(), listeners)],
+        rx,
+        Duration::from_secs(2),
+    ));
+    for _ in 0..40 {
+        assert_eq!(get(addr, "/", None).await.0, 200);
+    }
+    tx.send(true).unwrap();
+    served.await.unwrap().unwrap();
+    assert_eq!(proxy.stats().snapshot().requests, 40);
+}
