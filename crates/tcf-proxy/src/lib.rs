@@ -519,19 +519,16 @@ impl ServiceProxy {
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
 fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
-    let wants = h
-        .get_all(header::CONNECTION)
+    // Most requests have no Upgrade header: one lookup and done.
+    let proto = h.get(header::UPGRADE)?;
+    h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    if wants {
-        h.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        })
+        .then(|| proto.clone())
 }
 
 /// Splice an upgraded client connection to the upgraded upstream one, counting it on the
@@ -623,8 +620,27 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
+/// Whether a header describes one hop only (RFC 9110 7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Remove the headers that must not be forwarded. One pass over the (few) headers first:
+/// most messages have none of them, and removing absent names costs a hash lookup each.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION).cloned() {
         if let Ok(list) = conn.to_str() {
             for name in list.split(',') {
@@ -887,3 +903,31 @@ pub async fn serve_workers(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("example"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+}
