@@ -124,6 +124,19 @@ struct Switched {
     since: Snapshot,
 }
 
+impl Switched {
+    /// Counting for the watch starts now.
+    fn now(svc: &Arc<ServiceRuntime>, old: Option<Arc<Colour>>, new: Arc<Colour>) -> Switched {
+        let since = new.pool.stats().snapshot();
+        Switched {
+            svc: svc.clone(),
+            old,
+            new,
+            since,
+        }
+    }
+}
+
 /// Run a release to its end; the progress channel gets every step and the result last.
 pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<ProgressLine>) -> Outcome {
     let mut rep = Reporter {
@@ -562,19 +575,7 @@ async fn blue_green(
     version: &str,
 ) -> Result<Switched, String> {
     let (old, new) = start_and_gate(p, rep, svc, version).await?;
-    let since = new.pool.stats().snapshot();
-    switch(
-        rep,
-        svc,
-        vec![(new.name.clone(), 100)],
-        &format!("all traffic to {version} ({})", new.name),
-    );
-    Ok(Switched {
-        svc: svc.clone(),
-        old,
-        new,
-        since,
-    })
+    Ok(switch_all(rep, svc, old, new, version))
 }
 
 async fn canary(
@@ -585,7 +586,7 @@ async fn canary(
 ) -> Result<Switched, String> {
     let (old, new) = start_and_gate(p, rep, svc, version).await?;
     let Some(old_colour) = old.clone() else {
-        return blue_green_switch_only(rep, svc, None, new, version);
+        return Ok(switch_all(rep, svc, None, new, version));
     };
     let d = &p.config.deploy;
     for step in &d.canary_steps {
@@ -593,19 +594,13 @@ async fn canary(
         if *step < 100 {
             weights.push((old_colour.name.clone(), 100 - step));
         }
-        let since = new.pool.stats().snapshot();
         switch(
             rep,
             svc,
             weights,
             &format!("{step}% of traffic to {version}"),
         );
-        let probe = Switched {
-            svc: svc.clone(),
-            old: old.clone(),
-            new: new.clone(),
-            since,
-        };
+        let probe = Switched::now(svc, old.clone(), new.clone());
         if let Err(breach) = watch(p, std::slice::from_ref(&probe), d.step_interval).await {
             rep.step(
                 "deploy.breach",
@@ -627,35 +622,24 @@ async fn canary(
             format!("{step}% step passed"),
         );
     }
-    let since = new.pool.stats().snapshot();
-    Ok(Switched {
-        svc: svc.clone(),
-        old,
-        new,
-        since,
-    })
+    Ok(Switched::now(svc, old, new))
 }
 
-fn blue_green_switch_only(
+/// All traffic to `new`, at once.
+fn switch_all(
     rep: &Reporter,
     svc: &Arc<ServiceRuntime>,
     old: Option<Arc<Colour>>,
     new: Arc<Colour>,
     version: &str,
-) -> Result<Switched, String> {
-    let since = new.pool.stats().snapshot();
+) -> Switched {
     switch(
         rep,
         svc,
         vec![(new.name.clone(), 100)],
-        &format!("all traffic to {version}"),
+        &format!("all traffic to {version} ({})", new.name),
     );
-    Ok(Switched {
-        svc: svc.clone(),
-        old,
-        new,
-        since,
-    })
+    Switched::now(svc, old, new)
 }
 
 async fn rolling(
@@ -722,13 +706,7 @@ async fn rolling(
             }
         }
     }
-    let since = new.pool.stats().snapshot();
-    Ok(Switched {
-        svc: svc.clone(),
-        old,
-        new,
-        since,
-    })
+    Ok(Switched::now(svc, old, new))
 }
 
 /// A rolling step failed: bring the old colour back to full strength and all traffic to it.
@@ -787,7 +765,6 @@ async fn rollback_service(
         Some(target) => {
             target.generation.fetch_add(1, Ordering::SeqCst);
             target.undrain(svc);
-            let since = target.pool.stats().snapshot();
             switch(
                 rep,
                 svc,
@@ -797,12 +774,7 @@ async fn rollback_service(
                     target.name
                 ),
             );
-            Ok(Switched {
-                svc: svc.clone(),
-                old: active,
-                new: target,
-                since,
-            })
+            Ok(Switched::now(svc, active, target))
         }
         None => {
             rep.step(
