@@ -17,17 +17,19 @@ version = "v1"
 listen = "127.0.0.1:18081"
 "#;
 
-/// Run `config validate` on `text`; returns (exit code, stdout, stderr).
-fn validate(text: &str, extra: &[&str]) -> (i32, String, String) {
+/// Run `tcf-platform ARGS` in a fresh directory holding `text` as tcf-platform.toml (none when
+/// `text` is None); returns (exit code, stdout, stderr).
+fn run_in_dir(text: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tcf-platform.toml"), text).unwrap();
+    if let Some(text) = text {
+        std::fs::write(dir.path().join("tcf-platform.toml"), text).unwrap();
+    }
     let out = Command::cargo_bin("tcf-platform")
         .unwrap()
         .current_dir(dir.path())
         .env_remove("TCF_CONFIG")
         .env_remove("TCF_ENV")
-        .args(["config", "validate"])
-        .args(extra)
+        .args(args)
         .output()
         .unwrap();
     (
@@ -35,6 +37,11 @@ fn validate(text: &str, extra: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// Run `config validate` on `text`; returns (exit code, stdout, stderr).
+fn validate(text: &str, extra: &[&str]) -> (i32, String, String) {
+    run_in_dir(Some(text), &[&["config", "validate"], extra].concat())
 }
 
 fn invalid(text: &str) -> String {
@@ -107,17 +114,12 @@ fn unknown_environment() {
 #[test]
 fn environment_overrides_apply() {
     let text = format!("{GOOD}\n[environments.staging.services.api]\ninstances = 3\n");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tcf-platform.toml"), text).unwrap();
-    let out = Command::cargo_bin("tcf-platform")
-        .unwrap()
-        .current_dir(dir.path())
-        .env_remove("TCF_CONFIG")
-        .args(["--env", "staging", "config", "show", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, stdout, _) = run_in_dir(
+        Some(&text),
+        &["--env", "staging", "config", "show", "--format", "json"],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["services"]["api"]["instances"], 3);
     assert_eq!(v["services"]["db"]["instances"], 1);
     assert_eq!(v["environment"], "staging");
@@ -138,16 +140,8 @@ fn json_errors_carry_line_and_column() {
 
 #[test]
 fn a_missing_config_says_where_it_looked() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("tcf-platform")
-        .unwrap()
-        .current_dir(dir.path())
-        .env_remove("TCF_CONFIG")
-        .args(["config", "validate"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = run_in_dir(None, &["config", "validate"]);
+    assert_eq!(code, 2);
     assert!(stderr.contains("no tcf-platform.toml in"), "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
 }

@@ -31,23 +31,8 @@ fn a_second_deploy_gets_exit_3_naming_the_holder() {
     let mut p = Platform::new(&deploy_config(&[]));
     p.up();
     p.wait_for("all healthy", START, all_healthy);
-    let config = p.config.clone();
     // A slow release holds the lock for seconds.
-    let first = std::thread::spawn(move || {
-        std::process::Command::new(bin())
-            .args([
-                "prod",
-                "deploy",
-                "v2-slow",
-                "--service",
-                "tokens",
-                "--force",
-                "--config",
-            ])
-            .arg(&config)
-            .output()
-            .unwrap()
-    });
+    let first = deploy_in_background(&p, "v2-slow", "tokens");
     std::thread::sleep(Duration::from_millis(700));
     let lock = p.cli(&["lock", "status", "--format", "json"]);
     let lock: Value = serde_json::from_slice(&lock.stdout).unwrap();
@@ -96,22 +81,7 @@ fn a_daemon_killed_mid_deploy_comes_back_on_the_last_active_release() {
     let mut p = Platform::new(&deploy_config(&[]));
     p.up();
     let status = p.wait_for("all healthy", START, all_healthy);
-    let config = p.config.clone();
-    let deploy = std::thread::spawn(move || {
-        std::process::Command::new(bin())
-            .args([
-                "prod",
-                "deploy",
-                "v2-slow",
-                "--service",
-                "gateway",
-                "--force",
-                "--config",
-            ])
-            .arg(&config)
-            .output()
-            .unwrap()
-    });
+    let deploy = deploy_in_background(&p, "v2-slow", "gateway");
     // Mid-deploy: the new colour is starting (slowly).
     p.wait_for("the new colour starting", START, |s| {
         s["services"].as_array().unwrap().iter().any(|svc| {

@@ -257,3 +257,27 @@ pub fn zero_downtime_sequence(p: &mut Platform, gateway: &str, personas: &str) {
         "{history:#?}"
     );
 }
+
+/// `prod deploy VERSION --service SERVICE --force` on a thread, for what happens meanwhile.
+pub fn deploy_in_background(
+    p: &Platform,
+    version: &str,
+    service: &str,
+) -> std::thread::JoinHandle<Output> {
+    let (config, version, service) = (p.config.clone(), version.to_string(), service.to_string());
+    std::thread::spawn(move || {
+        std::process::Command::new(bin())
+            .args([
+                "prod",
+                "deploy",
+                &version,
+                "--service",
+                &service,
+                "--force",
+                "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+}
