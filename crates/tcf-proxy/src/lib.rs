@@ -5,12 +5,13 @@
 //! table never breaks a request in flight. Counters are relaxed atomics.
 
 pub mod stats;
+mod upstream;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -20,13 +21,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use upstream::{Chunked, Conn, Decoded, Framing, ReadError};
 
 pub use stats::{Snapshot, Stats};
 
-type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
-pub type ProxyBody = Either<Tracked, Full<Bytes>>;
-
-type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
+pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 
 /// Idle keep-alive connections kept per backend; more are closed when they come back.
 const IDLE_PER_BACKEND: usize = 512;
@@ -45,7 +44,7 @@ pub struct Backend {
     upgraded: AtomicUsize,
     /// One queue per proxy worker thread: a connection is reused by the thread that made it,
     /// so a request and its upstream connection stay on one thread.
-    idle: Box<[crossbeam_queue::ArrayQueue<(Sender, Instant)>]>,
+    idle: Box<[crossbeam_queue::ArrayQueue<(Conn, Instant)>]>,
 }
 
 thread_local! {
@@ -96,27 +95,26 @@ impl Backend {
         }
     }
 
-    fn local_idle(&self) -> &crossbeam_queue::ArrayQueue<(Sender, Instant)> {
+    fn local_idle(&self) -> &crossbeam_queue::ArrayQueue<(Conn, Instant)> {
         &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
     }
 
-    fn checkout(&self) -> Option<Sender> {
-        while let Some((sender, since)) = self.local_idle().pop() {
-            if since.elapsed() < MAX_IDLE && sender.is_ready() {
-                return Some(sender);
+    fn checkout(&self) -> Option<Conn> {
+        while let Some((mut conn, since)) = self.local_idle().pop() {
+            if since.elapsed() < MAX_IDLE && conn.is_usable() {
+                conn.reused = true;
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_ready() {
-            // Full: the connection is dropped, which closes it.
-            let _ = self.local_idle().push((sender, Instant::now()));
-        }
+    fn checkin(&self, conn: Conn) {
+        // Full: the connection is dropped, which closes it.
+        let _ = self.local_idle().push((conn, Instant::now()));
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Sender, ProxyError> {
+    async fn connect(&self, timeout: Duration) -> Result<Conn, ProxyError> {
         let stream =
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
                 Err(_) => {
@@ -129,14 +127,7 @@ impl Backend {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::Connect(self.addr, e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
     pub fn outstanding(&self) -> usize {
@@ -406,43 +397,40 @@ impl ServiceProxy {
         client_ip: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        if let Some(len) = content_length(&parts.headers) {
-            if len > self.settings.max_request_body {
-                return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
-            }
+        let limit = self.settings.max_request_body;
+        if content_length(&parts.headers).is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge(limit));
         }
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let upgrade = requested_upgrade(&parts.headers);
-        let original_host = parts.headers.get(header::HOST).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, client_ip, original_host.as_ref());
-        if let Some(proto) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto.clone());
-        }
-        // The request goes out in origin form (path and query), as it came in; Host is kept.
-        let upstream_body = if body.is_end_stream() {
-            Either::Right(Empty::new())
+        let framing = if body.is_end_stream() {
+            RequestFraming::Empty
         } else {
-            Either::Left(Limited::new(body, self.settings.max_request_body as usize))
+            match body.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            }
         };
-        let mut request = Request::from_parts(parts, upstream_body);
+        let head = request_head(&parts, client_ip, upgrade.as_ref(), framing);
+        let head_request = parts.method == http::Method::HEAD;
+        // A request that reached a server which then closed without answering may be sent again
+        // only if repeating it is harmless and nothing of it is lost.
+        let repeatable = parts.method.is_idempotent() && framing == RequestFraming::Empty;
+        let mut body = (framing != RequestFraming::Empty).then_some(body);
 
         let backends = pool.backends();
         let mut tried: Option<Arc<Backend>> = None;
-        // Nothing was sent yet whenever we loop: another connection or backend is safe.
+        // Nothing was lost whenever we loop: another connection or backend is safe.
         for _attempt in 0..3 {
             let backend = self
                 .pick(&backends, tried.as_ref())
                 .or_else(|| tried.clone())
                 .ok_or_else(|| ProxyError::NoBackend(self.name.clone()))?;
             let guard = OutstandingGuard::new(backend.clone());
-            let mut sender = match backend.checkout() {
-                Some(s) => s,
+            let mut conn = match backend.checkout() {
+                Some(c) => c,
                 None => match backend.connect(self.settings.connect_timeout).await {
-                    Ok(s) => s,
+                    Ok(c) => c,
                     Err(e) if backends.len() > 1 && tried.is_none() => {
                         tracing::debug!(service = %self.name, "{e}; trying another instance");
                         tried = Some(backend);
@@ -451,63 +439,27 @@ impl ServiceProxy {
                     Err(e) => return Err(e),
                 },
             };
-            let sent = tokio::time::timeout(
-                self.settings.upstream_timeout,
-                sender.try_send_request(request),
-            )
-            .await;
-            match sent {
+            let exchange = exchange(&mut conn, &head, &mut body, framing, limit, head_request);
+            match tokio::time::timeout(self.settings.upstream_timeout, exchange).await {
                 Err(_) => {
                     return Err(ProxyError::Timeout(
                         backend.addr,
                         self.settings.upstream_timeout,
                     ))
                 }
-                Ok(Ok(mut resp)) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_side) = client_upgrade {
-                            let upstream_side = hyper::upgrade::on(&mut resp);
-                            tunnel(client_side, upstream_side, backend.clone());
-                        }
-                        let (mut rparts, _) = resp.into_parts();
-                        let proto = rparts.headers.get(header::UPGRADE).cloned();
-                        strip_hop_by_hop(&mut rparts.headers);
-                        if let Some(proto) = proto {
-                            rparts
-                                .headers
-                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                            rparts.headers.insert(header::UPGRADE, proto);
-                        }
-                        return Ok(Response::from_parts(
-                            rparts,
-                            Either::Right(Full::new(Bytes::new())),
-                        ));
-                    }
-                    let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
-                    return Ok(Response::from_parts(
-                        rparts,
-                        Either::Left(Tracked {
-                            inner: rbody,
-                            sender: Some(sender),
-                            _guard: guard,
-                        }),
-                    ));
+                Ok(Ok(answer)) => {
+                    return respond(answer, conn, guard, client_upgrade, upgrade.is_some())
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // The connection closed before the request went out: use another one.
-                    Some(back) => {
-                        request = back;
-                        continue;
-                    }
-                    None => {
-                        let e = e.into_error();
-                        if is_body_limit(&e) {
-                            return Err(ProxyError::BodyTooLarge(self.settings.max_request_body));
-                        }
-                        return Err(ProxyError::Upstream(backend.addr, error_chain(&e)));
-                    }
-                },
+                // A reused connection the server closed meanwhile: take another one.
+                Ok(Err(Failure::NotSent(_))) if conn.reused => continue,
+                Ok(Err(Failure::Unanswered(_))) if conn.reused && repeatable => continue,
+                Ok(Err(Failure::NotSent(e) | Failure::Unanswered(e))) => {
+                    return Err(ProxyError::Upstream(backend.addr, e.to_string()))
+                }
+                Ok(Err(Failure::Proxy(e))) => return Err(e),
+                Ok(Err(Failure::Io(e))) => {
+                    return Err(ProxyError::Upstream(backend.addr, e.to_string()))
+                }
             }
         }
         Err(ProxyError::Upstream(
@@ -515,6 +467,211 @@ impl ServiceProxy {
             "no connection could carry the request".into(),
         ))
     }
+}
+
+/// How the request body goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Why one try at a backend failed.
+enum Failure {
+    /// Writing the head failed: the body (if any) is untouched.
+    NotSent(std::io::Error),
+    /// Sent, then the connection closed before any byte of an answer.
+    Unanswered(std::io::Error),
+    Proxy(ProxyError),
+    Io(String),
+}
+
+/// Send the request on `conn` and read the answer's head.
+async fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    body: &mut Option<Incoming>,
+    framing: RequestFraming,
+    limit: u64,
+    head_request: bool,
+) -> Result<upstream::Head, Failure> {
+    conn.write_all(head).await.map_err(Failure::NotSent)?;
+    if let Some(incoming) = body.as_mut() {
+        let mut sent = 0u64;
+        let mut scratch = bytes::BytesMut::new();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| {
+                Failure::Proxy(ProxyError::BadRequest(format!(
+                    "reading the request body: {e}"
+                )))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            sent += data.len() as u64;
+            if sent > limit {
+                return Err(Failure::Proxy(ProxyError::BodyTooLarge(limit)));
+            }
+            let written = if framing == RequestFraming::Chunked {
+                scratch.clear();
+                upstream::encode_chunk(&mut scratch, &data);
+                conn.write_all(&scratch).await
+            } else {
+                conn.write_all(&data).await
+            };
+            written.map_err(|e| Failure::Io(e.to_string()))?;
+        }
+        if framing == RequestFraming::Chunked {
+            conn.write_all(b"0\r\n\r\n")
+                .await
+                .map_err(|e| Failure::Io(e.to_string()))?;
+        }
+        // The body is gone: this request cannot be sent again.
+        *body = None;
+    }
+    conn.read_head(head_request).await.map_err(|e| match e {
+        ReadError::ClosedBeforeAnswer(e) => Failure::Unanswered(e),
+        e => Failure::Io(e.to_string()),
+    })
+}
+
+/// Turn the upstream's answer into the client's response.
+fn respond(
+    head: upstream::Head,
+    mut conn: Conn,
+    guard: OutstandingGuard,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade_requested: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let addr = guard.0.addr;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_side), Some(proto), true) =
+            (client_upgrade, head.upgrade, upgrade_requested)
+        else {
+            return Err(ProxyError::Upstream(
+                addr,
+                "switched protocols without being asked to".into(),
+            ));
+        };
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::UPGRADE, proto);
+        tunnel(client_side, conn, guard.0.clone());
+        return Ok(resp);
+    }
+    let body = match head.framing {
+        Framing::Empty => {
+            if head.keep_alive {
+                guard.0.checkin(conn);
+            }
+            Either::Right(Full::new(Bytes::new()))
+        }
+        // The usual small answer arrived with its head: the connection is free already.
+        Framing::Length(n) if conn.buf.len() as u64 >= n => {
+            let data = conn.buf.split_to(n as usize).freeze();
+            if head.keep_alive {
+                guard.0.checkin(conn);
+            }
+            Either::Right(Full::new(data))
+        }
+        framing => Either::Left(Streamed {
+            conn: Some(conn),
+            framing: match framing {
+                Framing::Length(n) => BodyFraming::Length(n),
+                Framing::Chunked => BodyFraming::Chunked(Chunked::default()),
+                _ => BodyFraming::UntilClose,
+            },
+            keep_alive: head.keep_alive,
+            _guard: guard,
+        }),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// The head of the request as it goes upstream: origin form as it came in, hop-by-hop
+/// headers (and those named in `Connection`) removed, `X-Forwarded-*` added, our framing.
+fn request_head(
+    parts: &http::request::Parts,
+    client_ip: &HeaderValue,
+    upgrade: Option<&HeaderValue>,
+    framing: RequestFraming,
+) -> Bytes {
+    let h = &parts.headers;
+    let mut out = bytes::BytesMut::with_capacity(256 + h.len() * 48);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection: Vec<&HeaderValue> = h.get_all(header::CONNECTION).iter().collect();
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    let mut had_length = false;
+    for (name, value) in h {
+        let n = name.as_str();
+        match n {
+            "x-forwarded-for" => {
+                forwarded_for.push(value.as_bytes());
+                continue;
+            }
+            "x-forwarded-proto" | "x-forwarded-host" => continue,
+            "content-length" => {
+                had_length = true;
+                continue;
+            }
+            _ => {}
+        }
+        if upstream::is_hop_by_hop(n.as_bytes())
+            || connection
+                .iter()
+                .any(|c| upstream::lists_token(c.as_bytes(), n))
+        {
+            continue;
+        }
+        put_header(&mut out, n.as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prev in forwarded_for {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(host) = h.get(header::HOST) {
+        put_header(&mut out, b"x-forwarded-host", host.as_bytes());
+    }
+    if let Some(proto) = upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        put_header(&mut out, b"upgrade", proto.as_bytes());
+    }
+    match framing {
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        RequestFraming::Empty if had_length => out.extend_from_slice(b"content-length: 0\r\n"),
+        RequestFraming::Empty => {}
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+fn put_header(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
@@ -531,17 +688,18 @@ fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
         .then(|| proto.clone())
 }
 
-/// Splice an upgraded client connection to the upgraded upstream one, counting it on the
-/// backend until either side closes.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    backend: Arc<Backend>,
-) {
+/// Splice an upgraded client connection to the upstream one (and what the upstream already
+/// sent past its 101), counting it on the backend until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: Conn, backend: Arc<Backend>) {
+    use tokio::io::AsyncWriteExt;
     tokio::spawn(async move {
         backend.upgraded.fetch_add(1, Ordering::Relaxed);
-        if let (Ok(c), Ok(u)) = (client.await, upstream.await) {
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+        if let Ok(client) = client.await {
+            let mut client = TokioIo::new(client);
+            let early = std::mem::take(&mut upstream.buf);
+            if early.is_empty() || client.write_all(&early).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
+            }
         }
         backend.upgraded.fetch_sub(1, Ordering::Relaxed);
     });
@@ -594,99 +752,13 @@ fn sticky_key(
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
-}
-
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// Whether a header describes one hop only (RFC 9110 7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Remove the headers that must not be forwarded. One pass over the (few) headers first:
-/// most messages have none of them, and removing absent names costs a hash lookup each.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if let Some(conn) = h.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    h.remove(n);
-                }
-            }
-        }
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        h.remove(name);
-    }
 }
 
 fn client_ip_value(client: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&client.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-fn add_forwarded(h: &mut HeaderMap, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        // Appending to what an earlier proxy wrote needs a new value; the usual case does not.
-        Some(prev) => {
-            HeaderValue::from_str(&format!("{prev}, {}", client_ip.to_str().unwrap_or("")))
-                .unwrap_or_else(|_| client_ip.clone())
-        }
-        None => client_ip.clone(),
-    };
-    h.insert(xff, value);
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = host {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
 }
 
 /// Responses the proxy makes itself carry this header, so clients and tests can tell them apart.
@@ -722,48 +794,112 @@ impl Drop for OutstandingGuard {
     }
 }
 
-/// An upstream response body that keeps its backend counted as busy while it streams, and
-/// gives its connection back for reuse once it has been read to the end.
-pub struct Tracked {
-    inner: Incoming,
-    sender: Option<Sender>,
+/// An upstream response body read as the client takes it. It keeps its backend counted as
+/// busy while it streams, and gives the connection back for reuse once read to its end.
+pub struct Streamed {
+    conn: Option<Conn>,
+    framing: BodyFraming,
+    keep_alive: bool,
     _guard: OutstandingGuard,
 }
 
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // A body that was complete from the start may never be polled to its end.
-        if let Some(sender) = self.sender.take() {
-            if self.inner.is_end_stream() {
-                self._guard.0.checkin(sender);
+enum BodyFraming {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Streamed {
+    /// The body is complete: the connection goes back to the pool if the server keeps it open.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self._guard.0.checkin(conn);
             }
         }
     }
 }
 
-impl Body for Tracked {
+impl Body for Streamed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(sender) = self.sender.take() {
-                self._guard.0.checkin(sender);
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !conn.buf.is_empty() {
+                let data = match &mut this.framing {
+                    BodyFraming::Length(left) => {
+                        let n = (conn.buf.len() as u64).min(*left);
+                        *left -= n;
+                        conn.buf.split_to(n as usize).freeze()
+                    }
+                    BodyFraming::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                        Ok(Decoded::Data(data)) => data,
+                        Ok(Decoded::Done) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::NeedMore) => Bytes::new(),
+                        Err(e) => {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                        }
+                    },
+                    BodyFraming::UntilClose => conn.buf.split().freeze(),
+                };
+                if matches!(this.framing, BodyFraming::Length(0)) {
+                    this.finish();
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
+            if matches!(this.framing, BodyFraming::Length(0)) {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(this.framing, BodyFraming::UntilClose) => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection in the middle of the body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.conn.is_none() || matches!(self.framing, BodyFraming::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            BodyFraming::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -905,29 +1041,48 @@ pub async fn serve_workers(
 mod tests;
 
 #[cfg(test)]
-mod header_tests {
+mod head_tests {
     use super::*;
+
+    fn head_of(req: Request<()>, framing: RequestFraming) -> String {
+        let (parts, _) = req.into_parts();
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let upgrade = requested_upgrade(&parts.headers);
+        String::from_utf8(request_head(&parts, &ip, upgrade.as_ref(), framing).to_vec()).unwrap()
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
+        let req = Request::post("http://example/a?b=1")
+            .header("host", "example")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("transfer-encoding", "chunked")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "https")
+            .header("x-kept", "yes")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_of(req, RequestFraming::Chunked),
+            "POST /a?b=1 HTTP/1.1\r\nhost: example\r\nx-kept: yes\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_for_again_and_lengths_are_ours() {
+        let req = Request::get("/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("content-length", "0")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_of(req, RequestFraming::Empty),
+            "GET /ws HTTP/1.1\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             connection: upgrade\r\nupgrade: websocket\r\ncontent-length: 0\r\n\r\n"
         );
-        h.insert(header::HOST, HeaderValue::from_static("example"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::HOST));
-        let mut plain = HeaderMap::new();
-        plain.insert(header::HOST, HeaderValue::from_static("example"));
-        strip_hop_by_hop(&mut plain);
-        assert_eq!(plain.len(), 1);
     }
 }

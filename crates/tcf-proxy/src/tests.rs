@@ -404,3 +404,201 @@ async fn workers_serve_one_address_together() {
     served.await.unwrap().unwrap();
     assert_eq!(proxy.stats().snapshot().requests, 40);
 }
+
+/// What a scripted upstream does with one request: the pieces of its answer (written with a
+/// pause between them, so the proxy has to stream), and whether it then closes.
+struct Script {
+    pieces: Vec<&'static str>,
+    close: bool,
+}
+
+/// An upstream speaking raw HTTP/1.1, so tests control every byte. `script(head, n)` gets the
+/// request (head and body) and how many requests its connection carried before; `None` closes
+/// the connection without answering. Returns its address and how many connections it accepted.
+async fn raw_upstream(
+    script: impl Fn(&str, u32) -> Option<Script> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicU32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let (counter, script) = (accepted.clone(), Arc::new(script));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for served in 0.. {
+                    // A request: its head, then a length-framed or chunked body.
+                    let request = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end + 4]).to_lowercase();
+                            let body_end = if head.contains("transfer-encoding: chunked") {
+                                buf.windows(5)
+                                    .position(|w| w == b"0\r\n\r\n")
+                                    .map(|p| p + 5)
+                            } else {
+                                let len = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length: "))
+                                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                                (buf.len() >= end + 4 + len).then_some(end + 4 + len)
+                            };
+                            if let Some(body_end) = body_end {
+                                let r: Vec<u8> = buf.drain(..body_end).collect();
+                                break String::from_utf8_lossy(&r).to_string();
+                            }
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let Some(answer) = script(&request, served) else {
+                        return;
+                    };
+                    for (i, piece) in answer.pieces.iter().enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if s.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    if answer.close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Send raw bytes to the proxy and read until it closes (the requests ask it to).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn answer(pieces: Vec<&'static str>) -> Option<Script> {
+    Some(Script {
+        pieces,
+        close: false,
+    })
+}
+
+#[tokio::test]
+async fn every_response_framing_reaches_the_client_intact() {
+    let (addr, accepted) = raw_upstream(|request, _| {
+        let path = request.split(' ').nth(1).unwrap_or("");
+        match path {
+            "/chunked" => answer(vec![
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n",
+                "6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            ]),
+            "/split-length" => answer(vec![
+                "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
+                " world",
+            ]),
+            "/no-content" => answer(vec!["HTTP/1.1 204 No Content\r\n\r\n"]),
+            "/head" => answer(vec!["HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"]),
+            "/interim" => answer(vec![
+                "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ]),
+            "/until-close" => Some(Script {
+                pieces: vec!["HTTP/1.1 200 OK\r\n\r\nhello", " world"],
+                close: true,
+            }),
+            _ => answer(vec!["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"]),
+        }
+    })
+    .await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let backend = Backend::new("raw", addr);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+
+    for path in ["/chunked", "/split-length", "/until-close"] {
+        let (status, text, by_proxy) = get(paddr, path, None).await;
+        assert_eq!(
+            (status, text.as_str(), by_proxy),
+            (200, "hello world", false),
+            "{path}"
+        );
+    }
+    let (status, text, _) = get(paddr, "/interim", None).await;
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    assert_eq!(get(paddr, "/no-content", None).await.0, 204);
+    let head = raw_exchange(
+        paddr,
+        "HEAD /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 11"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head:?}"
+    );
+    // Every answer but the one that closed left its connection reusable: two connections.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.outstanding(), 0);
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_forwarded_and_limited() {
+    let (up, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("ok", up)]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    let answer = raw_exchange(
+        paddr,
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("body=7"), "{answer}");
+    // Over the 1024-byte limit without a length announced: found while streaming.
+    let big = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(0x800)
+    );
+    let answer = raw_exchange(paddr, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_closed_unanswered_is_retried_only_when_harmless() {
+    // Every connection answers its first request and drops the second without a word, as a
+    // server closing an idle connection just as the proxy reuses it.
+    let (addr, accepted) = raw_upstream(|_, served| {
+        (served == 0).then(|| Script {
+            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            close: false,
+        })
+    })
+    .await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("raw", addr)]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    // GET: sent again on a new connection.
+    let (status, text, _) = get(paddr, "/", None).await;
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // POST: it may have been acted on, so it is not repeated.
+    let (status, _, by_proxy) = get(paddr, "/", Some("once")).await;
+    assert_eq!((status, by_proxy), (502, true));
+}
