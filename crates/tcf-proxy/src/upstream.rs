@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use std::io;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest response head we accept (status line and headers).
@@ -110,31 +110,17 @@ impl Conn {
     /// Read more bytes into the buffer; 0 means the server closed the connection.
     pub(crate) async fn fill(&mut self) -> io::Result<usize> {
         self.buf.reserve(READ_CHUNK);
-        loop {
-            self.stream.readable().await?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        // `read_buf` (not `readable` + `try_read_buf`): a short read clears the socket's
+        // readiness, which spares an EAGAIN read when the connection is next checked out.
+        self.stream.read_buf(&mut self.buf).await
     }
 
     /// [`fill`](Self::fill) for a body's `poll_frame`.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        use std::future::Future;
         self.buf.reserve(READ_CHUNK);
-        loop {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        // The future holds nothing but its borrows: making one per poll is free.
+        std::pin::pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
     }
 
     /// Read the final response head (interim 1xx answers other than 101 are skipped).
