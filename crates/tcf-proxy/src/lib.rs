@@ -4,6 +4,7 @@
 //! backends live in an [`ArcSwap`]; a request loads the route once and keeps it, so swapping the
 //! table never breaks a request in flight. Counters are relaxed atomics.
 
+mod deadline;
 pub mod stats;
 mod upstream;
 
@@ -368,7 +369,7 @@ impl ServiceProxy {
         let (sticky_key, new_cookie) = sticky_key(&route, &req, client_addr);
         let pool = route.choose(sticky_key).cloned();
         let result = match &pool {
-            Some(pool) => self.forward(pool, req, client_ip).await,
+            Some(pool) => self.forward(pool, req, client_ip, started).await,
             None => Err(ProxyError::NoBackend(self.name.clone())),
         };
         let (mut resp, by_proxy) = match result {
@@ -395,6 +396,7 @@ impl ServiceProxy {
         pool: &Arc<Pool>,
         req: Request<Incoming>,
         client_ip: &HeaderValue,
+        started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let limit = self.settings.max_request_body;
@@ -440,7 +442,8 @@ impl ServiceProxy {
                 },
             };
             let exchange = exchange(&mut conn, &head, &mut body, framing, limit, head_request);
-            match tokio::time::timeout(self.settings.upstream_timeout, exchange).await {
+            let deadline = started + self.settings.upstream_timeout;
+            match deadline::until(deadline, exchange).await {
                 Err(_) => {
                     return Err(ProxyError::Timeout(
                         backend.addr,
@@ -1013,6 +1016,7 @@ pub async fn serve_workers(
             .name(format!("tcf-proxy-{index}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(index));
+                deadline::enter_worker();
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
                     for (proxy, listener) in assigned {

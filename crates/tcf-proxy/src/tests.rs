@@ -400,9 +400,17 @@ async fn workers_serve_one_address_together() {
     for _ in 0..40 {
         assert_eq!(get(addr, "/", None).await.0, 200);
     }
+    // Workers time out slow upstreams with their own deadline table: 504 after 500 ms.
+    let (slow, _t2) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
+    proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
+    let started = Instant::now();
+    let (status, _, by_proxy) = get(addr, "/", None).await;
+    assert_eq!((status, by_proxy), (504, true));
+    // Not before the timeout; the 504 itself shows it came before the 2 s answer.
+    assert!(started.elapsed() >= Duration::from_millis(500));
     tx.send(true).unwrap();
     served.await.unwrap().unwrap();
-    assert_eq!(proxy.stats().snapshot().requests, 40);
+    assert_eq!(proxy.stats().snapshot().requests, 41);
 }
 
 /// What a scripted upstream does with one request: the pieces of its answer (written with a
