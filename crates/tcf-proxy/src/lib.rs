@@ -51,6 +51,13 @@ pub struct Backend {
 thread_local! {
     /// Which proxy worker this thread is (0 outside the workers).
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Where this thread's next least-outstanding scan starts.
+    static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Which proxy worker runs on this thread (0 outside the workers).
+fn worker_index() -> usize {
+    WORKER.with(|w| w.get())
 }
 
 /// How many idle queues a backend keeps: one per possible worker.
@@ -97,7 +104,7 @@ impl Backend {
     }
 
     fn local_idle(&self) -> &crossbeam_queue::ArrayQueue<(Conn, Instant)> {
-        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
+        &self.idle[worker_index() % self.idle.len()]
     }
 
     fn checkout(&self) -> Option<Conn> {
@@ -286,8 +293,6 @@ pub struct ServiceProxy {
     route: ArcSwap<Route>,
     settings: Settings,
     stats: Stats,
-    /// Rotates the starting point of the least-outstanding scan so ties spread evenly.
-    next: AtomicUsize,
 }
 
 impl ServiceProxy {
@@ -297,7 +302,6 @@ impl ServiceProxy {
             route: ArcSwap::from_pointee(Route::default()),
             settings,
             stats: Stats::default(),
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -331,7 +335,12 @@ impl ServiceProxy {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Rotating the scan's start spreads ties evenly; per thread, so workers share nothing.
+        let start = ROTATION.with(|r| {
+            let v = r.get();
+            r.set(v.wrapping_add(1));
+            v
+        });
         let mut best: Option<&Arc<Backend>> = None;
         for i in 0..n {
             let b = &backends[(start + i) % n];

@@ -10,23 +10,41 @@ const SUB: usize = 4;
 const POWERS: usize = 34;
 pub const BUCKETS: usize = SUB * POWERS;
 
+/// Counters of one service or colour. Each proxy worker writes its own shard, on its own
+/// cache lines, so workers on different cores never contend for a counter; a snapshot sums them.
 #[derive(Debug)]
 pub struct Stats {
-    pub requests: AtomicU64,
+    shards: Box<[Shard]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    requests: AtomicU64,
     /// Responses with status >= 500, whoever made them.
-    pub responses_5xx: AtomicU64,
+    responses_5xx: AtomicU64,
     /// Responses the proxy made itself because it could not get one from upstream.
-    pub proxy_errors: AtomicU64,
-    latency: Box<[AtomicU64]>,
+    proxy_errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            requests: AtomicU64::new(0),
+            responses_5xx: AtomicU64::new(0),
+            proxy_errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            requests: AtomicU64::new(0),
-            responses_5xx: AtomicU64::new(0),
-            proxy_errors: AtomicU64::new(0),
-            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            shards: (0..crate::worker_slots())
+                .map(|_| Shard::default())
+                .collect(),
         }
     }
 }
@@ -52,28 +70,29 @@ fn bucket_upper(index: usize) -> u64 {
 
 impl Stats {
     pub fn record(&self, status: u16, latency: Duration, by_proxy: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let shard = &self.shards[crate::worker_index() % self.shards.len()];
+        shard.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
-            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+            shard.responses_5xx.fetch_add(1, Ordering::Relaxed);
         }
         if by_proxy {
-            self.proxy_errors.fetch_add(1, Ordering::Relaxed);
+            shard.proxy_errors.fetch_add(1, Ordering::Relaxed);
         }
         let b = bucket_of(latency.as_micros().min(u64::MAX as u128) as u64);
-        self.latency[b].fetch_add(1, Ordering::Relaxed);
+        shard.latency[b].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
-            proxy_errors: self.proxy_errors.load(Ordering::Relaxed),
-            latency: self
-                .latency
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+        let mut snap = Snapshot::empty();
+        for shard in self.shards.iter() {
+            snap.requests += shard.requests.load(Ordering::Relaxed);
+            snap.responses_5xx += shard.responses_5xx.load(Ordering::Relaxed);
+            snap.proxy_errors += shard.proxy_errors.load(Ordering::Relaxed);
+            for (sum, n) in snap.latency.iter_mut().zip(shard.latency.iter()) {
+                *sum += n.load(Ordering::Relaxed);
+            }
         }
+        snap
     }
 }
 

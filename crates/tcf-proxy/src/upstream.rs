@@ -256,7 +256,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
             .map_err(|_| ReadError::Malformed(format!("header name {:?}", h.name)))?;
         kept.push((name, range));
     }
-    drop(parsed);
     let head = buf.split_to(len).freeze();
     let value = |r: &std::ops::Range<usize>| {
         HeaderValue::from_maybe_shared(head.slice(r.clone()))
