@@ -422,7 +422,6 @@ impl ServiceProxy {
                 None => RequestFraming::Chunked,
             }
         };
-        let head = request_head(&parts, client_ip, upgrade.as_ref(), framing);
         let head_request = parts.method == http::Method::HEAD;
         // A request that reached a server which then closed without answering may be sent again
         // only if repeating it is harmless and nothing of it is lost.
@@ -450,9 +449,16 @@ impl ServiceProxy {
                     Err(e) => return Err(e),
                 },
             };
+            // The head is written into the connection's own buffer (no allocation once it has
+            // carried a request), again for each try.
+            let mut head = std::mem::take(&mut conn.out);
+            head.clear();
+            request_head(&mut head, &parts, client_ip, upgrade.as_ref(), framing);
             let exchange = exchange(&mut conn, &head, &mut body, framing, limit, head_request);
             let deadline = started + self.settings.upstream_timeout;
-            match deadline::until(deadline, exchange).await {
+            let result = deadline::until(deadline, exchange).await;
+            conn.out = head;
+            match result {
                 Err(_) => {
                     return Err(ProxyError::Timeout(
                         backend.addr,
@@ -610,13 +616,14 @@ fn respond(
 /// The head of the request as it goes upstream: origin form as it came in, hop-by-hop
 /// headers (and those named in `Connection`) removed, `X-Forwarded-*` added, our framing.
 fn request_head(
+    out: &mut bytes::BytesMut,
     parts: &http::request::Parts,
     client_ip: &HeaderValue,
     upgrade: Option<&HeaderValue>,
     framing: RequestFraming,
-) -> Bytes {
+) {
     let h = &parts.headers;
-    let mut out = bytes::BytesMut::with_capacity(256 + h.len() * 48);
+    out.reserve(256 + h.len() * 48);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(
@@ -651,7 +658,7 @@ fn request_head(
         {
             continue;
         }
-        put_header(&mut out, n.as_bytes(), value.as_bytes());
+        put_header(out, n.as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     for prev in forwarded_for {
@@ -661,11 +668,11 @@ fn request_head(
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(host) = h.get(header::HOST) {
-        put_header(&mut out, b"x-forwarded-host", host.as_bytes());
+        put_header(out, b"x-forwarded-host", host.as_bytes());
     }
     if let Some(proto) = upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
-        put_header(&mut out, b"upgrade", proto.as_bytes());
+        put_header(out, b"upgrade", proto.as_bytes());
     }
     match framing {
         RequestFraming::Length(n) => {
@@ -676,7 +683,6 @@ fn request_head(
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 fn put_header(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
@@ -1061,7 +1067,9 @@ mod head_tests {
         let (parts, _) = req.into_parts();
         let ip = HeaderValue::from_static("10.0.0.9");
         let upgrade = requested_upgrade(&parts.headers);
-        String::from_utf8(request_head(&parts, &ip, upgrade.as_ref(), framing).to_vec()).unwrap()
+        let mut out = bytes::BytesMut::new();
+        request_head(&mut out, &parts, &ip, upgrade.as_ref(), framing);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]

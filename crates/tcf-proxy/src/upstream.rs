@@ -28,6 +28,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) buf: BytesMut,
+    /// Where request heads are written, reused from request to request.
+    pub(crate) out: BytesMut,
     /// Whether it already carried a request: a reused connection may have been closed by the
     /// server just as we sent, which is worth a retry; a fresh one failing is not.
     pub(crate) reused: bool,
@@ -81,6 +83,7 @@ impl Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
+            out: BytesMut::new(),
             reused: false,
         }
     }
@@ -215,8 +218,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
     // Where each header's value lies in the head, so values can share its bytes.
     let base = buf.as_ptr() as usize;
     let mut connection: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
-        Vec::with_capacity(parsed.headers.len());
+    // Where the kept headers' names and values lie in the head: on the stack, no allocation.
+    let mut kept = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut n_kept = 0;
     let (mut chunked, mut length, mut upgrade_at) = (false, None::<u64>, None);
     for h in parsed.headers.iter() {
         let start = h.value.as_ptr() as usize - base;
@@ -252,9 +256,14 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
             }
             length = Some(n);
         }
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| ReadError::Malformed(format!("header name {:?}", h.name)))?;
-        kept.push((name, range));
+        let name_start = h.name.as_ptr() as usize - base;
+        kept[n_kept] = (
+            name_start as u32,
+            (name_start + name.len()) as u32,
+            range.start as u32,
+            range.end as u32,
+        );
+        n_kept += 1;
     }
     let head = buf.split_to(len).freeze();
     let value = |r: &std::ops::Range<usize>| {
@@ -262,13 +271,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
             .map_err(|_| ReadError::Malformed("header value".into()))
     };
     let listed: Vec<Bytes> = connection.iter().map(|r| head.slice(r.clone())).collect();
-    let mut headers = HeaderMap::with_capacity(kept.len());
-    for (name, range) in &kept {
+    let mut headers = HeaderMap::with_capacity(n_kept);
+    for &(name_start, name_end, start, end) in &kept[..n_kept] {
+        let name = &head[name_start as usize..name_end as usize];
         // Headers named in Connection are for this hop only, too.
-        if listed.iter().any(|l| lists_token(l, name.as_str())) {
+        if listed
+            .iter()
+            .any(|l| lists_token(l, std::str::from_utf8(name).unwrap_or("")))
+        {
             continue;
         }
-        headers.append(name.clone(), value(range)?);
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            ReadError::Malformed(format!("header name {:?}", String::from_utf8_lossy(name)))
+        })?;
+        headers.append(name, value(&(start as usize..end as usize))?);
     }
     let close = listed.iter().any(|l| lists_token(l, "close"));
     let keep_alive = match version {
