@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -356,7 +356,7 @@ impl ServiceProxy {
 
     /// Proxy one request; never fails: errors become responses with the right status.
     pub async fn handle(
-        self: Arc<Self>,
+        &self,
         req: Request<Incoming>,
         client_addr: SocketAddr,
     ) -> Response<ProxyBody> {
@@ -367,7 +367,7 @@ impl ServiceProxy {
     /// [`handle`](Self::handle) with the client's address already rendered as a header value
     /// (once per connection, not per request).
     pub async fn handle_with(
-        self: Arc<Self>,
+        &self,
         req: Request<Incoming>,
         client_addr: SocketAddr,
         client_ip: &HeaderValue,
@@ -605,6 +605,7 @@ fn respond(
             },
             keep_alive: head.keep_alive,
             _guard: guard,
+            client: None,
         }),
     };
     let mut resp = Response::new(body);
@@ -819,6 +820,16 @@ pub struct Streamed {
     framing: BodyFraming,
     keep_alive: bool,
     _guard: OutstandingGuard,
+    /// The client connection this body goes to: busy until the body is done.
+    client: Option<Arc<ClientConn>>,
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        if let Some(client) = &self.client {
+            client.busy.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 enum BodyFraming {
@@ -921,6 +932,26 @@ impl Body for Streamed {
     }
 }
 
+/// How long a client connection may go without starting a request (idle keep-alive, or a
+/// request head that never completes) before it is closed: closed after one to two periods.
+const CLIENT_IDLE: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(30)
+};
+
+/// What the requests of one client connection share. Cloned per request, but only ever touched
+/// by the thread serving the connection: no cache line shared between workers.
+pub(crate) struct ClientConn {
+    proxy: Arc<ServiceProxy>,
+    addr: SocketAddr,
+    ip: HeaderValue,
+    /// A request began since the idle check last looked.
+    active: std::sync::atomic::AtomicBool,
+    /// A response is being produced or its body streamed.
+    busy: std::sync::atomic::AtomicBool,
+}
+
 /// Serve `proxy` on `listener` until `shutdown` flips to true; then stop accepting and let the
 /// connections finish their in-flight requests, for at most `drain`.
 pub async fn serve(
@@ -930,9 +961,9 @@ pub async fn serve(
     drain: Duration,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    // No header-read timer: hyper's costs a timer per request; the idle check below (one
+    // deadline per connection and period) closes idle and slow-header connections instead.
+    http.keep_alive(true).header_read_timeout(None);
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -948,23 +979,49 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let p = proxy.clone();
-                let client_ip = client_ip_value(client_addr);
-                let svc = hyper::service::service_fn(move |req| {
-                    let (p, ip) = (p.clone(), client_ip.clone());
-                    async move { Ok::<_, std::convert::Infallible>(p.handle_with(req, client_addr, &ip).await) }
+                let client = Arc::new(ClientConn {
+                    proxy: proxy.clone(),
+                    addr: client_addr,
+                    ip: client_ip_value(client_addr),
+                    active: false.into(),
+                    busy: false.into(),
                 });
-                let mut conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                let for_requests = client.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let c = for_requests.clone();
+                    async move {
+                        c.active.store(true, Ordering::Relaxed);
+                        c.busy.store(true, Ordering::Relaxed);
+                        let mut resp = c.proxy.handle_with(req, c.addr, &c.ip).await;
+                        match resp.body_mut() {
+                            Either::Left(streamed) => streamed.client = Some(c.clone()),
+                            Either::Right(_) => c.busy.store(false, Ordering::Relaxed),
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 let mut stop = shutdown.clone();
                 let open = open_tx.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    tokio::select! {
-                        _ = &mut conn => return,
-                        _ = stop.wait_for(|s| *s) => {}
+                    let mut conn = std::pin::pin!(conn);
+                    loop {
+                        let deadline = Instant::now() + CLIENT_IDLE;
+                        tokio::select! {
+                            biased;
+                            ended = deadline::until(deadline, conn.as_mut()) => match ended {
+                                Ok(_) => return,
+                                // No request began for a whole period and none is running.
+                                Err(_) if !client.active.swap(false, Ordering::Relaxed)
+                                    && !client.busy.load(Ordering::Relaxed) => return,
+                                Err(_) => continue,
+                            },
+                            _ = stop.wait_for(|s| *s) => break,
+                        }
                     }
                     // Finish the request in flight (if any), then close instead of keeping alive.
-                    Pin::new(&mut conn).graceful_shutdown();
+                    conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 });
             }

@@ -610,3 +610,46 @@ async fn a_kept_alive_connection_closed_unanswered_is_retried_only_when_harmless
     let (status, _, by_proxy) = get(paddr, "/", Some("once")).await;
     assert_eq!((status, by_proxy), (502, true));
 }
+
+#[tokio::test]
+async fn idle_and_slow_header_connections_are_closed_but_slow_answers_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Slower than the idle period (300 ms in tests), within the upstream timeout (500 ms).
+    let (up, _t) = upstream(
+        "slow",
+        Duration::from_millis(400),
+        Arc::new(AtomicU32::new(0)),
+    )
+    .await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("slow", up)]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+
+    // Never a request: closed after one to two periods.
+    let mut idle = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(started.elapsed() >= CLIENT_IDLE);
+
+    // A head that trickles in and never ends (slowloris): closed as well.
+    let slow = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    let (mut rd, mut wr) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        let _ = wr.write_all(b"GET / HTTP/1.1\r\n").await;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    trickle.abort();
+
+    // A request in flight longer than a period keeps its connection.
+    let (status, text, by_proxy) = get(paddr, "/", None).await;
+    assert_eq!((status, by_proxy), (200, false), "{text}");
+}
