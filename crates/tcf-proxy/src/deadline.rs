@@ -28,10 +28,17 @@ thread_local! {
 /// The exchanges of this thread waiting for their upstream, by slot.
 #[derive(Default)]
 struct Waiting {
-    slots: Vec<Option<(Instant, Waker)>>,
+    slots: Vec<Option<Entry>>,
     free: Vec<usize>,
     live: usize,
     ticking: bool,
+}
+
+struct Entry {
+    deadline: Instant,
+    waker: Waker,
+    /// Set by the ticker once the deadline passed.
+    expired: bool,
 }
 
 /// The future did not finish before its deadline.
@@ -57,18 +64,21 @@ pub(crate) async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Out
             return Poll::Ready(Ok(out));
         }
         match slot.0 {
-            // Woken again: by the upstream, or by the ticker because time is up.
+            // Woken again: by the future's own events, or by the ticker because time is up
+            // (which it marks, so no poll here reads the clock).
             Some(index) => {
-                if Instant::now() >= deadline {
+                let expired = WAITING.with(|w| match w.borrow_mut().slots.get_mut(index) {
+                    Some(Some(entry)) => {
+                        if !entry.waker.will_wake(cx.waker()) {
+                            entry.waker = cx.waker().clone();
+                        }
+                        entry.expired
+                    }
+                    _ => false,
+                });
+                if expired {
                     return Poll::Ready(Err(Elapsed));
                 }
-                WAITING.with(|w| {
-                    if let Some(Some((_, waker))) = w.borrow_mut().slots.get_mut(index) {
-                        if !waker.will_wake(cx.waker()) {
-                            *waker = cx.waker().clone();
-                        }
-                    }
-                });
             }
             None => slot.0 = Some(register(deadline, cx.waker().clone())),
         }
@@ -80,13 +90,18 @@ pub(crate) async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Out
 fn register(deadline: Instant, waker: Waker) -> usize {
     WAITING.with(|w| {
         let mut w = w.borrow_mut();
+        let entry = Entry {
+            deadline,
+            waker,
+            expired: false,
+        };
         let index = match w.free.pop() {
             Some(i) => {
-                w.slots[i] = Some((deadline, waker));
+                w.slots[i] = Some(entry);
                 i
             }
             None => {
-                w.slots.push(Some((deadline, waker)));
+                w.slots.push(Some(entry));
                 w.slots.len() - 1
             }
         };
@@ -130,10 +145,13 @@ async fn tick() {
                 return Vec::new();
             }
             w.slots
-                .iter()
+                .iter_mut()
                 .flatten()
-                .filter(|(deadline, _)| *deadline <= now)
-                .map(|(_, waker)| waker.clone())
+                .filter(|e| e.deadline <= now)
+                .map(|e| {
+                    e.expired = true;
+                    e.waker.clone()
+                })
                 .collect()
         });
         // Woken outside the borrow: a woken future may run and free its slot at once.

@@ -952,6 +952,67 @@ pub(crate) struct ClientConn {
     busy: std::sync::atomic::AtomicBool,
 }
 
+/// Tells one listener's client connections to finish up. Each connection registers its waker
+/// once and then reads a flag when polled; a watch channel's receiver would instead re-check
+/// its registration, under a lock shared by every connection, each time a connection is polled.
+#[derive(Default)]
+struct StopSignal {
+    stopping: std::sync::atomic::AtomicBool,
+    wakers: std::sync::Mutex<(Vec<Option<std::task::Waker>>, Vec<usize>)>,
+}
+
+impl StopSignal {
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let wakers: Vec<_> = match self.wakers.lock() {
+            Ok(mut w) => w.0.iter_mut().filter_map(Option::take).collect(),
+            Err(_) => Vec::new(),
+        };
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// Resolves once [`stop`](Self::stop) was called.
+    async fn wait(&self) {
+        struct Registered<'a>(&'a StopSignal, Option<usize>);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                if let (Some(i), Ok(mut w)) = (self.1, self.0.wakers.lock()) {
+                    w.0[i] = None;
+                    w.1.push(i);
+                }
+            }
+        }
+        let mut registered = Registered(self, None);
+        std::future::poll_fn(|cx| {
+            if self.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if registered.1.is_none() {
+                // A task's waker stays the same for its life: registering once is enough.
+                if let Ok(mut w) = self.wakers.lock() {
+                    let waker = Some(cx.waker().clone());
+                    let index = match w.1.pop() {
+                        Some(i) => {
+                            w.0[i] = waker;
+                            i
+                        }
+                        None => {
+                            w.0.push(waker);
+                            w.0.len() - 1
+                        }
+                    };
+                    registered.1 = Some(index);
+                }
+                if self.stopping.load(Ordering::Acquire) {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Serve `proxy` on `listener` until `shutdown` flips to true; then stop accepting and let the
 /// connections finish their in-flight requests, for at most `drain`.
 pub async fn serve(
@@ -966,6 +1027,7 @@ pub async fn serve(
     http.keep_alive(true).header_read_timeout(None);
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let stop_signal = Arc::new(StopSignal::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -1001,7 +1063,7 @@ pub async fn serve(
                     }
                 });
                 let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
-                let mut stop = shutdown.clone();
+                let stop = stop_signal.clone();
                 let open = open_tx.clone();
                 tokio::spawn(async move {
                     let _open = open;
@@ -1017,7 +1079,7 @@ pub async fn serve(
                                     && !client.busy.load(Ordering::Relaxed) => return,
                                 Err(_) => continue,
                             },
-                            _ = stop.wait_for(|s| *s) => break,
+                            _ = stop.wait() => break,
                         }
                     }
                     // Finish the request in flight (if any), then close instead of keeping alive.
@@ -1029,6 +1091,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    stop_signal.stop();
     drop(open_tx);
     if tokio::time::timeout(drain, open_rx.recv()).await.is_err() {
         tracing::warn!(service = %proxy.name, "connections still open after the {drain:?} drain; closing them");
