@@ -43,6 +43,9 @@ pub struct Backend {
     outstanding: AtomicUsize,
     /// Upgraded connections (WebSocket and the like) open through it.
     upgraded: AtomicUsize,
+    /// Bumped by [`close_idle`](Backend::close_idle): a connection made before is never reused,
+    /// even one that was carrying a request at that moment.
+    generation: std::sync::atomic::AtomicU64,
     /// One queue per proxy worker thread: a connection is reused by the thread that made it,
     /// so a request and its upstream connection stay on one thread.
     idle: Box<[crossbeam_queue::ArrayQueue<(Conn, Instant)>]>,
@@ -85,6 +88,7 @@ impl Backend {
             addr,
             outstanding: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
+            generation: 0.into(),
             idle: (0..worker_slots())
                 .map(|_| crossbeam_queue::ArrayQueue::new(IDLE_PER_BACKEND))
                 .collect(),
@@ -96,8 +100,10 @@ impl Backend {
         self.idle.iter().map(|q| q.len()).sum()
     }
 
-    /// Close every idle connection (the instance is going away).
+    /// Close every idle connection, and those in use once their request is done (the instance
+    /// is going away).
     pub fn close_idle(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for q in self.idle.iter() {
             while q.pop().is_some() {}
         }
@@ -118,6 +124,9 @@ impl Backend {
     }
 
     fn checkin(&self, conn: Conn) {
+        if conn.generation != self.generation.load(Ordering::Relaxed) {
+            return;
+        }
         // Full: the connection is dropped, which closes it.
         let _ = self.local_idle().push((conn, Instant::now()));
     }
@@ -135,7 +144,9 @@ impl Backend {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        Ok(Conn::new(stream))
+        let mut conn = Conn::new(stream);
+        conn.generation = self.generation.load(Ordering::Relaxed);
+        Ok(conn)
     }
 
     pub fn outstanding(&self) -> usize {

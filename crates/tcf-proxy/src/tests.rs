@@ -367,6 +367,28 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 }
 
 #[tokio::test]
+async fn a_connection_busy_when_its_instance_goes_away_is_not_kept() {
+    let (slow, _t) = upstream(
+        "slow",
+        Duration::from_millis(200),
+        Arc::new(AtomicU32::new(0)),
+    )
+    .await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let backend = Backend::new("slow", slow);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    let held = tokio::spawn(async move { get(paddr, "/", None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    backend.close_idle();
+    assert_eq!(held.await.unwrap().0, 200);
+    assert_eq!(backend.idle_connections(), 0);
+    // Connections made afterwards are pooled as usual.
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    assert_eq!(backend.idle_connections(), 1);
+}
+
+#[tokio::test]
 async fn a_taken_address_is_refused_even_though_workers_share_it() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = addr.local_addr().unwrap();

@@ -33,6 +33,8 @@ pub(crate) struct Conn {
     /// Whether it already carried a request: a reused connection may have been closed by the
     /// server just as we sent, which is worth a retry; a fresh one failing is not.
     pub(crate) reused: bool,
+    /// The backend's generation when it was made (see `Backend::close_idle`).
+    pub(crate) generation: u64,
 }
 
 /// How a response body ends.
@@ -85,6 +87,7 @@ impl Conn {
             buf: BytesMut::new(),
             out: BytesMut::new(),
             reused: false,
+            generation: 0,
         }
     }
 
