@@ -26,7 +26,9 @@ use upstream::{Chunked, Conn, Decoded, Framing, ReadError};
 
 pub use stats::{Snapshot, Stats};
 
-pub type ProxyBody = Either<Streamed, Full<Bytes>>;
+/// Boxed when streamed: the usual answer is `Full`, and a small response moves cheaply through
+/// the layers between the upstream and hyper (each move is a copy of the whole value).
+pub type ProxyBody = Either<Box<Streamed>, Full<Bytes>>;
 
 /// Idle keep-alive connections kept per backend; more are closed when they come back.
 const IDLE_PER_BACKEND: usize = 512;
@@ -607,7 +609,7 @@ fn respond(
             }
             Either::Right(Full::new(data))
         }
-        framing => Either::Left(Streamed {
+        framing => Either::Left(Box::new(Streamed {
             conn: Some(conn),
             framing: match framing {
                 Framing::Length(n) => BodyFraming::Length(n),
@@ -617,7 +619,7 @@ fn respond(
             keep_alive: head.keep_alive,
             _guard: guard,
             client: None,
-        }),
+        })),
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
