@@ -166,66 +166,63 @@ async fn tick() {
 mod tests {
     use super::*;
 
-    fn worker_runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    /// Run `body` as a proxy worker does: its own thread, a current-thread runtime.
+    fn on_worker<F: Future<Output = ()>>(body: impl FnOnce() -> F + Send + 'static) {
+        std::thread::spawn(|| {
+            enter_worker();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
     fn on_a_worker_a_slow_future_times_out_within_a_tick_and_a_fast_one_does_not() {
-        std::thread::spawn(|| {
-            enter_worker();
-            worker_runtime().block_on(async {
-                let start = Instant::now();
-                let slow = until(
-                    start + Duration::from_millis(100),
-                    std::future::pending::<()>(),
-                );
-                assert!(slow.await.is_err());
-                let took = start.elapsed();
-                assert!(took >= Duration::from_millis(100), "{took:?}");
-                let fast = until(
-                    Instant::now() + Duration::from_secs(5),
-                    tokio::time::sleep(Duration::from_millis(10)),
-                );
-                assert!(fast.await.is_ok());
-                // Every slot was given back and the ticker stops once nothing waits.
-                tokio::time::sleep(TICK * 3).await;
-                WAITING.with(|w| {
-                    let w = w.borrow();
-                    assert_eq!(w.live, 0);
-                    assert!(!w.ticking);
-                });
+        on_worker(|| async {
+            let start = Instant::now();
+            let slow = until(
+                start + Duration::from_millis(100),
+                std::future::pending::<()>(),
+            );
+            assert!(slow.await.is_err());
+            let took = start.elapsed();
+            assert!(took >= Duration::from_millis(100), "{took:?}");
+            let fast = until(
+                Instant::now() + Duration::from_secs(5),
+                tokio::time::sleep(Duration::from_millis(10)),
+            );
+            assert!(fast.await.is_ok());
+            // Every slot was given back and the ticker stops once nothing waits.
+            tokio::time::sleep(TICK * 3).await;
+            WAITING.with(|w| {
+                let w = w.borrow();
+                assert_eq!(w.live, 0);
+                assert!(!w.ticking);
             });
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn many_exchanges_share_the_table_and_each_ends_on_its_own_deadline() {
-        std::thread::spawn(|| {
-            enter_worker();
-            worker_runtime().block_on(async {
-                let start = Instant::now();
-                let tasks: Vec<_> = (0..20u64)
-                    .map(|i| {
-                        tokio::spawn(async move {
-                            let deadline = start + Duration::from_millis(20 * i);
-                            let r = until(deadline, std::future::pending::<()>()).await;
-                            (r.is_err(), start.elapsed() >= Duration::from_millis(20 * i))
-                        })
+        on_worker(|| async {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..20u64)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        let deadline = start + Duration::from_millis(20 * i);
+                        let r = until(deadline, std::future::pending::<()>()).await;
+                        (r.is_err(), start.elapsed() >= Duration::from_millis(20 * i))
                     })
-                    .collect();
-                for t in tasks {
-                    assert_eq!(t.await.unwrap(), (true, true));
-                }
-            });
-        })
-        .join()
-        .unwrap();
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), (true, true));
+            }
+        });
     }
 
     #[tokio::test]

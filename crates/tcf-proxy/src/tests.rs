@@ -75,6 +75,18 @@ async fn start_proxy(proxy: Arc<ServiceProxy>) -> (SocketAddr, tokio::sync::watc
     (addr, tx)
 }
 
+/// A proxy in front of one backend at `upstream`: the proxy's address, its shutdown switch and
+/// the backend.
+async fn proxy_to(
+    upstream: SocketAddr,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>, Arc<Backend>) {
+    let proxy = ServiceProxy::new("svc", settings());
+    let backend = Backend::new("b", upstream);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (addr, stop) = start_proxy(proxy).await;
+    (addr, stop, backend)
+}
+
 async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
     let client: TestClient<HttpConnector, Full<Bytes>> =
         TestClient::builder(TokioExecutor::new()).build_http();
@@ -186,9 +198,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
         Arc::new(AtomicU32::new(0)),
     )
     .await;
-    let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
-    let (addr, stop) = start_proxy(proxy).await;
+    let (addr, stop, _) = proxy_to(slow).await;
     let held = tokio::spawn(async move { get(addr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.send(true).unwrap();
@@ -301,10 +311,7 @@ async fn an_upgraded_connection_is_tunnelled_both_ways() {
             });
         }
     });
-    let proxy = ServiceProxy::new("svc", settings());
-    let backend = Backend::new("echo", up_addr);
-    proxy.set_route(route_of(vec![backend.clone()]));
-    let (addr, _stop) = start_proxy(proxy).await;
+    let (addr, _stop, backend) = proxy_to(up_addr).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -349,10 +356,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
             });
         }
     });
-    let proxy = ServiceProxy::new("svc", settings());
-    let backend = Backend::new("b", addr);
-    proxy.set_route(route_of(vec![backend.clone()]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, backend) = proxy_to(addr).await;
     for _ in 0..50 {
         assert_eq!(get(paddr, "/", None).await.0, 200);
     }
@@ -374,10 +378,7 @@ async fn a_connection_busy_when_its_instance_goes_away_is_not_kept() {
         Arc::new(AtomicU32::new(0)),
     )
     .await;
-    let proxy = ServiceProxy::new("svc", settings());
-    let backend = Backend::new("slow", slow);
-    proxy.set_route(route_of(vec![backend.clone()]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, backend) = proxy_to(slow).await;
     let held = tokio::spawn(async move { get(paddr, "/", None).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     backend.close_idle();
@@ -554,10 +555,7 @@ async fn every_response_framing_reaches_the_client_intact() {
         }
     })
     .await;
-    let proxy = ServiceProxy::new("svc", settings());
-    let backend = Backend::new("raw", addr);
-    proxy.set_route(route_of(vec![backend.clone()]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, backend) = proxy_to(addr).await;
 
     for path in ["/chunked", "/split-length", "/until-close"] {
         let (status, text, by_proxy) = get(paddr, path, None).await;
@@ -590,9 +588,7 @@ async fn every_response_framing_reaches_the_client_intact() {
 #[tokio::test]
 async fn a_chunked_request_body_is_forwarded_and_limited() {
     let (up, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
-    let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("ok", up)]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, _) = proxy_to(up).await;
     let answer = raw_exchange(
         paddr,
         "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
@@ -620,9 +616,7 @@ async fn a_kept_alive_connection_closed_unanswered_is_retried_only_when_harmless
         })
     })
     .await;
-    let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("raw", addr)]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, _) = proxy_to(addr).await;
     assert_eq!(get(paddr, "/", None).await.0, 200);
     // GET: sent again on a new connection.
     let (status, text, _) = get(paddr, "/", None).await;
@@ -643,9 +637,7 @@ async fn idle_and_slow_header_connections_are_closed_but_slow_answers_are_not() 
         Arc::new(AtomicU32::new(0)),
     )
     .await;
-    let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("slow", up)]));
-    let (paddr, _stop) = start_proxy(proxy).await;
+    let (paddr, _stop, _) = proxy_to(up).await;
 
     // Never a request: closed after one to two periods.
     let mut idle = tokio::net::TcpStream::connect(paddr).await.unwrap();
