@@ -125,6 +125,21 @@ impl Backend {
         None
     }
 
+    /// Close this worker's idle connections that the server closed (or that aged out) since
+    /// they came back, keeping the others in their order. No system call for a quiet one.
+    fn sweep_local(&self) {
+        let queue = self.local_idle();
+        let generation = self.generation.load(Ordering::Relaxed);
+        for _ in 0..queue.len() {
+            let Some((conn, since)) = queue.pop() else {
+                break;
+            };
+            if since.elapsed() < MAX_IDLE && conn.generation == generation && conn.is_usable() {
+                let _ = queue.push((conn, since));
+            }
+        }
+    }
+
     fn checkin(&self, conn: Conn) {
         if conn.generation != self.generation.load(Ordering::Relaxed) {
             return;
@@ -332,6 +347,15 @@ impl ServiceProxy {
 
     pub fn route(&self) -> Arc<Route> {
         self.route.load_full()
+    }
+
+    /// Sweep this worker's idle upstream connections of every instance in the route.
+    fn sweep_idle(&self) {
+        for (pool, _) in self.route.load().pools.iter() {
+            for backend in pool.backends.load().iter() {
+                backend.sweep_local();
+            }
+        }
     }
 
     /// Atomically replace the route; requests already in flight keep the one they started with.
@@ -945,6 +969,13 @@ impl Body for Streamed {
     }
 }
 
+/// How often each worker closes the idle upstream connections their servers closed.
+const SWEEP_EVERY: Duration = if cfg!(test) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_secs(2)
+};
+
 /// How long a client connection may go without starting a request (idle keep-alive, or a
 /// request head that never completes) before it is closed: closed after one to two periods.
 const CLIENT_IDLE: Duration = if cfg!(test) {
@@ -1041,6 +1072,17 @@ pub async fn serve(
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop_signal = Arc::new(StopSignal::default());
+    // Idle upstream connections are not watched one by one; a server that closed one leaves it
+    // in CLOSE_WAIT here until this sweep (or the next checkout) finds it.
+    let sweeper = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                proxy.sweep_idle();
+            }
+        }
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -1104,6 +1146,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    sweeper.abort();
     stop_signal.stop();
     drop(open_tx);
     if tokio::time::timeout(drain, open_rx.recv()).await.is_err() {

@@ -667,3 +667,28 @@ async fn idle_and_slow_header_connections_are_closed_but_slow_answers_are_not() 
     let (status, text, by_proxy) = get(paddr, "/", None).await;
     assert_eq!((status, by_proxy), (200, false), "{text}");
 }
+
+#[tokio::test]
+async fn idle_connections_the_server_closed_are_swept_out() {
+    // Answers, then closes the connection a little later, as a server's keep-alive timeout does.
+    let (addr, _) = raw_upstream(|_, _| {
+        Some(Script {
+            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", ""],
+            close: true,
+        })
+    })
+    .await;
+    let (paddr, _stop, backend) = proxy_to(addr).await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    // Kept: the close comes 20 ms after the answer, the sweep every 100 ms.
+    let mut swept = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if backend.idle_connections() == 0 {
+            swept = true;
+            break;
+        }
+    }
+    assert!(swept, "the closed idle connection is still pooled");
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+}
