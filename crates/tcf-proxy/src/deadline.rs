@@ -11,6 +11,7 @@
 //! The table is per thread, so it is used only on proxy worker threads, whose current-thread
 //! runtimes never move a future to another thread; elsewhere the tokio timer is used.
 
+use crate::slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::task::{Poll, Waker};
@@ -28,9 +29,7 @@ thread_local! {
 /// The exchanges of this thread waiting for their upstream, by slot.
 #[derive(Default)]
 struct Waiting {
-    slots: Vec<Option<Entry>>,
-    free: Vec<usize>,
-    live: usize,
+    entries: Slab<Entry>,
     ticking: bool,
 }
 
@@ -67,14 +66,14 @@ pub(crate) async fn until<F: Future>(deadline: Instant, fut: F) -> Result<F::Out
             // Woken again: by the future's own events, or by the ticker because time is up
             // (which it marks, so no poll here reads the clock).
             Some(index) => {
-                let expired = WAITING.with(|w| match w.borrow_mut().slots.get_mut(index) {
-                    Some(Some(entry)) => {
+                let expired = WAITING.with(|w| match w.borrow_mut().entries.get_mut(index) {
+                    Some(entry) => {
                         if !entry.waker.will_wake(cx.waker()) {
                             entry.waker = cx.waker().clone();
                         }
                         entry.expired
                     }
-                    _ => false,
+                    None => false,
                 });
                 if expired {
                     return Poll::Ready(Err(Elapsed));
@@ -95,17 +94,7 @@ fn register(deadline: Instant, waker: Waker) -> usize {
             waker,
             expired: false,
         };
-        let index = match w.free.pop() {
-            Some(i) => {
-                w.slots[i] = Some(entry);
-                i
-            }
-            None => {
-                w.slots.push(Some(entry));
-                w.slots.len() - 1
-            }
-        };
-        w.live += 1;
+        let index = w.entries.insert(entry);
         if !w.ticking {
             w.ticking = true;
             tokio::spawn(tick());
@@ -120,15 +109,7 @@ struct Slot(Option<usize>);
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(index) = self.0 {
-            let _ = WAITING.try_with(|w| {
-                let mut w = w.borrow_mut();
-                if let Some(entry) = w.slots.get_mut(index) {
-                    if entry.take().is_some() {
-                        w.live -= 1;
-                        w.free.push(index);
-                    }
-                }
-            });
+            let _ = WAITING.try_with(|w| w.borrow_mut().entries.remove(index));
         }
     }
 }
@@ -140,13 +121,12 @@ async fn tick() {
         let now = Instant::now();
         let expired: Vec<Waker> = WAITING.with(|w| {
             let mut w = w.borrow_mut();
-            if w.live == 0 {
+            if w.entries.len() == 0 {
                 w.ticking = false;
                 return Vec::new();
             }
-            w.slots
+            w.entries
                 .iter_mut()
-                .flatten()
                 .filter(|e| e.deadline <= now)
                 .map(|e| {
                     e.expired = true;
@@ -200,7 +180,7 @@ mod tests {
             tokio::time::sleep(TICK * 3).await;
             WAITING.with(|w| {
                 let w = w.borrow();
-                assert_eq!(w.live, 0);
+                assert_eq!(w.entries.len(), 0);
                 assert!(!w.ticking);
             });
         });
@@ -233,6 +213,6 @@ mod tests {
         )
         .await;
         assert!(r.is_err());
-        WAITING.with(|w| assert!(w.borrow().slots.is_empty()));
+        WAITING.with(|w| assert_eq!(w.borrow().entries.slots(), 0));
     }
 }

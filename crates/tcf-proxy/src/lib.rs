@@ -5,6 +5,7 @@
 //! table never breaks a request in flight. Counters are relaxed atomics.
 
 mod deadline;
+mod slab;
 pub mod stats;
 mod upstream;
 
@@ -115,9 +116,17 @@ impl Backend {
         &self.idle[worker_index() % self.idle.len()]
     }
 
+    /// Whether an idle connection may carry another request: young enough, made since the
+    /// instance last went away, and not closed or written to by the server meanwhile.
+    fn still_good(&self, conn: &Conn, since: Instant) -> bool {
+        since.elapsed() < MAX_IDLE
+            && conn.generation == self.generation.load(Ordering::Relaxed)
+            && conn.is_usable()
+    }
+
     fn checkout(&self) -> Option<Conn> {
         while let Some((mut conn, since)) = self.local_idle().pop() {
-            if since.elapsed() < MAX_IDLE && conn.is_usable() {
+            if self.still_good(&conn, since) {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -129,12 +138,11 @@ impl Backend {
     /// they came back, keeping the others in their order. No system call for a quiet one.
     fn sweep_local(&self) {
         let queue = self.local_idle();
-        let generation = self.generation.load(Ordering::Relaxed);
         for _ in 0..queue.len() {
             let Some((conn, since)) = queue.pop() else {
                 break;
             };
-            if since.elapsed() < MAX_IDLE && conn.generation == generation && conn.is_usable() {
+            if self.still_good(&conn, since) {
                 let _ = queue.push((conn, since));
             }
         }
@@ -391,19 +399,9 @@ impl ServiceProxy {
         best.cloned()
     }
 
-    /// Proxy one request; never fails: errors become responses with the right status.
+    /// Proxy one request; never fails: errors become responses with the right status. The
+    /// client's address comes rendered as a header value (once per connection, not per request).
     pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client_addr: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let client_ip = client_ip_value(client_addr);
-        self.handle_with(req, client_addr, &client_ip).await
-    }
-
-    /// [`handle`](Self::handle) with the client's address already rendered as a header value
-    /// (once per connection, not per request).
-    pub async fn handle_with(
         &self,
         req: Request<Incoming>,
         client_addr: SocketAddr,
@@ -736,11 +734,7 @@ fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
     let proto = h.get(header::UPGRADE)?;
     h.get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+        .any(|v| upstream::lists_token(v.as_bytes(), "upgrade"))
         .then(|| proto.clone())
 }
 
@@ -887,6 +881,28 @@ impl Streamed {
     }
 }
 
+impl Streamed {
+    /// The next piece the buffer holds: data, the end of the body, or nothing yet.
+    fn take_buffered(&mut self) -> Result<Decoded, std::io::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Decoded::Done);
+        };
+        match &mut self.framing {
+            BodyFraming::Length(0) => Ok(Decoded::Done),
+            _ if conn.buf.is_empty() => Ok(Decoded::NeedMore),
+            BodyFraming::Length(left) => {
+                let n = (conn.buf.len() as u64).min(*left);
+                *left -= n;
+                Ok(Decoded::Data(conn.buf.split_to(n as usize).freeze()))
+            }
+            BodyFraming::Chunked(decoder) => {
+                decoder.decode(&mut conn.buf).map_err(std::io::Error::other)
+            }
+            BodyFraming::UntilClose => Ok(Decoded::Data(conn.buf.split().freeze())),
+        }
+    }
+}
+
 impl Body for Streamed {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -897,40 +913,23 @@ impl Body for Streamed {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if !conn.buf.is_empty() {
-                let data = match &mut this.framing {
-                    BodyFraming::Length(left) => {
-                        let n = (conn.buf.len() as u64).min(*left);
-                        *left -= n;
-                        conn.buf.split_to(n as usize).freeze()
+            match this.take_buffered() {
+                Ok(Decoded::Data(data)) => {
+                    // The last bytes of a length-framed body: hyper may not poll again.
+                    if matches!(this.framing, BodyFraming::Length(0)) {
+                        this.finish();
                     }
-                    BodyFraming::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
-                        Ok(Decoded::Data(data)) => data,
-                        Ok(Decoded::Done) => {
-                            this.finish();
-                            return Poll::Ready(None);
-                        }
-                        Ok(Decoded::NeedMore) => Bytes::new(),
-                        Err(e) => {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(std::io::Error::other(e))));
-                        }
-                    },
-                    BodyFraming::UntilClose => conn.buf.split().freeze(),
-                };
-                if matches!(this.framing, BodyFraming::Length(0)) {
-                    this.finish();
-                }
-                if !data.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-            }
-            if matches!(this.framing, BodyFraming::Length(0)) {
-                this.finish();
-                return Poll::Ready(None);
+                Ok(Decoded::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -1002,14 +1001,14 @@ pub(crate) struct ClientConn {
 #[derive(Default)]
 struct StopSignal {
     stopping: std::sync::atomic::AtomicBool,
-    wakers: std::sync::Mutex<(Vec<Option<std::task::Waker>>, Vec<usize>)>,
+    wakers: std::sync::Mutex<slab::Slab<std::task::Waker>>,
 }
 
 impl StopSignal {
     fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        let wakers: Vec<_> = match self.wakers.lock() {
-            Ok(mut w) => w.0.iter_mut().filter_map(Option::take).collect(),
+        let wakers = match self.wakers.lock() {
+            Ok(mut w) => w.drain(),
             Err(_) => Vec::new(),
         };
         wakers.into_iter().for_each(std::task::Waker::wake);
@@ -1021,8 +1020,7 @@ impl StopSignal {
         impl Drop for Registered<'_> {
             fn drop(&mut self) {
                 if let (Some(i), Ok(mut w)) = (self.1, self.0.wakers.lock()) {
-                    w.0[i] = None;
-                    w.1.push(i);
+                    w.remove(i);
                 }
             }
         }
@@ -1034,18 +1032,7 @@ impl StopSignal {
             if registered.1.is_none() {
                 // A task's waker stays the same for its life: registering once is enough.
                 if let Ok(mut w) = self.wakers.lock() {
-                    let waker = Some(cx.waker().clone());
-                    let index = match w.1.pop() {
-                        Some(i) => {
-                            w.0[i] = waker;
-                            i
-                        }
-                        None => {
-                            w.0.push(waker);
-                            w.0.len() - 1
-                        }
-                    };
-                    registered.1 = Some(index);
+                    registered.1 = Some(w.insert(cx.waker().clone()));
                 }
                 if self.stopping.load(Ordering::Acquire) {
                     return Poll::Ready(());
@@ -1109,7 +1096,7 @@ pub async fn serve(
                     async move {
                         c.active.store(true, Ordering::Relaxed);
                         c.busy.store(true, Ordering::Relaxed);
-                        let mut resp = c.proxy.handle_with(req, c.addr, &c.ip).await;
+                        let mut resp = c.proxy.handle(req, c.addr, &c.ip).await;
                         match resp.body_mut() {
                             Either::Left(streamed) => streamed.client = Some(c.clone()),
                             Either::Right(_) => c.busy.store(false, Ordering::Relaxed),
