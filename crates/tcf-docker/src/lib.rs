@@ -14,9 +14,9 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tcf_runtime::logfile::CappedLog;
+use tcf_runtime::logfile::open_instance_log;
 use tcf_runtime::{
     procfs, BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError, StatusProbe,
 };
@@ -248,13 +248,7 @@ impl DockerInstance {
         pid: u32,
         from_start: bool,
     ) -> Result<DockerInstance, RuntimeError> {
-        let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
-            RuntimeError::Log {
-                path: spec.log_path.clone(),
-                source,
-            }
-        })?;
-        let log = Arc::new(Mutex::new(log));
+        let log = open_instance_log(spec)?;
         let follower = docker.clone();
         let cid = id.clone();
         tokio::spawn(async move {

@@ -92,13 +92,7 @@ fn a_daemon_killed_mid_deploy_comes_back_on_the_last_active_release() {
                 .any(|i| i["version"] == "v2-slow" && i["pid"].is_u64())
         })
     });
-    let daemon = p.daemon.as_ref().unwrap().id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    p.kill_daemon();
     let cli = deploy.join().unwrap();
     assert_ne!(
         cli.status.code(),

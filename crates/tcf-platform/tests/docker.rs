@@ -190,13 +190,7 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
         "--filter",
         &format!("label=tcf.platform={platform}"),
     ]);
-    let daemon = p.daemon.as_ref().unwrap().id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    p.kill_daemon();
     p.up();
     let after = p.wait_for("all healthy after the restart", START, all_healthy);
     assert_eq!(version_at(&listen(&after, "gateway")), "v1");

@@ -56,11 +56,7 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
         gateway["id"].as_str().unwrap().to_string(),
         gateway["pid"].as_u64().unwrap(),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim_pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill9(victim_pid as u32);
     let after = p.wait_for("the killed instance back and healthy", START, |s| {
         all_healthy(s)
             && s["services"]
@@ -167,13 +163,7 @@ fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
     let mut p = Platform::new(&example_config());
     p.up();
     let before = p.wait_for("all healthy", START, all_healthy);
-    let daemon_pid = p.daemon.as_ref().unwrap().id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon_pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert_eq!(p.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    p.kill_daemon();
     let old: Vec<u32> = p.seen_pids.iter().copied().collect();
 
     // Started again: what the killed daemon left running is cleaned up, the platform comes back.

@@ -5,6 +5,20 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// An instance's log, shared by the tasks that copy its output into it.
+pub type SharedLog = std::sync::Arc<std::sync::Mutex<CappedLog>>;
+
+/// Open the log of the instance `spec` describes, as every runtime does before starting it.
+pub fn open_instance_log(spec: &crate::InstanceSpec) -> Result<SharedLog, crate::RuntimeError> {
+    let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
+        crate::RuntimeError::Log {
+            path: spec.log_path.clone(),
+            source,
+        }
+    })?;
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(log)))
+}
+
 pub struct CappedLog {
     path: PathBuf,
     file: File,

@@ -1,14 +1,14 @@
 //! The process runtime: each instance is a child process in its own process group, with its
 //! stdout and stderr captured into a capped log file.
 
-use crate::logfile::CappedLog;
+use crate::logfile::{open_instance_log, SharedLog};
 use crate::{procfs, BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -99,7 +99,7 @@ impl Running for ProcessInstance {
     }
 }
 
-fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: Arc<Mutex<CappedLog>>) {
+fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: SharedLog) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -131,13 +131,7 @@ impl Runtime for ProcessRuntime {
                     program: program_name.clone(),
                 }
             })?;
-            let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
-                RuntimeError::Log {
-                    path: spec.log_path.clone(),
-                    source,
-                }
-            })?;
-            let log = Arc::new(Mutex::new(log));
+            let log = open_instance_log(&spec)?;
             let mut cmd = Command::new(&program);
             cmd.args(&spec.command[1..])
                 .envs(&spec.env)

@@ -160,6 +160,13 @@ impl Platform {
         );
     }
 
+    /// SIGKILL the daemon (no chance to clean up) and wait until it is gone.
+    pub fn kill_daemon(&mut self) {
+        let daemon = self.daemon.as_ref().expect("a running daemon").id();
+        kill9(daemon);
+        assert_eq!(self.wait_daemon_exit(Duration::from_secs(10)), Some(-1));
+    }
+
     /// Wait for the daemon process to exit; returns its exit code.
     pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.daemon.as_mut()?;
@@ -173,6 +180,15 @@ impl Platform {
         }
         None
     }
+}
+
+/// SIGKILL one process.
+pub fn kill9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 pub fn all_healthy(s: &Value) -> bool {
