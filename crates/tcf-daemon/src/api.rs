@@ -89,7 +89,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
             ServiceStatus {
                 name: svc.config.name.clone(),
                 version: svc.serving_version(),
-                traffic: lock(&svc.traffic)
+                traffic: svc
+                    .weights()
                     .iter()
                     .map(|(colour, weight)| tcf_api::Traffic {
                         colour: colour.clone(),

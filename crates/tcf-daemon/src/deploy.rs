@@ -2,9 +2,11 @@
 //! through [`run`]: lock, release record, hooks, per-service strategy in dependency order,
 //! watch, revert on failure, retirement of the previous colour. Every step is one event.
 
-use crate::platform::{lock, other_colour, Colour, InstanceState, Platform, ServiceRuntime};
+use crate::platform::{
+    lock, other_colour, Colour, Instance, InstanceState, Platform, ServiceRuntime,
+};
 use crate::supervisor::spawn_instance;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -489,7 +491,7 @@ async fn gate(
             .into_iter()
             .filter(|i| only.is_none_or(|id| i.id == id))
             .collect();
-        if !instances.is_empty() && instances.iter().all(|i| i.in_pool()) {
+        if !instances.is_empty() && instances.iter().all(|i| svc.in_pool(i)) {
             return Ok(start.elapsed());
         }
         if let Some(bad) = instances.iter().find(|i| {
@@ -654,6 +656,9 @@ async fn rolling(
     let n = svc.config.instances;
     let surge = p.config.deploy.max_surge.min(n);
     let old_instances = old.as_ref().map(|o| o.instances()).unwrap_or_default();
+    // The replaced old instances leave the pool (their requests finish) but keep running,
+    // warm for an instant rollback until the colour is retired.
+    let mut parked = BTreeSet::new();
     let mut replaced = 0u32;
     while replaced < n {
         let batch: Vec<u32> = (replaced + 1..=(replaced + surge).min(n)).collect();
@@ -686,30 +691,34 @@ async fn rolling(
                 weights.push((o.name.clone(), 100 - 100 * replaced / n));
             }
         }
-        switch(
-            rep,
-            svc,
-            weights,
-            &format!("{replaced} of {n} instance(s) on {version}"),
+        let batch_old: Vec<&Arc<Instance>> = batch
+            .iter()
+            .filter_map(|k| old_instances.get(*k as usize - 1))
+            .collect();
+        parked.extend(batch_old.iter().map(|i| i.id.clone()));
+        let start = Instant::now();
+        svc.set_traffic_parking(weights, parked.clone());
+        rep.step(
+            "deploy.switched",
+            Some(&name),
+            format!(
+                "{replaced} of {n} instance(s) on {version} (route switched in {} µs)",
+                start.elapsed().as_micros()
+            ),
         );
-        // The replaced instances leave the pool (their requests finish) but keep running,
-        // warm for an instant rollback until the colour is retired.
-        for k in &batch {
-            if let Some(old_inst) = old_instances.get(*k as usize - 1) {
-                old_inst.draining.store(true, Ordering::SeqCst);
-                svc.rebuild_route();
-                rep.step(
-                    "deploy.replaced",
-                    Some(&name),
-                    format!("{} out of the pool", old_inst.id),
-                );
-            }
+        for old_inst in batch_old {
+            rep.step(
+                "deploy.replaced",
+                Some(&name),
+                format!("{} out of the pool", old_inst.id),
+            );
         }
     }
     Ok(Switched::now(svc, old, new))
 }
 
-/// A rolling step failed: bring the old colour back to full strength and all traffic to it.
+/// A rolling step failed: all traffic back to the old colour, whose replaced instances kept
+/// running (giving it traffic puts them back in its pool), then the new colour goes.
 async fn rolling_failed(
     p: &Arc<Platform>,
     rep: &Reporter,
@@ -720,7 +729,6 @@ async fn rolling_failed(
 ) -> String {
     rep.step("deploy.gate_failed", Some(&svc.config.name), reason.clone());
     if let Some(o) = old {
-        restore_colour(p, svc, o).await;
         switch(
             rep,
             svc,
@@ -730,24 +738,6 @@ async fn rolling_failed(
     }
     retire(p, svc, new).await;
     reason
-}
-
-/// Start again any instance of `colour` that was stopped, and wait for them.
-async fn restore_colour(p: &Arc<Platform>, svc: &Arc<ServiceRuntime>, colour: &Arc<Colour>) {
-    let running: Vec<String> = colour
-        .instances()
-        .iter()
-        .filter(|i| !i.draining.load(Ordering::SeqCst))
-        .map(|i| i.id.clone())
-        .collect();
-    lock(&colour.instances).retain(|i| !i.draining.load(Ordering::SeqCst));
-    for n in 1..=svc.config.instances {
-        let id = format!("{}-{}-{n}", svc.config.name, colour.name);
-        if !running.contains(&id) {
-            let _ = spawn_instance(p, svc, colour, n);
-        }
-    }
-    let _ = gate(svc, colour, None).await;
 }
 
 async fn rollback_service(
@@ -764,7 +754,6 @@ async fn rollback_service(
     match warm {
         Some(target) => {
             target.generation.fetch_add(1, Ordering::SeqCst);
-            target.undrain(svc);
             switch(
                 rep,
                 svc,
@@ -841,7 +830,7 @@ async fn watch(p: &Platform, switched: &[Switched], window: Duration) -> Result<
     loop {
         for s in switched {
             let name = &s.svc.config.name;
-            if let Some(bad) = s.new.instances().iter().find(|i| !i.in_pool()) {
+            if let Some(bad) = s.new.instances().iter().find(|i| !s.svc.in_pool(i)) {
                 return Err(format!(
                     "{name}: {} of {} is {} / {}",
                     bad.id,
@@ -927,9 +916,7 @@ fn schedule_retirement(
     );
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
-        let serving = lock(&svc.traffic)
-            .iter()
-            .any(|(c, w)| *c == colour.name && *w > 0);
+        let serving = svc.serves(&colour.name);
         if colour.generation.load(Ordering::SeqCst) == generation && !serving {
             retire(&p, &svc, &colour).await;
             p.event(

@@ -217,15 +217,11 @@ pub async fn run(
             .get(name)
             .cloned()
             .unwrap_or_else(|| cfg.version.clone());
-        let svc = Arc::new(ServiceRuntime {
-            config: cfg.clone(),
+        let svc = Arc::new(ServiceRuntime::new(
+            cfg.clone(),
             proxy,
-            sticky: sticky(&config.deploy.sticky),
-            colours: Mutex::new(BTreeMap::new()),
-            traffic: Mutex::new(Vec::new()),
-            healthy: watch::channel(false).0,
-            metrics: Mutex::new(Default::default()),
-        });
+            sticky(&config.deploy.sticky),
+        ));
         // Adopted containers keep the colour they run in.
         let colour = adoptable
             .values()

@@ -5,6 +5,9 @@
 
 use crate::metrics::MetricsWindow;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
@@ -87,17 +90,46 @@ pub struct Instance {
     pub stop: watch::Sender<bool>,
     /// The supervisor task; awaited when stopping.
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Taken out of the pool ahead of a stop, so its requests can finish first.
-    pub draining: std::sync::atomic::AtomicBool,
+    /// Taken out of the pool ahead of a stop, so its requests can finish first. Only
+    /// [`Instance::drain_and_stop`] sets it: an instance on its way out never comes back.
+    draining: AtomicBool,
 }
 
 impl Instance {
+    /// A new instance of `colour`, starting.
+    pub fn new(id: String, service: &str, colour: &Colour, port: u16) -> Instance {
+        Instance {
+            backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
+            id,
+            service: service.to_string(),
+            colour: colour.name.clone(),
+            version: colour.version.clone(),
+            port,
+            info: Mutex::new(InstanceInfo {
+                state: InstanceState::Starting,
+                health: Health::Unknown,
+                pid: None,
+                restarts: 0,
+                started: None,
+                cpu_ticks: None,
+                cpu_percent: 0.0,
+                rss_bytes: 0,
+                runtime_health: None,
+            }),
+            stop: watch::channel(false).0,
+            task: Mutex::new(None),
+            draining: AtomicBool::new(false),
+        }
+    }
+
     pub fn info(&self) -> InstanceInfo {
         lock(&self.info).clone()
     }
 
-    pub fn in_pool(&self) -> bool {
-        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+    /// Running, healthy and not on its way out: able to serve. Whether it gets requests is
+    /// its service's decision ([`ServiceRuntime::in_pool`]).
+    pub fn ready(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
             return false;
         }
         let i = lock(&self.info);
@@ -112,8 +144,7 @@ impl Instance {
         drain: Duration,
         upgrade_drain: Duration,
     ) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.store(true, Ordering::SeqCst);
         svc.rebuild_route();
         let start = Instant::now();
         while self.backend.outstanding() > 0 && start.elapsed() < drain {
@@ -138,7 +169,7 @@ pub struct Colour {
     pub instances: Mutex<Vec<Arc<Instance>>>,
     /// Bumped whenever someone decides this colour's fate, so a stale retirement timer can
     /// tell it was overtaken (by a rollback that switched back, say).
-    pub generation: std::sync::atomic::AtomicU64,
+    pub generation: AtomicU64,
 }
 
 impl Colour {
@@ -149,25 +180,7 @@ impl Colour {
     /// Every instance running and healthy, whether or not it takes traffic: ready to serve.
     pub fn warm(&self) -> bool {
         let i = self.instances();
-        !i.is_empty()
-            && i.iter().all(|x| {
-                let info = x.info();
-                info.state == InstanceState::Running && info.health == Health::Healthy
-            })
-    }
-
-    /// Put drained instances back in the pool (a rollback to a warm colour).
-    pub fn undrain(&self, svc: &ServiceRuntime) {
-        for i in self.instances() {
-            i.draining.store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-        svc.rebuild_route();
-    }
-
-    /// All instances running and healthy (and at least one).
-    pub fn all_healthy(&self) -> bool {
-        let i = self.instances();
-        !i.is_empty() && i.iter().all(|x| x.in_pool())
+        !i.is_empty() && i.iter().all(|x| x.ready())
     }
 }
 
@@ -180,19 +193,39 @@ pub fn other_colour(name: &str) -> &'static str {
     }
 }
 
+/// Where a service's requests go: weights by colour, and the instances of a weighted colour
+/// held out of its pool (a rolling deploy's replaced instances, kept warm for a rollback).
+#[derive(Debug, Clone, Default)]
+struct Traffic {
+    weights: Vec<(String, u32)>,
+    parked: BTreeSet<String>,
+}
+
 pub struct ServiceRuntime {
     pub config: Service,
     pub proxy: Arc<ServiceProxy>,
     pub sticky: Sticky,
-    pub colours: Mutex<BTreeMap<String, Arc<Colour>>>,
-    /// Traffic by colour as the route has it, heaviest first for display.
-    pub traffic: Mutex<Vec<(String, u32)>>,
+    colours: Mutex<BTreeMap<String, Arc<Colour>>>,
+    /// Held while a route is built and swapped in, so two changes never interleave.
+    traffic: Mutex<Traffic>,
     /// True while at least one instance that takes traffic is in the proxy's pool.
     pub healthy: watch::Sender<bool>,
     pub metrics: Mutex<MetricsWindow>,
 }
 
 impl ServiceRuntime {
+    pub fn new(config: Service, proxy: Arc<ServiceProxy>, sticky: Sticky) -> ServiceRuntime {
+        ServiceRuntime {
+            config,
+            proxy,
+            sticky,
+            colours: Mutex::new(BTreeMap::new()),
+            traffic: Mutex::new(Traffic::default()),
+            healthy: watch::channel(false).0,
+            metrics: Mutex::new(Default::default()),
+        }
+    }
+
     pub fn colour(&self, name: &str) -> Option<Arc<Colour>> {
         lock(&self.colours).get(name).cloned()
     }
@@ -206,10 +239,23 @@ impl ServiceRuntime {
         self.colours().iter().flat_map(|c| c.instances()).collect()
     }
 
+    /// Traffic by colour as the route has it.
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        lock(&self.traffic).weights.clone()
+    }
+
+    /// True when `colour` gets a share of the requests.
+    pub fn serves(&self, colour: &str) -> bool {
+        lock(&self.traffic)
+            .weights
+            .iter()
+            .any(|(c, w)| c == colour && *w > 0)
+    }
+
     /// The colour with the most traffic.
     pub fn active_colour(&self) -> Option<Arc<Colour>> {
-        let traffic = lock(&self.traffic).clone();
-        traffic
+        let weights = self.weights();
+        weights
             .iter()
             .max_by_key(|(_, w)| *w)
             .and_then(|(name, _)| self.colour(name))
@@ -229,7 +275,7 @@ impl ServiceRuntime {
             version: version.to_string(),
             pool: Pool::new(name, version, self.proxy.settings()),
             instances: Mutex::new(Vec::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         });
         lock(&self.colours).insert(name.to_string(), colour.clone());
         colour
@@ -240,36 +286,66 @@ impl ServiceRuntime {
     }
 
     /// Send traffic by weight (atomic swap of the route); requests in flight keep their colour.
+    /// Every ready instance of a colour given traffic is in its pool: nothing stays parked.
     pub fn set_traffic(&self, weights: Vec<(String, u32)>) {
-        let pools = weights
+        self.route(Traffic {
+            weights,
+            parked: BTreeSet::new(),
+        });
+    }
+
+    /// Like [`set_traffic`](Self::set_traffic), with the instances in `parked` held out of
+    /// their pools while they keep running (a rolling deploy's replaced instances). The next
+    /// route change that does not name them puts them back.
+    pub fn set_traffic_parking(&self, weights: Vec<(String, u32)>, parked: BTreeSet<String>) {
+        self.route(Traffic { weights, parked });
+    }
+
+    /// True when `inst` takes requests: ready, and not parked.
+    pub fn in_pool(&self, inst: &Instance) -> bool {
+        inst.ready() && !lock(&self.traffic).parked.contains(&inst.id)
+    }
+
+    /// Put exactly the ready, unparked instances of each colour in its pool (after a health
+    /// or state change).
+    pub fn rebuild_route(&self) {
+        let traffic = lock(&self.traffic);
+        self.fill_pools(&traffic);
+    }
+
+    fn route(&self, next: Traffic) {
+        let mut traffic = lock(&self.traffic);
+        *traffic = next;
+        // Pools first, then the route that points at them: a request never sees a parked
+        // instance in a colour it was just given.
+        self.fill_pools(&traffic);
+        let pools = traffic
+            .weights
             .iter()
             .filter_map(|(name, w)| self.colour(name).map(|c| (c.pool.clone(), *w)))
             .collect();
-        *lock(&self.traffic) = weights;
         self.proxy.set_route(Route {
             pools,
             sticky: self.sticky.clone(),
         });
-        self.update_healthy();
+        self.update_healthy(&traffic);
     }
 
-    /// Put exactly the healthy running instances of each colour in its pool.
-    pub fn rebuild_route(&self) {
+    fn fill_pools(&self, traffic: &Traffic) {
         for colour in self.colours() {
             let backends: Vec<Arc<Backend>> = colour
                 .instances()
                 .iter()
-                .filter(|i| i.in_pool())
+                .filter(|i| i.ready() && !traffic.parked.contains(&i.id))
                 .map(|i| i.backend.clone())
                 .collect();
             colour.pool.set_backends(backends);
         }
-        self.update_healthy();
+        self.update_healthy(traffic);
     }
 
-    fn update_healthy(&self) {
-        let traffic = lock(&self.traffic).clone();
-        let any = traffic.iter().any(|(name, w)| {
+    fn update_healthy(&self, traffic: &Traffic) {
+        let any = traffic.weights.iter().any(|(name, w)| {
             *w > 0
                 && self
                     .colour(name)

@@ -3,17 +3,13 @@
 //! backoff, and stop gracefully (SIGTERM, `stop_timeout`, SIGKILL of the whole group).
 
 use crate::health;
-use crate::platform::{
-    lock, Colour, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime,
-};
+use crate::platform::{lock, Colour, Health, Instance, InstanceState, Platform, ServiceRuntime};
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcf_proxy::Backend;
 use tcf_runtime::{Exit, InstanceSpec};
 use tcf_store::{now_ms, InstanceRecord};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// Crashes within this window count towards backoff and crashloop.
 const CRASH_WINDOW: Duration = Duration::from_secs(120);
@@ -61,34 +57,12 @@ pub fn spawn_or_adopt(
     adopted: Option<(u16, Box<dyn tcf_runtime::Running>)>,
 ) -> std::io::Result<Arc<Instance>> {
     let name = &svc.config.name;
-    let version = colour.version.as_str();
     let id = format!("{name}-{}-{n}", colour.name);
     let (port, adopted) = match adopted {
         Some((port, running)) => (port, Some(running)),
         None => (free_port()?, None),
     };
-    let inst = Arc::new(Instance {
-        backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
-        id,
-        service: name.clone(),
-        colour: colour.name.clone(),
-        version: version.to_string(),
-        port,
-        info: Mutex::new(InstanceInfo {
-            state: InstanceState::Starting,
-            health: Health::Unknown,
-            pid: None,
-            restarts: 0,
-            started: None,
-            cpu_ticks: None,
-            cpu_percent: 0.0,
-            rss_bytes: 0,
-            runtime_health: None,
-        }),
-        stop: watch::channel(false).0,
-        task: Mutex::new(None),
-        draining: std::sync::atomic::AtomicBool::new(false),
-    });
+    let inst = Arc::new(Instance::new(id, name, colour, port));
     lock(&colour.instances).push(inst.clone());
     let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone(), adopted));
     *lock(&inst.task) = Some(task);

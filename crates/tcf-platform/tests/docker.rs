@@ -101,7 +101,15 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
     let images = Images {
         label: label.clone(),
     };
-    let versions = ["v1", "v2", "v3", "v4", "v3-unhealthy", "v4-errors"];
+    let versions = [
+        "v1",
+        "v2",
+        "v3",
+        "v4",
+        "v3-unhealthy",
+        "v4-errors",
+        "v5-errors",
+    ];
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-images");
     let built = Command::new("bash")
