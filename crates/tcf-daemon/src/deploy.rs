@@ -14,7 +14,7 @@ use tcf_api::ProgressLine;
 use tcf_config::Strategy;
 use tcf_proxy::Snapshot;
 use tcf_store::{now_ms, Acquire, Lease};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub const DEPLOY_LOCK: &str = "deploy";
 
@@ -77,9 +77,39 @@ struct Reporter {
     p: Arc<Platform>,
     tx: mpsc::UnboundedSender<ProgressLine>,
     release: Option<i64>,
+    /// Set once the release holds the deploy lock: why it was lost, if it was.
+    lease_lost: Option<watch::Receiver<Option<String>>>,
 }
 
 impl Reporter {
+    /// Why this release no longer holds the deploy lock, if it lost it.
+    fn lease_lost(&self) -> Result<(), String> {
+        match self.lease_lost.as_ref().and_then(|rx| rx.borrow().clone()) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// The release failed: record it so (or say why it could not be recorded).
+    fn failed(&self, msg: String) -> Outcome {
+        match self.record_end("failed") {
+            Ok(()) => Outcome::Failed(msg),
+            Err(e) => Outcome::Failed(format!("{msg}; {e}")),
+        }
+    }
+
+    /// Record how the release ended; a store that refuses says so instead of being ignored.
+    fn record_end(&self, status: &str) -> Result<(), String> {
+        let Some(id) = self.release else {
+            return Ok(());
+        };
+        self.p.store.finish_release(id, status).map_err(|e| {
+            let msg = format!("cannot record release {id} as {status}: {e}");
+            self.step("release.store_failed", None, msg.clone());
+            msg
+        })
+    }
+
     fn step(&self, kind: &str, service: Option<&str>, message: impl Into<String>) {
         let message = message.into();
         self.p.event(kind, service, None, message.clone());
@@ -145,6 +175,7 @@ pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<Progres
         p: p.clone(),
         tx,
         release: None,
+        lease_lost: None,
     };
     let outcome = run_inner(&p, &plan, &mut rep).await;
     rep.finish(&outcome);
@@ -211,24 +242,72 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
             Err(e) => return Outcome::Failed(format!("cannot take the deploy lock: {e}")),
         }
     }
-    let heartbeat = {
-        let p = p.clone();
-        let owner = owner.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                let _ = p
-                    .store
-                    .renew_lock(DEPLOY_LOCK, &owner, now_ms() + ttl.as_millis() as i64);
-            }
-        })
-    };
     *lock(&p.deploying) = Some(describe(plan));
-    let outcome = locked(p, plan, rep).await;
-    *lock(&p.deploying) = None;
-    heartbeat.abort();
-    let _ = p.store.release_lock(DEPLOY_LOCK, Some(&owner));
-    outcome
+    let lease = LeaseGuard::hold(p.clone(), owner, ttl);
+    rep.lease_lost = Some(lease.lost.clone());
+    locked(p, plan, rep).await
+    // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
+}
+
+/// The deploy lock held by a running release. A heartbeat renews it; losing it (someone took
+/// it, or the store cannot renew it before it expires) is signalled through `lost`, and the
+/// release stops and reverts. Dropping the guard, on any path out of the release including a
+/// panic, stops the heartbeat and releases the lock.
+struct LeaseGuard {
+    p: Arc<Platform>,
+    owner: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+    lost: watch::Receiver<Option<String>>,
+}
+
+impl LeaseGuard {
+    fn hold(p: Arc<Platform>, owner: String, ttl: Duration) -> LeaseGuard {
+        let (tx, lost) = watch::channel(None);
+        let heartbeat = {
+            let p = p.clone();
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                let mut expires = now_ms() + ttl.as_millis() as i64;
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let next = now_ms() + ttl.as_millis() as i64;
+                    let renewed = p.store.renew_lock(DEPLOY_LOCK, &owner, next);
+                    let why = match renewed {
+                        Ok(true) => {
+                            expires = next;
+                            continue;
+                        }
+                        Ok(false) => "the deploy lock was taken from this release (released with `lock release --force`, or expired and taken over)".to_string(),
+                        Err(e) if now_ms() >= expires => {
+                            format!("the deploy lock expired: the store could not renew it ({e})")
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot renew the deploy lock yet: {e}");
+                            continue;
+                        }
+                    };
+                    tx.send_replace(Some(why));
+                    return;
+                }
+            })
+        };
+        LeaseGuard {
+            p,
+            owner,
+            heartbeat,
+            lost,
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        *lock(&self.p.deploying) = None;
+        if let Err(e) = self.p.store.release_lock(DEPLOY_LOCK, Some(&self.owner)) {
+            tracing::error!("cannot release the deploy lock: {e}; it expires by itself");
+        }
+    }
 }
 
 fn describe(plan: &Plan) -> String {
@@ -298,8 +377,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             )
             .await
             {
-                let _ = p.store.finish_release(release, "failed");
-                return Outcome::Failed(format!("pre_deploy hook failed, nothing changed: {e}"));
+                return rep.failed(format!("pre_deploy hook failed, nothing changed: {e}"));
             }
         }
     }
@@ -319,8 +397,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         );
         if let Err(reason) = p.runtime_for(&svc.config).check(&spec).await {
             rep.step("deploy.check_failed", Some(service), reason.clone());
-            let _ = p.store.finish_release(release, "failed");
-            return Outcome::Failed(format!("{service}: {reason}; nothing changed"));
+            return rep.failed(format!("{service}: {reason}; nothing changed"));
         }
     }
 
@@ -329,6 +406,12 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         let Some(svc) = p.services.get(service).cloned() else {
             continue;
         };
+        if let Err(why) = rep.lease_lost() {
+            revert(p, rep, switched).await;
+            return rep.failed(format!(
+                "{why}; stopped before {service}, every service is back on its previous version"
+            ));
+        }
         let step = match plan.kind {
             Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await,
             Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await,
@@ -339,8 +422,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             Ok(s) => switched.push(s),
             Err(reason) => {
                 revert(p, rep, switched).await;
-                let _ = p.store.finish_release(release, "failed");
-                return Outcome::Failed(format!(
+                return rep.failed(format!(
                     "{service}: {reason}; every service is back on its previous version"
                 ));
             }
@@ -367,15 +449,34 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                     .unwrap_or_default()
             ),
         );
-        if let Err(breach) = watch(p, &switched, p.config.deploy.watch).await {
-            rep.step("deploy.breach", None, breach.clone());
-            revert(p, rep, switched).await;
-            let _ = p.store.finish_release(release, "reverted");
-            return Outcome::Reverted(format!("{breach}; reverted to the previous version"));
+        match watch(p, rep, &switched, p.config.deploy.watch).await {
+            Ok(()) => {}
+            Err(Stop::Breach(breach)) => {
+                rep.step("deploy.breach", None, breach.clone());
+                revert(p, rep, switched).await;
+                let msg = format!("{breach}; reverted to the previous version");
+                return match rep.record_end("reverted") {
+                    Ok(()) => Outcome::Reverted(msg),
+                    Err(e) => Outcome::Failed(format!("{msg}; {e}")),
+                };
+            }
+            Err(Stop::LeaseLost(why)) => {
+                revert(p, rep, switched).await;
+                return rep.failed(format!(
+                    "{why}; stopped while watching, every service is back on its previous version"
+                ));
+            }
         }
     }
 
-    let _ = p.store.finish_release(release, "active");
+    // What runs must match what the store says runs: after a restart the daemon starts the
+    // store's active release. A release that cannot be recorded is undone.
+    if let Err(e) = rep.lease_lost().and_then(|()| rep.record_end("active")) {
+        revert(p, rep, switched).await;
+        return rep.failed(format!(
+            "{e}; every service is back on its previous version"
+        ));
+    }
     if plan.kind == Kind::Rollback {
         mark_rolled_back(p, &plan.targets, release);
     }
@@ -603,7 +704,8 @@ async fn canary(
             &format!("{step}% of traffic to {version}"),
         );
         let probe = Switched::now(svc, old.clone(), new.clone());
-        if let Err(breach) = watch(p, std::slice::from_ref(&probe), d.step_interval).await {
+        if let Err(stop) = watch(p, rep, std::slice::from_ref(&probe), d.step_interval).await {
+            let breach = stop.message();
             rep.step(
                 "deploy.breach",
                 Some(&svc.config.name),
@@ -823,42 +925,64 @@ async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Switched>) {
     }
 }
 
+/// Why a watch ended early.
+enum Stop {
+    /// The new version misbehaved.
+    Breach(String),
+    /// The release lost the deploy lock.
+    LeaseLost(String),
+}
+
+impl Stop {
+    fn message(self) -> String {
+        match self {
+            Stop::Breach(m) | Stop::LeaseLost(m) => m,
+        }
+    }
+}
+
 /// Watch the new colours for `window`: unhealthy instances, 5xx ratio and p99 since the switch.
-async fn watch(p: &Platform, switched: &[Switched], window: Duration) -> Result<(), String> {
+async fn watch(
+    p: &Platform,
+    rep: &Reporter,
+    switched: &[Switched],
+    window: Duration,
+) -> Result<(), Stop> {
     let d = &p.config.deploy;
     let start = Instant::now();
     loop {
+        rep.lease_lost().map_err(Stop::LeaseLost)?;
         for s in switched {
             let name = &s.svc.config.name;
             if let Some(bad) = s.new.instances().iter().find(|i| !s.svc.in_pool(i)) {
-                return Err(format!(
+                return Err(Stop::Breach(format!(
                     "{name}: {} of {} is {} / {}",
                     bad.id,
                     s.new.version,
                     bad.info().state.as_str(),
                     bad.info().health.as_str()
-                ));
+                )));
             }
             let w = s.new.pool.stats().snapshot().since(&s.since);
             if w.requests >= d.min_requests {
                 if w.ratio_5xx() > d.max_error_ratio {
-                    return Err(format!(
+                    return Err(Stop::Breach(format!(
                         "{name}: {} answered {} of {} requests with 5xx ({:.1}% > {:.1}%)",
                         s.new.version,
                         w.responses_5xx,
                         w.requests,
                         w.ratio_5xx() * 100.0,
                         d.max_error_ratio * 100.0
-                    ));
+                    )));
                 }
                 if let (Some(max), Some(p99)) = (d.max_p99, w.quantile(0.99)) {
                     if p99 > max {
-                        return Err(format!(
+                        return Err(Stop::Breach(format!(
                             "{name}: {} p99 latency {} ms over the limit of {} ms",
                             s.new.version,
                             p99.as_millis(),
                             max.as_millis()
-                        ));
+                        )));
                     }
                 }
             }

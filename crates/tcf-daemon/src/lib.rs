@@ -396,7 +396,10 @@ fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
     }
 }
 
-/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store.
+/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store. Each
+/// record is cleaned up by the runtime that started it: processes by their group here;
+/// containers were already adopted or removed by label, and their init is a process-group
+/// leader too, so the process clean-up must never see them.
 async fn recover(p: &Arc<Platform>) {
     let records = match p.store.instances() {
         Ok(r) => r,
@@ -406,22 +409,22 @@ async fn recover(p: &Arc<Platform>) {
         }
     };
     for rec in records {
-        let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
-            let _ = p.store.remove_instance(&rec.id);
-            continue;
-        };
-        let left = Identity {
-            pid: pid as u32,
-            pgid: pgid as u32,
-            start_ticks: rec.proc_start_ticks.map(|t| t as u64),
-        };
-        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
-            p.event(
-                "recovery.cleaned_up",
-                Some(&rec.service),
-                Some(&rec.id),
-                format!("stopped process group {pgid} left running by a previous daemon"),
-            );
+        if rec.runtime == p.runtime.name() {
+            if let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) {
+                let left = Identity {
+                    pid: pid as u32,
+                    pgid: pgid as u32,
+                    start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+                };
+                if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+                    p.event(
+                        "recovery.cleaned_up",
+                        Some(&rec.service),
+                        Some(&rec.id),
+                        format!("stopped process group {pgid} left running by a previous daemon"),
+                    );
+                }
+            }
         }
         let _ = p.store.remove_instance(&rec.id);
     }

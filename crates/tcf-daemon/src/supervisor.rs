@@ -164,6 +164,7 @@ async fn supervise(
                     port: inst.port,
                     state: "running".into(),
                     started_ms: now_ms(),
+                    runtime: p.runtime_for(cfg).name().to_string(),
                 };
                 if let Err(e) = p.store.upsert_instance(&record) {
                     tracing::error!("cannot record instance {id}: {e}");

@@ -80,6 +80,8 @@ pub const MIGRATIONS: &[&str] = &[
         heartbeat_ms INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL
     );",
+    // 2: which runtime an instance runs on, so recovery cleans up with that runtime only.
+    "ALTER TABLE instances ADD COLUMN runtime TEXT NOT NULL DEFAULT 'process';",
 ];
 
 pub fn now_ms() -> i64 {
@@ -125,6 +127,8 @@ pub struct InstanceRecord {
     pub port: u16,
     pub state: String,
     pub started_ms: i64,
+    /// The runtime's name (`process`, `docker`): recovery cleans up with that runtime.
+    pub runtime: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -254,10 +258,10 @@ impl Store {
     pub fn upsert_instance(&self, i: &InstanceRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO instances (id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO instances (id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms, runtime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(id) DO UPDATE SET service = ?2, version = ?3, pid = ?4, pgid = ?5,
-                   proc_start_ticks = ?6, port = ?7, state = ?8, started_ms = ?9",
+                   proc_start_ticks = ?6, port = ?7, state = ?8, started_ms = ?9, runtime = ?10",
                 params![
                     i.id,
                     i.service,
@@ -267,7 +271,8 @@ impl Store {
                     i.proc_start_ticks,
                     i.port,
                     i.state,
-                    i.started_ms
+                    i.started_ms,
+                    i.runtime
                 ],
             )?;
             Ok(())
@@ -284,7 +289,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<InstanceRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms
+                "SELECT id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms, runtime
                  FROM instances ORDER BY id",
             )?;
             let rows = stmt
@@ -299,6 +304,7 @@ impl Store {
                         port: r.get(6)?,
                         state: r.get(7)?,
                         started_ms: r.get(8)?,
+                        runtime: r.get(9)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
