@@ -16,6 +16,8 @@ use tcf_proxy::Snapshot;
 use tcf_store::{now_ms, Acquire, Lease};
 use tokio::sync::{mpsc, watch};
 
+mod hooks;
+
 pub const DEPLOY_LOCK: &str = "deploy";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1070,45 +1072,24 @@ async fn run_hook(
         .parent()
         .map(|d| d.to_path_buf())
         .unwrap_or_default();
-    let child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(workdir)
-        .env("TCF_VERSION", version)
-        .env("TCF_SERVICES", services)
-        .env("TCF_RELEASE", release.to_string())
-        .env("TCF_PLATFORM", &p.config.platform.name)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(p.config.hooks.timeout, child).await {
-        Err(_) => {
-            return Err(format!(
-                "{name} did not finish within {}",
-                humantime::format_duration(p.config.hooks.timeout)
-            ))
+    let env = [
+        ("TCF_VERSION", version.to_string()),
+        ("TCF_SERVICES", services.to_string()),
+        ("TCF_RELEASE", release.to_string()),
+        ("TCF_PLATFORM", p.config.platform.name.clone()),
+    ];
+    match hooks::run(argv, &env, &workdir, p.config.hooks.timeout).await {
+        Ok(out) => {
+            rep.step(
+                "hook.passed",
+                None,
+                format!("{name} passed {}", hooks::last_line(&out.stdout)),
+            );
+            Ok(())
         }
-        Ok(Err(e)) => return Err(format!("cannot run {name} ({}): {e}", argv[0])),
-        Ok(Ok(out)) => out,
-    };
-    let tail = |b: &[u8]| {
-        String::from_utf8_lossy(b)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string()
-    };
-    if out.status.success() {
-        rep.step(
-            "hook.passed",
-            None,
-            format!("{name} passed {}", tail(&out.stdout)),
-        );
-        Ok(())
-    } else {
-        Err(format!(
-            "{name} exited with {}: {}",
-            out.status,
-            tail(&out.stderr)
-        ))
+        Err(hooks::HookError::Failed { status, last_line }) => {
+            Err(format!("{name} exited with {status}: {last_line}"))
+        }
+        Err(e) => Err(format!("{name} {e}")),
     }
 }
