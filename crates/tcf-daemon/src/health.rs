@@ -84,14 +84,16 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url:?} is not an http:// URL"));
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url:?} names no host"))?;
+    let host = uri.host().ok_or_else(|| format!("{url:?} names no host"))?;
     let port = uri.port_u16().unwrap_or(80);
     let path = uri
         .path_and_query()
         .map_or("/".to_string(), |p| p.as_str().to_string());
-    let path = if path.is_empty() { "/".to_string() } else { path };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
     Ok((format!("{host}:{port}"), path))
 }
 

@@ -370,12 +370,25 @@ impl Store {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut svc =
-                c.prepare("SELECT service, version FROM release_services WHERE release_id = ?1")?;
+            // One query for every listed release's versions, not one per release.
+            let mut svc = c.prepare(
+                "SELECT release_id, service, version FROM release_services
+                 WHERE release_id IN (SELECT id FROM releases ORDER BY id DESC LIMIT ?1)",
+            )?;
+            let mut versions: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+            let rows = svc.query_map(params![limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, service, version) = row?;
+                versions.entry(id).or_default().insert(service, version);
+            }
             for rel in &mut releases {
-                rel.versions = svc
-                    .query_map(params![rel.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                rel.versions = versions.remove(&rel.id).unwrap_or_default();
             }
             Ok(releases)
         })
@@ -624,6 +637,10 @@ mod tests {
         let rel = s.releases(10).unwrap();
         assert_eq!(rel.len(), 3);
         assert_eq!(rel[0].versions, v(&[("b", "v9")]));
+        assert_eq!(rel[2].versions, v(&[("a", "v1"), ("b", "v1")]));
+        let newest = s.releases(1).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].versions, v(&[("b", "v9")]));
     }
 
     #[test]
