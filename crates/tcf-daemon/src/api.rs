@@ -162,13 +162,14 @@ async fn events(
     State(p): State<Arc<Platform>>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let (service, after, limit) = (
+        q.service.clone(),
+        q.after,
+        q.limit.unwrap_or(100).min(10_000),
+    );
     let rows = p
-        .store
-        .events(
-            q.service.as_deref(),
-            q.after,
-            q.limit.unwrap_or(100).min(10_000),
-        )
+        .with_store(move |s| s.events(service.as_deref(), after, limit))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows.into_iter().map(wire_event).collect()))
 }
@@ -294,8 +295,8 @@ async fn rollback_handler(
     Json(req): Json<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
     let releases = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let services = services_in_order(&p, &req.services)?;
     let known = |service: &str| -> Vec<String> {
@@ -376,8 +377,8 @@ async fn releases_handler(
     Query(q): Query<ReleasesQuery>,
 ) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
     let all = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let limit = q.limit.unwrap_or(50) as usize;
     let out = all
@@ -422,8 +423,8 @@ async fn lock_handler(
     State(p): State<Arc<Platform>>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     let lease = p
-        .store
-        .lock(deploy::DEPLOY_LOCK)
+        .with_store(|s| s.lock(deploy::DEPLOY_LOCK))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(match lease {
         None => tcf_api::LockStatus {
@@ -468,8 +469,8 @@ async fn lock_release_handler(
         }
     }
     let released = p
-        .store
-        .release_lock(deploy::DEPLOY_LOCK, None)
+        .with_store(|s| s.release_lock(deploy::DEPLOY_LOCK, None))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if released {
         p.event(

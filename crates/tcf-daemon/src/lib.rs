@@ -110,7 +110,7 @@ pub async fn run(
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = take_lock(&state_dir)?;
-    let store = Store::open(&state_dir)?;
+    let store = Arc::new(Store::open(&state_dir)?);
     let workdir = config
         .path
         .parent()
@@ -246,15 +246,17 @@ pub async fn run(
             )
         })
         .collect();
+    let events = broadcast::channel(1024).0;
     let p = Arc::new(Platform {
         config,
+        event_log: platform::EventLog::start(store.clone(), events.clone()),
         store,
         runtime,
         docker: docker.clone(),
         adoptable: Mutex::new(adoptable),
         services,
         dependencies,
-        events: broadcast::channel(1024).0,
+        events,
         shutdown: watch::channel(false).0,
         started: Instant::now(),
         deploying: Mutex::new(None),
@@ -373,6 +375,8 @@ pub async fn run(
         None,
         format!("daemon stopped after {}s", p.started.elapsed().as_secs()),
     );
+    let flushing = p.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.event_log.flush()).await;
     Ok(())
 }
 

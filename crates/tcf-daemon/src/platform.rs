@@ -371,9 +371,62 @@ pub struct DependencyRuntime {
     pub healthy: watch::Sender<bool>,
 }
 
+enum EventMsg {
+    Append(NewEvent),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The audit trail's writer: one thread that appends events to the store in the order they
+/// happened and then broadcasts them to followers (`events -f`, a deploy's progress).
+pub struct EventLog {
+    tx: std::sync::mpsc::Sender<EventMsg>,
+}
+
+impl EventLog {
+    pub fn start(store: Arc<Store>, followers: broadcast::Sender<tcf_store::Event>) -> EventLog {
+        let (tx, rx) = std::sync::mpsc::channel::<EventMsg>();
+        let spawned = std::thread::Builder::new()
+            .name("tcf-events".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        EventMsg::Append(new) => match store.append_event(&new) {
+                            Ok(e) => {
+                                let _ = followers.send(e);
+                            }
+                            Err(e) => tracing::error!("cannot record event {}: {e}", new.kind),
+                        },
+                        EventMsg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the event writer thread: {e}");
+        }
+        EventLog { tx }
+    }
+
+    fn append(&self, event: NewEvent) {
+        if self.tx.send(EventMsg::Append(event)).is_err() {
+            tracing::error!("the event writer has stopped; an event was not recorded");
+        }
+    }
+
+    /// Wait until every event sent so far is in the store (before the daemon exits).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(EventMsg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
 pub struct Platform {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub event_log: EventLog,
     pub runtime: Arc<dyn Runtime>,
     /// The Docker runtime, when a service uses it.
     pub docker: Option<Arc<tcf_docker::DockerRuntime>>,
@@ -398,7 +451,8 @@ impl Platform {
         }
     }
 
-    /// Record one state change: store, broadcast and the daemon's own log.
+    /// Record one state change: store, broadcast and the daemon's own log. The store write
+    /// happens on the event writer's own thread, in order, so no runtime thread waits on SQLite.
     pub fn event(
         &self,
         kind: &str,
@@ -409,18 +463,25 @@ impl Platform {
         let message = message.into();
         let place = instance.or(service).unwrap_or("platform");
         tracing::info!("{kind:<24} {place:<14} {message}");
-        let new = NewEvent {
+        self.event_log.append(NewEvent {
             actor: "daemon".into(),
             kind: kind.into(),
             service: service.map(str::to_string),
             instance: instance.map(str::to_string),
             message,
-        };
-        match self.store.append_event(&new) {
-            Ok(e) => {
-                let _ = self.events.send(e);
-            }
-            Err(e) => tracing::error!("cannot record event {kind}: {e}"),
+        });
+    }
+
+    /// Run a store call on a blocking thread: SQLite may wait (busy timeout, fsync), and a
+    /// runtime thread must not.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 

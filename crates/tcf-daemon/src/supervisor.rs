@@ -166,7 +166,7 @@ async fn supervise(
                     started_ms: now_ms(),
                     runtime: p.runtime_for(cfg).name().to_string(),
                 };
-                if let Err(e) = p.store.upsert_instance(&record) {
+                if let Err(e) = p.with_store(move |s| s.upsert_instance(&record)).await {
                     tracing::error!("cannot record instance {id}: {e}");
                 }
                 p.event(
@@ -215,7 +215,7 @@ async fn supervise(
                     }
                     Outcome::Stop => {
                         let exit = tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
-                        let _ = p.store.remove_instance(id);
+                        forget_instance(&p, id).await;
                         p.event(
                             "instance.stopped",
                             service,
@@ -237,7 +237,7 @@ async fn supervise(
                         tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
                     }
                 }
-                let _ = p.store.remove_instance(id);
+                forget_instance(&p, id).await;
                 if was_healthy {
                     ran_healthy_for = started.elapsed();
                 }
@@ -303,6 +303,14 @@ async fn supervise(
         i.pid = None;
     }
     svc.rebuild_route();
+}
+
+/// The instance is gone: a later daemon has nothing to clean up.
+async fn forget_instance(p: &Platform, id: &str) {
+    let id = id.to_string();
+    if let Err(e) = p.with_store(move |s| s.remove_instance(&id)).await {
+        tracing::error!("cannot update the store after an instance stopped: {e}");
+    }
 }
 
 /// Probe an instance until its supervisor stops this task; report a missed deadline once.

@@ -93,19 +93,23 @@ impl Reporter {
     }
 
     /// The release failed: record it so (or say why it could not be recorded).
-    fn failed(&self, msg: String) -> Outcome {
-        match self.record_end("failed") {
+    async fn failed(&self, msg: String) -> Outcome {
+        match self.record_end("failed").await {
             Ok(()) => Outcome::Failed(msg),
             Err(e) => Outcome::Failed(format!("{msg}; {e}")),
         }
     }
 
     /// Record how the release ended; a store that refuses says so instead of being ignored.
-    fn record_end(&self, status: &str) -> Result<(), String> {
+    async fn record_end(&self, status: &'static str) -> Result<(), String> {
         let Some(id) = self.release else {
             return Ok(());
         };
-        self.p.store.finish_release(id, status).map_err(|e| {
+        let stored = self
+            .p
+            .with_store(move |s| s.finish_release(id, status))
+            .await;
+        stored.map_err(|e| {
             let msg = format!("cannot record release {id} as {status}: {e}");
             self.step("release.store_failed", None, msg.clone());
             msg
@@ -208,7 +212,7 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
             heartbeat_ms: now_ms(),
             expires_ms: now_ms() + ttl.as_millis() as i64,
         };
-        match p.store.acquire_lock(&lease) {
+        match p.with_store(move |s| s.acquire_lock(&lease)).await {
             Ok(Acquire::Acquired) => break,
             Ok(Acquire::TookOver(old)) => {
                 rep.step(
@@ -273,7 +277,10 @@ impl LeaseGuard {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
                     let next = now_ms() + ttl.as_millis() as i64;
-                    let renewed = p.store.renew_lock(DEPLOY_LOCK, &owner, next);
+                    let who = owner.clone();
+                    let renewed = p
+                        .with_store(move |s| s.renew_lock(DEPLOY_LOCK, &who, next))
+                        .await;
                     let why = match renewed {
                         Ok(true) => {
                             expires = next;
@@ -338,13 +345,19 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         Kind::Rollback => "rollback",
     };
     let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
-    let release = match p.store.create_release(
-        strategy_name,
-        "in_progress",
-        &plan.actor,
-        plan.reason.as_deref(),
-        &versions,
-    ) {
+    let (actor, reason) = (plan.actor.clone(), plan.reason.clone());
+    let created = p
+        .with_store(move |s| {
+            s.create_release(
+                strategy_name,
+                "in_progress",
+                &actor,
+                reason.as_deref(),
+                &versions,
+            )
+        })
+        .await;
+    let release = match created {
         Ok(id) => id,
         Err(e) => return Outcome::Failed(format!("cannot record the release: {e}")),
     };
@@ -379,7 +392,9 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             )
             .await
             {
-                return rep.failed(format!("pre_deploy hook failed, nothing changed: {e}"));
+                return rep
+                    .failed(format!("pre_deploy hook failed, nothing changed: {e}"))
+                    .await;
             }
         }
     }
@@ -399,7 +414,9 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         );
         if let Err(reason) = p.runtime_for(&svc.config).check(&spec).await {
             rep.step("deploy.check_failed", Some(service), reason.clone());
-            return rep.failed(format!("{service}: {reason}; nothing changed"));
+            return rep
+                .failed(format!("{service}: {reason}; nothing changed"))
+                .await;
         }
     }
 
@@ -410,9 +427,11 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         };
         if let Err(why) = rep.lease_lost() {
             revert(p, rep, switched).await;
-            return rep.failed(format!(
+            return rep
+                .failed(format!(
                 "{why}; stopped before {service}, every service is back on its previous version"
-            ));
+            ))
+                .await;
         }
         let step = match plan.kind {
             Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await,
@@ -424,9 +443,11 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             Ok(s) => switched.push(s),
             Err(reason) => {
                 revert(p, rep, switched).await;
-                return rep.failed(format!(
-                    "{service}: {reason}; every service is back on its previous version"
-                ));
+                return rep
+                    .failed(format!(
+                        "{service}: {reason}; every service is back on its previous version"
+                    ))
+                    .await;
             }
         }
     }
@@ -457,27 +478,35 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                 rep.step("deploy.breach", None, breach.clone());
                 revert(p, rep, switched).await;
                 let msg = format!("{breach}; reverted to the previous version");
-                return match rep.record_end("reverted") {
+                return match rep.record_end("reverted").await {
                     Ok(()) => Outcome::Reverted(msg),
                     Err(e) => Outcome::Failed(format!("{msg}; {e}")),
                 };
             }
             Err(Stop::LeaseLost(why)) => {
                 revert(p, rep, switched).await;
-                return rep.failed(format!(
+                return rep
+                    .failed(format!(
                     "{why}; stopped while watching, every service is back on its previous version"
-                ));
+                ))
+                    .await;
             }
         }
     }
 
     // What runs must match what the store says runs: after a restart the daemon starts the
     // store's active release. A release that cannot be recorded is undone.
-    if let Err(e) = rep.lease_lost().and_then(|()| rep.record_end("active")) {
+    let recorded = match rep.lease_lost() {
+        Ok(()) => rep.record_end("active").await,
+        Err(why) => Err(why),
+    };
+    if let Err(e) = recorded {
         revert(p, rep, switched).await;
-        return rep.failed(format!(
-            "{e}; every service is back on its previous version"
-        ));
+        return rep
+            .failed(format!(
+                "{e}; every service is back on its previous version"
+            ))
+            .await;
     }
     if plan.kind == Kind::Rollback {
         mark_rolled_back(p, &plan.targets, release);
