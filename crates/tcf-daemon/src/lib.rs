@@ -12,6 +12,8 @@ mod logs;
 mod metrics;
 mod platform;
 mod supervisor;
+#[cfg(test)]
+mod testkit;
 
 pub use api::build_status;
 pub use health::dependency as probe_dependency;
@@ -203,64 +205,7 @@ pub async fn run(
             }
         }
     }
-    let mut services = BTreeMap::new();
-    for (name, cfg) in &config.services {
-        let proxy = ServiceProxy::new(
-            name.clone(),
-            Settings {
-                max_request_body: cfg.max_request_body,
-                upstream_timeout: cfg.upstream_timeout,
-                connect_timeout: cfg.connect_timeout,
-            },
-        );
-        let version = active
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| cfg.version.clone());
-        let svc = Arc::new(ServiceRuntime::new(
-            cfg.clone(),
-            proxy,
-            sticky(&config.deploy.sticky),
-        ));
-        // Adopted containers keep the colour they run in.
-        let colour = adoptable
-            .values()
-            .find(|f: &&tcf_docker::Found| f.service == *name)
-            .map_or("blue".to_string(), |f| f.colour.clone());
-        let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version);
-        svc.set_traffic(vec![(colour.to_string(), 100)]);
-        services.insert(name.clone(), svc);
-    }
-    let dependencies = config
-        .dependencies
-        .iter()
-        .map(|(name, d)| {
-            (
-                name.clone(),
-                Arc::new(DependencyRuntime {
-                    config: d.clone(),
-                    info: Mutex::new(DependencyInfo::default()),
-                    healthy: watch::channel(false).0,
-                }),
-            )
-        })
-        .collect();
-    let events = broadcast::channel(1024).0;
-    let p = Arc::new(Platform {
-        config,
-        event_log: platform::EventLog::start(store.clone(), events.clone()),
-        store,
-        runtime,
-        docker: docker.clone(),
-        adoptable: Mutex::new(adoptable),
-        services,
-        dependencies,
-        events,
-        shutdown: watch::channel(false).0,
-        started: Instant::now(),
-        deploying: Mutex::new(None),
-    });
+    let p = assemble(config, store, runtime, docker.clone(), adoptable, &active);
 
     p.event(
         "daemon.started",
@@ -378,6 +323,76 @@ pub async fn run(
     let flushing = p.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.event_log.flush()).await;
     Ok(())
+}
+
+/// The live state for `config`: each service with its proxy and the colour it starts in (the
+/// colour of its adopted containers, else blue), each dependency, and the event writer.
+fn assemble(
+    config: Config,
+    store: Arc<Store>,
+    runtime: Arc<dyn Runtime>,
+    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    adoptable: BTreeMap<String, tcf_docker::Found>,
+    active: &BTreeMap<String, String>,
+) -> Arc<Platform> {
+    let mut services = BTreeMap::new();
+    for (name, cfg) in &config.services {
+        let proxy = ServiceProxy::new(
+            name.clone(),
+            Settings {
+                max_request_body: cfg.max_request_body,
+                upstream_timeout: cfg.upstream_timeout,
+                connect_timeout: cfg.connect_timeout,
+            },
+        );
+        let version = active
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| cfg.version.clone());
+        let svc = Arc::new(ServiceRuntime::new(
+            cfg.clone(),
+            proxy,
+            sticky(&config.deploy.sticky),
+        ));
+        // Adopted containers keep the colour they run in.
+        let colour = adoptable
+            .values()
+            .find(|f: &&tcf_docker::Found| f.service == *name)
+            .map_or("blue".to_string(), |f| f.colour.clone());
+        let colour = if colour == "green" { "green" } else { "blue" };
+        svc.add_colour(colour, &version);
+        svc.set_traffic(vec![(colour.to_string(), 100)]);
+        services.insert(name.clone(), svc);
+    }
+    let dependencies = config
+        .dependencies
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Arc::new(DependencyRuntime {
+                    config: d.clone(),
+                    info: Mutex::new(DependencyInfo::default()),
+                    healthy: watch::channel(false).0,
+                }),
+            )
+        })
+        .collect();
+    let events = broadcast::channel(1024).0;
+    Arc::new(Platform {
+        config,
+        event_log: platform::EventLog::start(store.clone(), events.clone()),
+        store,
+        runtime,
+        docker: docker.clone(),
+        adoptable: Mutex::new(adoptable),
+        services,
+        dependencies,
+        events,
+        shutdown: watch::channel(false).0,
+        started: Instant::now(),
+        deploying: Mutex::new(None),
+    })
 }
 
 /// Proxy worker threads: TCF_WORKER_THREADS, else one per core.

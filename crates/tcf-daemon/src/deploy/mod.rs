@@ -17,6 +17,8 @@ use tcf_store::{now_ms, Acquire, Lease};
 use tokio::sync::{mpsc, watch};
 
 mod hooks;
+#[cfg(test)]
+mod tests;
 
 pub const DEPLOY_LOCK: &str = "deploy";
 
