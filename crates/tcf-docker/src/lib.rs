@@ -274,9 +274,7 @@ impl DockerInstance {
                 }),
             );
             while let Some(Ok(chunk)) = stream.next().await {
-                if let Ok(mut l) = log.lock() {
-                    let _ = l.write(&chunk.into_bytes());
-                }
+                log.write(chunk.into_bytes().to_vec()).await;
             }
         });
         Ok(DockerInstance {

@@ -105,13 +105,7 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: Shar
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Ok(mut l) = log.lock() {
-                        if let Err(e) = l.write(&buf[..n]) {
-                            tracing::warn!("cannot write instance log: {e}");
-                        }
-                    }
-                }
+                Ok(n) => log.write(buf[..n].to_vec()).await,
             }
         }
     });
