@@ -74,7 +74,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         colour: i.colour.clone(),
                         version: i.version.clone(),
                         pid: info.pid,
-                        port: i.port,
+                        port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,

@@ -7,7 +7,7 @@ use crate::metrics::MetricsWindow;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
@@ -83,8 +83,11 @@ pub struct Instance {
     pub service: String,
     pub colour: String,
     pub version: String,
-    pub port: u16,
-    pub backend: Arc<Backend>,
+    /// The loopback port it listens on. Changes only while it is not running, when the port
+    /// was taken by someone else (see [`Instance::move_to_port`]).
+    port: AtomicU16,
+    /// Its place in its colour's pool; replaced along with the port.
+    backend: Mutex<Arc<Backend>>,
     pub info: Mutex<InstanceInfo>,
     /// Flipped to true to ask the instance's supervisor to stop it for good.
     pub stop: watch::Sender<bool>,
@@ -99,12 +102,15 @@ impl Instance {
     /// A new instance of `colour`, starting.
     pub fn new(id: String, service: &str, colour: &Colour, port: u16) -> Instance {
         Instance {
-            backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
+            backend: Mutex::new(Backend::new(
+                id.clone(),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )),
             id,
             service: service.to_string(),
             colour: colour.name.clone(),
             version: colour.version.clone(),
-            port,
+            port: AtomicU16::new(port),
             info: Mutex::new(InstanceInfo {
                 state: InstanceState::Starting,
                 health: Health::Unknown,
@@ -124,6 +130,26 @@ impl Instance {
 
     pub fn info(&self) -> InstanceInfo {
         lock(&self.info).clone()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::SeqCst)
+    }
+
+    pub fn backend(&self) -> Arc<Backend> {
+        lock(&self.backend).clone()
+    }
+
+    /// Listen on `port` from the next start on (the old one was taken while it was down): a
+    /// new backend, so no pooled connection to the old port is ever reused.
+    pub fn move_to_port(&self, port: u16) {
+        let old = {
+            let mut backend = lock(&self.backend);
+            let fresh = Backend::new(self.id.clone(), SocketAddr::from(([127, 0, 0, 1], port)));
+            std::mem::replace(&mut *backend, fresh)
+        };
+        old.close_idle();
+        self.port.store(port, Ordering::SeqCst);
     }
 
     /// Running, healthy and not on its way out: able to serve. Whether it gets requests is
@@ -147,10 +173,11 @@ impl Instance {
         self.draining.store(true, Ordering::SeqCst);
         svc.rebuild_route();
         let start = Instant::now();
-        while self.backend.outstanding() > 0 && start.elapsed() < drain {
+        let backend = self.backend();
+        while backend.outstanding() > 0 && start.elapsed() < drain {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        while self.backend.upgraded() > 0 && start.elapsed() < upgrade_drain {
+        while backend.upgraded() > 0 && start.elapsed() < upgrade_drain {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.stop.send_replace(true);
@@ -337,7 +364,7 @@ impl ServiceRuntime {
                 .instances()
                 .iter()
                 .filter(|i| i.ready() && !traffic.parked.contains(&i.id))
-                .map(|i| i.backend.clone())
+                .map(|i| i.backend())
                 .collect();
             colour.pool.set_backends(backends);
         }

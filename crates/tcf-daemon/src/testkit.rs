@@ -26,6 +26,10 @@ use tokio::sync::watch;
 pub struct FakeRuntime {
     live: Arc<Mutex<BTreeMap<String, u32>>>,
     starts: AtomicUsize,
+    /// Instances whose health endpoint answers 503 until told otherwise.
+    sick: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// The newest start of each instance id, to make it exit on demand.
+    exits: Mutex<BTreeMap<String, watch::Sender<bool>>>,
 }
 
 impl FakeRuntime {
@@ -36,6 +40,27 @@ impl FakeRuntime {
 
     pub fn starts(&self) -> usize {
         self.starts.load(Ordering::SeqCst)
+    }
+
+    /// Make instance `id` fail (or pass again) its health checks while it keeps running.
+    pub fn set_sick(&self, id: &str, sick: bool) {
+        let mut set = self.sick.lock().unwrap();
+        if sick {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// Make instance `id` exit as if it crashed; its port is free once this returns.
+    pub async fn crash(&self, id: &str) {
+        let exit = self.exits.lock().unwrap().get(id).cloned();
+        if let Some(exit) = exit {
+            exit.send_replace(true);
+        }
+        while self.live().contains_key(id) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -67,9 +92,10 @@ impl Running for FakeInstance {
     }
 }
 
-fn answer(version: &str, id: &str, path: &str, born: Instant) -> (u16, String) {
+fn answer(version: &str, id: &str, path: &str, born: Instant, sick: bool) -> (u16, String) {
     if path.starts_with("/health") {
-        let sick = version.contains("unhealthy")
+        let sick = sick
+            || version.contains("unhealthy")
             || (version.contains("sick-after") && born.elapsed() > Duration::from_millis(1200))
             || (version.contains("bad2") && id.ends_with("-2"));
         return if sick {
@@ -87,7 +113,13 @@ fn answer(version: &str, id: &str, path: &str, born: Instant) -> (u16, String) {
     )
 }
 
-async fn serve_one(mut conn: tokio::net::TcpStream, version: String, id: String, born: Instant) {
+async fn serve_one(
+    mut conn: tokio::net::TcpStream,
+    version: String,
+    id: String,
+    born: Instant,
+    sick: Arc<Mutex<std::collections::BTreeSet<String>>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -98,7 +130,8 @@ async fn serve_one(mut conn: tokio::net::TcpStream, version: String, id: String,
     }
     let head = String::from_utf8_lossy(&buf);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (code, body) = answer(&version, &id, &path, born);
+    let forced = sick.lock().unwrap().contains(&id);
+    let (code, body) = answer(&version, &id, &path, born, forced);
     let reply = format!(
         "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -128,20 +161,26 @@ impl Runtime for FakeRuntime {
                 .entry(spec.id.clone())
                 .or_default() += 1;
             let (stop, mut stop_rx) = watch::channel(false);
+            self.exits
+                .lock()
+                .unwrap()
+                .insert(spec.id.clone(), stop.clone());
             let (done_tx, done) = watch::channel(false);
             let live = self.live.clone();
+            let sick = self.sick.clone();
             let (id, version, born) = (spec.id.clone(), spec.version.clone(), Instant::now());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => {
                             if let Ok((conn, _)) = accepted {
-                                tokio::spawn(serve_one(conn, version.clone(), id.clone(), born));
+                                tokio::spawn(serve_one(conn, version.clone(), id.clone(), born, sick.clone()));
                             }
                         }
                         _ = stop_rx.wait_for(|s| *s) => break,
                     }
                 }
+                drop(listener);
                 {
                     let mut live = live.lock().unwrap();
                     if let Some(count) = live.get_mut(&id) {
