@@ -33,10 +33,13 @@ fn a_second_deploy_gets_exit_3_naming_the_holder() {
     p.wait_for("all healthy", START, all_healthy);
     // A slow release holds the lock for seconds.
     let first = deploy_in_background(&p, "v2-slow", "tokens");
-    std::thread::sleep(Duration::from_millis(700));
-    let lock = p.cli(&["lock", "status", "--format", "json"]);
-    let lock: Value = serde_json::from_slice(&lock.stdout).unwrap();
-    assert_eq!(lock["held"], true);
+    let lock_status = || -> Value {
+        serde_json::from_slice(&p.cli(&["lock", "status", "--format", "json"]).stdout).unwrap()
+    };
+    wait_until("the first release to hold the lock", START, || {
+        lock_status()["held"] == true
+    });
+    let lock = lock_status();
     let (code, out, lines) = run(&p, &["prod", "deploy", "v3", "--service", "gateway"]);
     assert_eq!(code, 3, "{out}");
     let msg = lines.last().unwrap()["message"].as_str().unwrap();
@@ -173,16 +176,21 @@ fn upgraded_connections_get_their_drain_and_retired_colours_keep_no_connections(
     let mut buf = [0u8; 10];
     ws.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here");
-    // ...which ends at its deadline, when the old instance stops.
-    let n = ws.read(&mut buf).unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "the upgraded connection should be closed at the drain deadline"
+    // ...which ends at its deadline, when the old instance stops: an end of stream or a reset,
+    // well before the 15 s read timeout (a timeout is a failure, not a close).
+    match ws.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the upgraded connection was not closed at its drain deadline: {other:?}"),
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "cut before its drain deadline: {closed_after:?}"
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "cut before its drain deadline: {:?}",
-        started.elapsed()
+        closed_after < Duration::from_secs(12),
+        "closed long after its 3 s drain deadline: {closed_after:?}"
     );
 
     // Ten switches under light load; then nothing stays connected to a retired colour.
@@ -212,11 +220,11 @@ fn upgraded_connections_get_their_drain_and_retired_colours_keep_no_connections(
         .samples
         .iter()
         .all(|s| s.status == 200 && !s.by_proxy));
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        open_connections_to(&retired_ports),
-        0,
-        "connections left open to retired colours"
+    // The idle sweep runs every 2 s; the 15 s idle limit must not be what closes them.
+    wait_until(
+        "no connection left to a retired colour",
+        Duration::from_secs(5),
+        || open_connections_to(&retired_ports) == 0,
     );
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
