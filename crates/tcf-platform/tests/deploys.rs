@@ -257,3 +257,37 @@ fn hooks_run_with_the_release_in_their_environment_and_a_failing_pre_deploy_abor
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }
+
+#[test]
+fn down_during_a_release_interrupts_it_and_reverts_nothing() {
+    let mut p = Platform::new(&deploy_config(&[]));
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    // A release whose new version takes 5 s to start, stopped half-way through.
+    let deploy = deploy_in_background(&p, "v2-slow", "tokens");
+    wait_until("the release to start its instance", START, || {
+        p.status()
+            .is_some_and(|s| s["deploy_in_progress"].is_string())
+    });
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+    let out = deploy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("interrupted (platform stopping)"),
+        "{stdout}"
+    );
+    for pid in &p.seen_pids {
+        assert!(!alive(*pid), "pid {pid} still alive after down");
+    }
+    // The next start serves the last active release and the history says what happened.
+    p.up();
+    let status = p.wait_for("all healthy again", START, all_healthy);
+    assert_eq!(version_at(&listen(&status, "tokens")), "v1");
+    let history: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
+    assert_eq!(history[0]["status"], "interrupted", "{history:#?}");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}

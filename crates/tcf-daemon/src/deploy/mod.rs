@@ -21,6 +21,8 @@ mod hooks;
 mod tests;
 
 pub const DEPLOY_LOCK: &str = "deploy";
+/// Why a release ended early when the daemon was asked to stop.
+const STOPPING: &str = "interrupted (platform stopping)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -94,8 +96,20 @@ impl Reporter {
         }
     }
 
-    /// The release failed: record it so (or say why it could not be recorded).
+    /// The release failed: record it so (or say why it could not be recorded). When the
+    /// platform is stopping, whatever failed, the release was interrupted: it is recorded as
+    /// such, and nothing was reverted (everything is being stopped).
     async fn failed(&self, msg: String) -> Outcome {
+        if self.p.is_stopping() {
+            let msg = match self.release {
+                Some(id) => format!("release {id} {STOPPING}"),
+                None => STOPPING.to_string(),
+            };
+            return match self.record_end("interrupted").await {
+                Ok(()) => Outcome::Failed(msg),
+                Err(e) => Outcome::Failed(format!("{msg}; {e}")),
+            };
+        }
         match self.record_end("failed").await {
             Ok(()) => Outcome::Failed(msg),
             Err(e) => Outcome::Failed(format!("{msg}; {e}")),
@@ -485,6 +499,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                     Err(e) => Outcome::Failed(format!("{msg}; {e}")),
                 };
             }
+            Err(Stop::Stopping) => return rep.failed(STOPPING.to_string()).await,
             Err(Stop::LeaseLost(why)) => {
                 revert(p, rep, switched).await;
                 return rep
@@ -612,6 +627,7 @@ fn spawn_all(
 
 /// Wait until every instance of `colour` (or just `only`) is healthy, within the deadline.
 async fn gate(
+    p: &Platform,
     svc: &ServiceRuntime,
     colour: &Colour,
     only: Option<&str>,
@@ -620,6 +636,9 @@ async fn gate(
     let limit = h.start_period + h.deadline;
     let start = Instant::now();
     loop {
+        if p.is_stopping() {
+            return Err(STOPPING.to_string());
+        }
         let instances: Vec<_> = colour
             .instances()
             .into_iter()
@@ -671,7 +690,7 @@ async fn start_and_gate(
         ),
     );
     let gated = match spawn_all(p, svc, &new) {
-        Ok(()) => gate(svc, &new, None).await,
+        Ok(()) => gate(p, svc, &new, None).await,
         Err(e) => Err(e),
     };
     match gated {
@@ -815,7 +834,7 @@ async fn rolling(
             }
         }
         for inst in &started {
-            if let Err(reason) = gate(svc, &new, Some(&inst.id)).await {
+            if let Err(reason) = gate(p, svc, &new, Some(&inst.id)).await {
                 return Err(rolling_failed(p, rep, svc, &old, &new, reason).await);
             }
         }
@@ -911,8 +930,17 @@ async fn rollback_service(
     }
 }
 
-/// Undo the switches of this release, newest first.
+/// Undo the switches of this release, newest first. Not while the platform stops: everything
+/// is being stopped, and a revert would start instances again.
 async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Switched>) {
+    if p.is_stopping() {
+        rep.step(
+            "deploy.not_reverted",
+            None,
+            "the platform is stopping: nothing is reverted; the next start runs the last active release",
+        );
+        return;
+    }
     for s in switched.into_iter().rev() {
         let name = s.svc.config.name.clone();
         match &s.old {
@@ -945,7 +973,7 @@ async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Switched>) {
                 );
                 let colour = s.svc.add_colour(other_colour(&s.new.name), &previous);
                 let _ = spawn_all(p, &s.svc, &colour);
-                let _ = gate(&s.svc, &colour, None).await;
+                let _ = gate(p, &s.svc, &colour, None).await;
                 switch(
                     rep,
                     &s.svc,
@@ -964,12 +992,15 @@ enum Stop {
     Breach(String),
     /// The release lost the deploy lock.
     LeaseLost(String),
+    /// The platform is stopping (`down`, a signal).
+    Stopping,
 }
 
 impl Stop {
     fn message(self) -> String {
         match self {
             Stop::Breach(m) | Stop::LeaseLost(m) => m,
+            Stop::Stopping => STOPPING.to_string(),
         }
     }
 }
@@ -985,6 +1016,9 @@ async fn watch(
     let start = Instant::now();
     loop {
         rep.lease_lost().map_err(Stop::LeaseLost)?;
+        if p.is_stopping() {
+            return Err(Stop::Stopping);
+        }
         for s in switched {
             let name = &s.svc.config.name;
             if let Some(bad) = s.new.instances().iter().find(|i| !s.svc.in_pool(i)) {
