@@ -130,6 +130,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         services,
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
+        warnings: lock(&p.warnings).clone(),
     }
 }
 

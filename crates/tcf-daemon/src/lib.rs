@@ -11,6 +11,7 @@ mod health;
 mod logs;
 mod metrics;
 mod platform;
+mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
@@ -271,6 +272,7 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    tokio::spawn(store_watch::run(p.clone()));
 
     let mut api_shutdown = p.shutdown.subscribe();
     let api_server =
@@ -392,6 +394,7 @@ fn assemble(
         shutdown: watch::channel(false).0,
         started: Instant::now(),
         deploying: Mutex::new(None),
+        warnings: Mutex::new(Vec::new()),
     })
 }
 

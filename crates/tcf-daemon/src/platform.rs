@@ -467,6 +467,8 @@ pub struct Platform {
     pub started: Instant,
     /// What release is running right now, if any (for status).
     pub deploying: Mutex<Option<String>>,
+    /// Problems an operator must see in `status` (a state store that was deleted, say).
+    pub warnings: Mutex<Vec<String>>,
 }
 
 impl Platform {

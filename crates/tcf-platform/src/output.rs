@@ -66,6 +66,12 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         healthy,
         s.services.len()
     );
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
+    if !s.warnings.is_empty() {
+        out.push('\n');
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }

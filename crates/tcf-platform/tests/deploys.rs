@@ -291,3 +291,51 @@ fn down_during_a_release_interrupts_it_and_reverts_nothing() {
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }
+
+#[test]
+fn a_deleted_state_store_is_noticed_and_written_again_before_it_matters() {
+    let mut p = Platform::new(&deploy_config(&[("watch", "\"0s\"")]));
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 0, "{out}");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.dir.path().join(".tcf").join(f));
+    }
+    let warned = p.wait_for("a warning in status", Duration::from_secs(20), |s| {
+        s["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|m| m.as_str().unwrap().contains("deleted")))
+    });
+    let table = String::from_utf8_lossy(&p.cli(&["status"]).stdout).to_string();
+    assert!(
+        table.contains("WARNING: the state store was deleted"),
+        "{table}\n{warned}"
+    );
+    assert!(p.dir.path().join(".tcf/state.db").exists());
+    // The next crash loses nothing: the release, and the instances to clean up.
+    p.kill_daemon();
+    let old: Vec<u32> = p.seen_pids.iter().copied().collect();
+    p.up();
+    let after = p.wait_for("all healthy after the restart", START, all_healthy);
+    assert_eq!(version_at(&listen(&after, "tokens")), "v2");
+    assert_eq!(
+        listen(&after, "tokens"),
+        listen(&status, "tokens"),
+        "same platform"
+    );
+    for pid in &old {
+        assert!(
+            !alive(*pid),
+            "pid {pid} of the killed daemon is still alive"
+        );
+    }
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "1000"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "store.rewritten"));
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}

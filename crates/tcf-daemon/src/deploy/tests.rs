@@ -144,12 +144,12 @@ async fn a_release_that_loses_its_lease_stops_and_reverts() {
 async fn a_release_the_store_cannot_record_is_reverted() {
     let t = TestPlatform::start(&[("api", 1)], "").await;
     // Fault injection on the real store: the final write of any release fails.
-    let c = rusqlite::Connection::open(t.p.store.path()).unwrap();
-    c.execute_batch(
-        "CREATE TRIGGER refuse_active BEFORE UPDATE OF status ON releases
-         WHEN NEW.status = 'active' BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
-    )
-    .unwrap();
+    t.p.store
+        .execute_batch_for_tests(
+            "CREATE TRIGGER refuse_active BEFORE UPDATE OF status ON releases
+             WHEN NEW.status = 'active' BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+        )
+        .unwrap();
     let (outcome, lines) = t.deploy(Strategy::BlueGreen, &[("api", "v2")]).await;
     let msg = message(&outcome);
     assert!(matches!(outcome, Outcome::Failed(_)), "{msg}");
