@@ -415,13 +415,22 @@ impl EventLog {
         let spawned = std::thread::Builder::new()
             .name("tcf-events".into())
             .spawn(move || {
+                // A full disk fails every write: one line per 10 s, with a count.
+                let mut failures = tcf_runtime::logfile::RateLimited::new(Duration::from_secs(10));
                 for msg in rx {
                     match msg {
                         EventMsg::Append(new) => match store.append_event(&new) {
                             Ok(e) => {
                                 let _ = followers.send(e);
                             }
-                            Err(e) => tracing::error!("cannot record event {}: {e}", new.kind),
+                            Err(e) => {
+                                failures.hit(|held_back| {
+                                    tracing::error!(
+                                        "cannot record event {}: {e} ({held_back} more not recorded since the last message)",
+                                        new.kind
+                                    )
+                                });
+                            }
                         },
                         EventMsg::Flush(done) => {
                             let _ = done.send(());
