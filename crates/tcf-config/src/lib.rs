@@ -7,7 +7,9 @@
 mod diag;
 mod raw;
 mod resolve;
+mod socket;
 pub mod units;
+pub use socket::socket_of_invalid_config;
 
 pub use diag::{line_col, render, Diagnostic};
 pub use resolve::resolve;

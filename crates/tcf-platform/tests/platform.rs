@@ -334,3 +334,26 @@ listen = "127.0.0.1:{port}"
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn a_typo_in_the_config_does_not_lock_the_operator_out() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, good.replace("instances = 2", "instnces = 2")).unwrap();
+    let out = p.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not validate"), "{err}");
+    assert!(p.cli(&["history"]).status.success());
+    assert!(p.cli(&["logs", "tokens"]).status.success());
+    // A deploy from a broken file is refused before anything is asked of the daemon.
+    let deploy = p.cli(&["prod", "deploy", "v2", "--force"]);
+    assert_eq!(deploy.status.code(), Some(2));
+    // Not even TOML any more: still reachable.
+    std::fs::write(&p.config, format!("{good}\n[services.broken\n")).unwrap();
+    assert!(p.cli(&["status"]).status.success());
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
