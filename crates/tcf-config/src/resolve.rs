@@ -573,7 +573,14 @@ fn resolve_service(
             );
             String::new()
         }
-        Some(v) => v.get_ref().clone(),
+        Some(v) => {
+            if let Err(e) = crate::check_version(v.get_ref()) {
+                errors.push(
+                    Diagnostic::new(e, Some(v.span())).hint("write it as \"v1\" or \"1.2.3\""),
+                );
+            }
+            v.get_ref().clone()
+        }
         None => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
@@ -987,6 +994,10 @@ mod tests {
         );
         let ttl = format!("{SERVICE}[deploy]\nlock_ttl = \"0s\"\n");
         assert!(errors_of(&ttl).iter().any(|m| m.contains("lock_ttl")));
+        for bad in ["..", ".", "v1+build", "../v1;$(id)", "v1\nx", "a/b", ""] {
+            let text = SERVICE.replace("version = \"v1\"", &format!("version = {bad:?}"));
+            assert!(!errors_of(&text).is_empty(), "{bad:?} accepted");
+        }
         let huge = format!("{SERVICE}upstream_timeout = \"400000000d\"\n");
         let e = errors_of(&huge);
         assert!(e.iter().any(|m| m.contains("365 days")), "{e:?}");

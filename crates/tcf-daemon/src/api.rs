@@ -1,11 +1,12 @@
 //! The JSON API on the daemon's Unix socket. Shapes come from `tcf-api`; this module maps the
 //! live state onto them.
 
+use crate::caller::{check_text, Peer};
 use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -199,8 +200,12 @@ async fn logs_handler(
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
-    p.event(
+async fn down(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<DownResponse> {
+    p.event_by(
+        &peer.user(),
         "daemon.stop_requested",
         None,
         None,
@@ -232,13 +237,6 @@ fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiE
         .collect())
 }
 
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
-}
-
 /// Stream a release's progress as NDJSON while it runs; it runs on even if the client leaves.
 fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -258,14 +256,13 @@ fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
 
 async fn deploy_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<tcf_api::DeployRequest>,
 ) -> Result<Response, ApiError> {
-    if !valid_version(&req.version) {
-        return Err(bad_request(format!(
-            "invalid version {:?}: use letters, digits and . _ - + (at most 128)",
-            req.version
-        )));
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
     }
+    tcf_config::check_version(&req.version).map_err(bad_request)?;
     let strategy = match &req.strategy {
         None => p.config.deploy.strategy,
         Some(s) => tcf_config::Strategy::parse(s).ok_or_else(|| {
@@ -282,7 +279,7 @@ async fn deploy_handler(
             .map(|s| (s, req.version.clone()))
             .collect(),
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
@@ -293,8 +290,12 @@ const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
 
 async fn rollback_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
     let releases = p
         .with_store(|s| s.releases(10_000))
         .await
@@ -361,7 +362,7 @@ async fn rollback_handler(
         kind: deploy::Kind::Rollback,
         targets,
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
@@ -459,6 +460,7 @@ struct LockReleaseRequest {
 
 async fn lock_release_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<LockReleaseRequest>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     if let Some(running) = lock(&p.deploying).clone() {
@@ -474,7 +476,8 @@ async fn lock_release_handler(
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if released {
-        p.event(
+        p.event_by(
+            &peer.user(),
             "lock.released",
             None,
             None,

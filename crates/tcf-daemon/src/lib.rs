@@ -6,6 +6,7 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod caller;
 mod deploy;
 mod health;
 mod logs;
@@ -275,10 +276,13 @@ pub async fn run(
     tokio::spawn(store_watch::run(p.clone()));
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let api_server =
-        axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
-            let _ = api_shutdown.wait_for(|s| *s).await;
-        });
+    let api_server = axum::serve(
+        api_listener,
+        api::router(p.clone()).into_make_service_with_connect_info::<caller::Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = api_shutdown.wait_for(|s| *s).await;
+    });
     let api = tokio::spawn(async move {
         if let Err(e) = api_server.await {
             tracing::error!("the API server failed: {e}");

@@ -498,11 +498,23 @@ impl Platform {
         instance: Option<&str>,
         message: impl Into<String>,
     ) {
+        self.event_by("daemon", kind, service, instance, message)
+    }
+
+    /// [`event`](Self::event) done on behalf of `actor` (a deploy's author, who ran `down`).
+    pub fn event_by(
+        &self,
+        actor: &str,
+        kind: &str,
+        service: Option<&str>,
+        instance: Option<&str>,
+        message: impl Into<String>,
+    ) {
         let message = message.into();
         let place = instance.or(service).unwrap_or("platform");
         tracing::info!("{kind:<24} {place:<14} {message}");
         self.event_log.append(NewEvent {
-            actor: "daemon".into(),
+            actor: actor.into(),
             kind: kind.into(),
             service: service.map(str::to_string),
             instance: instance.map(str::to_string),

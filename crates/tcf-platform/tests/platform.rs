@@ -340,6 +340,23 @@ fn a_typo_in_the_config_does_not_lock_the_operator_out() {
     let mut p = Platform::new(&example_config());
     p.up();
     p.wait_for("all healthy", START, all_healthy);
+    // One rule for versions: no path traversal, nothing an image tag would refuse.
+    for bad in ["..", "v1+build", "../v1;$(id)"] {
+        let out = p.cli(&["prod", "deploy", bad, "--force"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid version"));
+    }
+    // A reason cannot forge a line of history.
+    let out = p.cli(&[
+        "prod",
+        "deploy",
+        "v2",
+        "--force",
+        "--reason",
+        "ok
+2026-01-01 release 99 by admin",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     let good = std::fs::read_to_string(&p.config).unwrap();
     std::fs::write(&p.config, good.replace("instances = 2", "instnces = 2")).unwrap();
     let out = p.cli(&["status"]);

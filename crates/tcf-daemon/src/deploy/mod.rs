@@ -92,6 +92,8 @@ struct Reporter {
     release: Option<i64>,
     /// Set once the release holds the deploy lock: why it was lost, if it was.
     lease_lost: Option<watch::Receiver<Option<String>>>,
+    /// Who asked for the release: every step is recorded as theirs.
+    actor: String,
 }
 
 impl Reporter {
@@ -141,7 +143,8 @@ impl Reporter {
 
     fn step(&self, kind: &str, service: Option<&str>, message: impl Into<String>) {
         let message = message.into();
-        self.p.event(kind, service, None, message.clone());
+        self.p
+            .event_by(&self.actor, kind, service, None, message.clone());
         let _ = self.tx.send(ProgressLine {
             time: rfc3339(now_ms()),
             step: kind.to_string(),
@@ -183,6 +186,7 @@ pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<Progres
         tx,
         release: None,
         lease_lost: None,
+        actor: plan.actor.clone(),
     };
     let outcome = run_inner(&p, &plan, &mut rep).await;
     rep.finish(&outcome);
