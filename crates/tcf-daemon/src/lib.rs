@@ -399,6 +399,7 @@ fn assemble(
         started: Instant::now(),
         deploying: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
+        release_slot: tokio::sync::Mutex::new(()),
     })
 }
 

@@ -374,3 +374,33 @@ fn a_typo_in_the_config_does_not_lock_the_operator_out() {
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn a_stuck_down_can_be_forced() {
+    let port = free_port();
+    let config = format!(
+        "[platform]\nname = \"stuck\"\n\n[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\nstop_timeout = \"5m\"\nhealth = {{ probe = \"tcp\" }}\n"
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let status = p.wait_for("the instance running", START, |s| {
+        s["services"][0]["instances"][0]["pid"].is_u64()
+    });
+    let pid = status["services"][0]["instances"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // It ignores SIGTERM and has five minutes to stop: a plain down gives up and says how on.
+    let out = p.cli(&["down", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("down --force"));
+    let out = p.cli(&["down", "--force", "--timeout", "1s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The API is gone already (the daemon is stopping): found by its lock file, and killed.
+    assert!(err.contains("killed the daemon"), "{err}");
+    wait_until(
+        "the stubborn instance gone",
+        Duration::from_secs(10),
+        || !alive(pid),
+    );
+    assert!(p.wait_daemon_exit(Duration::from_secs(10)).is_some());
+}
