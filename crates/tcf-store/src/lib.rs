@@ -420,10 +420,12 @@ impl Store {
         })
     }
 
+    /// Set a release's status; the first status after `in_progress` also sets its end, and a
+    /// later one (rolled back, say) keeps it: a release's duration is how long it ran.
     pub fn finish_release(&self, id: i64, status: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE releases SET status = ?2, finished_ms = ?3 WHERE id = ?1",
+                "UPDATE releases SET status = ?2, finished_ms = COALESCE(finished_ms, ?3) WHERE id = ?1",
                 params![id, status, now_ms()],
             )?;
             Ok(())
@@ -551,9 +553,10 @@ impl Store {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id FROM releases WHERE status = 'in_progress'")?;
             let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            // When it stopped is unknown (the daemon died): no end, so no made-up duration.
             c.execute(
-                "UPDATE releases SET status = 'interrupted', finished_ms = ?1 WHERE status = 'in_progress'",
-                params![now_ms()],
+                "UPDATE releases SET status = 'interrupted' WHERE status = 'in_progress'",
+                [],
             )?;
             Ok(ids)
         })
@@ -758,6 +761,22 @@ mod tests {
             instance: None,
             message: "m".into(),
         }
+    }
+
+    #[test]
+    fn a_later_status_keeps_how_long_the_release_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = s
+            .create_release("blue_green", "in_progress", "t", None, &BTreeMap::new())
+            .unwrap();
+        s.finish_release(id, "active").unwrap();
+        let ended = s.releases(1).unwrap()[0].finished_ms;
+        assert!(ended.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.finish_release(id, "rolled_back").unwrap();
+        let r = &s.releases(1).unwrap()[0];
+        assert_eq!((r.status.as_str(), r.finished_ms), ("rolled_back", ended));
     }
 
     #[test]
