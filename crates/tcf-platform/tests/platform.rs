@@ -404,3 +404,60 @@ fn a_stuck_down_can_be_forced() {
     );
     assert!(p.wait_daemon_exit(Duration::from_secs(10)).is_some());
 }
+
+/// One raw HTTP/1.1 request on the daemon's socket: (status, body).
+fn api_raw(p: &Platform, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(p.dir.path().join(".tcf/tcf.sock")).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
+#[test]
+fn every_api_error_has_the_documented_shape() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    let post = |body: &str, ctype: &str| {
+        format!(
+            "POST /v1/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cases = [
+        (post("{not json", "application/json"), 400),
+        (post("{\"version\": \"v2\"}", "text/plain"), 415),
+        (post("{\"version\": \"v2\"}", "application/json"), 422),
+        (
+            post("{\"version\": 2, \"actor\": \"a\"}", "application/json"),
+            422,
+        ),
+        (
+            "GET /v1/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+            405,
+        ),
+        (
+            "GET /v1/events?limit=many HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                .to_string(),
+            400,
+        ),
+        (
+            "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+            404,
+        ),
+    ];
+    for (request, want) in cases {
+        let (code, body) = api_raw(&p, &request);
+        assert_eq!(code, want, "{request}\n{body}");
+        let v: Value = serde_json::from_str(body.trim())
+            .unwrap_or_else(|_| panic!("not JSON for {request}: {body}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    }
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}

@@ -552,7 +552,9 @@ impl Store {
     pub fn interrupt_unfinished_releases(&self) -> Result<Vec<i64>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id FROM releases WHERE status = 'in_progress'")?;
-            let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<i64> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             // When it stopped is unknown (the daemon died): no end, so no made-up duration.
             c.execute(
                 "UPDATE releases SET status = 'interrupted' WHERE status = 'in_progress'",
