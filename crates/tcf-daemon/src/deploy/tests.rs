@@ -225,3 +225,28 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
         "released at the end"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_names_the_last_probes_and_a_long_watch_reports_progress() {
+    let t = TestPlatform::start(&[("api", 1)], "watch = \"6s\"\n").await;
+    let (outcome, _) = t
+        .deploy(Strategy::BlueGreen, &[("api", "v2-unhealthy")])
+        .await;
+    let msg = message(&outcome);
+    assert!(
+        msg.contains("last probes: api-green-1: GET /health answered 503"),
+        "{msg}"
+    );
+    let (outcome, lines) = t.deploy(Strategy::BlueGreen, &[("api", "v3")]).await;
+    assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
+    let progress: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.step == "deploy.watch_progress")
+        .map(|l| l.message.as_str())
+        .collect();
+    assert!(!progress.is_empty(), "no progress during a 6 s watch");
+    assert!(
+        progress[0].contains("requests") && progress[0].contains("left"),
+        "{progress:?}"
+    );
+}
