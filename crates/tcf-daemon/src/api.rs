@@ -417,32 +417,19 @@ async fn rollback_handler(
     Ok(stream_release(p, plan))
 }
 
-#[derive(Deserialize)]
-struct ReleasesQuery {
-    service: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn releases_handler(
-    State(p): State<Arc<Platform>>,
-    ApiQuery(q): ApiQuery<ReleasesQuery>,
-) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
-    let all = p
-        .with_store(|s| s.releases(10_000))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let limit = q.limit.unwrap_or(50) as usize;
-    let out = all
-        .iter()
+/// Releases in the wire shape, newest first: a successful release is `superseded` once newer
+/// successful ones cover all its services. Also what `history` shows from the store when no
+/// daemon runs.
+pub fn wire_releases(
+    all: &[tcf_store::Release],
+    service: Option<&str>,
+    limit: usize,
+) -> Vec<tcf_api::Release> {
+    all.iter()
         .enumerate()
-        .filter(|(_, r)| {
-            q.service
-                .as_ref()
-                .is_none_or(|s| r.versions.contains_key(s))
-        })
+        .filter(|(_, r)| service.is_none_or(|s| r.versions.contains_key(s)))
         .take(limit)
         .map(|(i, r)| {
-            // A successful release is superseded once newer successful ones cover all its services.
             let newer = &all[..i];
             let superseded = tcf_store::SUCCESSFUL.contains(&r.status.as_str())
                 && r.versions.keys().all(|s| {
@@ -466,7 +453,24 @@ async fn releases_handler(
                 duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
             }
         })
-        .collect();
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ReleasesQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn releases_handler(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<ReleasesQuery>,
+) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
+    let all = p
+        .with_store(|s| s.releases(10_000))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let out = wire_releases(&all, q.service.as_deref(), q.limit.unwrap_or(50) as usize);
     Ok(Json(out))
 }
 

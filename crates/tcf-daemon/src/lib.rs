@@ -17,7 +17,7 @@ mod supervisor;
 #[cfg(test)]
 mod testkit;
 
-pub use api::build_status;
+pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};

@@ -292,14 +292,7 @@ async fn down(cli: &Cli, timeout: Duration, force: bool) -> CmdResult {
 /// A daemon that holds the state directory's lock (its pid is in `daemon.lock`) but no longer
 /// serves the API.
 fn stopping_daemon(cli: &Cli) -> Option<u32> {
-    let path = tcf_config::locate(cli.config.as_deref()).ok()?;
-    let state_dir = match tcf_config::load(&path, cli.environment.as_deref()) {
-        Ok(c) => c.platform.state_dir,
-        Err(_) => {
-            let source = std::fs::read_to_string(&path).ok()?;
-            tcf_config::paths_of_invalid_config(&path, &source, cli.environment.as_deref()).0
-        }
-    };
+    let state_dir = state_dir(cli)?;
     let pid: u32 = std::fs::read_to_string(state_dir.join("daemon.lock"))
         .ok()?
         .trim()
@@ -307,6 +300,35 @@ fn stopping_daemon(cli: &Cli) -> Option<u32> {
         .ok()?;
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
     (alive && !is_zombie(pid) && is_tcf_platform(pid)).then_some(pid)
+}
+
+/// The state directory the config names, read loosely if the file does not validate.
+fn state_dir(cli: &Cli) -> Option<std::path::PathBuf> {
+    let path = tcf_config::locate(cli.config.as_deref()).ok()?;
+    Some(match tcf_config::load(&path, cli.environment.as_deref()) {
+        Ok(c) => c.platform.state_dir,
+        Err(_) => {
+            let source = std::fs::read_to_string(&path).ok()?;
+            tcf_config::paths_of_invalid_config(&path, &source, cli.environment.as_deref()).0
+        }
+    })
+}
+
+/// With no daemon running, `history` and `events` read a copy of the store (only the daemon
+/// writes it). `Ok(None)` when there is no store to read either.
+fn offline_store(cli: &Cli) -> anyhow::Result<Option<tcf_store::Store>> {
+    let Some(dir) = state_dir(cli) else {
+        return Ok(None);
+    };
+    if !dir.join("state.db").exists() {
+        return Ok(None);
+    }
+    let store = tcf_store::Store::open_read_only(&dir)?;
+    eprintln!(
+        "no daemon is running: read from the state store in {} (as of the daemon's last write)",
+        dir.display()
+    );
+    Ok(Some(store))
 }
 
 /// True when `pid` runs this program (a pid in a stale lock file may have been reused).
@@ -387,7 +409,19 @@ async fn events(cli: &Cli, service: Option<&str>, limit: u32, format: Format) ->
     if let Some(s) = service {
         path.push_str(&format!("&service={s}"));
     }
-    let events: Vec<tcf_api::Event> = client.get(&path).await?;
+    let events: Vec<tcf_api::Event> = match client.get(&path).await {
+        Ok(events) => events,
+        Err(e @ ClientError::NotRunning { .. }) => match offline_store(cli)? {
+            Some(store) => store
+                .events(service, 0, limit)
+                .map_err(anyhow::Error::from)?
+                .into_iter()
+                .map(tcf_daemon::wire_event)
+                .collect(),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     match format {
         Format::Json => print_json(&events)?,
         Format::Table => print_text(&output::events(&events))?,
@@ -683,7 +717,18 @@ async fn history(cli: &Cli, service: Option<&str>, limit: u32, format: Format) -
     if let Some(s) = service {
         path.push_str(&format!("&service={s}"));
     }
-    let releases: Vec<tcf_api::Release> = client.get(&path).await?;
+    let releases: Vec<tcf_api::Release> = match client.get(&path).await {
+        Ok(releases) => releases,
+        Err(e @ ClientError::NotRunning { .. }) => match offline_store(cli)? {
+            Some(store) => tcf_daemon::wire_releases(
+                &store.releases(10_000).map_err(anyhow::Error::from)?,
+                service,
+                limit as usize,
+            ),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     match format {
         Format::Json => print_json(&releases)?,
         Format::Table => print_text(&output::history(&releases))?,

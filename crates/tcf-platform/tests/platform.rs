@@ -461,3 +461,41 @@ fn every_api_error_has_the_documented_shape() {
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn history_and_events_are_readable_when_the_daemon_is_down() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    let files = |p: &Platform| {
+        let mut f: Vec<_> = std::fs::read_dir(p.dir.path().join(".tcf"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        f.sort();
+        f
+    };
+    let before = files(&p);
+    let out = p.cli(&["history", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history[0]["strategy"], "initial");
+    let out = p.cli(&["events", "--format", "json"]);
+    assert!(out.status.success());
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events.last().unwrap()["kind"], "daemon.stopped");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"));
+    // Other commands still say there is no daemon.
+    assert_eq!(p.cli(&["status"]).status.code(), Some(1));
+    assert_eq!(
+        before,
+        files(&p),
+        "reading wrote nothing in the state directory"
+    );
+}
