@@ -229,6 +229,9 @@ async fn events(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    /// Keep each line's time stamp (written when the line was).
+    #[serde(default)]
+    timestamps: bool,
     tail: Option<usize>,
 }
 
@@ -245,7 +248,13 @@ async fn logs_handler(
         ));
     };
     let ids: Vec<String> = svc.instances().iter().map(|i| i.id.clone()).collect();
-    let body = logs::stream(p.clone(), ids, q.tail.unwrap_or(100), q.follow);
+    let body = logs::stream(
+        p.clone(),
+        ids,
+        q.tail.unwrap_or(100),
+        q.follow,
+        q.timestamps,
+    );
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 

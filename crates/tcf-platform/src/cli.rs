@@ -93,6 +93,9 @@ while waiting does the same."
         /// How many lines of each instance's log to show first
         #[arg(long, short = 'n', default_value_t = 100)]
         tail: usize,
+        /// Start each line with the time it was written (RFC 3339, UTC)
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
     /// Show the audit trail: every state change, oldest first
     Events {

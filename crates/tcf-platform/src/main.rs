@@ -134,7 +134,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
             service,
             follow,
             tail,
-        } => logs(&cli, service, *follow, *tail).await,
+            timestamps,
+        } => logs(&cli, service, *follow, *tail, *timestamps).await,
         Command::Events {
             service,
             limit,
@@ -385,9 +386,9 @@ async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize) -> CmdResult {
+async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize, timestamps: bool) -> CmdResult {
     let client = client(cli)?;
-    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}");
+    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}&timestamps={timestamps}");
     let resp = client.send("GET", &path, None).await?;
     let mut body = resp.into_body();
     let mut out = std::io::stdout();
