@@ -400,6 +400,7 @@ fn assemble(
         deploying: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
         release_slot: tokio::sync::Mutex::new(()),
+        abort: Mutex::new(None),
     })
 }
 

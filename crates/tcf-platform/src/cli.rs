@@ -83,6 +83,14 @@ while waiting does the same."
     },
     /// Show services, instances and their health
     Status(StatusArgs),
+    /// Restart a service's instances one at a time behind the health gate (no request dropped)
+    #[command(
+        long_about = "Restart the named services' instances on the version they run, one at a \
+time: each new instance must pass the health gate before an old one leaves the pool, as in a \
+rolling deploy (and it is recorded as a release, strategy `restart`). A failed gate puts the old \
+instances back.\n\nExit codes as for `prod deploy`."
+    )]
+    Restart(RestartArgs),
     /// Show the log of a service's instances
     Logs {
         /// The service
@@ -195,12 +203,18 @@ Asks for confirmation on a terminal; without one it refuses unless --force.\n\
 Exit codes as for deploy."
     )]
     Rollback(RollbackArgs),
+    /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
+    Abort,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// The version to deploy (replaces {version} in the services' command)
-    pub version: String,
+    #[arg(required_unless_present = "abort")]
+    pub version: Option<String>,
+    /// Instead of deploying: stop the release in progress and revert what it switched
+    #[arg(long, conflicts_with = "version")]
+    pub abort: bool,
     /// blue_green (also blue-green), canary or rolling [default: the config's [deploy] strategy]
     #[arg(long)]
     pub strategy: Option<String>,
@@ -217,6 +231,24 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestartArgs {
+    /// The services to restart
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

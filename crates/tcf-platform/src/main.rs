@@ -7,8 +7,8 @@ mod output;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RollbackArgs,
-    StatusArgs,
+    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
+    RollbackArgs, StatusArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -123,6 +123,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
+        Command::Prod(ProdCommand::Abort) => abort(&cli).await,
+        Command::Restart(args) => restart(&cli, args).await,
         Command::History {
             service,
             limit,
@@ -577,9 +579,19 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     let live = format == Format::Table && std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let mut last_step = String::from("starting");
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
+            _ = &mut ctrl_c => {
+                if live {
+                    print_text("\r\x1b[K")?;
+                }
+                eprintln!(
+                    "stopped following; the release goes on in the daemon.\n  to stop it and revert: tcf-platform prod abort\n  to see how it ends:    tcf-platform history (or events)"
+                );
+                return Ok(ExitCode::from(130));
+            }
             _ = ticker.tick(), if live => {
                 const SPIN: [char; 4] = ['|', '/', '-', '\\'];
                 let spin = SPIN[(started.elapsed().as_millis() / 200) as usize % 4];
@@ -644,7 +656,44 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     }
 }
 
+async fn abort(cli: &Cli) -> CmdResult {
+    let client = client(cli)?;
+    let resp: tcf_api::AbortResponse = client
+        .post("/v1/abort", &tcf_api::AbortRequest { actor: actor() })
+        .await?;
+    eprintln!(
+        "aborting: {}\nit stops at its next step and reverts what it switched; its own output (or `tcf-platform history`) shows the end",
+        resp.aborting
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restart(cli: &Cli, args: &RestartArgs) -> CmdResult {
+    let client = client(cli)?;
+    if !args.force
+        && std::io::stdin().is_terminal()
+        && !confirm(&format!("Restart {}?", args.services.join(", ")))
+    {
+        eprintln!("not restarted");
+        return Ok(ExitCode::from(1));
+    }
+    let body = serde_json::to_vec(&tcf_api::RestartRequest {
+        services: args.services.clone(),
+        reason: args.reason.clone(),
+        lock_wait_ms: args.lock_wait.as_millis() as u64,
+        actor: actor(),
+    })
+    .map_err(anyhow::Error::from)?;
+    follow_release(&client, "/v1/restart", body, args.format).await
+}
+
 async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
+    if args.abort {
+        return abort(cli).await;
+    }
+    let Some(version) = args.version.clone() else {
+        return Err(anyhow::anyhow!("name the VERSION to deploy").into());
+    };
     // A deploy never starts from a config that does not validate.
     load_config(cli)?;
     let client = client(cli)?;
@@ -654,13 +703,13 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
         } else {
             args.services.join(", ")
         };
-        if !confirm(&format!("Deploy {} to {which}?", args.version)) {
+        if !confirm(&format!("Deploy {version} to {which}?")) {
             eprintln!("not deployed");
             return Ok(ExitCode::from(1));
         }
     }
     let req = tcf_api::DeployRequest {
-        version: args.version.clone(),
+        version,
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),
