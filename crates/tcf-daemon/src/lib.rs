@@ -211,6 +211,7 @@ pub async fn run(
                 max_request_body: cfg.max_request_body,
                 upstream_timeout: cfg.upstream_timeout,
                 connect_timeout: cfg.connect_timeout,
+                ..Settings::default()
             },
         );
         let version = active

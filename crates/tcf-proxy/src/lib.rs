@@ -292,6 +292,62 @@ pub struct Settings {
     pub max_request_body: u64,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// What the proxy refuses in a request head (docs/running.md, "What the proxy refuses").
+    pub limits: RequestLimits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_request_body: 10 << 20,
+            upstream_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            limits: RequestLimits::default(),
+        }
+    }
+}
+
+/// Limits on a request's head, checked by hyper's parser (size, count) or once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// The whole head: request line and header fields (431 above it). At least 8 KiB, hyper's
+    /// smallest read buffer.
+    pub max_header_bytes: usize,
+    /// Header fields in a head (431 above it). Up to 100 costs nothing; more, an allocation
+    /// per request head.
+    pub max_headers: usize,
+    /// The request line (414 above it).
+    pub max_request_line: usize,
+    pub underscores: UnderscoreHeaders,
+}
+
+/// The smallest head limit hyper accepts.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        // nginx: large_client_header_buffers 4 8k (a request line fits one buffer, 32 KiB in
+        // all); hyper's default of 100 header fields.
+        RequestLimits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_request_line: 8 * 1024,
+            underscores: UnderscoreHeaders::Forward,
+        }
+    }
+}
+
+/// What to do with a header whose name holds an underscore. CGI-style frameworks (WSGI, Rack,
+/// PHP) read `X_User` and `X-User` as the same variable, so a client can pass one off as the
+/// other past a layer that checks only the dashed name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    #[default]
+    Forward,
+    /// Leave such headers out of the forwarded request (nginx's default).
+    Drop,
+    /// Answer 400.
+    Refuse,
 }
 
 /// Why the proxy answered itself; the variant says which side failed.
@@ -501,7 +557,11 @@ impl ServiceProxy {
                     ))
                 }
                 Ok(Ok(answer)) => {
-                    return respond(answer, conn, guard, client_upgrade, upgrade.is_some())
+                    // Still there: the upstream answered before taking all of it.
+                    if let Some(rest) = body.take() {
+                        drain_in_background(rest, limit, self.settings.upstream_timeout);
+                    }
+                    return respond(answer, conn, guard, pool, client_upgrade, upgrade.is_some());
                 }
                 // A reused connection the server closed meanwhile: take another one.
                 Ok(Err(Failure::NotSent(_))) if conn.reused => continue,
@@ -541,6 +601,11 @@ enum Failure {
 }
 
 /// Send the request on `conn` and read the answer's head.
+///
+/// An upstream may answer before it has read the whole body (a 401 or 413 for an upload it
+/// does not want) and then close or reset the connection: that answer is the request's answer,
+/// relayed as it came, never turned into a 502. The connection is not reused after it, and the
+/// body is left in `body` for the caller to drain (so the client gets to read the answer).
 async fn exchange(
     conn: &mut Conn,
     head: &[u8],
@@ -551,37 +616,30 @@ async fn exchange(
 ) -> Result<upstream::Head, Failure> {
     conn.write_all(head).await.map_err(Failure::NotSent)?;
     if let Some(incoming) = body.as_mut() {
-        let mut sent = 0u64;
-        let mut scratch = bytes::BytesMut::new();
-        while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| {
-                Failure::Proxy(ProxyError::BadRequest(format!(
-                    "reading the request body: {e}"
-                )))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            sent += data.len() as u64;
-            if sent > limit {
-                return Err(Failure::Proxy(ProxyError::BodyTooLarge(limit)));
+        match send_body(conn, incoming, framing, limit).await {
+            // The body is gone: this request cannot be sent again.
+            Ok(()) => *body = None,
+            Err(BodyStop::Client(e)) => return Err(Failure::Proxy(e)),
+            Err(BodyStop::Upstream(why, sent)) => {
+                return match conn.read_head(head_request).await {
+                    Ok(mut answer) => {
+                        answer.keep_alive = false;
+                        Ok(answer)
+                    }
+                    Err(_) => {
+                        // Nothing came back. A body over the limit is still the client's
+                        // fault, whoever noticed first: 413, not 502.
+                        let over = body_exceeds(incoming, limit.saturating_sub(sent)).await;
+                        *body = None;
+                        Err(if over {
+                            Failure::Proxy(ProxyError::BodyTooLarge(limit))
+                        } else {
+                            Failure::Io(why.to_string())
+                        })
+                    }
+                };
             }
-            let written = if framing == RequestFraming::Chunked {
-                scratch.clear();
-                upstream::encode_chunk(&mut scratch, &data);
-                conn.write_all(&scratch).await
-            } else {
-                conn.write_all(&data).await
-            };
-            written.map_err(|e| Failure::Io(e.to_string()))?;
         }
-        if framing == RequestFraming::Chunked {
-            conn.write_all(b"0\r\n\r\n")
-                .await
-                .map_err(|e| Failure::Io(e.to_string()))?;
-        }
-        // The body is gone: this request cannot be sent again.
-        *body = None;
     }
     conn.read_head(head_request).await.map_err(|e| match e {
         ReadError::ClosedBeforeAnswer(e) => Failure::Unanswered(e),
@@ -589,11 +647,114 @@ async fn exchange(
     })
 }
 
+/// Why sending the request body stopped before its end.
+enum BodyStop {
+    /// The client's body is malformed or over the limit.
+    Client(ProxyError),
+    /// The upstream answered, closed or failed first, after `.1` bytes of the body.
+    Upstream(std::io::Error, u64),
+}
+
+/// Stream the client's body upstream, watching the upstream for an early answer whenever the
+/// body or the upstream's window makes us wait (never on a body that goes at once).
+async fn send_body(
+    conn: &mut Conn,
+    incoming: &mut Incoming,
+    framing: RequestFraming,
+    limit: u64,
+) -> Result<(), BodyStop> {
+    let mut sent = 0u64;
+    let mut scratch = bytes::BytesMut::new();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = incoming.frame() => frame,
+            why = upstream::answered_early(&conn.stream, &mut conn.buf) => {
+                return Err(BodyStop::Upstream(why, sent));
+            }
+        };
+        let Some(frame) = frame else {
+            break;
+        };
+        let frame = frame.map_err(|e| {
+            BodyStop::Client(ProxyError::BadRequest(format!("invalid request body: {e}")))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        sent += data.len() as u64;
+        if sent > limit {
+            return Err(BodyStop::Client(ProxyError::BodyTooLarge(limit)));
+        }
+        let bytes: &[u8] = if framing == RequestFraming::Chunked {
+            scratch.clear();
+            upstream::encode_chunk(&mut scratch, &data);
+            &scratch
+        } else {
+            &data
+        };
+        write_watching(conn, bytes)
+            .await
+            .map_err(|e| BodyStop::Upstream(e, sent))?;
+    }
+    if framing == RequestFraming::Chunked {
+        write_watching(conn, b"0\r\n\r\n")
+            .await
+            .map_err(|e| BodyStop::Upstream(e, sent))?;
+    }
+    Ok(())
+}
+
+/// Write all of `data`; while the upstream's window is full, stop as soon as it answers early
+/// or closes (a service that answers 401 and stops reading would otherwise stall us here).
+async fn write_watching(conn: &mut Conn, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match conn.stream.try_write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    ready = conn.stream.writable() => ready?,
+                    why = upstream::answered_early(&conn.stream, &mut conn.buf) => return Err(why),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read the rest of a request body; whether it is longer than `allowance` bytes. Stops as soon
+/// as it is, or on the first error.
+async fn body_exceeds(incoming: &mut Incoming, allowance: u64) -> bool {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = incoming.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > allowance {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// After an early answer, read and drop the rest of the client's body (up to `limit` bytes,
+/// for at most `within`), so the client, still sending, gets to read the answer instead of a
+/// reset; what is past that is cut off by closing the connection (nginx's lingering close).
+fn drain_in_background(mut rest: Incoming, limit: u64, within: Duration) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(within, body_exceeds(&mut rest, limit)).await;
+    });
+}
+
 /// Turn the upstream's answer into the client's response.
 fn respond(
     head: upstream::Head,
     mut conn: Conn,
     guard: OutstandingGuard,
+    pool: &Arc<Pool>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade_requested: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -640,6 +801,7 @@ fn respond(
             },
             keep_alive: head.keep_alive,
             _guard: guard,
+            pool: pool.clone(),
             client: None,
         })),
     };
@@ -851,6 +1013,8 @@ pub struct Streamed {
     framing: BodyFraming,
     keep_alive: bool,
     _guard: OutstandingGuard,
+    /// The colour it came from, whose stats count an answer that breaks off.
+    pool: Arc<Pool>,
     /// The client connection this body goes to: busy until the body is done.
     client: Option<Arc<ClientConn>>,
 }
@@ -871,6 +1035,23 @@ enum BodyFraming {
 }
 
 impl Streamed {
+    /// The upstream's answer broke off after its head went to the client: the client sees a
+    /// cut connection, so it is an upstream failure in the stats and the log.
+    fn broke(&mut self, e: std::io::Error) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.conn = None;
+        let backend = &self._guard.0;
+        tracing::warn!(
+            instance = %backend.instance,
+            upstream = %backend.addr,
+            "the upstream's answer broke off in its body: {e}"
+        );
+        self.pool.stats.record_broken();
+        if let Some(client) = &self.client {
+            client.proxy.stats.record_broken();
+        }
+        Poll::Ready(Some(Err(e)))
+    }
+
     /// The body is complete: the connection goes back to the pool if the server keeps it open.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -926,10 +1107,7 @@ impl Body for Streamed {
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.broke(e),
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -941,17 +1119,13 @@ impl Body for Streamed {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Ok(0)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(std::io::Error::new(
+                    return this.broke(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "upstream closed the connection in the middle of the body",
-                    ))));
+                    ))
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Poll::Ready(Err(e)) => return this.broke(e),
             }
         }
     }

@@ -25,6 +25,8 @@ struct Shard {
     responses_5xx: AtomicU64,
     /// Responses the proxy made itself because it could not get one from upstream.
     proxy_errors: AtomicU64,
+    /// Answers that broke off after their head (a malformed or truncated body).
+    broken_responses: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -34,6 +36,7 @@ impl Default for Shard {
             requests: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
+            broken_responses: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -82,12 +85,21 @@ impl Stats {
         shard.latency[b].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An answer whose head went to the client broke off in its body (the upstream sent a
+    /// malformed chunk or closed early): the client did not get it, so it counts as a 5xx too.
+    pub fn record_broken(&self) {
+        let shard = &self.shards[crate::worker_index() % self.shards.len()];
+        shard.broken_responses.fetch_add(1, Ordering::Relaxed);
+        shard.responses_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::empty();
         for shard in self.shards.iter() {
             snap.requests += shard.requests.load(Ordering::Relaxed);
             snap.responses_5xx += shard.responses_5xx.load(Ordering::Relaxed);
             snap.proxy_errors += shard.proxy_errors.load(Ordering::Relaxed);
+            snap.broken_responses += shard.broken_responses.load(Ordering::Relaxed);
             for (sum, n) in snap.latency.iter_mut().zip(shard.latency.iter()) {
                 *sum += n.load(Ordering::Relaxed);
             }
@@ -102,6 +114,8 @@ pub struct Snapshot {
     pub requests: u64,
     pub responses_5xx: u64,
     pub proxy_errors: u64,
+    /// Answers that broke off after their head; also counted in `responses_5xx`.
+    pub broken_responses: u64,
     pub latency: Vec<u64>,
 }
 
@@ -111,6 +125,7 @@ impl Snapshot {
             requests: 0,
             responses_5xx: 0,
             proxy_errors: 0,
+            broken_responses: 0,
             latency: vec![0; BUCKETS],
         }
     }
@@ -121,6 +136,9 @@ impl Snapshot {
             requests: self.requests.saturating_sub(earlier.requests),
             responses_5xx: self.responses_5xx.saturating_sub(earlier.responses_5xx),
             proxy_errors: self.proxy_errors.saturating_sub(earlier.proxy_errors),
+            broken_responses: self
+                .broken_responses
+                .saturating_sub(earlier.broken_responses),
             latency: self
                 .latency
                 .iter()

@@ -7,8 +7,10 @@ use hyper_util::client::legacy::Client as TestClient;
 use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::AtomicU32;
 
+mod early_answers;
+
 /// A tiny upstream that answers with its name, optionally after a delay.
-async fn upstream(
+pub(crate) async fn upstream(
     name: &'static str,
     delay: Duration,
     hits: Arc<AtomicU32>,
@@ -53,21 +55,24 @@ async fn upstream(
     (addr, task)
 }
 
-fn route_of(backends: Vec<Arc<Backend>>) -> Route {
+pub(crate) fn route_of(backends: Vec<Arc<Backend>>) -> Route {
     let pool = Pool::new("blue", "v1", &settings());
     pool.set_backends(backends);
     Route::single(pool)
 }
 
-fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings {
         max_request_body: 1024,
         upstream_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
+        limits: RequestLimits::default(),
     }
 }
 
-async fn start_proxy(proxy: Arc<ServiceProxy>) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+pub(crate) async fn start_proxy(
+    proxy: Arc<ServiceProxy>,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -87,7 +92,7 @@ async fn proxy_to(
     (addr, stop, backend)
 }
 
-async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
+pub(crate) async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
     let client: TestClient<HttpConnector, Full<Bytes>> =
         TestClient::builder(TokioExecutor::new()).build_http();
     let req = Request::builder()
@@ -438,15 +443,15 @@ async fn workers_serve_one_address_together() {
 
 /// What a scripted upstream does with one request: the pieces of its answer (written with a
 /// pause between them, so the proxy has to stream), and whether it then closes.
-struct Script {
-    pieces: Vec<&'static str>,
-    close: bool,
+pub(crate) struct Script {
+    pub(crate) pieces: Vec<&'static str>,
+    pub(crate) close: bool,
 }
 
 /// An upstream speaking raw HTTP/1.1, so tests control every byte. `script(head, n)` gets the
 /// request (head and body) and how many requests its connection carried before; `None` closes
 /// the connection without answering. Returns its address and how many connections it accepted.
-async fn raw_upstream(
+pub(crate) async fn raw_upstream(
     script: impl Fn(&str, u32) -> Option<Script> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicU32>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -509,7 +514,7 @@ async fn raw_upstream(
 }
 
 /// Send raw bytes to the proxy and read until it closes (the requests ask it to).
-async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -521,7 +526,7 @@ async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
-fn answer(pieces: Vec<&'static str>) -> Option<Script> {
+pub(crate) fn answer(pieces: Vec<&'static str>) -> Option<Script> {
     Some(Script {
         pieces,
         close: false,

@@ -170,6 +170,54 @@ impl Conn {
     }
 }
 
+/// Resolves once the server, while the request body is still being sent, has sent a complete
+/// final answer head, closed the connection or failed: the reason the body stops there. What it
+/// sent stays in `buf` for [`Conn::read_head`]. Interim answers (`100 Continue`) do not count.
+pub(crate) async fn answered_early(stream: &TcpStream, buf: &mut BytesMut) -> io::Error {
+    loop {
+        if let Err(e) = stream.readable().await {
+            return e;
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.try_read_buf(buf) {
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection before taking the whole request body",
+                )
+            }
+            Ok(_) if has_final_head(buf) => {
+                return io::Error::other("upstream answered before taking the whole request body")
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Whether `buf` holds a complete final response head (after any interim 1xx heads), or
+/// something that is no response head at all (which reading the head will report).
+fn has_final_head(buf: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = parsed.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    at += len;
+                    continue;
+                }
+                return true;
+            }
+            Ok(httparse::Status::Partial) => return buf.len() - at > MAX_HEAD,
+            Err(_) => return true,
+        }
+    }
+}
+
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
