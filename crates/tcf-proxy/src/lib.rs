@@ -4,6 +4,7 @@
 //! backends live in an [`ArcSwap`]; a request loads the route once and keeps it, so swapping the
 //! table never breaks a request in flight. Counters are relaxed atomics.
 
+mod checks;
 mod deadline;
 mod slab;
 pub mod stats;
@@ -323,6 +324,9 @@ pub struct RequestLimits {
 
 /// The smallest head limit hyper accepts.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// hyper's own read buffer limit (about 400 KiB) less the smallest head: a head limit is added
+/// to it, so reading request bodies keeps its usual chunk size whatever the head limit.
+const HYPER_READ_BUFFER: usize = 4096 * 100;
 
 impl Default for RequestLimits {
     fn default() -> Self {
@@ -365,6 +369,12 @@ pub enum ProxyError {
     Upstream(SocketAddr, String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("method {0} is not served through this proxy")]
+    MethodNotAllowed(http::Method),
+    #[error("request line longer than the limit of {0} bytes")]
+    RequestLineTooLong(usize),
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
 }
 
 impl ProxyError {
@@ -375,7 +385,27 @@ impl ProxyError {
             ProxyError::Connect(..) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
+    }
+
+    /// What the client is told: the whole story for its own mistakes, nothing about our
+    /// internals (instance addresses) for the upstream's.
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::Connect(..) => "the service could not be reached".into(),
+            ProxyError::Upstream(..) => "the service failed to answer".into(),
+            ProxyError::Timeout(..) => "the service did not answer in time".into(),
+            e => e.to_string(),
+        }
+    }
+
+    /// Whether the client's connection is closed after this answer: after a request we refused
+    /// we cannot trust where the next one starts (RFC 9112 §6.3 point 8 and §11.2).
+    fn closes_connection(&self) -> bool {
+        self.status().is_client_error() || self.status() == StatusCode::NOT_IMPLEMENTED
     }
 }
 
@@ -466,17 +496,40 @@ impl ServiceProxy {
         let started = Instant::now();
         // The route is loaded once: a switch never changes where this request goes.
         let route = self.route.load_full();
-        let (sticky_key, new_cookie) = sticky_key(&route, &req, client_addr);
-        let pool = route.choose(sticky_key).cloned();
-        let result = match &pool {
-            Some(pool) => self.forward(pool, req, client_ip, started).await,
-            None => Err(ProxyError::NoBackend(self.name.clone())),
+        let (parts, body) = req.into_parts();
+        let (mut pool, mut new_cookie) = (None, None);
+        let result = match checks::check_request(&parts, &self.settings.limits) {
+            Err(e) => Err(e),
+            Ok(host) => {
+                let (key, cookie) = sticky_key(&route, &parts.headers, client_addr);
+                new_cookie = cookie;
+                pool = route.choose(key).cloned();
+                match &pool {
+                    Some(pool) => {
+                        self.forward(pool, parts, body, host, client_ip, started)
+                            .await
+                    }
+                    None => Err(ProxyError::NoBackend(self.name.clone())),
+                }
+            }
         };
         let (mut resp, by_proxy) = match result {
             Ok(resp) => (resp, false),
             Err(e) => {
                 tracing::debug!(service = %self.name, "proxy error: {e}");
-                (error_response(e.status(), &e.to_string()), true)
+                let mut resp = error_response(e.status(), &e.public_message());
+                if e.closes_connection() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                if let ProxyError::MethodNotAllowed(_) = e {
+                    // RFC 9110 §15.5.6: a 405 says what is allowed; CONNECT and TRACE never are.
+                    resp.headers_mut().insert(
+                        header::ALLOW,
+                        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+                    );
+                }
+                (resp, true)
             }
         };
         let status = resp.status().as_u16();
@@ -494,24 +547,52 @@ impl ServiceProxy {
     async fn forward(
         &self,
         pool: &Arc<Pool>,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        mut body: Incoming,
+        host: Option<HeaderValue>,
         client_ip: &HeaderValue,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
         let limit = self.settings.max_request_body;
         if content_length(&parts.headers).is_some_and(|len| len > limit) {
             return Err(ProxyError::BodyTooLarge(limit));
         }
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        let upgrade = requested_upgrade(&parts.headers);
-        let framing = if body.is_end_stream() {
+        let mut framing = if body.is_end_stream() {
             RequestFraming::Empty
         } else {
             match body.size_hint().exact() {
                 Some(n) => RequestFraming::Length(n),
                 None => RequestFraming::Chunked,
             }
+        };
+        // A chunked body's first chunk is read before anything goes upstream: a body that is
+        // malformed from its start gets its 400 without the service seeing half a request.
+        let mut first_chunk = None;
+        if framing == RequestFraming::Chunked {
+            checks::check_transfer_encoding(&parts.headers)?;
+            let deadline = started + self.settings.upstream_timeout;
+            match deadline::until(deadline, body.frame()).await {
+                Err(_) => return Err(ProxyError::BadRequest("no request body in time".into())),
+                Ok(None) => framing = RequestFraming::Length(0),
+                Ok(Some(Err(e))) => {
+                    return Err(ProxyError::BadRequest(format!("invalid request body: {e}")))
+                }
+                Ok(Some(Ok(frame))) => {
+                    let data = frame.into_data().unwrap_or_default();
+                    if data.len() as u64 > limit {
+                        return Err(ProxyError::BodyTooLarge(limit));
+                    }
+                    first_chunk = Some(data);
+                }
+            }
+        }
+        // Upgrades (WebSocket) are asked for with a GET and no body (RFC 6455 §4.1); elsewhere
+        // the Upgrade header is dropped like any other hop-by-hop header.
+        let upgrade = if parts.method == http::Method::GET && framing == RequestFraming::Empty {
+            requested_upgrade(&parts.headers)
+        } else {
+            None
         };
         let head_request = parts.method == http::Method::HEAD;
         // A request that reached a server which then closed without answering may be sent again
@@ -544,8 +625,24 @@ impl ServiceProxy {
             // carried a request), again for each try.
             let mut head = std::mem::take(&mut conn.out);
             head.clear();
-            request_head(&mut head, &parts, client_ip, upgrade.as_ref(), framing);
-            let exchange = exchange(&mut conn, &head, &mut body, framing, limit, head_request);
+            request_head(
+                &mut head,
+                &parts,
+                host.as_ref(),
+                client_ip,
+                upgrade.as_ref(),
+                framing,
+                self.settings.limits.underscores,
+            );
+            let exchange = exchange(
+                &mut conn,
+                &head,
+                &mut body,
+                &mut first_chunk,
+                framing,
+                limit,
+                head_request,
+            );
             let deadline = started + self.settings.upstream_timeout;
             let result = deadline::until(deadline, exchange).await;
             conn.out = head;
@@ -610,13 +707,14 @@ async fn exchange(
     conn: &mut Conn,
     head: &[u8],
     body: &mut Option<Incoming>,
+    first_chunk: &mut Option<Bytes>,
     framing: RequestFraming,
     limit: u64,
     head_request: bool,
 ) -> Result<upstream::Head, Failure> {
     conn.write_all(head).await.map_err(Failure::NotSent)?;
     if let Some(incoming) = body.as_mut() {
-        match send_body(conn, incoming, framing, limit).await {
+        match send_body(conn, incoming, first_chunk.take(), framing, limit).await {
             // The body is gone: this request cannot be sent again.
             Ok(()) => *body = None,
             Err(BodyStop::Client(e)) => return Err(Failure::Proxy(e)),
@@ -660,18 +758,22 @@ enum BodyStop {
 async fn send_body(
     conn: &mut Conn,
     incoming: &mut Incoming,
+    mut first_chunk: Option<Bytes>,
     framing: RequestFraming,
     limit: u64,
 ) -> Result<(), BodyStop> {
     let mut sent = 0u64;
     let mut scratch = bytes::BytesMut::new();
     loop {
-        let frame = tokio::select! {
-            biased;
-            frame = incoming.frame() => frame,
-            why = upstream::answered_early(&conn.stream, &mut conn.buf) => {
-                return Err(BodyStop::Upstream(why, sent));
-            }
+        let frame = match first_chunk.take() {
+            Some(data) => Some(Ok(Frame::data(data))),
+            None => tokio::select! {
+                biased;
+                frame = incoming.frame() => frame,
+                why = upstream::answered_early(&conn.stream, &mut conn.buf) => {
+                    return Err(BodyStop::Upstream(why, sent));
+                }
+            },
         };
         let Some(frame) = frame else {
             break;
@@ -816,9 +918,11 @@ fn respond(
 fn request_head(
     out: &mut bytes::BytesMut,
     parts: &http::request::Parts,
+    host: Option<&HeaderValue>,
     client_ip: &HeaderValue,
     upgrade: Option<&HeaderValue>,
     framing: RequestFraming,
+    underscores: UnderscoreHeaders,
 ) {
     let h = &parts.headers;
     out.reserve(256 + h.len() * 48);
@@ -832,6 +936,10 @@ fn request_head(
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Host first, and never dropped for being named in Connection (an end-to-end field).
+    if let Some(host) = host {
+        put_header(out, b"host", host.as_bytes());
+    }
     let connection: Vec<&HeaderValue> = h.get_all(header::CONNECTION).iter().collect();
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     let mut had_length = false;
@@ -842,7 +950,7 @@ fn request_head(
                 forwarded_for.push(value.as_bytes());
                 continue;
             }
-            "x-forwarded-proto" | "x-forwarded-host" => continue,
+            "x-forwarded-proto" | "x-forwarded-host" | "host" => continue,
             "content-length" => {
                 had_length = true;
                 continue;
@@ -856,6 +964,9 @@ fn request_head(
         {
             continue;
         }
+        if underscores == UnderscoreHeaders::Drop && n.contains('_') {
+            continue;
+        }
         put_header(out, n.as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -865,7 +976,7 @@ fn request_head(
     }
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    if let Some(host) = h.get(header::HOST) {
+    if let Some(host) = host {
         put_header(out, b"x-forwarded-host", host.as_bytes());
     }
     if let Some(proto) = upgrade {
@@ -920,7 +1031,7 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: Conn, backend: Arc<Ba
 /// The key that keeps a client on one colour, and the cookie to set when we made one up.
 fn sticky_key(
     route: &Route,
-    req: &Request<Incoming>,
+    headers: &HeaderMap,
     client: SocketAddr,
 ) -> (u64, Option<HeaderValue>) {
     if !route.is_split() {
@@ -935,13 +1046,12 @@ fn sticky_key(
     let ip = client.ip().to_string();
     match &route.sticky {
         Sticky::ClientIp => (hash(ip.as_bytes()), None),
-        Sticky::Header(name) => match req.headers().get(name) {
+        Sticky::Header(name) => match headers.get(name) {
             Some(v) => (hash(v.as_bytes()), None),
             None => (hash(ip.as_bytes()), None),
         },
         Sticky::Cookie => {
-            let existing = req
-                .headers()
+            let existing = headers
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -1230,6 +1340,15 @@ pub async fn serve(
     // No header-read timer: hyper's costs a timer per request; the idle check below (one
     // deadline per connection and period) closes idle and slow-header connections instead.
     http.keep_alive(true).header_read_timeout(None);
+    // hyper refuses a head over these with 431 and closes the connection (RFC 6585 §5).
+    let limits = &proxy.settings.limits;
+    http.max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES) + HYPER_READ_BUFFER);
+    // Up to 100 header slots live on hyper's stack; asking for another count costs a heap
+    // allocation per request head, so only then is it set.
+    if limits.max_headers != 100 {
+        http.max_headers(limits.max_headers);
+    }
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop_signal = Arc::new(StopSignal::default());
@@ -1404,8 +1523,17 @@ mod head_tests {
         let (parts, _) = req.into_parts();
         let ip = HeaderValue::from_static("10.0.0.9");
         let upgrade = requested_upgrade(&parts.headers);
+        let host = parts.headers.get(header::HOST).cloned();
         let mut out = bytes::BytesMut::new();
-        request_head(&mut out, &parts, &ip, upgrade.as_ref(), framing);
+        request_head(
+            &mut out,
+            &parts,
+            host.as_ref(),
+            &ip,
+            upgrade.as_ref(),
+            framing,
+            UnderscoreHeaders::Forward,
+        );
         String::from_utf8(out.to_vec()).unwrap()
     }
 
