@@ -32,8 +32,16 @@ pub use stats::{Snapshot, Stats};
 /// the layers between the upstream and hyper (each move is a copy of the whole value).
 pub type ProxyBody = Either<Box<Streamed>, Full<Bytes>>;
 
-/// Idle keep-alive connections kept per backend; more are closed when they come back.
-const IDLE_PER_BACKEND: usize = 512;
+/// Most proxy worker threads. Per-worker structures (idle queues, stats shards) have one slot
+/// per possible worker, so no two workers ever share one whatever `TCF_WORKER_THREADS` says;
+/// a slot is allocated on its worker's first use, so an unused one costs a pointer.
+pub const MAX_WORKERS: usize = 16;
+
+/// Idle keep-alive connections kept per backend and worker; more are closed when they come
+/// back. Its queue is allocated whole on the worker's first connection to the backend:
+/// `IDLE_PER_BACKEND` entries of about 144 bytes (measured in `tests`): 36 KiB, where 512
+/// entries on every core-count slot used to be allocated up front for every backend.
+const IDLE_PER_BACKEND: usize = 256;
 /// An idle connection older than this is closed rather than reused: shorter than the usual
 /// server-side keep-alive timeouts, so we never send on a connection the server is closing.
 const MAX_IDLE: Duration = Duration::from_secs(15);
@@ -50,9 +58,9 @@ pub struct Backend {
     /// Bumped by [`close_idle`](Backend::close_idle): a connection made before is never reused,
     /// even one that was carrying a request at that moment.
     generation: std::sync::atomic::AtomicU64,
-    /// One queue per proxy worker thread: a connection is reused by the thread that made it,
-    /// so a request and its upstream connection stay on one thread.
-    idle: Box<[crossbeam_queue::ArrayQueue<(Conn, Instant)>]>,
+    /// One queue per proxy worker thread, made on its first use: a connection is reused by
+    /// the thread that made it (and whose reactor it is registered with).
+    idle: Box<[std::sync::OnceLock<IdleQueue>]>,
 }
 
 thread_local! {
@@ -62,16 +70,11 @@ thread_local! {
     static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Which proxy worker runs on this thread (0 outside the workers).
-fn worker_index() -> usize {
-    WORKER.with(|w| w.get())
-}
+type IdleQueue = crossbeam_queue::ArrayQueue<(Conn, Instant)>;
 
-/// How many idle queues a backend keeps: one per possible worker.
-fn worker_slots() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 16)
+/// Which proxy worker runs on this thread (0 outside the workers): below [`MAX_WORKERS`].
+fn worker_index() -> usize {
+    WORKER.with(|w| w.get()) % MAX_WORKERS
 }
 
 impl std::fmt::Debug for Backend {
@@ -93,28 +96,33 @@ impl Backend {
             outstanding: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
             generation: 0.into(),
-            idle: (0..worker_slots())
-                .map(|_| crossbeam_queue::ArrayQueue::new(IDLE_PER_BACKEND))
+            idle: (0..MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
                 .collect(),
         })
     }
 
     /// Idle connections kept for reuse.
     pub fn idle_connections(&self) -> usize {
-        self.idle.iter().map(|q| q.len()).sum()
+        self.idle
+            .iter()
+            .filter_map(|q| q.get())
+            .map(|q| q.len())
+            .sum()
     }
 
     /// Close every idle connection, and those in use once their request is done (the instance
     /// is going away).
     pub fn close_idle(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        for q in self.idle.iter() {
+        for q in self.idle.iter().filter_map(|q| q.get()) {
             while q.pop().is_some() {}
         }
     }
 
-    fn local_idle(&self) -> &crossbeam_queue::ArrayQueue<(Conn, Instant)> {
-        &self.idle[worker_index() % self.idle.len()]
+    /// This worker's idle queue, if it ever used this backend.
+    fn local_idle(&self) -> Option<&IdleQueue> {
+        self.idle[worker_index()].get()
     }
 
     /// Whether an idle connection may carry another request: young enough, made since the
@@ -126,7 +134,8 @@ impl Backend {
     }
 
     fn checkout(&self) -> Option<Conn> {
-        while let Some((mut conn, since)) = self.local_idle().pop() {
+        let queue = self.local_idle()?;
+        while let Some((mut conn, since)) = queue.pop() {
             if self.still_good(&conn, since) {
                 conn.reused = true;
                 return Some(conn);
@@ -138,7 +147,9 @@ impl Backend {
     /// Close this worker's idle connections that the server closed (or that aged out) since
     /// they came back, keeping the others in their order. No system call for a quiet one.
     fn sweep_local(&self) {
-        let queue = self.local_idle();
+        let Some(queue) = self.local_idle() else {
+            return;
+        };
         for _ in 0..queue.len() {
             let Some((conn, since)) = queue.pop() else {
                 break;
@@ -154,7 +165,8 @@ impl Backend {
             return;
         }
         // Full: the connection is dropped, which closes it.
-        let _ = self.local_idle().push((conn, Instant::now()));
+        let queue = self.idle[worker_index()].get_or_init(|| IdleQueue::new(IDLE_PER_BACKEND));
+        let _ = queue.push((conn, Instant::now()));
     }
 
     async fn connect(&self, timeout: Duration) -> Result<Conn, ProxyError> {
@@ -413,6 +425,9 @@ impl ProxyError {
 pub struct ServiceProxy {
     name: String,
     route: ArcSwap<Route>,
+    /// Colours that had traffic before and may still be held (warm, for an instant rollback):
+    /// their idle connections are swept too. Weak, so a retired colour is simply gone.
+    warm: ArcSwap<Vec<std::sync::Weak<Pool>>>,
     settings: Settings,
     stats: Stats,
 }
@@ -422,6 +437,7 @@ impl ServiceProxy {
         Arc::new(ServiceProxy {
             name: name.into(),
             route: ArcSwap::from_pointee(Route::default()),
+            warm: ArcSwap::from_pointee(Vec::new()),
             settings,
             stats: Stats::default(),
         })
@@ -443,9 +459,13 @@ impl ServiceProxy {
         self.route.load_full()
     }
 
-    /// Sweep this worker's idle upstream connections of every instance in the route.
+    /// Sweep this worker's idle upstream connections of every instance in the route and in
+    /// the colours still warm.
     fn sweep_idle(&self) {
-        for (pool, _) in self.route.load().pools.iter() {
+        let warm = self.warm.load();
+        let warm = warm.iter().filter_map(std::sync::Weak::upgrade);
+        let route = self.route.load();
+        for pool in route.pools.iter().map(|(p, _)| p.clone()).chain(warm) {
             for backend in pool.backends.load().iter() {
                 backend.sweep_local();
             }
@@ -454,7 +474,23 @@ impl ServiceProxy {
 
     /// Atomically replace the route; requests already in flight keep the one they started with.
     pub fn set_route(&self, route: Route) {
+        let in_route = |p: &Arc<Pool>| route.pools.iter().any(|(q, _)| Arc::ptr_eq(p, q));
+        let previous = self.route.load();
+        let mut warm: Vec<std::sync::Weak<Pool>> = Vec::new();
+        let earlier = self.warm.load();
+        let candidates = previous
+            .pools
+            .iter()
+            .map(|(p, _)| p.clone())
+            .chain(earlier.iter().filter_map(std::sync::Weak::upgrade));
+        for pool in candidates {
+            if !in_route(&pool) && !warm.iter().any(|w| w.as_ptr() == Arc::as_ptr(&pool)) {
+                warm.push(Arc::downgrade(&pool));
+            }
+        }
+        drop(previous);
         self.route.store(Arc::new(route));
+        self.warm.store(Arc::new(warm));
     }
 
     fn pick(
@@ -1469,6 +1505,12 @@ pub async fn serve_workers(
     drain: Duration,
 ) -> std::io::Result<()> {
     let workers = services.first().map_or(0, |(_, l)| l.len());
+    if workers > MAX_WORKERS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{workers} proxy workers asked for; at most {MAX_WORKERS}"),
+        ));
+    }
     let mut per_worker: Vec<Vec<(Arc<ServiceProxy>, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     for (proxy, listeners) in services {

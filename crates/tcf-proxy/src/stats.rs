@@ -16,7 +16,8 @@ pub const BUCKETS: usize = SUB * POWERS;
 /// cache lines, so workers on different cores never contend for a counter; a snapshot sums them.
 #[derive(Debug)]
 pub struct Stats {
-    shards: Box<[Shard]>,
+    /// One per possible worker, made on the worker's first request.
+    shards: Box<[std::sync::OnceLock<Box<Shard>>]>,
 }
 
 #[derive(Debug)]
@@ -47,8 +48,8 @@ impl Default for Shard {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            shards: (0..crate::worker_slots())
-                .map(|_| Shard::default())
+            shards: (0..crate::MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
                 .collect(),
         }
     }
@@ -76,8 +77,22 @@ fn bucket_upper(index: usize) -> u64 {
 }
 
 impl Stats {
+    /// This worker's shard.
+    fn local_shard(&self) -> &Shard {
+        self.shards[crate::worker_index()].get_or_init(Box::default)
+    }
+
+    /// Requests each worker's shard counted (tests: which workers served).
+    #[cfg(test)]
+    pub(crate) fn requests_per_worker(&self) -> Vec<u64> {
+        let count = |s: &std::sync::OnceLock<Box<Shard>>| {
+            s.get().map_or(0, |s| s.requests.load(Ordering::Relaxed))
+        };
+        self.shards.iter().map(count).collect()
+    }
+
     pub fn record(&self, status: u16, latency: Duration, by_proxy: bool) {
-        let shard = &self.shards[crate::worker_index() % self.shards.len()];
+        let shard = self.local_shard();
         shard.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
             shard.responses_5xx.fetch_add(1, Ordering::Relaxed);
@@ -92,14 +107,14 @@ impl Stats {
     /// An answer whose head went to the client broke off in its body (the upstream sent a
     /// malformed chunk or closed early): the client did not get it, so it counts as a 5xx too.
     pub fn record_broken(&self) {
-        let shard = &self.shards[crate::worker_index() % self.shards.len()];
+        let shard = self.local_shard();
         shard.broken_responses.fetch_add(1, Ordering::Relaxed);
         shard.responses_5xx.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::empty();
-        for shard in self.shards.iter() {
+        for shard in self.shards.iter().filter_map(|s| s.get()) {
             snap.requests += shard.requests.load(Ordering::Relaxed);
             snap.responses_5xx += shard.responses_5xx.load(Ordering::Relaxed);
             snap.proxy_errors += shard.proxy_errors.load(Ordering::Relaxed);
@@ -200,8 +215,27 @@ mod tests {
         }
         for us in (0..200_000u64).step_by(7).chain([u64::MAX / 4]) {
             let upper = bucket_upper(bucket_of(us));
-            assert!(upper > us || bucket_of(us) == BUCKETS - 1, "{us} above its bucket");
+            assert!(
+                upper > us || bucket_of(us) == BUCKETS - 1,
+                "{us} above its bucket"
+            );
         }
+    }
+
+    #[test]
+    fn each_worker_has_its_own_shard_whatever_the_core_count() {
+        let s = std::sync::Arc::new(Stats::default());
+        std::thread::scope(|scope| {
+            for i in 0..crate::MAX_WORKERS {
+                let s = s.clone();
+                scope.spawn(move || {
+                    crate::WORKER.with(|w| w.set(i));
+                    s.record(200, Duration::from_millis(1), false);
+                });
+            }
+        });
+        assert_eq!(s.requests_per_worker(), vec![1; crate::MAX_WORKERS]);
+        assert_eq!(s.snapshot().requests, crate::MAX_WORKERS as u64);
     }
 
     #[test]

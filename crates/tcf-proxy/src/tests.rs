@@ -123,7 +123,9 @@ async fn forwards_balances_and_adds_forwarded_headers() {
         assert!(!by_proxy);
         assert!(text.contains("xff=127.0.0.1"), "{text}");
     }
-    assert!(hits_a.load(Ordering::SeqCst) >= 5 && hits_b.load(Ordering::SeqCst) >= 5);
+    // One request at a time: nothing outstanding, so the rotating scan alternates.
+    let (a, b) = (hits_a.load(Ordering::SeqCst), hits_b.load(Ordering::SeqCst));
+    assert!((9..=11).contains(&a) && a + b == 20, "split {a}/{b}");
     assert_eq!(proxy.stats().snapshot().requests, 20);
 }
 
@@ -140,12 +142,19 @@ async fn maps_failures_to_the_right_status() {
         .local_addr()
         .unwrap();
     proxy.set_route(route_of(vec![Backend::new("dead", dead)]));
-    let (status, _, by_proxy) = get(addr, "/", None).await;
+    let (status, text, by_proxy) = get(addr, "/", None).await;
     assert_eq!((status, by_proxy), (502, true));
+    // The client is not told where our instances live.
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains(&dead.port().to_string()),
+        "{text}"
+    );
     // A backend slower than the upstream timeout.
     let (slow, _t) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
-    assert_eq!(get(addr, "/", None).await.0, 504);
+    let (status, text, _) = get(addr, "/", None).await;
+    assert_eq!(status, 504);
+    assert!(!text.contains("127.0.0.1"), "{text}");
     // A body over the limit.
     let (ok, _t2) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
@@ -198,17 +207,35 @@ async fn a_request_in_flight_keeps_its_route_across_a_switch() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (slow, _t) = upstream(
-        "slow",
-        Duration::from_millis(300),
-        Arc::new(AtomicU32::new(0)),
-    )
-    .await;
-    let (addr, stop, _) = proxy_to(slow).await;
+    let hits = Arc::new(AtomicU32::new(0));
+    let (slow, _t) = upstream("slow", Duration::from_millis(300), hits.clone()).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("b", slow)]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn(serve(listener, proxy, rx, Duration::from_secs(5)));
     let held = tokio::spawn(async move { get(addr, "/", None).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request is at the upstream before the stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hits.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.send(true).unwrap();
+    // It finishes, the listener is gone, and serving ends once it is answered.
     assert_eq!(held.await.unwrap().0, 200);
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("serve returns after its drain")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
 }
 
 async fn get_with_cookie(addr: SocketAddr, cookie: Option<&str>) -> (String, Option<String>) {
@@ -396,6 +423,24 @@ async fn a_connection_busy_when_its_instance_goes_away_is_not_kept() {
 }
 
 #[tokio::test]
+async fn a_backend_allocates_idle_queues_only_for_the_workers_that_use_it() {
+    let entry = std::mem::size_of::<(upstream::Conn, Instant)>();
+    // The measured cost of one worker's queue (see IDLE_PER_BACKEND).
+    assert!(entry <= 160, "an idle entry is {entry} bytes");
+    let backend = Backend::new("b", "127.0.0.1:1".parse().unwrap());
+    assert_eq!(backend.idle.len(), MAX_WORKERS);
+    assert!(backend.idle.iter().all(|q| q.get().is_none()));
+    let settings = Settings::default();
+    let workers = (0..MAX_WORKERS + 1)
+        .map(|_| bind_shared("127.0.0.1:0".parse().unwrap()).unwrap())
+        .collect();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let proxy = ServiceProxy::new("svc", settings);
+    let refused = serve_workers(vec![(proxy, workers)], rx, Duration::ZERO).await;
+    assert!(refused.is_err(), "more workers than slots");
+}
+
+#[tokio::test]
 async fn a_taken_address_is_refused_even_though_workers_share_it() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = addr.local_addr().unwrap();
@@ -415,7 +460,8 @@ async fn a_taken_address_is_refused_even_though_workers_share_it() {
 async fn workers_serve_one_address_together() {
     let (ok, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
+    let backend = Backend::new("ok", ok);
+    proxy.set_route(route_of(vec![backend.clone()]));
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
@@ -429,6 +475,20 @@ async fn workers_serve_one_address_together() {
     for _ in 0..40 {
         assert_eq!(get(addr, "/", None).await.0, 200);
     }
+    // Each request came on its own connection, which the kernel spread over both workers'
+    // listeners (all 40 on one: a chance of 2^-39); each worker counted in its own shard and
+    // pooled its upstream connections in its own queue.
+    let per_worker = proxy.stats().requests_per_worker();
+    assert_eq!(
+        per_worker.iter().filter(|n| **n > 0).count(),
+        2,
+        "{per_worker:?}"
+    );
+    assert_eq!(
+        backend.idle.iter().filter(|q| q.get().is_some()).count(),
+        2,
+        "one idle queue per worker"
+    );
     // Workers time out slow upstreams with their own deadline table: 504 after 500 ms.
     let (slow, _t2) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
@@ -674,27 +734,93 @@ async fn idle_and_slow_header_connections_are_closed_but_slow_answers_are_not() 
     assert_eq!((status, by_proxy), (200, false), "{text}");
 }
 
+/// An upstream that answers each request `ok` and closes its connections when told, as a
+/// server's keep-alive timeout does.
+async fn closing_upstream() -> (SocketAddr, Arc<tokio::sync::Notify>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let close = Arc::new(tokio::sync::Notify::new());
+    let signal = close.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let closing = signal.notified();
+                tokio::pin!(closing);
+                loop {
+                    tokio::select! {
+                        _ = &mut closing => return,
+                        read = s.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {
+                                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                                if s.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                    }
+                }
+            });
+        }
+    });
+    (addr, close)
+}
+
+/// Wait until `condition` holds, for at most five seconds.
+async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn idle_connections_the_server_closed_are_swept_out() {
-    // Answers, then closes the connection a little later, as a server's keep-alive timeout does.
-    let (addr, _) = raw_upstream(|_, _| {
-        Some(Script {
-            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", ""],
-            close: true,
-        })
-    })
-    .await;
+    let (addr, close) = closing_upstream().await;
     let (paddr, _stop, backend) = proxy_to(addr).await;
     assert_eq!(get(paddr, "/", None).await.0, 200);
-    // Kept: the close comes 20 ms after the answer, the sweep every 100 ms.
-    let mut swept = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if backend.idle_connections() == 0 {
-            swept = true;
-            break;
-        }
-    }
-    assert!(swept, "the closed idle connection is still pooled");
+    // Pooled first (the server closes only when told)...
+    assert_eq!(backend.idle_connections(), 1);
+    tokio::time::sleep(SWEEP_EVERY * 2).await;
+    assert_eq!(backend.idle_connections(), 1, "a live connection was swept");
+    // ...then swept once the server closed it.
+    close.notify_waiters();
+    wait_for("the closed idle connection swept out", || {
+        backend.idle_connections() == 0
+    })
+    .await;
     assert_eq!(get(paddr, "/", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_warm_previous_colour_is_swept_too() {
+    let (addr, close) = closing_upstream().await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let (old, new) = (
+        Pool::new("blue", "v1", &settings()),
+        Pool::new("green", "v2", &settings()),
+    );
+    let old_backend = Backend::new("old", addr);
+    old.set_backends(vec![old_backend.clone()]);
+    let (new_addr, _) = closing_upstream().await;
+    new.set_backends(vec![Backend::new("new", new_addr)]);
+    proxy.set_route(Route::single(old.clone()));
+    let (paddr, _stop) = start_proxy(proxy.clone()).await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    assert_eq!(old_backend.idle_connections(), 1);
+    // Traffic moves on; the old colour stays warm (held) for an instant rollback.
+    proxy.set_route(Route::single(new.clone()));
+    close.notify_waiters();
+    wait_for("the warm colour's closed connection swept out", || {
+        old_backend.idle_connections() == 0
+    })
+    .await;
+    // Once the colour is let go, the proxy forgets it.
+    drop(old);
+    proxy.set_route(Route::single(new));
+    assert_eq!(proxy.warm.load().len(), 0);
 }

@@ -635,7 +635,11 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_errors() {
-        for wire in [&b"zz\r\n"[..], &b"1\r\nab\r\n"[..], &b"ffffffffffffffffff\r\n"[..]] {
+        for wire in [
+            &b"zz\r\n"[..],
+            &b"1\r\nab\r\n"[..],
+            &b"ffffffffffffffffff\r\n"[..],
+        ] {
             let mut dec = Chunked::default();
             let mut buf = BytesMut::from(wire);
             let result = loop {
