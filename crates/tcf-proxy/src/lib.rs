@@ -8,6 +8,7 @@ mod checks;
 mod deadline;
 mod slab;
 pub mod stats;
+mod tunnel;
 mod upstream;
 
 use arc_swap::ArcSwap;
@@ -307,6 +308,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// What the proxy refuses in a request head (docs/running.md, "What the proxy refuses").
     pub limits: RequestLimits,
+    /// An upgraded connection (WebSocket) that carries no byte either way for this long is
+    /// closed (within twice this).
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -316,6 +320,7 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             limits: RequestLimits::default(),
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -694,7 +699,15 @@ impl ServiceProxy {
                     if let Some(rest) = body.take() {
                         drain_in_background(rest, limit, self.settings.upstream_timeout);
                     }
-                    return respond(answer, conn, guard, pool, client_upgrade, upgrade.is_some());
+                    return respond(
+                        answer,
+                        conn,
+                        guard,
+                        pool,
+                        client_upgrade,
+                        upgrade.is_some(),
+                        self.settings.tunnel_idle_timeout,
+                    );
                 }
                 // A reused connection the server closed meanwhile: take another one.
                 Ok(Err(Failure::NotSent(_))) if conn.reused => continue,
@@ -895,6 +908,7 @@ fn respond(
     pool: &Arc<Pool>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade_requested: bool,
+    tunnel_idle: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let addr = guard.0.addr;
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -912,7 +926,9 @@ fn respond(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         resp.headers_mut().insert(header::UPGRADE, proto);
-        tunnel(client_side, conn, guard.0.clone());
+        // Counted as upgraded before `guard` stops counting it as outstanding.
+        let counted = tunnel::UpgradedGuard::new(guard.0.clone());
+        tunnel::tunnel(client_side, conn, counted, tunnel_idle);
         return Ok(resp);
     }
     let body = match head.framing {
@@ -1047,23 +1063,6 @@ fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
         .then(|| proto.clone())
 }
 
-/// Splice an upgraded client connection to the upstream one (and what the upstream already
-/// sent past its 101), counting it on the backend until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: Conn, backend: Arc<Backend>) {
-    use tokio::io::AsyncWriteExt;
-    tokio::spawn(async move {
-        backend.upgraded.fetch_add(1, Ordering::Relaxed);
-        if let Ok(client) = client.await {
-            let mut client = TokioIo::new(client);
-            let early = std::mem::take(&mut upstream.buf);
-            if early.is_empty() || client.write_all(&early).await.is_ok() {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
-            }
-        }
-        backend.upgraded.fetch_sub(1, Ordering::Relaxed);
-    });
-}
-
 /// The key that keeps a client on one colour, and the cookie to set when we made one up.
 fn sticky_key(
     route: &Route,
@@ -1168,6 +1167,7 @@ pub struct Streamed {
 impl Drop for Streamed {
     fn drop(&mut self) {
         if let Some(client) = &self.client {
+            client.streaming.store(false, Ordering::Relaxed);
             client.busy.store(false, Ordering::Relaxed);
         }
     }
@@ -1242,6 +1242,9 @@ impl Body for Streamed {
         loop {
             match this.take_buffered() {
                 Ok(Decoded::Data(data)) => {
+                    if let Some(client) = &this.client {
+                        client.progress.store(true, Ordering::Relaxed);
+                    }
                     // The last bytes of a length-framed body: hyper may not poll again.
                     if matches!(this.framing, BodyFraming::Length(0)) {
                         this.finish();
@@ -1303,6 +1306,10 @@ const CLIENT_IDLE: Duration = if cfg!(test) {
     Duration::from_secs(30)
 };
 
+/// Idle-check periods a streamed response body may go without moving a byte (60 s, nginx's
+/// `proxy_read_timeout` and `send_timeout` default).
+const STALLED_PERIODS: u32 = 2;
+
 /// What the requests of one client connection share. Cloned per request, but only ever touched
 /// by the thread serving the connection: no cache line shared between workers.
 pub(crate) struct ClientConn {
@@ -1313,6 +1320,10 @@ pub(crate) struct ClientConn {
     active: std::sync::atomic::AtomicBool,
     /// A response is being produced or its body streamed.
     busy: std::sync::atomic::AtomicBool,
+    /// A streamed response body is on its way to the client.
+    streaming: std::sync::atomic::AtomicBool,
+    /// Bytes of it moved since the idle check last looked.
+    progress: std::sync::atomic::AtomicBool,
 }
 
 /// Tells one listener's client connections to finish up. Each connection registers its waker
@@ -1418,6 +1429,8 @@ pub async fn serve(
                     ip: client_ip_value(client_addr),
                     active: false.into(),
                     busy: false.into(),
+                    streaming: false.into(),
+                    progress: false.into(),
                 });
                 let for_requests = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -1427,7 +1440,10 @@ pub async fn serve(
                         c.busy.store(true, Ordering::Relaxed);
                         let mut resp = c.proxy.handle(req, c.addr, &c.ip).await;
                         match resp.body_mut() {
-                            Either::Left(streamed) => streamed.client = Some(c.clone()),
+                            Either::Left(streamed) => {
+                                c.streaming.store(true, Ordering::Relaxed);
+                                streamed.client = Some(c.clone());
+                            }
                             Either::Right(_) => c.busy.store(false, Ordering::Relaxed),
                         }
                         Ok::<_, std::convert::Infallible>(resp)
@@ -1439,6 +1455,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _open = open;
                     let mut conn = std::pin::pin!(conn);
+                    let mut stalled_periods = 0;
                     loop {
                         let deadline = Instant::now() + CLIENT_IDLE;
                         tokio::select! {
@@ -1448,7 +1465,25 @@ pub async fn serve(
                                 // No request began for a whole period and none is running.
                                 Err(_) if !client.active.swap(false, Ordering::Relaxed)
                                     && !client.busy.load(Ordering::Relaxed) => return,
-                                Err(_) => continue,
+                                // A response body that moved no byte for two whole periods:
+                                // the upstream stalled, or the client reads nothing. Closing
+                                // drops the body, which closes its upstream connection.
+                                Err(_) if client.streaming.load(Ordering::Relaxed) => {
+                                    if client.progress.swap(false, Ordering::Relaxed) {
+                                        stalled_periods = 0;
+                                    } else {
+                                        stalled_periods += 1;
+                                    }
+                                    if stalled_periods >= STALLED_PERIODS {
+                                        tracing::warn!(
+                                            service = %client.proxy.name,
+                                            "closing a response that moved no byte for {:?}",
+                                            CLIENT_IDLE * STALLED_PERIODS
+                                        );
+                                        return;
+                                    }
+                                }
+                                Err(_) => stalled_periods = 0,
                             },
                             _ = stop.wait() => break,
                         }

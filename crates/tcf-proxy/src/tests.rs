@@ -68,6 +68,7 @@ pub(crate) fn settings() -> Settings {
         upstream_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         limits: RequestLimits::default(),
+        tunnel_idle_timeout: Duration::from_secs(5),
     }
 }
 
@@ -364,8 +365,10 @@ async fn an_upgraded_connection_is_tunnelled_both_ways() {
     assert_eq!(&buf, b"ping");
     assert_eq!(backend.upgraded(), 1);
     drop(s);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(backend.upgraded(), 0);
+    wait_for("the closed tunnel no longer counted", || {
+        backend.upgraded() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -823,4 +826,136 @@ async fn a_warm_previous_colour_is_swept_too() {
     drop(old);
     proxy.set_route(Route::single(new));
     assert_eq!(proxy.warm.load().len(), 0);
+}
+
+#[tokio::test]
+async fn a_response_body_the_upstream_stops_sending_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Promises 10 bytes, sends 5, then neither sends nor closes.
+    let (addr, _) = raw_upstream(|_, _| {
+        Some(Script {
+            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"],
+            close: false,
+        })
+    })
+    .await;
+    let (paddr, _stop, backend) = proxy_to(addr).await;
+    let mut s = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Cut after two idle periods (600 ms in tests) without a byte.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the stalled response was never cut");
+    assert!(String::from_utf8_lossy(&got).ends_with("hello"), "{got:?}");
+    wait_for("the backend no longer counted busy", || {
+        backend.outstanding() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_cut_and_its_upstream_released() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Streams an endless chunked body until its connection breaks.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (broke_tx, broke_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = s.read(&mut head).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = format!("4000\r\n{}\r\n", "z".repeat(0x4000));
+        while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        let _ = broke_tx.send(());
+    });
+    let (paddr, _stop, backend) = proxy_to(up).await;
+    let mut client = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The client never reads: buffers fill, nothing moves, the proxy gives up on it.
+    tokio::time::timeout(Duration::from_secs(10), broke_rx)
+        .await
+        .expect("the upstream connection of a client that reads nothing was never closed")
+        .unwrap();
+    wait_for("the backend no longer counted busy", || {
+        backend.outstanding() == 0
+    })
+    .await;
+    drop(client);
+}
+
+#[tokio::test]
+async fn an_idle_upgraded_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers the upgrade, then echoes.
+    let (addr, _) = raw_upstream(|_, _| {
+        Some(Script {
+            pieces: vec![
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            ],
+            close: false,
+        })
+    })
+    .await;
+    let proxy = ServiceProxy::new(
+        "svc",
+        Settings {
+            tunnel_idle_timeout: Duration::from_millis(200),
+            ..settings()
+        },
+    );
+    let backend = Backend::new("b", addr);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    let mut s = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the idle tunnel was never closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "{got:?}"
+    );
+    wait_for("the tunnel no longer counted", || backend.upgraded() == 0).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_is_counted_before_its_request_stops_being_outstanding() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let backend = Backend::new("b", addr);
+    let pool = Pool::new("blue", "v1", &settings());
+    let switched = upstream::Head {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers: HeaderMap::new(),
+        framing: upstream::Framing::Empty,
+        keep_alive: false,
+        upgrade: Some(HeaderValue::from_static("websocket")),
+    };
+    let mut client_request = Request::new(());
+    let client_upgrade = hyper::upgrade::on(&mut client_request);
+    // Answering the 101 hands the request's count over to the tunnel's, with no await in
+    // between: a drain never sees the instance with neither (its "idle" condition).
+    let resp = respond(
+        switched,
+        upstream::Conn::new(stream),
+        OutstandingGuard::new(backend.clone()),
+        &pool,
+        Some(client_upgrade),
+        true,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!((backend.outstanding(), backend.upgraded()), (0, 1));
 }
