@@ -214,3 +214,65 @@ async fn an_answer_that_breaks_off_in_its_body_counts_as_an_upstream_error() {
         );
     }
 }
+
+/// An upload of `pieces` frames of 16 KiB, announced by length or sent chunked.
+struct Pieces {
+    left: usize,
+    announced: bool,
+}
+
+impl Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 16 << 10])))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.announced {
+            SizeHint::with_exact((self.left * (16 << 10)) as u64)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upload_over_the_limit_gets_its_413_even_while_still_sending() {
+    let (up, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("b", up)]));
+    let (addr, _stop) = start_proxy(proxy).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    // 1 MiB over the 1 KiB limit: announced (refused before reading) or found while streaming.
+    for announced in [true, false] {
+        for _ in 0..20 {
+            let client: TestClient<HttpConnector, Pieces> =
+                TestClient::builder(TokioExecutor::new()).build_http();
+            let req = Request::post(format!("http://{addr}/"))
+                .body(Pieces {
+                    left: 64,
+                    announced,
+                })
+                .unwrap();
+            let status = match client.request(req).await {
+                Ok(resp) => resp.status().as_u16(),
+                Err(_) => 0,
+            };
+            *statuses.entry((announced, status)).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        statuses,
+        [((false, 413), 20), ((true, 413), 20)].into(),
+        "(announced, status): count"
+    );
+}
