@@ -199,7 +199,7 @@ pub struct Service {
 }
 
 /// `[services.NAME.proxy]`: limits on a request's head (docs/running.md, "What the proxy
-/// refuses").
+/// refuses") and on idle upgraded connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxyLimits {
     /// Request line and header fields together; 431 above it.
@@ -209,6 +209,10 @@ pub struct ProxyLimits {
     /// The request line; 414 above it.
     pub max_request_line: u64,
     pub headers_with_underscores: UnderscoreHeaders,
+    /// An upgraded connection (WebSocket) that carries no byte either way for this long is
+    /// closed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// What the proxy does with a request header whose name holds an underscore.

@@ -99,7 +99,8 @@ pub struct RawDefaults {
     pub pull: Option<Spanned<String>>,
 }
 
-/// `[services.NAME.proxy]` / `[defaults.proxy]`: limits on a request's head.
+/// `[services.NAME.proxy]` / `[defaults.proxy]`: limits on a request's head, and on idle
+/// upgraded connections.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProxyLimits {
@@ -108,6 +109,8 @@ pub struct RawProxyLimits {
     pub max_request_line: Option<ByteSize>,
     /// `forward` (default), `drop` or `refuse`.
     pub headers_with_underscores: Option<Spanned<String>>,
+    /// An upgraded connection (WebSocket) idle this long is closed.
+    pub tunnel_idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -387,6 +387,7 @@ fn overlay_proxy(base: RawProxyLimits, over: RawProxyLimits) -> RawProxyLimits {
         headers_with_underscores: over
             .headers_with_underscores
             .or(base.headers_with_underscores),
+        tunnel_idle_timeout: over.tunnel_idle_timeout.or(base.tunnel_idle_timeout),
     }
 }
 
@@ -762,11 +763,26 @@ fn resolve_proxy_limits(
             UnderscoreHeaders::Forward
         }
     };
+    let tunnel_idle_timeout = raw
+        .tunnel_idle_timeout
+        .map_or(Duration::from_secs(300), |d| d.0);
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&tunnel_idle_timeout) {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "proxy.tunnel_idle_timeout of service {service:?} must be between 1s and 24h"
+                ),
+                None,
+            )
+            .hint("the default is \"5m\""),
+        );
+    }
     (errors.len() == before).then_some(ProxyLimits {
         max_header_size,
         max_headers,
         max_request_line,
         headers_with_underscores,
+        tunnel_idle_timeout,
     })
 }
 
@@ -1049,6 +1065,7 @@ listen = "127.0.0.1:9002"
             ("max_request_line", "\"64KiB\""),
             ("max_headers", "0"),
             ("headers_with_underscores", "\"maybe\""),
+            ("tunnel_idle_timeout", "\"0s\""),
         ] {
             let text =
                 TWO_SERVICES.replace("max_header_size = \"16KiB\"", &format!("{key} = {value}"));

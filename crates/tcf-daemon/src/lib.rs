@@ -212,7 +212,7 @@ pub async fn run(
                 upstream_timeout: cfg.upstream_timeout,
                 connect_timeout: cfg.connect_timeout,
                 limits: proxy_limits(&cfg.proxy),
-                ..Settings::default()
+                tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
             },
         );
         let version = active
