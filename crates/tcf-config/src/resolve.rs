@@ -216,7 +216,13 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
         step_interval: raw.step_interval.map_or(Duration::from_secs(10), |d| d.0),
         sticky,
         max_surge,
-        lock_ttl: raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+        lock_ttl: at_least(
+            raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+            Duration::from_secs(1),
+            "deploy.lock_ttl",
+            None,
+            errors,
+        ),
     }
 }
 
@@ -460,6 +466,33 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// A duration below `min` is refused: a `0s` probe interval or lock TTL would make the daemon
+/// spin in a loop.
+fn at_least(
+    value: Duration,
+    min: Duration,
+    what: &str,
+    span: Option<std::ops::Range<usize>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    if value < min {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "{what} = \"{}\" is too short",
+                    humantime::format_duration(value)
+                ),
+                span,
+            )
+            .hint(format!(
+                "set it to at least \"{}\"",
+                humantime::format_duration(min)
+            )),
+        );
+    }
+    value
+}
+
 fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnostic>) -> Option<u32> {
     match v {
         Some(s) if *s.get_ref() == 0 => {
@@ -555,7 +588,14 @@ fn resolve_service(
             );
             String::new()
         }
-        Some(v) => v.get_ref().clone(),
+        Some(v) => {
+            if let Err(e) = crate::check_version(v.get_ref()) {
+                errors.push(
+                    Diagnostic::new(e, Some(v.span())).hint("write it as \"v1\" or \"1.2.3\""),
+                );
+            }
+            v.get_ref().clone()
+        }
         None => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
@@ -639,8 +679,20 @@ fn resolve_service(
     };
     let health = Health {
         probe,
-        interval: h.interval.map_or(Duration::from_secs(1), |d| d.0),
-        timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            h.interval.map_or(Duration::from_secs(1), |d| d.0),
+            Duration::from_millis(50),
+            &format!("services.{}.health.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("services.{}.health.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors)
             .unwrap_or(1),
         unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
@@ -878,8 +930,20 @@ fn resolve_dependency(
         kind,
         address,
         url,
-        interval: raw.interval.map_or(Duration::from_secs(5), |d| d.0),
-        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            raw.interval.map_or(Duration::from_secs(5), |d| d.0),
+            Duration::from_millis(50),
+            &format!("dependencies.{}.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("dependencies.{}.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
     })
 }
 
@@ -1076,5 +1140,41 @@ listen = "127.0.0.1:9002"
                 errors.iter().map(|e| &e.message).collect::<Vec<_>>()
             );
         }
+    }
+    fn errors_of(text: &str) -> Vec<String> {
+        match resolve(std::path::Path::new("/tmp/t.toml"), text, None) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.message.clone()).collect(),
+        }
+    }
+
+    const SERVICE: &str =
+        "[platform]\nname = \"t\"\n[services.api]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"\n";
+
+    #[test]
+    fn durations_that_would_spin_or_overflow_are_refused() {
+        assert!(errors_of(SERVICE).is_empty(), "{:?}", errors_of(SERVICE));
+        let spin = format!("{SERVICE}health = {{ interval = \"0ms\" }}\n");
+        let e = errors_of(&spin);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("health.interval") && m.contains("too short")),
+            "{e:?}"
+        );
+        let dep = format!("{SERVICE}[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\ninterval = \"0s\"\n");
+        let e = errors_of(&dep);
+        assert!(
+            e.iter().any(|m| m.contains("dependencies.db.interval")),
+            "{e:?}"
+        );
+        let ttl = format!("{SERVICE}[deploy]\nlock_ttl = \"0s\"\n");
+        assert!(errors_of(&ttl).iter().any(|m| m.contains("lock_ttl")));
+        for bad in ["..", ".", "v1+build", "../v1;$(id)", "v1\nx", "a/b", ""] {
+            let text = SERVICE.replace("version = \"v1\"", &format!("version = {bad:?}"));
+            assert!(!errors_of(&text).is_empty(), "{bad:?} accepted");
+        }
+        let huge = format!("{SERVICE}upstream_timeout = \"400000000d\"\n");
+        let e = errors_of(&huge);
+        assert!(e.iter().any(|m| m.contains("365 days")), "{e:?}");
     }
 }

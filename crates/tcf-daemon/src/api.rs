@@ -1,11 +1,12 @@
 //! The JSON API on the daemon's Unix socket. Shapes come from `tcf-api`; this module maps the
 //! live state onto them.
 
+use crate::caller::{check_text, Peer};
 use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -74,7 +75,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         colour: i.colour.clone(),
                         version: i.version.clone(),
                         pid: info.pid,
-                        port: i.port,
+                        port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,
@@ -89,7 +90,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
             ServiceStatus {
                 name: svc.config.name.clone(),
                 version: svc.serving_version(),
-                traffic: lock(&svc.traffic)
+                traffic: svc
+                    .weights()
                     .iter()
                     .map(|(colour, weight)| tcf_api::Traffic {
                         colour: colour.clone(),
@@ -129,6 +131,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         services,
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
+        warnings: lock(&p.warnings).clone(),
     }
 }
 
@@ -161,13 +164,14 @@ async fn events(
     State(p): State<Arc<Platform>>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let (service, after, limit) = (
+        q.service.clone(),
+        q.after,
+        q.limit.unwrap_or(100).min(10_000),
+    );
     let rows = p
-        .store
-        .events(
-            q.service.as_deref(),
-            q.after,
-            q.limit.unwrap_or(100).min(10_000),
-        )
+        .with_store(move |s| s.events(service.as_deref(), after, limit))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows.into_iter().map(wire_event).collect()))
 }
@@ -196,8 +200,12 @@ async fn logs_handler(
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
-    p.event(
+async fn down(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<DownResponse> {
+    p.event_by(
+        &peer.user(),
         "daemon.stop_requested",
         None,
         None,
@@ -229,13 +237,6 @@ fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiE
         .collect())
 }
 
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
-}
-
 /// Stream a release's progress as NDJSON while it runs; it runs on even if the client leaves.
 fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -255,14 +256,13 @@ fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
 
 async fn deploy_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<tcf_api::DeployRequest>,
 ) -> Result<Response, ApiError> {
-    if !valid_version(&req.version) {
-        return Err(bad_request(format!(
-            "invalid version {:?}: use letters, digits and . _ - + (at most 128)",
-            req.version
-        )));
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
     }
+    tcf_config::check_version(&req.version).map_err(bad_request)?;
     let strategy = match &req.strategy {
         None => p.config.deploy.strategy,
         Some(s) => tcf_config::Strategy::parse(s).ok_or_else(|| {
@@ -279,7 +279,7 @@ async fn deploy_handler(
             .map(|s| (s, req.version.clone()))
             .collect(),
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
@@ -290,11 +290,15 @@ const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
 
 async fn rollback_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
     let releases = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let services = services_in_order(&p, &req.services)?;
     let known = |service: &str| -> Vec<String> {
@@ -358,7 +362,7 @@ async fn rollback_handler(
         kind: deploy::Kind::Rollback,
         targets,
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
@@ -375,8 +379,8 @@ async fn releases_handler(
     Query(q): Query<ReleasesQuery>,
 ) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
     let all = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let limit = q.limit.unwrap_or(50) as usize;
     let out = all
@@ -421,8 +425,8 @@ async fn lock_handler(
     State(p): State<Arc<Platform>>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     let lease = p
-        .store
-        .lock(deploy::DEPLOY_LOCK)
+        .with_store(|s| s.lock(deploy::DEPLOY_LOCK))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(match lease {
         None => tcf_api::LockStatus {
@@ -456,6 +460,7 @@ struct LockReleaseRequest {
 
 async fn lock_release_handler(
     State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<LockReleaseRequest>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     if let Some(running) = lock(&p.deploying).clone() {
@@ -467,11 +472,12 @@ async fn lock_release_handler(
         }
     }
     let released = p
-        .store
-        .release_lock(deploy::DEPLOY_LOCK, None)
+        .with_store(|s| s.release_lock(deploy::DEPLOY_LOCK, None))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if released {
-        p.event(
+        p.event_by(
+            &peer.user(),
             "lock.released",
             None,
             None,

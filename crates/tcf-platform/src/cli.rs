@@ -35,6 +35,13 @@ pub struct Cli {
     )]
     pub environment: Option<String>,
 
+    /// Reach the daemon on this Unix socket instead of the config's
+    ///
+    /// Without it, a config that does not validate still names its socket: commands that only
+    /// talk to the daemon warn and go on.
+    #[arg(long, global = true, env = "TCF_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

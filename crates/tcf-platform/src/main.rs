@@ -75,8 +75,29 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(tcf_config::load(&path, cli.environment.as_deref())?)
 }
 
+/// The daemon's client. A config file that does not validate must not lock the operator out
+/// of a running daemon: its socket is then found from the file's `state_dir`/`socket` alone,
+/// with a warning (deploys still refuse a broken file: they load it themselves).
 fn client(cli: &Cli) -> anyhow::Result<Client> {
-    Ok(Client::new(load_config(cli)?.daemon.socket))
+    if let Some(socket) = &cli.socket {
+        return Ok(Client::new(socket));
+    }
+    let path = tcf_config::locate(cli.config.as_deref())?;
+    match tcf_config::load(&path, cli.environment.as_deref()) {
+        Ok(config) => Ok(Client::new(config.daemon.socket)),
+        Err(tcf_config::ConfigError::Invalid { path, .. }) => {
+            let source = std::fs::read_to_string(&path)?;
+            let socket =
+                tcf_config::socket_of_invalid_config(&path, &source, cli.environment.as_deref());
+            eprintln!(
+                "warning: {} does not validate (see `tcf-platform config validate`); reaching the daemon at {} anyway",
+                path.display(),
+                socket.display()
+            );
+            Ok(Client::new(socket))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Write to stdout; a reader that went away (`| head`) is not an error.
@@ -474,6 +495,8 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
 }
 
 async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
+    // A deploy never starts from a config that does not validate.
+    load_config(cli)?;
     let client = client(cli)?;
     if !args.force && std::io::stdin().is_terminal() {
         let which = if args.services.is_empty() {

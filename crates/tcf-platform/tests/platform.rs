@@ -334,3 +334,43 @@ listen = "127.0.0.1:{port}"
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn a_typo_in_the_config_does_not_lock_the_operator_out() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    // One rule for versions: no path traversal, nothing an image tag would refuse.
+    for bad in ["..", "v1+build", "../v1;$(id)"] {
+        let out = p.cli(&["prod", "deploy", bad, "--force"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid version"));
+    }
+    // A reason cannot forge a line of history.
+    let out = p.cli(&[
+        "prod",
+        "deploy",
+        "v2",
+        "--force",
+        "--reason",
+        "ok
+2026-01-01 release 99 by admin",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, good.replace("instances = 2", "instnces = 2")).unwrap();
+    let out = p.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not validate"), "{err}");
+    assert!(p.cli(&["history"]).status.success());
+    assert!(p.cli(&["logs", "tokens"]).status.success());
+    // A deploy from a broken file is refused before anything is asked of the daemon.
+    let deploy = p.cli(&["prod", "deploy", "v2", "--force"]);
+    assert_eq!(deploy.status.code(), Some(2));
+    // Not even TOML any more: still reachable.
+    std::fs::write(&p.config, format!("{good}\n[services.broken\n")).unwrap();
+    assert!(p.cli(&["status"]).status.success());
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
