@@ -34,7 +34,7 @@ impl ServiceProxy {
             checks::check_transfer_encoding(&parts.headers)?;
             let deadline = started + self.settings.upstream_timeout;
             match deadline::until(deadline, body.frame()).await {
-                Err(_) => return Err(ProxyError::BadRequest("no request body in time".into())),
+                Err(_) => return Err(ProxyError::RequestTimeout(self.settings.upstream_timeout)),
                 Ok(None) => framing = RequestFraming::Length(0),
                 Ok(Some(Err(e))) => {
                     return Err(ProxyError::BadRequest(format!("invalid request body: {e}")))

@@ -143,6 +143,8 @@ pub enum ProxyError {
     RequestLineTooLong(usize),
     #[error("not implemented: {0}")]
     NotImplemented(String),
+    #[error("the request body did not start within {0:?}")]
+    RequestTimeout(Duration),
 }
 
 impl ProxyError {
@@ -156,6 +158,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

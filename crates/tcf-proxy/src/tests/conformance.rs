@@ -460,3 +460,20 @@ async fn a_chunk_gone_bad_after_the_first_gets_400_and_the_upstream_connection_i
     assert_eq!(recorded.lock().unwrap().requests, 0);
     assert_eq!(b.idle_connections(), 0);
 }
+
+#[tokio::test]
+async fn a_chunked_body_that_never_starts_gets_408_and_reaches_nobody() {
+    let (backend, recorded) = recording_backend().await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("rec", backend)]));
+    let (addr, _stop) = start_proxy(proxy).await;
+    // The head, then nothing for longer than the upstream timeout (500 ms in tests).
+    let (statuses, closed) = answers_to(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        1,
+    )
+    .await;
+    assert_eq!((statuses, closed), (vec![408], true));
+    assert!(recorded.lock().unwrap().raw.is_empty());
+}
