@@ -10,7 +10,7 @@ impl ServiceProxy {
         pool: &Arc<Pool>,
         mut parts: http::request::Parts,
         mut body: Incoming,
-        host: Option<HeaderValue>,
+        replaced_host: Option<HeaderValue>,
         client_ip: &HeaderValue,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -19,6 +19,7 @@ impl ServiceProxy {
             return Err(ProxyError::BodyTooLarge(limit));
         }
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let host = replaced_host.as_ref().or(parts.headers.get(header::HOST));
         let mut framing = if body.is_end_stream() {
             RequestFraming::Empty
         } else {
@@ -89,7 +90,7 @@ impl ServiceProxy {
             request_head(
                 &mut head,
                 &parts,
-                host.as_ref(),
+                host,
                 client_ip,
                 upgrade.as_ref(),
                 framing,
@@ -413,16 +414,11 @@ pub(crate) fn request_head(
         put_header(out, b"host", host.as_bytes());
     }
     let connection: Vec<&HeaderValue> = h.get_all(header::CONNECTION).iter().collect();
-    let mut forwarded_for: Vec<&[u8]> = Vec::new();
     let mut had_length = false;
     for (name, value) in h {
         let n = name.as_str();
         match n {
-            "x-forwarded-for" => {
-                forwarded_for.push(value.as_bytes());
-                continue;
-            }
-            "x-forwarded-proto" | "x-forwarded-host" | "host" => continue,
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "host" => continue,
             "content-length" => {
                 had_length = true;
                 continue;
@@ -442,8 +438,9 @@ pub(crate) fn request_head(
         put_header(out, n.as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    for prev in forwarded_for {
-        out.extend_from_slice(prev);
+    // The client's own list first (a lookup, no collecting while the fields are written).
+    for prev in h.get_all("x-forwarded-for") {
+        out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client_ip.as_bytes());
@@ -457,7 +454,8 @@ pub(crate) fn request_head(
     }
     match framing {
         RequestFraming::Length(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+            use std::fmt::Write as _;
+            let _ = write!(upstream::WriteInto(out), "content-length: {n}\r\n");
         }
         RequestFraming::Empty if had_length => out.extend_from_slice(b"content-length: 0\r\n"),
         RequestFraming::Empty => {}

@@ -295,13 +295,13 @@ impl ServiceProxy {
         let (mut pool, mut new_cookie) = (None, None);
         let result = match checks::check_request(&parts, &self.settings.limits) {
             Err(e) => Err(e),
-            Ok(host) => {
+            Ok(replaced_host) => {
                 let (key, cookie) = sticky_key(&route, &parts.headers, client_addr);
                 new_cookie = cookie;
                 pool = route.choose(key).cloned();
                 match &pool {
                     Some(pool) => {
-                        self.forward(pool, parts, body, host, client_ip, started)
+                        self.forward(pool, parts, body, replaced_host, client_ip, started)
                             .await
                     }
                     None => Err(ProxyError::NoBackend(self.name.clone())),

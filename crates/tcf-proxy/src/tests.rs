@@ -7,6 +7,7 @@ use hyper_util::client::legacy::Client as TestClient;
 use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::AtomicU32;
 
+mod allocations;
 mod conformance;
 mod early_answers;
 

@@ -493,14 +493,15 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
 /// Write `data` as one chunk of a chunked request body.
 pub(crate) fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
     use std::fmt::Write as _;
-    let _ = write!(Hex(out), "{:x}\r\n", data.len());
+    let _ = write!(WriteInto(out), "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
-struct Hex<'a>(&'a mut BytesMut);
+/// Formats straight into a buffer, without a `String` in between.
+pub(crate) struct WriteInto<'a>(pub(crate) &'a mut BytesMut);
 
-impl std::fmt::Write for Hex<'_> {
+impl std::fmt::Write for WriteInto<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
