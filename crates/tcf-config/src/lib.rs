@@ -9,7 +9,7 @@ mod raw;
 mod resolve;
 mod socket;
 pub mod units;
-pub use socket::socket_of_invalid_config;
+pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use diag::{line_col, render, Diagnostic};
 pub use resolve::resolve;

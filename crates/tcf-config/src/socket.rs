@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 /// The socket the config at `path` names, read as loosely as possible: as TOML if it parses,
 /// else line by line. Defaults as the full config has them (`.tcf/tcf.sock` beside the file).
 pub fn socket_of_invalid_config(path: &Path, source: &str, environment: Option<&str>) -> PathBuf {
+    paths_of_invalid_config(path, source, environment).1
+}
+
+/// The state directory and the socket, read the same loose way.
+pub fn paths_of_invalid_config(
+    path: &Path,
+    source: &str,
+    environment: Option<&str>,
+) -> (PathBuf, PathBuf) {
     let (state_dir, socket) = match source.parse::<toml::Table>() {
         Ok(table) => from_table(&table, environment),
         Err(_) => from_lines(source),
@@ -15,7 +24,8 @@ pub fn socket_of_invalid_config(path: &Path, source: &str, environment: Option<&
     let base = path.parent().unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let state_dir = base.join(state_dir.unwrap_or_else(|| ".tcf".into()));
-    state_dir.join(socket.unwrap_or_else(|| "tcf.sock".into()))
+    let socket = state_dir.join(socket.unwrap_or_else(|| "tcf.sock".into()));
+    (state_dir, socket)
 }
 
 fn get<'a>(t: &'a toml::Table, table: &str, key: &str) -> Option<&'a str> {

@@ -6,7 +6,7 @@ use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body whose every failure (not JSON, no JSON content type, a missing or
+/// mistyped field) is answered in the documented `{"error": …}` shape, as every API error is.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, with a bad one answered in the `{"error": …}` shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
 pub fn router(p: Arc<Platform>) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
@@ -39,6 +79,12 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on this endpoint (see docs/api.md)"),
+            )
+        })
         .with_state(p)
 }
 
@@ -135,7 +181,10 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
     }
 }
 
-async fn status(State(p): State<Arc<Platform>>, Query(q): Query<StatusQuery>) -> Json<Status> {
+async fn status(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<StatusQuery>,
+) -> Json<Status> {
     Json(build_status(&p, q.metrics))
 }
 
@@ -162,7 +211,7 @@ pub fn wire_event(e: tcf_store::Event) -> Event {
 
 async fn events(
     State(p): State<Arc<Platform>>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let (service, after, limit) = (
         q.service.clone(),
@@ -186,7 +235,7 @@ struct LogsQuery {
 async fn logs_handler(
     State(p): State<Arc<Platform>>,
     Path(service): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let Some(svc) = p.services.get(&service) else {
         let known: Vec<&str> = p.services.keys().map(String::as_str).collect();
@@ -257,7 +306,7 @@ fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
 async fn deploy_handler(
     State(p): State<Arc<Platform>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Json(req): Json<tcf_api::DeployRequest>,
+    ApiJson(req): ApiJson<tcf_api::DeployRequest>,
 ) -> Result<Response, ApiError> {
     if let Some(reason) = &req.reason {
         check_text("the reason", reason).map_err(bad_request)?;
@@ -291,7 +340,7 @@ const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
 async fn rollback_handler(
     State(p): State<Arc<Platform>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Json(req): Json<tcf_api::RollbackRequest>,
+    ApiJson(req): ApiJson<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
     if let Some(reason) = &req.reason {
         check_text("the reason", reason).map_err(bad_request)?;
@@ -368,32 +417,19 @@ async fn rollback_handler(
     Ok(stream_release(p, plan))
 }
 
-#[derive(Deserialize)]
-struct ReleasesQuery {
-    service: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn releases_handler(
-    State(p): State<Arc<Platform>>,
-    Query(q): Query<ReleasesQuery>,
-) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
-    let all = p
-        .with_store(|s| s.releases(10_000))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let limit = q.limit.unwrap_or(50) as usize;
-    let out = all
-        .iter()
+/// Releases in the wire shape, newest first: a successful release is `superseded` once newer
+/// successful ones cover all its services. Also what `history` shows from the store when no
+/// daemon runs.
+pub fn wire_releases(
+    all: &[tcf_store::Release],
+    service: Option<&str>,
+    limit: usize,
+) -> Vec<tcf_api::Release> {
+    all.iter()
         .enumerate()
-        .filter(|(_, r)| {
-            q.service
-                .as_ref()
-                .is_none_or(|s| r.versions.contains_key(s))
-        })
+        .filter(|(_, r)| service.is_none_or(|s| r.versions.contains_key(s)))
         .take(limit)
         .map(|(i, r)| {
-            // A successful release is superseded once newer successful ones cover all its services.
             let newer = &all[..i];
             let superseded = tcf_store::SUCCESSFUL.contains(&r.status.as_str())
                 && r.versions.keys().all(|s| {
@@ -417,7 +453,24 @@ async fn releases_handler(
                 duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
             }
         })
-        .collect();
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ReleasesQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn releases_handler(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<ReleasesQuery>,
+) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
+    let all = p
+        .with_store(|s| s.releases(10_000))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let out = wire_releases(&all, q.service.as_deref(), q.limit.unwrap_or(50) as usize);
     Ok(Json(out))
 }
 
@@ -461,7 +514,7 @@ struct LockReleaseRequest {
 async fn lock_release_handler(
     State(p): State<Arc<Platform>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Json(req): Json<LockReleaseRequest>,
+    ApiJson(req): ApiJson<LockReleaseRequest>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     if let Some(running) = lock(&p.deploying).clone() {
         if !req.force {

@@ -17,7 +17,7 @@ mod supervisor;
 #[cfg(test)]
 mod testkit;
 
-pub use api::build_status;
+pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -401,6 +401,7 @@ fn assemble(
         started: Instant::now(),
         deploying: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
+        release_slot: tokio::sync::Mutex::new(()),
     })
 }
 

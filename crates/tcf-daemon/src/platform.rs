@@ -76,6 +76,8 @@ pub struct InstanceInfo {
     pub rss_bytes: u64,
     /// The runtime's own health view (a container's HEALTHCHECK), if it has one.
     pub runtime_health: Option<String>,
+    /// What the last health probe found ("ok", or why it failed), for a gate's progress.
+    pub last_probe: Option<String>,
 }
 
 pub struct Instance {
@@ -121,6 +123,7 @@ impl Instance {
                 cpu_percent: 0.0,
                 rss_bytes: 0,
                 runtime_health: None,
+                last_probe: None,
             }),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
@@ -476,6 +479,8 @@ pub struct Platform {
     pub started: Instant,
     /// What release is running right now, if any (for status).
     pub deploying: Mutex<Option<String>>,
+    /// Held by the release that runs: one at a time in this daemon, whatever the lease says.
+    pub release_slot: tokio::sync::Mutex<()>,
     /// Problems an operator must see in `status` (a state store that was deleted, say).
     pub warnings: Mutex<Vec<String>>,
 }

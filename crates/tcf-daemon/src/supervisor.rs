@@ -357,6 +357,10 @@ async fn probe_loop(
     let mut last_error = String::new();
     loop {
         let result = health::instance(inst.port(), &h.probe, h.timeout).await;
+        lock(&inst.info).last_probe = Some(match &result {
+            Ok(()) => "ok".to_string(),
+            Err(why) => why.clone(),
+        });
         if let Some(probe) = &runtime_health {
             let status = probe().await;
             lock(&inst.info).runtime_health = status;

@@ -226,9 +226,20 @@ pub fn config(dir: &std::path::Path, services: &[(&str, u32)], extra: &str) -> S
             "\n[services.{name}]\ncommand = [\"fake\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\ninstances = {instances}\n"
         ));
     }
-    text.push_str(&format!(
-        "\n[deploy]\nwatch = \"3s\"\nretire_after = \"10m\"\ndrain_timeout = \"1s\"\nlock_ttl = \"1s\"\n{extra}"
-    ));
+    // Quick defaults, unless `extra` sets the key itself.
+    let defaults = [
+        ("watch", "\"3s\""),
+        ("retire_after", "\"10m\""),
+        ("drain_timeout", "\"1s\""),
+        ("lock_ttl", "\"1s\""),
+    ];
+    text.push_str("\n[deploy]\n");
+    for (k, v) in defaults {
+        if !extra.contains(&format!("{k} =")) {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    text.push_str(extra);
     text
 }
 

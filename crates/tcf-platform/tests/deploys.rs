@@ -269,7 +269,11 @@ fn down_during_a_release_interrupts_it_and_reverts_nothing() {
         p.status()
             .is_some_and(|s| s["deploy_in_progress"].is_string())
     });
-    assert!(p.cli(&["down"]).status.success());
+    // Plain `down` refuses while a release runs, saying how to go on.
+    let refused = p.cli(&["down"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("down --force"));
+    assert!(p.cli(&["down", "--force"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
     let out = deploy.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

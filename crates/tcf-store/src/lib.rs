@@ -184,6 +184,30 @@ pub struct Store {
     /// Device and inode of the file the connection opened: a file at `path` with another
     /// identity (or none) means the store was deleted or replaced behind our back.
     opened: Mutex<Option<(u64, u64)>>,
+    /// The scratch copy a read-only store works on, removed with it.
+    _scratch: Option<ScratchDir>,
+}
+
+/// A private directory under the system's temporary directory, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> std::io::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "tcf-store-read-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What is at the store's path compared with the file the daemon has open.
@@ -235,6 +259,40 @@ impl Store {
             opened: Mutex::new(file_identity(&path)),
             path,
             conn: Mutex::new(conn),
+            _scratch: None,
+        })
+    }
+
+    /// Open the store of a daemon that is not running, for reading (`history` and `events` with
+    /// no daemon). The store and its WAL are copied to a scratch directory and the copy is
+    /// opened, so nothing in the state directory is written, locked or recovered.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store> {
+        let path = state_dir.join("state.db");
+        let copy_err = |source| StoreError::Rewrite {
+            path: path.clone(),
+            source,
+        };
+        if !path.exists() {
+            return Err(copy_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no state store here (the platform never ran with this state directory)",
+            )));
+        }
+        let scratch = ScratchDir::new().map_err(copy_err)?;
+        for (from, to) in [("state.db", "state.db"), ("state.db-wal", "state.db-wal")] {
+            match std::fs::copy(state_dir.join(from), scratch.0.join(to)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && from != "state.db" => {}
+                Err(e) => return Err(copy_err(e)),
+            }
+        }
+        let copy = scratch.0.join("state.db");
+        let conn = open_connection(&copy)?;
+        Ok(Store {
+            opened: Mutex::new(file_identity(&copy)),
+            path: copy,
+            conn: Mutex::new(conn),
+            _scratch: Some(scratch),
         })
     }
 
@@ -420,10 +478,12 @@ impl Store {
         })
     }
 
+    /// Set a release's status; the first status after `in_progress` also sets its end, and a
+    /// later one (rolled back, say) keeps it: a release's duration is how long it ran.
     pub fn finish_release(&self, id: i64, status: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE releases SET status = ?2, finished_ms = ?3 WHERE id = ?1",
+                "UPDATE releases SET status = ?2, finished_ms = COALESCE(finished_ms, ?3) WHERE id = ?1",
                 params![id, status, now_ms()],
             )?;
             Ok(())
@@ -550,10 +610,13 @@ impl Store {
     pub fn interrupt_unfinished_releases(&self) -> Result<Vec<i64>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id FROM releases WHERE status = 'in_progress'")?;
-            let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<i64> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            // When it stopped is unknown (the daemon died): no end, so no made-up duration.
             c.execute(
-                "UPDATE releases SET status = 'interrupted', finished_ms = ?1 WHERE status = 'in_progress'",
-                params![now_ms()],
+                "UPDATE releases SET status = 'interrupted' WHERE status = 'in_progress'",
+                [],
             )?;
             Ok(ids)
         })
@@ -758,6 +821,47 @@ mod tests {
             instance: None,
             message: "m".into(),
         }
+    }
+
+    #[test]
+    fn a_later_status_keeps_how_long_the_release_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = s
+            .create_release("blue_green", "in_progress", "t", None, &BTreeMap::new())
+            .unwrap();
+        s.finish_release(id, "active").unwrap();
+        let ended = s.releases(1).unwrap()[0].finished_ms;
+        assert!(ended.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.finish_release(id, "rolled_back").unwrap();
+        let r = &s.releases(1).unwrap()[0];
+        assert_eq!((r.status.as_str(), r.finished_ms), ("rolled_back", ended));
+    }
+
+    #[test]
+    fn a_stopped_daemons_store_can_be_read_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.append_event(&event("kept")).unwrap();
+            // Dropped without a checkpoint of its own: as after a crash, the WAL may be left.
+        }
+        let before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let r = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.events(None, 0, 10).unwrap()[0].kind, "kept");
+        drop(r);
+        let mut after: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        assert_eq!(before, after, "reading created no file");
     }
 
     #[test]

@@ -33,7 +33,41 @@ impl LeaseGuard {
                             expires = next;
                             continue;
                         }
-                        Ok(false) => "the deploy lock was taken from this release (released with `lock release --force`, or expired and taken over)".to_string(),
+                        Ok(false) => {
+                            // Released by hand while we run? This daemon runs one release at a
+                            // time whatever the lease says, so take it again; only a lease held
+                            // by someone else (another daemon on a shared store) means we lost.
+                            let (me, who) = (owner.clone(), owner.clone());
+                            let retaken = p
+                                .with_store(move |s| {
+                                    if s.lock(DEPLOY_LOCK)?.is_some() {
+                                        return Ok::<_, tcf_store::StoreError>(false);
+                                    }
+                                    let lease = Lease {
+                                        name: DEPLOY_LOCK.into(),
+                                        owner: me,
+                                        host: hostname(),
+                                        pid: std::process::id() as i64,
+                                        reason: None,
+                                        acquired_ms: now_ms(),
+                                        heartbeat_ms: now_ms(),
+                                        expires_ms: next,
+                                    };
+                                    Ok(s.acquire_lock(&lease)? == Acquire::Acquired)
+                                })
+                                .await;
+                            if matches!(retaken, Ok(true)) {
+                                expires = next;
+                                p.event(
+                                    "lock.retaken",
+                                    None,
+                                    None,
+                                    format!("the deploy lock was released by hand while a release runs; {who} holds it again (one release at a time)"),
+                                );
+                                continue;
+                            }
+                            "the deploy lock was taken from this release (by another holder, or it expired and was taken over)".to_string()
+                        }
                         Err(e) if now_ms() >= expires => {
                             format!("the deploy lock expired: the store could not renew it ({e})")
                         }

@@ -205,6 +205,27 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     );
     let ttl = p.config.deploy.lock_ttl;
     let deadline = Instant::now() + plan.lock_wait;
+    // One release at a time in this daemon, even when the lease was released by hand.
+    let _slot = match p.release_slot.try_lock() {
+        Ok(slot) => slot,
+        Err(_) => {
+            let running = lock(&p.deploying).clone().unwrap_or_default();
+            if plan.lock_wait.is_zero() {
+                return Outcome::LockHeld(format!(
+                    "a release is running in this daemon: {running}; wait with --lock-wait"
+                ));
+            }
+            rep.step("lock.waiting", None, format!("waiting: {running}"));
+            match tokio::time::timeout(plan.lock_wait, p.release_slot.lock()).await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    return Outcome::LockHeld(format!(
+                        "a release is still running in this daemon: {running}"
+                    ))
+                }
+            }
+        }
+    };
     let mut waited = false;
     loop {
         let lease = Lease {

@@ -70,7 +70,7 @@ pub(super) fn spawn_all(
 
 /// Wait until every instance of `colour` (or just `only`) is healthy, within the deadline.
 pub(super) async fn gate(
-    p: &Platform,
+    rep: &Reporter,
     svc: &ServiceRuntime,
     colour: &Colour,
     only: Option<&str>,
@@ -78,8 +78,9 @@ pub(super) async fn gate(
     let h = &svc.config.health;
     let limit = h.start_period + h.deadline;
     let start = Instant::now();
+    let mut last_report = Instant::now();
     loop {
-        if p.is_stopping() {
+        if rep.p.is_stopping() {
             return Err(STOPPING.to_string());
         }
         let instances: Vec<_> = colour
@@ -101,18 +102,51 @@ pub(super) async fn gate(
         }
         if start.elapsed() > limit {
             return Err(format!(
-                "{} was not healthy within {} (health {} every {})",
+                "{} was not healthy within {} (health {} every {}); {}",
                 colour.version,
                 humantime::format_duration(limit),
                 match &h.probe {
                     tcf_config::Probe::Http { path } => format!("GET {path}"),
                     tcf_config::Probe::Tcp => "TCP connect".into(),
                 },
-                humantime::format_duration(h.interval)
+                humantime::format_duration(h.interval),
+                last_probes(&instances)
             ));
+        }
+        // Nobody should stare at 30 s of silence: where the gate stands, every 5 s.
+        if last_report.elapsed() >= GATE_REPORT_EVERY {
+            last_report = Instant::now();
+            let ready = instances.iter().filter(|i| svc.in_pool(i)).count();
+            rep.step(
+                "deploy.gate_waiting",
+                Some(&svc.config.name),
+                format!(
+                    "{ready} of {} instance(s) of {} healthy after {}s (deadline {}); {}",
+                    instances.len(),
+                    colour.version,
+                    start.elapsed().as_secs(),
+                    humantime::format_duration(limit),
+                    last_probes(&instances)
+                ),
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// How often a waiting gate reports progress.
+const GATE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// The last probe result of each instance, for a gate that waits or failed.
+fn last_probes(instances: &[Arc<Instance>]) -> String {
+    let each: Vec<String> = instances
+        .iter()
+        .map(|i| {
+            let probe = i.info().last_probe;
+            format!("{}: {}", i.id, probe.as_deref().unwrap_or("not probed yet"))
+        })
+        .collect();
+    format!("last probes: {}", each.join("; "))
 }
 
 pub(super) async fn start_and_gate(
@@ -133,7 +167,7 @@ pub(super) async fn start_and_gate(
         ),
     );
     let gated = match spawn_all(p, svc, &new) {
-        Ok(()) => gate(p, svc, &new, None).await,
+        Ok(()) => gate(rep, svc, &new, None).await,
         Err(e) => Err(e),
     };
     match gated {
@@ -282,7 +316,7 @@ pub(super) async fn rolling(
             }
         }
         for inst in &started {
-            if let Err(reason) = gate(p, svc, &new, Some(&inst.id)).await {
+            if let Err(reason) = gate(rep, svc, &new, Some(&inst.id)).await {
                 return Err(rolling_failed(p, rep, svc, &old, &new, reason).await);
             }
         }
@@ -421,7 +455,7 @@ pub(super) async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Swit
                 );
                 let colour = s.svc.add_colour(other_colour(&s.new.name), &previous);
                 let _ = spawn_all(p, &s.svc, &colour);
-                let _ = gate(p, &s.svc, &colour, None).await;
+                let _ = gate(rep, &s.svc, &colour, None).await;
                 switch(
                     rep,
                     &s.svc,

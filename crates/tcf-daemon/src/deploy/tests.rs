@@ -116,18 +116,12 @@ async fn a_release_that_loses_its_lease_stops_and_reverts() {
         while svc.serving_version() != "v2" {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        p.store.release_lock(DEPLOY_LOCK, None).unwrap();
-        let lease = Lease {
-            name: DEPLOY_LOCK.into(),
-            owner: "someone else".into(),
-            host: "elsewhere".into(),
-            pid: 1,
-            reason: None,
-            acquired_ms: now_ms(),
-            heartbeat_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-        };
-        p.store.acquire_lock(&lease).unwrap();
+        // In one statement, as another daemon on a shared store would after a forced release.
+        p.store
+            .execute_batch_for_tests(
+                "UPDATE locks SET owner = 'someone else', host = 'elsewhere', expires_ms = expires_ms + 60000",
+            )
+            .unwrap();
     });
     let (outcome, _) = t.deploy(Strategy::BlueGreen, &[("api", "v2")]).await;
     thief.await.unwrap();
@@ -192,5 +186,67 @@ async fn the_lease_guard_releases_the_lock_on_drop() {
     assert!(
         t.p.store.lock(DEPLOY_LOCK).unwrap().is_none(),
         "no heartbeat after the drop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
+    let t = TestPlatform::start(&[("api", 1), ("other", 1)], "").await;
+    let p = t.p.clone();
+    let meddler = tokio::spawn(async move {
+        let svc = p.services["api"].clone();
+        while svc.serving_version() != "v2" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // `lock release --force` while the release watches its new version...
+        p.store.release_lock(DEPLOY_LOCK, None).unwrap();
+        // ...and a second release asks to start.
+        let plan = Plan {
+            kind: Kind::Deploy(Strategy::BlueGreen),
+            targets: vec![("other".into(), "v9".into())],
+            reason: None,
+            actor: "second".into(),
+            lock_wait: Duration::ZERO,
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        run(p.clone(), plan, tx).await
+    });
+    let (outcome, _) = t.deploy(Strategy::BlueGreen, &[("api", "v2")]).await;
+    let second = meddler.await.unwrap();
+    assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
+    assert!(
+        matches!(&second, Outcome::LockHeld(m) if m.contains("running in this daemon")),
+        "{second:?}"
+    );
+    assert_eq!(t.serving("other"), ["v1"]);
+    assert_eq!(t.serving("api"), ["v2"]);
+    assert!(
+        t.p.store.lock(DEPLOY_LOCK).unwrap().is_none(),
+        "released at the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_names_the_last_probes_and_a_long_watch_reports_progress() {
+    let t = TestPlatform::start(&[("api", 1)], "watch = \"6s\"\n").await;
+    let (outcome, _) = t
+        .deploy(Strategy::BlueGreen, &[("api", "v2-unhealthy")])
+        .await;
+    let msg = message(&outcome);
+    assert!(
+        msg.contains("last probes: api-green-1: GET /health answered 503"),
+        "{msg}"
+    );
+    let (outcome, lines) = t.deploy(Strategy::BlueGreen, &[("api", "v3")]).await;
+    assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
+    let progress: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.step == "deploy.watch_progress")
+        .map(|l| l.message.as_str())
+        .collect();
+    assert!(!progress.is_empty(), "no progress during a 6 s watch");
+    assert!(
+        progress[0].contains("requests") && progress[0].contains("left"),
+        "{progress:?}"
     );
 }

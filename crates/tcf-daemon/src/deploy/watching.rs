@@ -22,6 +22,9 @@ impl Stop {
 }
 
 /// Watch the new colours for `window`: unhealthy instances, 5xx ratio and p99 since the switch.
+/// How often a watch reports what it sees.
+const WATCH_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 pub(super) async fn watch(
     p: &Platform,
     rep: &Reporter,
@@ -30,6 +33,7 @@ pub(super) async fn watch(
 ) -> Result<(), Stop> {
     let d = &p.config.deploy;
     let start = Instant::now();
+    let mut last_report = Instant::now();
     loop {
         rep.lease_lost().map_err(Stop::LeaseLost)?;
         if p.is_stopping() {
@@ -72,6 +76,26 @@ pub(super) async fn watch(
         }
         if start.elapsed() >= window {
             return Ok(());
+        }
+        if last_report.elapsed() >= WATCH_REPORT_EVERY {
+            last_report = Instant::now();
+            for s in switched {
+                let w = s.new.pool.stats().snapshot().since(&s.since);
+                rep.step(
+                    "deploy.watch_progress",
+                    Some(&s.svc.config.name),
+                    format!(
+                        "{} so far: {} requests, {:.1}% 5xx, p99 {}; {}s of {}s left",
+                        s.new.version,
+                        w.requests,
+                        w.ratio_5xx() * 100.0,
+                        w.quantile(0.99)
+                            .map_or("-".to_string(), |q| format!("{} ms", q.as_millis())),
+                        window.saturating_sub(start.elapsed()).as_secs(),
+                        window.as_secs()
+                    ),
+                );
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
