@@ -194,8 +194,36 @@ pub struct Service {
     #[serde(serialize_with = "serialize_duration")]
     pub connect_timeout: Duration,
     pub log_max_size: u64,
+    /// What the proxy refuses in a request head.
+    pub proxy: ProxyLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSettings>,
+}
+
+/// `[services.NAME.proxy]`: limits on a request's head (docs/running.md, "What the proxy
+/// refuses") and on idle upgraded connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyLimits {
+    /// Request line and header fields together; 431 above it.
+    pub max_header_size: u64,
+    /// Header fields in one request; 431 above it.
+    pub max_headers: u32,
+    /// The request line; 414 above it.
+    pub max_request_line: u64,
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// An upgraded connection (WebSocket) that carries no byte either way for this long is
+    /// closed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// What the proxy does with a request header whose name holds an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    Forward,
+    Drop,
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
