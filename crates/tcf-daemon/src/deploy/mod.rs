@@ -237,18 +237,26 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     let _slot = match p.release_slot.try_lock() {
         Ok(slot) => slot,
         Err(_) => {
-            let running = lock(&p.deploying).clone().unwrap_or_default();
+            // Named as the lease names its holder; the lease may be gone (released by hand).
+            let holder = match p.with_store(|s| s.lock(DEPLOY_LOCK)).await {
+                Ok(Some(held)) => held_by(&held),
+                _ => format!(
+                    "the deploy lock is held by a release running in this daemon: {}",
+                    lock(&p.deploying).clone().unwrap_or_default()
+                ),
+            };
             if plan.lock_wait.is_zero() {
                 return Outcome::LockHeld(format!(
-                    "a release is running in this daemon: {running}; wait with --lock-wait"
+                    "{holder}; wait with --lock-wait, or see `tcf-platform lock status`"
                 ));
             }
-            rep.step("lock.waiting", None, format!("waiting: {running}"));
+            rep.step("lock.waiting", None, format!("waiting: {holder}"));
             match tokio::time::timeout(plan.lock_wait, p.release_slot.lock()).await {
                 Ok(slot) => slot,
                 Err(_) => {
                     return Outcome::LockHeld(format!(
-                        "a release is still running in this daemon: {running}"
+                        "{holder}; still held after --lock-wait {}",
+                        humantime::format_duration(plan.lock_wait)
                     ))
                 }
             }
@@ -281,13 +289,7 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
                 break;
             }
             Ok(Acquire::Held(held)) => {
-                let who = format!(
-                    "the deploy lock is held by {} on {} since {}{}",
-                    held.owner,
-                    held.host,
-                    rfc3339(held.acquired_ms),
-                    held.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                );
+                let who = held_by(&held);
                 if Instant::now() >= deadline {
                     return Outcome::LockHeld(format!(
                         "{who}; wait with --lock-wait, or see `tcf-platform lock status`"
@@ -308,6 +310,20 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     rep.lease_lost = Some(lease.lost.clone());
     locked(p, plan, rep).await
     // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
+}
+
+/// Who holds the deploy lock, since when and why, as every refusal names it.
+fn held_by(held: &Lease) -> String {
+    format!(
+        "the deploy lock is held by {} on {} since {}{}",
+        held.owner,
+        held.host,
+        rfc3339(held.acquired_ms),
+        held.reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
 }
 
 fn describe(plan: &Plan) -> String {

@@ -215,7 +215,7 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
     let second = meddler.await.unwrap();
     assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
     assert!(
-        matches!(&second, Outcome::LockHeld(m) if m.contains("running in this daemon")),
+        matches!(&second, Outcome::LockHeld(m) if m.contains("release running in this daemon")),
         "{second:?}"
     );
     assert_eq!(t.serving("other"), ["v1"]);
