@@ -2,6 +2,7 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod cli;
+mod init_cmd;
 mod output;
 
 use anyhow::Context;
@@ -121,6 +122,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => events(&cli, service.as_deref(), *limit, *format).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
+        Command::Init(args) => init_cmd::init(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "tcf-platform", &mut script);
@@ -269,6 +271,8 @@ fn validate(cli: &Cli, format: Format) -> CmdResult {
             let warnings: Vec<String> = cfg
                 .services
                 .values()
+                // A container's command is its arguments, not a program on this machine.
+                .filter(|s| s.runtime == tcf_config::RuntimeKind::Process)
                 .filter_map(|s| {
                     let program = s.command.first()?;
                     rt.resolve_program(program).is_none().then(|| {
