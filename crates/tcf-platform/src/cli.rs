@@ -3,10 +3,20 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `--version`: the package version, the git commit and the build date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCF_GIT_COMMIT"),
+    ", built ",
+    env!("TCF_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcf-platform",
-    version,
+    version = VERSION,
     about = "Run a multi-service platform and operate it in production",
     long_about = "Run a multi-service platform from one config file and operate it: a reverse proxy in \
 front of every service, health checks, restarts, status, logs and an audit trail of events.\n\n\
@@ -125,6 +135,12 @@ Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-pla
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write the man pages (one per command) into DIR: for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write tcf-platform.1, tcf-platform-up.1, ... into
+        dir: PathBuf,
     },
     /// Print the version of this binary
     Version {

@@ -129,11 +129,20 @@ async fn dispatch(cli: Cli) -> CmdResult {
             print_text(&String::from_utf8_lossy(&script))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| clap_mangen::generate_to(Cli::command(), dir))
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version { format } => {
-            let v = env!("CARGO_PKG_VERSION");
             match format {
-                Format::Json => print_json(&serde_json::json!({ "version": v }))?,
-                Format::Table => print_text(&format!("tcf-platform {v}\n"))?,
+                Format::Json => print_json(&serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "commit": env!("TCF_GIT_COMMIT"),
+                    "build_date": env!("TCF_BUILD_DATE"),
+                }))?,
+                Format::Table => print_text(&format!("tcf-platform {}\n", cli::VERSION))?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -36,13 +36,57 @@ fn status_help() {
 fn version_text_and_json() {
     let (code, stdout, _) = run(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        stdout.trim(),
-        format!("tcf-platform {}", env!("CARGO_PKG_VERSION"))
+    // "tcf-platform 0.1.0 (commit 0123456789ab, built 2026-11-25)"
+    let line = stdout.trim();
+    let rest = line
+        .strip_prefix(&format!(
+            "tcf-platform {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .unwrap_or_else(|| panic!("{line}"));
+    let (commit, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", built "))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(!commit.is_empty(), "{line}");
+    assert!(
+        date.len() == 10 && date.chars().filter(|c| *c == '-').count() == 2,
+        "{line}"
     );
+    let (_, text, _) = run(&["version"]);
+    assert_eq!(text.trim(), line);
     let (_, json, _) = run(&["version", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["commit"], commit);
+    assert_eq!(v["build_date"], date);
+}
+
+#[test]
+fn man_pages_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tcf-platform"))
+        .arg("manpages")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "tcf-platform.1",
+        "tcf-platform-init.1",
+        "tcf-platform-prod-deploy.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains("\n.TH "), "{page} is not a man page: {text}");
+    }
+    assert!(
+        !dir.path().join("tcf-platform-manpages.1").exists(),
+        "hidden commands get no page"
+    );
 }
 
 #[test]
