@@ -764,10 +764,12 @@ fn translate_service(
                 .and_then(Value::as_str)
                 .and_then(|p| p.parse::<u16>().ok());
             let unpublished_target = mappings.iter().find_map(|m| m.single_target());
+            let store_port = c.store.as_ref().map(|s| s.port);
             let Some(port) = expose
                 .or(unpublished_target)
                 .or(health_url_port)
                 .or(from_env)
+                .or(store_port)
             else {
                 f.untranslated(
                     &at,

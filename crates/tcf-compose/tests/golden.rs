@@ -132,6 +132,19 @@ fn stores_can_stay_services() {
     assert_eq!(postgres.health.probe, "tcp");
     assert_eq!(postgres.version, "16");
     assert!(text.contains("kept as a service"), "{text}");
+
+    // Without the override nothing publishes the stores: they get their usual port on loopback.
+    let base = vec![fixture("tcf/docker-compose.yml")];
+    let (_, t) = translate(&base, &vars(&[]), &options);
+    let listen = |name: &str| {
+        t.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| (s.listen.clone(), s.container_port))
+    };
+    assert_eq!(listen("postgres"), Some(("127.0.0.1:5432".into(), 5432)));
+    assert_eq!(listen("redis"), Some(("127.0.0.1:6379".into(), 6379)));
+    assert_eq!(listen("qdrant"), Some(("127.0.0.1:6333".into(), 6333)));
 }
 
 #[test]
