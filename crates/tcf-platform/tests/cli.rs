@@ -107,3 +107,26 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("possible values: table, json"), "{stderr}");
 }
+
+#[test]
+fn validate_looks_up_programs_of_processes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tcf-platform.toml");
+    std::fs::write(
+        &config,
+        "[platform]\nname = \"t\"\n\n\
+         [services.api]\nruntime = \"docker\"\nimage = \"app:{version}\"\ncontainer_port = 8080\n\
+         command = [\"serve\", \"--fast\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"\n\n\
+         [services.worker]\ncommand = [\"no-such-program-here\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18081\"\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (code, _, stderr) = run(&["config", "validate", "--config", path]);
+    assert_eq!(code, 0, "{stderr}");
+    // A container's command is its arguments: nothing to find on this machine.
+    assert!(!stderr.contains("\"serve\""), "{stderr}");
+    assert!(
+        stderr.contains("\"no-such-program-here\" not found"),
+        "{stderr}"
+    );
+}
