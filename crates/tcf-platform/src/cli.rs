@@ -3,10 +3,20 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `--version`: the package version, the git commit and the build date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCF_GIT_COMMIT"),
+    ", built ",
+    env!("TCF_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcf-platform",
-    version,
+    version = VERSION,
     about = "Run a multi-service platform and operate it in production",
     long_about = "Run a multi-service platform from one config file and operate it: a reverse proxy in \
 front of every service, health checks, restarts, status, logs and an audit trail of events.\n\n\
@@ -135,6 +145,17 @@ instances back.\n\nExit codes as for `prod deploy`."
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
+    /// Write a tcf-platform.toml from docker compose files
+    #[command(
+        long_about = "Write a commented tcf-platform.toml from docker compose files: services become \
+runtime = \"docker\" services behind our proxy, well-known data stores (PostgreSQL, Redis, Qdrant, \
+MySQL, ...) become [dependencies], health checks, replicas, limits, volumes and depends_on carry over. \
+Files are merged in order as `docker compose -f A -f B` does, with the project's .env interpolated.\n\n\
+Everything that has no equivalent is listed at the top of the file and on stderr, never dropped \
+silently; credential-looking values are kept out of the file. The result passes `config validate`.\n\n\
+Exit codes: 0 written (or printed), 2 usage or compose file error (or the output exists without --force)."
+    )]
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         long_about = "Print a completion script for SHELL to standard output.\n\n\
@@ -144,11 +165,44 @@ Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-pla
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (one per command) into DIR: for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write tcf-platform.1, tcf-platform-up.1, ... into
+        dir: PathBuf,
+    },
     /// Print the version of this binary
     Version {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InitArgs {
+    /// Compose files, merged in order [default: compose.yaml or docker-compose.yml and its override file, here]
+    #[arg(long = "from-compose", value_name = "FILE", num_args = 1..)]
+    pub from_compose: Vec<PathBuf>,
+    /// Where to write the config
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "PATH",
+        default_value = "tcf-platform.toml"
+    )]
+    pub output: PathBuf,
+    /// Overwrite the output file if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Print the config to stdout instead of writing it
+    #[arg(long)]
+    pub dry_run: bool,
+    /// json: print the mapping report (what became what, what was not translated) to stdout
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Keep data stores (PostgreSQL, Redis, ...) as services we run instead of [dependencies]
+    #[arg(long)]
+    pub keep_stores_as_services: bool,
 }
 
 #[derive(Debug, Args, Clone)]

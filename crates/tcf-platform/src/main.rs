@@ -2,6 +2,7 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod cli;
+mod init_cmd;
 mod output;
 
 use anyhow::Context;
@@ -145,17 +146,27 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => events(&cli, service.as_deref(), *limit, *format).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
+        Command::Init(args) => init_cmd::init(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "tcf-platform", &mut script);
             print_text(&String::from_utf8_lossy(&script))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| clap_mangen::generate_to(Cli::command(), dir))
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version { format } => {
-            let v = env!("CARGO_PKG_VERSION");
             match format {
-                Format::Json => print_json(&serde_json::json!({ "version": v }))?,
-                Format::Table => print_text(&format!("tcf-platform {v}\n"))?,
+                Format::Json => print_json(&serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "commit": env!("TCF_GIT_COMMIT"),
+                    "build_date": env!("TCF_BUILD_DATE"),
+                }))?,
+                Format::Table => print_text(&format!("tcf-platform {}\n", cli::VERSION))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -442,6 +453,8 @@ fn validate(cli: &Cli, format: Format) -> CmdResult {
             let warnings: Vec<String> = cfg
                 .services
                 .values()
+                // A container's command is its arguments, not a program on this machine.
+                .filter(|s| s.runtime == tcf_config::RuntimeKind::Process)
                 .filter_map(|s| {
                     let program = s.command.first()?;
                     rt.resolve_program(program).is_none().then(|| {

@@ -462,14 +462,7 @@ impl Store {
         reason: Option<&str>,
         versions: &BTreeMap<String, String>,
     ) -> Result<i64> {
-        self.create_release_with_specs(
-            strategy,
-            status,
-            actor,
-            reason,
-            versions,
-            &BTreeMap::new(),
-        )
+        self.create_release_with_specs(strategy, status, actor, reason, versions, &BTreeMap::new())
     }
 
     /// [`create_release`](Self::create_release), with the service spec (JSON) each service runs
