@@ -40,6 +40,11 @@ pub struct ServiceStatus {
     /// Present when asked for with `?metrics=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<ServiceMetrics>,
+    /// The config file on disk says something else for this service than what runs (its
+    /// command, env, health...; not the version, which applies to a first start only): the
+    /// next deploy of it applies the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -154,6 +154,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 healthy: *svc.healthy.borrow(),
                 instances,
                 metrics: with_metrics.then(|| service_metrics(svc)),
+                config_changed: false,
             }
         })
         .collect();
@@ -187,7 +188,37 @@ async fn status(
     State(p): State<Arc<Platform>>,
     ApiQuery(q): ApiQuery<StatusQuery>,
 ) -> Json<Status> {
-    Json(build_status(&p, q.metrics))
+    let mut status = build_status(&p, q.metrics);
+    let changed = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || changed_in_file(&p))
+            .await
+            .unwrap_or_default()
+    };
+    for s in &mut status.services {
+        s.config_changed = changed.contains(&s.name);
+    }
+    Json(status)
+}
+
+/// Services whose spec in the config file on disk differs from the one their serving colour
+/// runs (the version aside). A file that does not validate changes nothing here: `config
+/// validate` and the next deploy say what is wrong with it.
+fn changed_in_file(p: &Platform) -> std::collections::BTreeSet<String> {
+    let Ok(file) = tcf_config::load(&p.config.path, p.config.environment.as_deref()) else {
+        return Default::default();
+    };
+    p.services
+        .values()
+        .filter_map(|svc| {
+            let running = svc.active_colour()?.spec.clone();
+            let mut on_disk = file.services.get(&svc.config.name)?.clone();
+            on_disk.version = running.version.clone();
+            let differs =
+                serde_json::to_value(&on_disk).ok()? != serde_json::to_value(&*running).ok()?;
+            differs.then(|| svc.config.name.clone())
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -331,18 +362,72 @@ async fn deploy_handler(
             ))
         })?,
     };
+    // A deploy applies the config file as it is now (validated first: a broken file
+    // refuses the deploy and changes nothing).
+    let path = p.config.path.clone();
+    let environment = p.config.environment.clone();
+    let fresh =
+        tokio::task::spawn_blocking(move || tcf_config::load(&path, environment.as_deref()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                bad_request(format!(
+                    "the config file does not validate; nothing was deployed:\n{e}"
+                ))
+            })?;
+    for s in &req.services {
+        if !p.services.contains_key(s) && fresh.services.contains_key(s) {
+            return Err(bad_request(format!(
+                "{s} is new in the config file: adding a service needs `tcf-platform down` and `up` for now"
+            )));
+        }
+    }
     let services = services_in_order(&p, &req.services)?;
+    let specs = deploy_specs(&p, &fresh, &services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Deploy(strategy),
         targets: services
             .into_iter()
             .map(|s| (s, req.version.clone()))
             .collect(),
+        specs,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+/// The spec each deployed service gets from the config file as it is now. What a deploy cannot
+/// change (the public address, a runtime the daemon has no engine for) is refused up front.
+fn deploy_specs(
+    p: &Platform,
+    fresh: &tcf_config::Config,
+    services: &[String],
+) -> Result<std::collections::BTreeMap<String, Arc<tcf_config::Service>>, ApiError> {
+    let mut specs = std::collections::BTreeMap::new();
+    for name in services {
+        let running = &p.services[name].config;
+        let Some(new) = fresh.services.get(name) else {
+            return Err(bad_request(format!(
+                "{name} is no longer in {}: removing a service needs `tcf-platform down` and `up`",
+                p.config.path.display()
+            )));
+        };
+        if new.listen != running.listen {
+            return Err(bad_request(format!(
+                "{name}: listen changed from {} to {}: a new public address needs `tcf-platform down` and `up`",
+                running.listen, new.listen
+            )));
+        }
+        if new.runtime == tcf_config::RuntimeKind::Docker && p.docker.is_none() {
+            return Err(bad_request(format!(
+                "{name} now runs on Docker, which this daemon did not connect to: `tcf-platform down` and `up` to switch runtimes"
+            )));
+        }
+        specs.insert(name.clone(), Arc::new(new.clone()));
+    }
+    Ok(specs)
 }
 
 async fn restart_handler(
@@ -359,6 +444,7 @@ async fn restart_handler(
     let services = services_in_order(&p, &req.services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Restart,
+        specs: Default::default(),
         targets: services
             .into_iter()
             .map(|s| {
@@ -470,9 +556,28 @@ async fn rollback_handler(
             "already running that version; nothing to roll back",
         ));
     }
+    // Back to the version *and* the spec it ran with (command, env, health...), when the
+    // release that ran it recorded one; else the spec the service runs now.
+    let mut specs = std::collections::BTreeMap::new();
+    for (service, version) in &targets {
+        let (s, v) = (service.clone(), version.clone());
+        let recorded = p
+            .with_store(move |st| st.spec_of(&s, &v))
+            .await
+            .ok()
+            .flatten();
+        if let Some(mut spec) =
+            recorded.and_then(|json| serde_json::from_str::<tcf_config::Service>(&json).ok())
+        {
+            // The public address is the running proxy's, whatever it was then.
+            spec.listen = p.services[service].config.listen;
+            specs.insert(service.clone(), Arc::new(spec));
+        }
+    }
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
         targets,
+        specs,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),

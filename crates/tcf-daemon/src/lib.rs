@@ -368,7 +368,7 @@ fn assemble(
             .find(|f: &&tcf_docker::Found| f.service == *name)
             .map_or("blue".to_string(), |f| f.colour.clone());
         let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version);
+        svc.add_colour(colour, &version, Arc::new(cfg.clone()));
         svc.set_traffic(vec![(colour.to_string(), 100)]);
         services.insert(name.clone(), svc);
     }
@@ -484,10 +484,20 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     if initial.is_empty() {
         return;
     }
-    match p
-        .store
-        .create_release("initial", "active", "daemon", Some("first start"), &initial)
-    {
+    match p.store.create_release_with_specs(
+        "initial",
+        "active",
+        "daemon",
+        Some("first start"),
+        &initial,
+        &initial
+            .keys()
+            .filter_map(|name| {
+                let spec = p.services.get(name)?.active_colour()?.spec.clone();
+                Some((name.clone(), serde_json::to_string(&*spec).ok()?))
+            })
+            .collect(),
+    ) {
         Ok(id) => p.event(
             "release.recorded",
             None,

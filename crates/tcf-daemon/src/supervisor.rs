@@ -126,7 +126,9 @@ async fn supervise(
     inst: Arc<Instance>,
     mut adopted: Option<Box<dyn tcf_runtime::Running>>,
 ) {
-    let cfg = &svc.config;
+    // The instance's own spec: a deploy may have changed command, env or health.
+    let spec = inst.spec.clone();
+    let cfg = &*spec;
     let mut stop_rx = inst.stop.subscribe();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     let mut crashloop_reported = false;
@@ -348,7 +350,7 @@ async fn probe_loop(
     deadline: oneshot::Sender<()>,
     runtime_health: Option<tcf_runtime::StatusProbe>,
 ) {
-    let h = &svc.config.health;
+    let h = &inst.spec.health;
     let service = Some(svc.config.name.as_str());
     let id = Some(inst.id.as_str());
     let mut deadline = Some(deadline);
@@ -459,10 +461,10 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
         None,
         format!(
             "starting {} instance(s) of {} ({})",
-            cfg.instances, colour.version, colour.name
+            colour.spec.instances, colour.version, colour.name
         ),
     );
-    for n in 1..=cfg.instances {
+    for n in 1..=colour.spec.instances {
         let id = format!("{}-{}-{n}", cfg.name, colour.name);
         let adopted = adopt(&p, &svc, &id, &colour.version).await;
         if let Err(e) = spawn_or_adopt(&p, &svc, &colour, n, adopted) {

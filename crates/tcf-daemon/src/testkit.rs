@@ -315,6 +315,7 @@ impl TestPlatform {
     ) -> (crate::deploy::Outcome, Vec<tcf_api::ProgressLine>) {
         let plan = crate::deploy::Plan {
             kind,
+            specs: Default::default(),
             targets: targets
                 .iter()
                 .map(|(s, v)| (s.to_string(), v.to_string()))

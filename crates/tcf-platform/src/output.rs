@@ -94,6 +94,18 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
     if !s.warnings.is_empty() {
         out.push('\n');
     }
+    let changed: Vec<&str> = s
+        .services
+        .iter()
+        .filter(|x| x.config_changed)
+        .map(|x| x.name.as_str())
+        .collect();
+    if !changed.is_empty() {
+        out.push_str(&format!(
+            "config file changed for {}: not applied yet (the next deploy of each applies it)\n\n",
+            changed.join(", ")
+        ));
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }

@@ -44,6 +44,10 @@ pub enum Kind {
 pub struct Plan {
     pub kind: Kind,
     pub targets: Vec<(String, String)>,
+    /// The spec each target service runs with in this release (a deploy: the config file's
+    /// current one; a rollback: the one the version ran with). A service not named keeps the
+    /// spec of the colour it runs now.
+    pub specs: BTreeMap<String, Arc<tcf_config::Service>>,
     pub reason: Option<String>,
     pub actor: String,
     pub lock_wait: Duration,
@@ -101,9 +105,19 @@ struct Reporter {
     lease_lost: Option<watch::Receiver<Option<String>>>,
     /// Who asked for the release: every step is recorded as theirs.
     actor: String,
+    specs: BTreeMap<String, Arc<tcf_config::Service>>,
 }
 
 impl Reporter {
+    /// The spec a new colour of `svc` runs with in this release.
+    fn spec_for(&self, svc: &ServiceRuntime) -> Arc<tcf_config::Service> {
+        self.specs
+            .get(&svc.config.name)
+            .cloned()
+            .or_else(|| svc.active_colour().map(|c| c.spec.clone()))
+            .unwrap_or_else(|| Arc::new(svc.config.clone()))
+    }
+
     /// Why the release must stop now, if it must: its lease is lost, the platform is stopping,
     /// or someone asked to abort it.
     fn interruption(&self) -> Option<Stop> {
@@ -215,6 +229,7 @@ pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<Progres
         release: None,
         lease_lost: None,
         actor: plan.actor.clone(),
+        specs: plan.specs.clone(),
     };
     let outcome = run_inner(&p, &plan, &mut rep).await;
     rep.finish(&outcome);
@@ -355,14 +370,26 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     };
     let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
     let (actor, reason) = (plan.actor.clone(), plan.reason.clone());
+    // What each service runs with in this release, so a rollback can restore it.
+    let specs: BTreeMap<String, String> = plan
+        .targets
+        .iter()
+        .filter_map(|(service, _)| {
+            let svc = p.services.get(service)?;
+            serde_json::to_string(&*rep.spec_for(svc))
+                .ok()
+                .map(|json| (service.clone(), json))
+        })
+        .collect();
     let created = p
         .with_store(move |s| {
-            s.create_release(
+            s.create_release_with_specs(
                 strategy_name,
                 "in_progress",
                 &actor,
                 reason.as_deref(),
                 &versions,
+                &specs,
             )
         })
         .await;
@@ -413,15 +440,16 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         let Some(svc) = p.services.get(service) else {
             continue;
         };
+        let target = rep.spec_for(svc);
         let spec = crate::supervisor::instance_spec(
             p,
-            &svc.config,
+            &target,
             &format!("{service}-check"),
             "check",
             version,
             0,
         );
-        if let Err(reason) = p.runtime_for(&svc.config).check(&spec).await {
+        if let Err(reason) = p.runtime_for(&target).check(&spec).await {
             rep.step("deploy.check_failed", Some(service), reason.clone());
             return rep
                 .failed(format!("{service}: {reason}; nothing changed"))

@@ -29,16 +29,16 @@ impl Switched {
     }
 }
 
-/// Start `version` as a new colour of `svc` with `count` instances; none for rolling.
+/// A new colour of `svc` for `version`, with the spec this release runs it with; no
+/// instances yet.
 pub(super) fn new_colour(
-    p: &Arc<Platform>,
+    rep: &Reporter,
     svc: &Arc<ServiceRuntime>,
     version: &str,
 ) -> (Option<Arc<Colour>>, Arc<Colour>) {
     let active = svc.active_colour();
     let name = active.as_ref().map_or("blue", |c| other_colour(&c.name));
-    let colour = svc.add_colour(name, version);
-    let _ = p;
+    let colour = svc.add_colour(name, version, rep.spec_for(svc));
     (active, colour)
 }
 
@@ -62,7 +62,7 @@ pub(super) fn spawn_all(
     svc: &Arc<ServiceRuntime>,
     colour: &Arc<Colour>,
 ) -> Result<(), String> {
-    for n in 1..=svc.config.instances {
+    for n in 1..=colour.spec.instances {
         spawn_instance(p, svc, colour, n).map_err(|e| format!("cannot start an instance: {e}"))?;
     }
     Ok(())
@@ -75,7 +75,7 @@ pub(super) async fn gate(
     colour: &Colour,
     only: Option<&str>,
 ) -> Result<Duration, String> {
-    let h = &svc.config.health;
+    let h = &colour.spec.health;
     let limit = h.start_period + h.deadline;
     let start = Instant::now();
     let mut last_report = Instant::now();
@@ -156,14 +156,14 @@ pub(super) async fn start_and_gate(
     version: &str,
 ) -> Result<(Option<Arc<Colour>>, Arc<Colour>), String> {
     free_slot(p, rep, svc).await;
-    let (old, new) = new_colour(p, svc, version);
+    let (old, new) = new_colour(rep, svc, version);
     let name = svc.config.name.as_str();
     rep.step(
         "deploy.starting",
         Some(name),
         format!(
             "starting {} instance(s) of {version} as {}",
-            svc.config.instances, new.name
+            new.spec.instances, new.name
         ),
     );
     let gated = match spawn_all(p, svc, &new) {
@@ -288,8 +288,8 @@ pub(super) async fn rolling(
 ) -> Result<Switched, String> {
     free_slot(p, rep, svc).await;
     let name = svc.config.name.clone();
-    let (old, new) = new_colour(p, svc, version);
-    let n = svc.config.instances;
+    let (old, new) = new_colour(rep, svc, version);
+    let n = new.spec.instances;
     let surge = p.config.deploy.max_surge.min(n);
     let old_instances = old.as_ref().map(|o| o.instances()).unwrap_or_default();
     // The replaced old instances leave the pool (their requests finish) but keep running,
@@ -453,7 +453,11 @@ pub(super) async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Swit
                     Some(&name),
                     format!("starting {previous} again"),
                 );
-                let colour = s.svc.add_colour(other_colour(&s.new.name), &previous);
+                let spec = s
+                    .old
+                    .as_ref()
+                    .map_or_else(|| Arc::new(s.svc.config.clone()), |o| o.spec.clone());
+                let colour = s.svc.add_colour(other_colour(&s.new.name), &previous, spec);
                 let _ = spawn_all(p, &s.svc, &colour);
                 let _ = gate(rep, &s.svc, &colour, None).await;
                 switch(

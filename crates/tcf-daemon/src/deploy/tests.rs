@@ -203,6 +203,7 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
         // ...and a second release asks to start.
         let plan = Plan {
             kind: Kind::Deploy(Strategy::BlueGreen),
+            specs: Default::default(),
             targets: vec![("other".into(), "v9".into())],
             reason: None,
             actor: "second".into(),
