@@ -177,6 +177,17 @@ pub struct RestartRequest {
     pub actor: String,
 }
 
+/// `tcf-platform scale SERVICE N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub instances: u32,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
 /// `tcf-platform prod abort`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AbortRequest {

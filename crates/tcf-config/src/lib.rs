@@ -12,7 +12,7 @@ pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use diag::{line_col, render, Diagnostic};
-pub use resolve::resolve;
+pub use resolve::{resolve, MAX_INSTANCES};
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -487,7 +487,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The most instances one service may ask for.
-const MAX_INSTANCES: u32 = 256;
+pub const MAX_INSTANCES: u32 = 256;
 
 /// A duration above `max` is refused: a stop that may take hours holds up `down` as long.
 fn at_most(

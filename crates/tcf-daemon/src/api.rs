@@ -76,6 +76,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/deploy", post(deploy_handler))
         .route("/v1/rollback", post(rollback_handler))
         .route("/v1/restart", post(restart_handler))
+        .route("/v1/scale", post(scale_handler))
         .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
@@ -211,7 +212,7 @@ fn changed_in_file(p: &Platform) -> std::collections::BTreeSet<String> {
     p.services
         .values()
         .filter_map(|svc| {
-            let running = svc.active_colour()?.spec.clone();
+            let running = svc.active_colour()?.current_spec();
             let mut on_disk = file.services.get(&svc.config.name)?.clone();
             on_disk.version = running.version.clone();
             let differs =
@@ -452,6 +453,41 @@ async fn restart_handler(
                 (s, version)
             })
             .collect(),
+        reason: req.reason,
+        actor: peer.actor(&req.actor),
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+async fn scale_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::ScaleRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
+    if !(1..=tcf_config::MAX_INSTANCES).contains(&req.instances) {
+        return Err(bad_request(format!(
+            "instances must be 1 to {}; to stop a service, `tcf-platform down`",
+            tcf_config::MAX_INSTANCES
+        )));
+    }
+    let service = services_in_order(&p, std::slice::from_ref(&req.service))?
+        .pop()
+        .ok_or_else(|| bad_request("name a service"))?;
+    let svc = &p.services[&service];
+    let Some(active) = svc.active_colour() else {
+        return Err(bad_request(format!("{service} runs nothing to scale")));
+    };
+    // What the release records: the running spec with the new count.
+    let mut spec = (*active.current_spec()).clone();
+    spec.instances = req.instances;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Scale(req.instances),
+        targets: vec![(service.clone(), active.version.clone())],
+        specs: [(service, Arc::new(spec))].into_iter().collect(),
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),

@@ -493,7 +493,7 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
         &initial
             .keys()
             .filter_map(|name| {
-                let spec = p.services.get(name)?.active_colour()?.spec.clone();
+                let spec = p.services.get(name)?.active_colour()?.current_spec();
                 Some((name.clone(), serde_json::to_string(&*spec).ok()?))
             })
             .collect(),

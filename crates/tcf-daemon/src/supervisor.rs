@@ -461,10 +461,12 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
         None,
         format!(
             "starting {} instance(s) of {} ({})",
-            colour.spec.instances, colour.version, colour.name
+            colour.count(),
+            colour.version,
+            colour.name
         ),
     );
-    for n in 1..=colour.spec.instances {
+    for n in 1..=colour.count() {
         let id = format!("{}-{}-{n}", cfg.name, colour.name);
         let adopted = adopt(&p, &svc, &id, &colour.version).await;
         if let Err(e) = spawn_or_adopt(&p, &svc, &colour, n, adopted) {

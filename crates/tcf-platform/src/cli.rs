@@ -101,6 +101,16 @@ rolling deploy (and it is recorded as a release, strategy `restart`). A failed g
 instances back.\n\nExit codes as for `prod deploy`."
     )]
     Restart(RestartArgs),
+    /// Run N instances of a service (new ones join behind the health gate; removed ones finish
+    /// their requests first)
+    #[command(
+        long_about = "Change how many instances of a service run, in place: new instances start \
+on the running version and join the pool once healthy (a failed gate stops them again and \
+changes nothing); removed ones (the highest numbers) leave the pool, finish their requests and \
+stop. Recorded as a release (strategy `scale`). It changes the running platform: set `instances` \
+in the config file to keep it for the next deploy and the next `up`."
+    )]
+    Scale(ScaleArgs),
     /// Show the log of a service's instances
     Logs {
         /// The service
@@ -285,6 +295,25 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScaleArgs {
+    /// The service
+    pub service: String,
+    /// How many instances (1 to 256)
+    pub instances: u32,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
     Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, StatusArgs,
+    RollbackArgs, ScaleArgs, StatusArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -126,6 +126,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
         Command::Restart(args) => restart(&cli, args).await,
+        Command::Scale(args) => scale(&cli, args).await,
         Command::History {
             service,
             limit,
@@ -698,6 +699,29 @@ async fn restart(cli: &Cli, args: &RestartArgs) -> CmdResult {
     })
     .map_err(anyhow::Error::from)?;
     follow_release(&client, "/v1/restart", body, args.format).await
+}
+
+async fn scale(cli: &Cli, args: &ScaleArgs) -> CmdResult {
+    let client = client(cli)?;
+    if !args.force
+        && std::io::stdin().is_terminal()
+        && !confirm(&format!(
+            "Run {} instance(s) of {}?",
+            args.instances, args.service
+        ))
+    {
+        eprintln!("not scaled");
+        return Ok(ExitCode::from(1));
+    }
+    let body = serde_json::to_vec(&tcf_api::ScaleRequest {
+        service: args.service.clone(),
+        instances: args.instances,
+        reason: args.reason.clone(),
+        lock_wait_ms: args.lock_wait.as_millis() as u64,
+        actor: actor(),
+    })
+    .map_err(anyhow::Error::from)?;
+    follow_release(&client, "/v1/scale", body, args.format).await
 }
 
 async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {

@@ -376,6 +376,39 @@ fn restart_drops_no_request_and_abort_reverts_a_running_release() {
         "new processes serve after a restart"
     );
 
+    // Scale up and down under load: no request dropped.
+    let load = Load::start(&gateway, 4);
+    for n in ["3", "1"] {
+        let (code, out, lines) = run(&p, &["scale", "gateway", n]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(lines.last().unwrap()["result"], "scaled");
+    }
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report
+        .samples
+        .iter()
+        .all(|s| s.status == 200 && !s.by_proxy));
+    let s = p.status().unwrap();
+    let gw = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "gateway")
+        .unwrap()
+        .clone();
+    // The colour serving (the restart left the previous one warm beside it).
+    let serving = gw["traffic"][0]["colour"].as_str().unwrap();
+    let running = gw["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["colour"] == serving)
+        .count();
+    assert_eq!(running, 1, "{gw:#}");
+    let (code, out, _) = run(&p, &["scale", "gateway", "0"]);
+    assert_eq!(code, 2, "{out}");
+
     // Nothing to abort.
     let none = p.cli(&["prod", "abort"]);
     assert_eq!(none.status.code(), Some(1));

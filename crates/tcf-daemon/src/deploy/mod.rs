@@ -37,6 +37,8 @@ pub enum Kind {
     Rollback,
     /// The same version again, instance by instance behind the health gate.
     Restart,
+    /// The same version and spec with this many instances, changed in place.
+    Scale(u32),
 }
 
 /// What to do: versions per service (applied in dependency order).
@@ -58,6 +60,7 @@ pub enum Outcome {
     Deployed,
     RolledBack,
     Restarted,
+    Scaled,
     Failed(String),
     Reverted(String),
     /// Stopped and reverted on request (`prod abort`).
@@ -72,6 +75,7 @@ impl Outcome {
             Outcome::Deployed => "deployed",
             Outcome::RolledBack => "rolled_back",
             Outcome::Restarted => "restarted",
+            Outcome::Scaled => "scaled",
             Outcome::Failed(_) => "failed",
             Outcome::Reverted(_) => "reverted",
             Outcome::Aborted(_) => "aborted",
@@ -83,7 +87,7 @@ impl Outcome {
     /// The documented exit codes of `prod deploy` and `prod rollback`.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => 0,
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted | Outcome::Scaled => 0,
             Outcome::Failed(_) | Outcome::Reverted(_) | Outcome::Aborted(_) => 1,
             Outcome::Invalid(_) => 2,
             Outcome::LockHeld(_) => 3,
@@ -114,7 +118,7 @@ impl Reporter {
         self.specs
             .get(&svc.config.name)
             .cloned()
-            .or_else(|| svc.active_colour().map(|c| c.spec.clone()))
+            .or_else(|| svc.active_colour().map(|c| c.current_spec()))
             .unwrap_or_else(|| Arc::new(svc.config.clone()))
     }
 
@@ -199,10 +203,12 @@ impl Reporter {
 
     fn finish(&self, outcome: &Outcome) {
         let message = match outcome {
-            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => match self.release {
-                Some(id) => format!("release {id} is active"),
-                None => "done".to_string(),
-            },
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted | Outcome::Scaled => {
+                match self.release {
+                    Some(id) => format!("release {id} is active"),
+                    None => "done".to_string(),
+                }
+            }
             Outcome::Failed(m)
             | Outcome::Reverted(m)
             | Outcome::Aborted(m)
@@ -346,6 +352,7 @@ fn describe(plan: &Plan) -> String {
         Kind::Deploy(s) => format!("{} deploy", s.as_str()),
         Kind::Rollback => "rollback".to_string(),
         Kind::Restart => "restart".to_string(),
+        Kind::Scale(n) => format!("scale to {n}"),
     };
     let targets: Vec<String> = plan
         .targets
@@ -367,6 +374,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         Kind::Deploy(s) => s.as_str(),
         Kind::Rollback => "rollback",
         Kind::Restart => "restart",
+        Kind::Scale(_) => "scale",
     };
     let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
     let (actor, reason) = (plan.actor.clone(), plan.reason.clone());
@@ -472,14 +480,17 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                 .await;
         }
         let step = match plan.kind {
-            Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await,
-            Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await,
-            Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await,
-            Kind::Rollback => rollback_service(p, rep, &svc, version).await,
-            Kind::Restart => rolling(p, rep, &svc, version).await,
+            Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await.map(Some),
+            Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await.map(Some),
+            Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await.map(Some),
+            Kind::Rollback => rollback_service(p, rep, &svc, version).await.map(Some),
+            Kind::Restart => rolling(p, rep, &svc, version).await.map(Some),
+            // In place: no colour switched, nothing to watch or revert.
+            Kind::Scale(n) => scale(p, rep, &svc, n).await.map(|()| None),
         };
         match step {
-            Ok(s) => switched.push(s),
+            Ok(Some(s)) => switched.push(s),
+            Ok(None) => {}
             Err(reason) => {
                 revert(p, rep, switched).await;
                 return rep
@@ -576,7 +587,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     let hook = match plan.kind {
         Kind::Deploy(_) => ("post_deploy", &p.config.hooks.post_deploy),
         Kind::Rollback => ("post_rollback", &p.config.hooks.post_rollback),
-        Kind::Restart => ("post_restart", &None),
+        Kind::Restart | Kind::Scale(_) => ("post_restart", &None),
     };
     if let (name, Some(cmd)) = hook {
         if let Err(e) = run_hook(p, rep, name, cmd, &version_env, &services_csv, release).await {
@@ -591,6 +602,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         Kind::Deploy(_) => Outcome::Deployed,
         Kind::Rollback => Outcome::RolledBack,
         Kind::Restart => Outcome::Restarted,
+        Kind::Scale(_) => Outcome::Scaled,
     }
 }
 
