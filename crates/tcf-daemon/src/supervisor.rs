@@ -11,6 +11,9 @@ use tcf_runtime::{Exit, InstanceSpec};
 use tcf_store::{now_ms, InstanceRecord};
 use tokio::sync::oneshot;
 
+/// The environment variable naming an instance's platform (its state directory).
+pub const STATE_DIR_ENV: &str = "TCF_STATE_DIR";
+
 /// Crashes within this window count towards backoff and crashloop.
 const CRASH_WINDOW: Duration = Duration::from_secs(120);
 /// This many crashes within the window mark an instance `crashloop`.
@@ -99,6 +102,12 @@ pub fn instance_spec(
             .env
             .iter()
             .map(|(k, v)| (k.clone(), sub(v)))
+            // Which platform an instance belongs to, found without the store (a daemon that
+            // starts with its store gone still finds what runs).
+            .chain([(
+                STATE_DIR_ENV.to_string(),
+                p.config.platform.state_dir.display().to_string(),
+            )])
             .collect::<BTreeMap<_, _>>(),
         port,
         log_path: p.logs_dir().join(format!("{id}.log")),
