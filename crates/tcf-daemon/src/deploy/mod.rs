@@ -561,7 +561,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             .await;
     }
     if plan.kind == Kind::Rollback {
-        mark_rolled_back(p, &plan.targets, release);
+        mark_rolled_back(p, &plan.targets, release).await;
     }
     for s in &switched {
         if let Some(old) = &s.old {
@@ -606,21 +606,30 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     }
 }
 
-/// The release a rollback went back from is recorded as rolled back.
-fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
-    let Ok(releases) = p.store.releases(200) else {
-        return;
-    };
-    for (service, _) in targets {
-        if let Some(from) = releases
-            .iter()
-            .filter(|r| {
-                r.id != rollback_release && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
-            })
-            .find(|r| r.versions.contains_key(service))
-        {
-            let _ = p.store.finish_release(from.id, "rolled_back");
-        }
+/// The release a rollback went back from is recorded as rolled back (in one store call, off
+/// the runtime threads; a failure is logged: the rollback itself stands).
+async fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
+    let services: Vec<String> = targets.iter().map(|(s, _)| s.clone()).collect();
+    let marked = p
+        .with_store(move |store| {
+            let releases = store.releases(200)?;
+            for service in &services {
+                if let Some(from) = releases
+                    .iter()
+                    .filter(|r| {
+                        r.id != rollback_release
+                            && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
+                    })
+                    .find(|r| r.versions.contains_key(service))
+                {
+                    store.finish_release(from.id, "rolled_back")?;
+                }
+            }
+            Ok::<_, tcf_store::StoreError>(())
+        })
+        .await;
+    if let Err(e) = marked {
+        tracing::error!("cannot mark the release rolled back from: {e}");
     }
 }
 
