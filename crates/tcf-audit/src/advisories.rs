@@ -1,0 +1,372 @@
+//! Dependency advisories from a local OSV database (a JSON file holding one advisory or an
+//! array of them, or a directory of such files), matched against lockfiles. No network.
+
+use crate::model::Severity;
+use serde::Deserialize;
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdvisoryError {
+    #[error("cannot read the advisories at {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not OSV JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot read the lockfile {path}: {message}")]
+    Lockfile { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Advisory {
+    pub id: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub affected: Vec<Affected>,
+    #[serde(default)]
+    database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Affected {
+    pub package: Package,
+    #[serde(default)]
+    pub versions: Vec<String>,
+    #[serde(default)]
+    pub ranges: Vec<Range>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Package {
+    pub ecosystem: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Range {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub introduced: Option<String>,
+    pub fixed: Option<String>,
+    pub last_affected: Option<String>,
+}
+
+impl Advisory {
+    /// GitHub's `database_specific.severity` (LOW, MODERATE, HIGH, CRITICAL) when present.
+    pub fn severity(&self) -> Option<Severity> {
+        let text = self.database_specific.as_ref()?.get("severity")?.as_str()?;
+        match text.to_ascii_uppercase().as_str() {
+            "LOW" => Some(Severity::Low),
+            "MODERATE" | "MEDIUM" => Some(Severity::Medium),
+            "HIGH" => Some(Severity::High),
+            "CRITICAL" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+
+    /// The fixed versions named for `name`, for the remediation.
+    pub fn fixed_versions(&self, ecosystem: &str, name: &str) -> Vec<String> {
+        self.affected
+            .iter()
+            .filter(|a| a.package.ecosystem == ecosystem && a.package.name == name)
+            .flat_map(|a| a.ranges.iter())
+            .flat_map(|r| r.events.iter())
+            .filter_map(|e| e.fixed.clone())
+            .collect()
+    }
+
+    pub fn affects(&self, ecosystem: &str, name: &str, version: &str) -> bool {
+        self.affected
+            .iter()
+            .filter(|a| a.package.ecosystem == ecosystem && a.package.name == name)
+            .any(|a| a.versions.iter().any(|v| v == version) || in_ranges(&a.ranges, version))
+    }
+}
+
+/// SEMVER and ECOSYSTEM ranges: a version is affected from an `introduced` up to (not
+/// including) the next `fixed`, or up to and including `last_affected`.
+fn in_ranges(ranges: &[Range], version: &str) -> bool {
+    ranges
+        .iter()
+        .filter(|r| r.kind == "SEMVER" || r.kind == "ECOSYSTEM")
+        .any(|range| {
+            let mut affected = false;
+            for event in &range.events {
+                if let Some(intro) = &event.introduced {
+                    if compare(version, intro) != Ordering::Less {
+                        affected = true;
+                    }
+                }
+                if let Some(fixed) = &event.fixed {
+                    if affected && compare(version, fixed) != Ordering::Less {
+                        affected = false;
+                    }
+                }
+                if let Some(last) = &event.last_affected {
+                    if affected && compare(version, last) == Ordering::Greater {
+                        affected = false;
+                    }
+                }
+            }
+            affected
+        })
+}
+
+/// Numeric comparison of dotted versions; a pre-release (`1.2.0-rc.1`) sorts before its
+/// release, which is all lockfile matching needs.
+fn compare(a: &str, b: &str) -> Ordering {
+    let split = |v: &str| -> (Vec<u64>, bool) {
+        let (core, pre) = match v.split_once(['-', '+']) {
+            Some((core, rest)) => (core, !rest.is_empty() && v.contains('-')),
+            None => (v, false),
+        };
+        let nums = core
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .collect::<Vec<u64>>();
+        (nums, pre)
+    };
+    let (na, pa) = split(a);
+    let (nb, pb) = split(b);
+    let len = na.len().max(nb.len());
+    for i in 0..len {
+        let x = na.get(i).copied().unwrap_or(0);
+        let y = nb.get(i).copied().unwrap_or(0);
+        match x.cmp(&y) {
+            Ordering::Equal => continue,
+            other => return other,
+        }
+    }
+    // Same core: the pre-release is older.
+    pb.cmp(&pa)
+}
+
+/// The advisories at a path, with the age of the newest file.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub path: PathBuf,
+    pub advisories: Vec<Advisory>,
+    pub modified: Option<SystemTime>,
+}
+
+impl Database {
+    pub fn load(path: &Path) -> Result<Database, AdvisoryError> {
+        let read_err = |source| AdvisoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        let files: Vec<PathBuf> = if meta.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(read_err)? {
+                let entry = entry.map_err(read_err)?.path();
+                if entry.extension().is_some_and(|e| e == "json") {
+                    files.push(entry);
+                }
+            }
+            files.sort();
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut advisories = Vec::new();
+        let mut modified = None;
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| AdvisoryError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let parse_err = |source| AdvisoryError::Parse {
+                path: file.clone(),
+                source,
+            };
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(parse_err)?;
+            if value.is_array() {
+                advisories
+                    .extend(serde_json::from_value::<Vec<Advisory>>(value).map_err(parse_err)?);
+            } else {
+                advisories.push(serde_json::from_value(value).map_err(parse_err)?);
+            }
+            let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+            modified = modified.max(mtime);
+        }
+        Ok(Database {
+            path: path.to_path_buf(),
+            advisories,
+            modified,
+        })
+    }
+
+    /// `PATH (N advisories, updated D days ago)`.
+    pub fn describe(&self, now: SystemTime) -> String {
+        let age = self
+            .modified
+            .and_then(|m| now.duration_since(m).ok())
+            .map(|d| format!(", updated {} days ago", d.as_secs() / 86_400))
+            .unwrap_or_default();
+        format!(
+            "{} ({} advisories{age})",
+            self.path.display(),
+            self.advisories.len()
+        )
+    }
+}
+
+/// One locked package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locked {
+    /// OSV ecosystem: `crates.io` or `npm`.
+    pub ecosystem: &'static str,
+    pub name: String,
+    pub version: String,
+}
+
+/// The lockfile names this check reads, and their ecosystems.
+pub const LOCKFILES: [&str; 2] = ["Cargo.lock", "package-lock.json"];
+
+pub fn read_lockfile(path: &Path) -> Result<Vec<Locked>, AdvisoryError> {
+    let err = |message: String| AdvisoryError::Lockfile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let mut locked = Vec::new();
+    if name == "Cargo.lock" {
+        #[derive(Deserialize)]
+        struct CargoLock {
+            #[serde(default)]
+            package: Vec<CargoPackage>,
+        }
+        #[derive(Deserialize)]
+        struct CargoPackage {
+            name: String,
+            version: String,
+        }
+        let lock: CargoLock = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        locked.extend(lock.package.into_iter().map(|p| Locked {
+            ecosystem: "crates.io",
+            name: p.name,
+            version: p.version,
+        }));
+    } else {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if let Some(packages) = value.get("packages").and_then(|p| p.as_object()) {
+            // lockfileVersion 2 and 3: "node_modules/a/node_modules/b" → b.
+            for (key, entry) in packages {
+                let Some((_, name)) = key.rsplit_once("node_modules/") else {
+                    continue;
+                };
+                if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
+                    locked.push(Locked {
+                        ecosystem: "npm",
+                        name: name.to_string(),
+                        version: version.to_string(),
+                    });
+                }
+            }
+        } else if let Some(deps) = value.get("dependencies").and_then(|d| d.as_object()) {
+            // lockfileVersion 1: nested "dependencies".
+            fn walk(deps: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<Locked>) {
+                for (name, entry) in deps {
+                    if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
+                        out.push(Locked {
+                            ecosystem: "npm",
+                            name: name.clone(),
+                            version: version.to_string(),
+                        });
+                    }
+                    if let Some(nested) = entry.get("dependencies").and_then(|d| d.as_object()) {
+                        walk(nested, out);
+                    }
+                }
+            }
+            walk(deps, &mut locked);
+        }
+    }
+    locked.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    locked.dedup();
+    Ok(locked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advisory(json: &str) -> Advisory {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare("1.10.0", "1.9.9"), Ordering::Greater);
+        assert_eq!(compare("1.2", "1.2.0"), Ordering::Equal);
+        assert_eq!(compare("1.2.0-rc.1", "1.2.0"), Ordering::Less);
+        assert_eq!(compare("0.0.1", "0"), Ordering::Greater);
+    }
+
+    #[test]
+    fn ranges_and_explicit_versions() {
+        let a = advisory(
+            r#"{"id":"RUSTSEC-2099-0001","summary":"x","affected":[{"package":{"ecosystem":"crates.io","name":"smallvec"},
+            "ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.6.1"},{"introduced":"2.0.0"},{"last_affected":"2.0.3"}]}],
+            "versions":["0.9.9-weird"]}],"database_specific":{"severity":"CRITICAL"}}"#,
+        );
+        assert!(a.affects("crates.io", "smallvec", "1.6.0"));
+        assert!(!a.affects("crates.io", "smallvec", "1.6.1"));
+        assert!(!a.affects("crates.io", "smallvec", "1.13.2"));
+        assert!(a.affects("crates.io", "smallvec", "2.0.3"));
+        assert!(!a.affects("crates.io", "smallvec", "2.0.4"));
+        assert!(a.affects("crates.io", "smallvec", "0.9.9-weird"));
+        assert!(!a.affects("npm", "smallvec", "1.0.0"));
+        assert!(!a.affects("crates.io", "smallvec2", "1.0.0"));
+        assert_eq!(a.severity(), Some(Severity::Critical));
+        assert_eq!(a.fixed_versions("crates.io", "smallvec"), vec!["1.6.1"]);
+    }
+
+    #[test]
+    fn reads_cargo_and_npm_lockfiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let cargo = dir.path().join("Cargo.lock");
+        std::fs::write(
+            &cargo,
+            "version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        let locked = read_lockfile(&cargo).unwrap();
+        assert_eq!(locked.len(), 2);
+        assert_eq!(locked[1].name, "smallvec");
+        let npm = dir.path().join("package-lock.json");
+        std::fs::write(
+            &npm,
+            r#"{"lockfileVersion":3,"packages":{"":{"name":"app"},"node_modules/lodash":{"version":"4.17.20"},"node_modules/a/node_modules/minimist":{"version":"1.2.5"}}}"#,
+        )
+        .unwrap();
+        let locked = read_lockfile(&npm).unwrap();
+        let names: Vec<_> = locked
+            .iter()
+            .map(|l| (l.name.as_str(), l.version.as_str()))
+            .collect();
+        assert_eq!(names, vec![("lodash", "4.17.20"), ("minimist", "1.2.5")]);
+        std::fs::write(
+            &npm,
+            r#"{"lockfileVersion":1,"dependencies":{"lodash":{"version":"4.17.20","dependencies":{"minimist":{"version":"0.0.8"}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(read_lockfile(&npm).unwrap().len(), 2);
+    }
+}

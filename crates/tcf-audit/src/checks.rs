@@ -1,0 +1,917 @@
+//! The checks themselves. Each gets what it needs from [`Inputs`] and returns its findings,
+//! or why it could not run.
+
+use crate::advisories::{self, Database};
+use crate::model::{CheckResult, Finding, Location, Rule, Severity};
+use crate::procnet;
+use crate::secrets;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tcf_config::{Config, RuntimeKind};
+
+/// The running platform as the daemon reports it: the narrow view the online checks need.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub daemon_pid: u32,
+    pub socket: PathBuf,
+    pub services: Vec<LiveService>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveService {
+    pub name: String,
+    pub listen: String,
+    pub instances: Vec<LiveInstance>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveInstance {
+    pub id: String,
+    pub pid: Option<u32>,
+    /// The PORT it was given.
+    pub port: u16,
+}
+
+/// Everything an audit looks at.
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    /// The daemon's view, or why there is none (no daemon: an offline audit).
+    pub live: Result<LiveView, String>,
+    /// `--advisories`: loaded, or why it could not be.
+    pub advisories: Option<Result<Database, String>>,
+    pub comprehensive: bool,
+}
+
+/// Run `selected` checks, in catalogue order.
+pub fn run(inputs: &Inputs<'_>, selected: &[&'static Rule]) -> Vec<CheckResult> {
+    let config_text = std::fs::read_to_string(&inputs.config.path)
+        .map_err(|e| format!("cannot read {}: {e}", inputs.config.path.display()));
+    let ctx = Ctx {
+        config: inputs.config,
+        text: config_text.as_deref().unwrap_or(""),
+        text_ok: config_text.as_ref().map(|_| ()).map_err(Clone::clone),
+    };
+    selected
+        .iter()
+        .map(|rule| run_one(rule, inputs, &ctx))
+        .collect()
+}
+
+struct Ctx<'a> {
+    config: &'a Config,
+    text: &'a str,
+    text_ok: Result<(), String>,
+}
+
+fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResult {
+    if rule.comprehensive && !inputs.comprehensive {
+        return CheckResult::not_run(rule, "a slower check: it runs with --comprehensive");
+    }
+    if rule.online {
+        let live = match &inputs.live {
+            Ok(live) => live,
+            Err(why) => {
+                return CheckResult::not_run(rule, format!("needs the running daemon ({why})"))
+            }
+        };
+        return match rule.id {
+            "TCF-NET-002" => listeners_vs_config(rule, ctx.config, live),
+            "TCF-NET-003" => instance_extra_ports(rule, live),
+            "TCF-PROC-001" => instances_as_root(rule, live),
+            "TCF-API-001" => socket_mode(rule, live),
+            other => CheckResult::not_run(rule, format!("no online check is wired for {other}")),
+        };
+    }
+    let result = match rule.id {
+        "TCF-FS-001" => state_dir_mode(rule, ctx.config),
+        "TCF-FS-002" => store_file_modes(rule, ctx.config),
+        "TCF-FS-003" => config_file_mode(rule, ctx.config),
+        "TCF-FS-004" => commands_writable(rule, ctx.config),
+        "TCF-FS-005" => hooks_writable(rule, ctx.config),
+        "TCF-SEC-001" => Ok(plaintext_secrets(rule, ctx)),
+        "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
+        "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
+        "TCF-NET-001" => Ok(public_without_tls(rule, ctx)),
+        "TCF-CTR-001" | "TCF-CTR-002" | "TCF-CTR-003" | "TCF-CTR-004" => Ok(containers(rule, ctx)),
+        "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
+        "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
+        "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
+        "TCF-BAK-001" => Err(
+            "this tcf-platform has no [backup] section in its config yet, so there is no backup \
+             setup to inspect; back up the state directory and the services' data yourself"
+                .to_string(),
+        ),
+        other => Err(format!("no check is wired for {other}")),
+    };
+    match result {
+        Ok(findings) => CheckResult::ran(rule, findings),
+        Err(reason) => CheckResult::not_run(rule, reason),
+    }
+}
+
+fn mode_text(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+/// Who besides the owner may do what, in words: "others may read and enter".
+fn who_may(mode: u32, is_dir: bool) -> String {
+    let mut parts = Vec::new();
+    for (shift, who) in [(3, "group"), (0, "others")] {
+        let bits = (mode >> shift) & 0o7;
+        let mut can = Vec::new();
+        if bits & 0o4 != 0 {
+            can.push(if is_dir { "list" } else { "read" });
+        }
+        if bits & 0o2 != 0 {
+            can.push("write");
+        }
+        if bits & 0o1 != 0 {
+            can.push(if is_dir { "enter" } else { "execute" });
+        }
+        if !can.is_empty() {
+            parts.push(format!("{who} may {}", can.join(", ")));
+        }
+    }
+    parts.join("; ")
+}
+
+fn state_dir_mode(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let dir = &config.platform.state_dir;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the state directory {} does not exist yet (the daemon creates it 0700 at its first start)",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(Vec::new());
+    }
+    let severity = if mode & 0o002 != 0 {
+        Severity::Critical
+    } else if mode & 0o005 != 0 {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    Ok(vec![Finding::new(
+        rule,
+        Location::file(dir),
+        format!("mode {}: {}", mode_text(mode), who_may(mode, true)),
+    )
+    .severity(severity)])
+}
+
+fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let dir = &config.platform.state_dir;
+    let dir_mode = match std::fs::metadata(dir) {
+        Ok(m) => m.permissions().mode(),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the state directory {}: {e}",
+                dir.display()
+            ))
+        }
+    };
+    // A file is only as exposed as the directory lets it be: who can enter the directory.
+    let mut reachable_bits = 0;
+    if dir_mode & 0o010 != 0 {
+        reachable_bits |= 0o060;
+    }
+    if dir_mode & 0o001 != 0 {
+        reachable_bits |= 0o006;
+    }
+    let mut files: Vec<PathBuf> = ["state.db", "state.db-wal", "state.db-shm", "daemon.lock"]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    if let Ok(logs) = std::fs::read_dir(dir.join("logs")) {
+        let mut log_files: Vec<PathBuf> = logs.flatten().map(|e| e.path()).collect();
+        log_files.sort();
+        files.extend(log_files);
+    }
+    if files.is_empty() {
+        return Err(format!(
+            "no store or logs in {} yet (nothing ran from this state directory)",
+            dir.display()
+        ));
+    }
+    let mut findings = Vec::new();
+    for file in files {
+        let Ok(meta) = std::fs::symlink_metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        let exposed = mode & reachable_bits;
+        if exposed != 0 && meta.is_file() {
+            findings.push(Finding::new(
+                rule,
+                Location::file(&file),
+                format!(
+                    "mode {} in a directory of mode {}: {}",
+                    mode_text(mode),
+                    mode_text(dir_mode),
+                    who_may(exposed, false)
+                ),
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+fn config_file_mode(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let path = &config.path;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    let mut findings = Vec::new();
+    if mode & 0o022 != 0 {
+        findings.push(Finding::new(
+            rule,
+            Location::file(path),
+            format!("mode {}: {}", mode_text(mode), who_may(mode & 0o022, false)),
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        if let Some(finding) = world_writable_dir(rule, dir, "the config's directory") {
+            findings.push(finding);
+        }
+    }
+    Ok(findings)
+}
+
+/// A directory others may write without the sticky bit: anyone may replace what is in it.
+fn world_writable_dir(rule: &'static Rule, dir: &Path, what: &str) -> Option<Finding> {
+    let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    (mode & 0o002 != 0 && mode & 0o1000 == 0).then(|| {
+        Finding::new(
+            rule,
+            Location::file(dir),
+            format!(
+                "{what} has mode {} (others may write, no sticky bit): anyone may replace the files in it",
+                mode_text(mode)
+            ),
+        )
+    })
+}
+
+/// A file others may write, or one in a directory others may write.
+fn writable_by_others(rule: &'static Rule, file: &Path, what: &str) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 {
+            findings.push(Finding::new(
+                rule,
+                Location::file(file),
+                format!("{what}: mode {}, others may write it", mode_text(mode)),
+            ));
+        }
+    }
+    if let Some(dir) = file.parent() {
+        findings.extend(world_writable_dir(
+            rule,
+            dir,
+            &format!("{what}'s directory"),
+        ));
+    }
+    findings
+}
+
+fn config_dir(config: &Config) -> PathBuf {
+    config
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A service's program as the process runtime finds it, with the config's version filled in.
+fn service_program(config: &Config, service: &tcf_config::Service) -> Option<PathBuf> {
+    let program = service
+        .command
+        .first()?
+        .replace("{version}", &service.version)
+        .replace("{service}", &service.name)
+        .replace("{instance}", "1");
+    let found =
+        tcf_runtime::process::ProcessRuntime::new(config_dir(config)).resolve_program(&program)?;
+    // `./app/bin/api` resolves to `DIR/./app/bin/api`: report it as `DIR/app/bin/api`.
+    Some(
+        found
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect(),
+    )
+}
+
+fn commands_writable(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let mut findings = Vec::new();
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for service in config.services.values() {
+        if service.runtime != RuntimeKind::Process {
+            continue;
+        }
+        match service_program(config, service) {
+            Some(program) => {
+                checked += 1;
+                findings.extend(writable_by_others(
+                    rule,
+                    &program,
+                    &format!("the program of service {}", service.name),
+                ));
+            }
+            None => missing.push(service.name.clone()),
+        }
+    }
+    if checked == 0 && !missing.is_empty() {
+        return Err(format!(
+            "the programs of {} were not found (checked as the process runtime looks them up)",
+            missing.join(", ")
+        ));
+    }
+    dedup(&mut findings);
+    Ok(findings)
+}
+
+fn hooks_writable(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let dir = config_dir(config);
+    let mut findings = Vec::new();
+    let hooks = [
+        ("pre_deploy", &config.hooks.pre_deploy),
+        ("post_deploy", &config.hooks.post_deploy),
+        ("post_rollback", &config.hooks.post_rollback),
+    ];
+    for (name, argv) in hooks {
+        let Some(argv) = argv else { continue };
+        for (i, arg) in argv.iter().enumerate() {
+            // The program (looked up as the hook runner does), and any argument naming a
+            // file: the script a shell or interpreter runs.
+            let path = if i == 0 && !arg.contains('/') {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join(arg))
+                        .find(|p| p.is_file())
+                })
+            } else {
+                Some(dir.join(arg)).filter(|p| p.is_file())
+            };
+            if let Some(path) = path {
+                findings.extend(writable_by_others(
+                    rule,
+                    &path,
+                    &format!("a file of the {name} hook"),
+                ));
+            }
+        }
+    }
+    dedup(&mut findings);
+    Ok(findings)
+}
+
+fn dedup(findings: &mut Vec<Finding>) {
+    let mut seen = BTreeSet::new();
+    findings.retain(|f| seen.insert(f.fingerprint.clone()));
+}
+
+/// The line of `key = …` in the config text, searching from `section`'s header when it is found.
+fn line_of(text: &str, section: &str, key: &str) -> Option<u32> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(section))
+        .unwrap_or(0);
+    let matches_key = |l: &str| {
+        let l = l.trim_start().trim_start_matches('{').trim_start();
+        l.strip_prefix(key)
+            .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+            || l.contains(&format!(" {key} ="))
+            || l.contains(&format!("{{{key} ="))
+            || l.contains(&format!(", {key} ="))
+    };
+    lines
+        .iter()
+        .enumerate()
+        .skip(start)
+        .chain(lines.iter().enumerate().take(start))
+        .find(|(_, l)| matches_key(l))
+        .map(|(i, _)| i as u32 + 1)
+}
+
+/// Every env entry of every service, with its location in the config.
+fn env_entries<'a>(
+    ctx: &'a Ctx<'a>,
+) -> impl Iterator<Item = (&'a str, &'a str, &'a str, Location)> + 'a {
+    ctx.config.services.values().flat_map(move |service| {
+        service.env.iter().map(move |(key, value)| {
+            let line = line_of(ctx.text, &format!("[services.{}", service.name), key);
+            let location = Location::resource(format!("service {}, env {key}", service.name))
+                .in_file(&ctx.config.path, line);
+            (
+                service.name.as_str(),
+                key.as_str(),
+                value.as_str(),
+                location,
+            )
+        })
+    })
+}
+
+fn plaintext_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    env_entries(ctx)
+        .filter(|(_, key, value, _)| secrets::is_credential_key(key) && secrets::is_literal_secret(value))
+        .map(|(service, key, _, location)| {
+            Finding::new(
+                rule,
+                location,
+                format!(
+                    "env {key} of service {service} holds a literal credential in the config file (value not shown; rule: credential keyword in the key)"
+                ),
+            )
+        })
+        .collect()
+}
+
+fn url_credentials(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = env_entries(ctx)
+        .filter_map(|(service, key, value, location)| {
+            let user = secrets::url_with_password(value)?;
+            Some(Finding::new(
+                rule,
+                location,
+                format!(
+                    "env {key} of service {service} is a URL with a password for user {user:?} (password not shown)"
+                ),
+            ))
+        })
+        .collect();
+    for dep in ctx.config.dependencies.values() {
+        if let Some(user) = dep.url.as_deref().and_then(secrets::url_with_password) {
+            let line = line_of(ctx.text, &format!("[dependencies.{}", dep.name), "url");
+            findings.push(Finding::new(
+                rule,
+                Location::resource(format!("dependency {}, url", dep.name))
+                    .in_file(&ctx.config.path, line),
+                format!(
+                    "the url of dependency {} holds a password for user {user:?} (password not shown)",
+                    dep.name
+                ),
+            ));
+        }
+    }
+    findings
+}
+
+fn weak_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    env_entries(ctx)
+        .filter(|(_, key, value, _)| {
+            secrets::is_credential_key(key) && secrets::is_literal_secret(value)
+        })
+        .filter_map(|(service, key, value, location)| {
+            let why = secrets::weakness(value)?;
+            Some(Finding::new(
+                rule,
+                location,
+                format!("env {key} of service {service} is {why} (value not shown)"),
+            ))
+        })
+        .collect()
+}
+
+fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    ctx.config
+        .services
+        .values()
+        .filter(|s| !s.listen.ip().is_loopback())
+        .map(|s| {
+            let which = if s.listen.ip().is_unspecified() {
+                "every interface".to_string()
+            } else {
+                format!("the non-loopback address {}", s.listen.ip())
+            };
+            let line = line_of(ctx.text, &format!("[services.{}", s.name), "listen");
+            Finding::new(
+                rule,
+                Location::resource(format!("service {}", s.name))
+                    .in_file(&ctx.config.path, line)
+                    .with_uri(format!("tcp://{}", s.listen)),
+                format!(
+                    "service {} listens on {} ({}) over plain HTTP: this tcf-platform has no TLS listener yet, so nothing encrypts this traffic",
+                    s.name, s.listen, which
+                ),
+            )
+        })
+        .collect()
+}
+
+fn containers(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for service in ctx.config.services.values() {
+        let Some(docker) = &service.docker else {
+            continue;
+        };
+        let section = format!("[services.{}", service.name);
+        let at = |key: &str| {
+            Location::resource(format!("service {}", service.name))
+                .in_file(&ctx.config.path, line_of(ctx.text, &section, key))
+        };
+        let detail = match rule.id {
+            "TCF-CTR-001" => match docker.user.as_deref().map(str::trim) {
+                None | Some("") => Some("no `user`: the container runs as the image's default user, root for most images".to_string()),
+                Some(u) if u == "root" || u == "0" || u.starts_with("0:") || u.starts_with("root:") => {
+                    Some(format!("user = {u:?} runs the container as root"))
+                }
+                Some(_) => None,
+            },
+            "TCF-CTR-002" => (!docker.read_only)
+                .then(|| "read_only is not set: the container may write its root filesystem".to_string()),
+            "TCF-CTR-003" => docker
+                .memory
+                .is_none()
+                .then(|| "no `memory` limit: the container may use all of the host's memory".to_string()),
+            "TCF-CTR-004" => docker
+                .volumes
+                .iter()
+                .find(|v| {
+                    let source = v.split(':').next().unwrap_or("");
+                    source == "/var/run/docker.sock" || source == "/run/docker.sock"
+                })
+                .map(|v| format!("volume {v:?} gives the container the Docker engine's socket")),
+            _ => None,
+        };
+        if let Some(detail) = detail {
+            let key = match rule.id {
+                "TCF-CTR-001" => "user",
+                "TCF-CTR-002" => "read_only",
+                "TCF-CTR-003" => "memory",
+                _ => "volumes",
+            };
+            findings.push(Finding::new(rule, at(key), detail));
+        }
+    }
+    findings
+}
+
+/// Above this a body limit protects nothing.
+const LARGEST_SENSIBLE_BODY: u64 = 1 << 30;
+
+fn body_limits(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    ctx.config
+        .services
+        .values()
+        .filter(|s| s.max_request_body > LARGEST_SENSIBLE_BODY)
+        .map(|s| {
+            Finding::new(
+                rule,
+                Location::resource(format!("service {}", s.name)).in_file(
+                    &ctx.config.path,
+                    line_of(
+                        ctx.text,
+                        &format!("[services.{}", s.name),
+                        "max_request_body",
+                    ),
+                ),
+                format!(
+                    "max_request_body is {} bytes (over 1 GiB): effectively unlimited",
+                    s.max_request_body
+                ),
+            )
+        })
+        .collect()
+}
+
+fn health_checks(rule: &'static Rule, ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
+    let doc: toml::Table = ctx
+        .text
+        .parse()
+        .map_err(|e| format!("cannot parse {}: {e}", ctx.config.path.display()))?;
+    let has_health = |table: Option<&toml::Value>| {
+        table
+            .and_then(|t| t.get("health"))
+            .is_some_and(|h| h.as_table().is_some_and(|t| !t.is_empty()))
+    };
+    let env = ctx
+        .config
+        .environment
+        .as_deref()
+        .and_then(|e| doc.get("environments").and_then(|envs| envs.get(e)));
+    let defaults_health =
+        has_health(doc.get("defaults")) || has_health(env.and_then(|e| e.get("defaults")));
+    if defaults_health {
+        return Ok(Vec::new());
+    }
+    Ok(ctx
+        .config
+        .services
+        .values()
+        .filter(|s| {
+            let own = doc.get("services").and_then(|t| t.get(&s.name));
+            let overlay = env
+                .and_then(|e| e.get("services"))
+                .and_then(|t| t.get(&s.name));
+            !has_health(own) && !has_health(overlay)
+        })
+        .map(|s| {
+            Finding::new(
+                rule,
+                Location::resource(format!("service {}", s.name)).in_file(
+                    &ctx.config.path,
+                    line_of(ctx.text, &format!("[services.{}]", s.name), "command"),
+                ),
+                format!(
+                    "service {} has no [health] of its own or in [defaults]: it is probed with GET /health by default",
+                    s.name
+                ),
+            )
+        })
+        .collect())
+}
+
+fn dependencies(
+    rule: &'static Rule,
+    config: &Config,
+    advisories: Option<&Result<Database, String>>,
+) -> Result<Vec<Finding>, String> {
+    let mut lockfiles = BTreeSet::new();
+    let mut looked = BTreeSet::new();
+    for service in config.services.values() {
+        if service.runtime != RuntimeKind::Process {
+            continue;
+        }
+        let Some(program) = service_program(config, service) else {
+            continue;
+        };
+        let Some(dir) = program.parent() else {
+            continue;
+        };
+        for candidate_dir in [Some(dir), dir.parent()].into_iter().flatten() {
+            looked.insert(candidate_dir.to_path_buf());
+            for name in advisories::LOCKFILES {
+                let file = candidate_dir.join(name);
+                if file.is_file() {
+                    lockfiles.insert((service.name.clone(), file));
+                }
+            }
+        }
+    }
+    if lockfiles.is_empty() {
+        let dirs: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
+        return Err(format!(
+            "no Cargo.lock or package-lock.json next to any service's program (looked in {})",
+            if dirs.is_empty() {
+                "no directory: no process service's program was found".to_string()
+            } else {
+                dirs.join(", ")
+            }
+        ));
+    }
+    let db = match advisories {
+        None => {
+            return Err(format!(
+                "{} lockfile(s) found but no advisory database: pass --advisories FILE|DIR (OSV JSON); nothing is fetched from the network",
+                lockfiles.len()
+            ))
+        }
+        Some(Err(why)) => return Err(why.clone()),
+        Some(Ok(db)) => db,
+    };
+    let mut findings = Vec::new();
+    for (service, lockfile) in &lockfiles {
+        let locked = advisories::read_lockfile(lockfile).map_err(|e| e.to_string())?;
+        for package in &locked {
+            for advisory in &db.advisories {
+                if !advisory.affects(package.ecosystem, &package.name, &package.version) {
+                    continue;
+                }
+                let fixed = advisory.fixed_versions(package.ecosystem, &package.name);
+                let remediation = if fixed.is_empty() {
+                    format!(
+                        "No fixed version of {} is named in {}: replace the package or accept the risk with an ignore.",
+                        package.name, advisory.id
+                    )
+                } else {
+                    format!(
+                        "Upgrade {} to {} or later (cargo update -p / npm update), rebuild and deploy service {service}.",
+                        package.name,
+                        fixed.join(" / ")
+                    )
+                };
+                findings.push(
+                    Finding::new(
+                        rule,
+                        Location::resource(format!(
+                            "{} {}@{} ({})",
+                            package.ecosystem, package.name, package.version, advisory.id
+                        ))
+                        .in_file(lockfile, None),
+                        format!(
+                            "{} {} of service {service} is affected by {}: {}",
+                            package.name, package.version, advisory.id, advisory.summary
+                        ),
+                    )
+                    .severity(advisory.severity().unwrap_or(rule.severity))
+                    .remediation(remediation),
+                );
+            }
+        }
+    }
+    Ok(findings)
+}
+
+// --- online ------------------------------------------------------------------------------
+
+fn instances_with_pids(live: &LiveView) -> Vec<(&LiveService, &LiveInstance, u32)> {
+    live.services
+        .iter()
+        .flat_map(|s| s.instances.iter().map(move |i| (s, i)))
+        .filter_map(|(s, i)| i.pid.map(|pid| (s, i, pid)))
+        .collect()
+}
+
+fn instance_location(service: &LiveService, instance: &LiveInstance, pid: u32) -> Location {
+    Location::resource(format!(
+        "service {}, instance {}",
+        service.name, instance.id
+    ))
+    .with_uri(format!("proc://{pid}"))
+}
+
+fn instances_as_root(rule: &'static Rule, live: &LiveView) -> CheckResult {
+    let instances = instances_with_pids(live);
+    if instances.is_empty() {
+        return CheckResult::not_run(rule, "no running instance with a process id to inspect");
+    }
+    let mut findings = Vec::new();
+    let mut read = 0;
+    for (service, instance, pid) in instances {
+        // An instance that exited since the status was read is skipped.
+        let Ok(uid) = procnet::effective_uid(pid) else {
+            continue;
+        };
+        read += 1;
+        if uid == 0 {
+            findings.push(Finding::new(
+                rule,
+                instance_location(service, instance, pid),
+                format!("pid {pid} runs with effective uid 0 (root)"),
+            ));
+        }
+    }
+    if read == 0 {
+        return CheckResult::not_run(rule, "no instance's /proc/PID/status could be read");
+    }
+    CheckResult::ran(rule, findings)
+}
+
+fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) -> CheckResult {
+    let bound = match procnet::listening_addrs(live.daemon_pid) {
+        Ok(b) => b,
+        Err(e) => {
+            return CheckResult::not_run(
+                rule,
+                format!(
+                    "cannot read the daemon's sockets (pid {}): {e}",
+                    live.daemon_pid
+                ),
+            )
+        }
+    };
+    let expected: BTreeSet<SocketAddr> = config.services.values().map(|s| s.listen).collect();
+    let mut findings = Vec::new();
+    for service in config.services.values() {
+        if !bound.contains(&service.listen) {
+            findings.push(
+                Finding::new(
+                    rule,
+                    Location::resource(format!("service {}", service.name))
+                        .with_uri(format!("tcp://{}", service.listen)),
+                    format!(
+                        "the config says {} but the daemon (pid {}) does not listen there",
+                        service.listen, live.daemon_pid
+                    ),
+                )
+                .severity(Severity::High),
+            );
+        }
+    }
+    for addr in bound.difference(&expected) {
+        findings.push(Finding::new(
+            rule,
+            Location::resource(format!("tcp://{addr}")).with_uri(format!("tcp://{addr}")),
+            format!(
+                "the daemon (pid {}) listens on {addr}, which no service of the config declares",
+                live.daemon_pid
+            ),
+        ));
+    }
+    CheckResult::ran(rule, findings)
+}
+
+fn instance_extra_ports(rule: &'static Rule, live: &LiveView) -> CheckResult {
+    let instances = instances_with_pids(live);
+    if instances.is_empty() {
+        return CheckResult::not_run(rule, "no running instance with a process id to inspect");
+    }
+    let mut findings = Vec::new();
+    let mut errors = Vec::new();
+    let mut read = 0;
+    for (service, instance, pid) in instances {
+        match procnet::listening_addrs(pid) {
+            Ok(addrs) => {
+                read += 1;
+                for addr in addrs.iter().filter(|a| a.port() != instance.port) {
+                    findings.push(Finding::new(
+                        rule,
+                        Location::resource(format!(
+                            "service {}, instance {}, tcp://{addr}",
+                            service.name, instance.id
+                        ))
+                        .with_uri(format!("tcp://{addr}")),
+                        format!(
+                            "instance {} (pid {pid}) listens on {addr} besides its PORT {}",
+                            instance.id, instance.port
+                        ),
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("pid {pid}: {e}")),
+        }
+    }
+    if read == 0 {
+        return CheckResult::not_run(
+            rule,
+            format!("cannot read the instances' sockets: {}", errors.join("; ")),
+        );
+    }
+    CheckResult::ran(rule, findings)
+}
+
+fn socket_mode(rule: &'static Rule, live: &LiveView) -> CheckResult {
+    let meta = match std::fs::metadata(&live.socket) {
+        Ok(m) => m,
+        Err(e) => {
+            return CheckResult::not_run(
+                rule,
+                format!("cannot read the socket {}: {e}", live.socket.display()),
+            )
+        }
+    };
+    let mode = meta.permissions().mode();
+    let mut findings = Vec::new();
+    if mode & 0o022 != 0 || mode & 0o044 != 0 {
+        // Connecting to a Unix socket needs write permission on it.
+        let severity = if mode & 0o002 != 0 {
+            Severity::Critical
+        } else if mode & 0o020 != 0 {
+            Severity::High
+        } else {
+            Severity::Low
+        };
+        findings.push(
+            Finding::new(
+                rule,
+                Location::file(&live.socket),
+                format!(
+                    "mode {} (owner uid {}): {}",
+                    mode_text(mode),
+                    meta.uid(),
+                    who_may(mode & 0o066, false)
+                ),
+            )
+            .severity(severity),
+        );
+    }
+    CheckResult::ran(rule, findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_finds_keys_in_their_section_and_inline_tables() {
+        let text = "[services.a]\nenv = { DB_PASSWORD = \"x\" }\n[services.b]\nlisten = \"0.0.0.0:1\"\n[services.b.env]\nTOKEN = \"y\"\n";
+        assert_eq!(line_of(text, "[services.a", "DB_PASSWORD"), Some(2));
+        assert_eq!(line_of(text, "[services.b", "listen"), Some(4));
+        assert_eq!(line_of(text, "[services.b", "TOKEN"), Some(6));
+        assert_eq!(line_of(text, "[services.b", "NOPE"), None);
+    }
+
+    #[test]
+    fn who_may_in_words() {
+        assert_eq!(
+            who_may(0o755, true),
+            "group may list, enter; others may list, enter"
+        );
+        assert_eq!(who_may(0o602, false), "others may write");
+    }
+}

@@ -1,0 +1,161 @@
+//! A finished audit: every selected check with its outcome, the findings left after ignores,
+//! the ignored ones, and the summary. The formats in `render` only read it.
+
+use crate::ignore::{Ignore, Ignores};
+use crate::model::{CheckResult, Finding, Outcome, Rule, Severity};
+use std::path::PathBuf;
+
+/// What was audited, when and how.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub tool_version: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
+    pub config: PathBuf,
+    pub platform: String,
+    pub environment: Option<String>,
+    /// None: the daemon answered (online). Some(why): config and files only.
+    pub offline_reason: Option<String>,
+    pub comprehensive: bool,
+    /// The advisory source given with --advisories, described (path, entries, age).
+    pub advisories: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub rule: &'static Rule,
+    pub outcome: Outcome,
+    /// Findings left after ignores.
+    pub findings: usize,
+    pub ignored: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct IgnoredFinding {
+    pub finding: Finding,
+    pub ignore: Ignore,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub checks: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub not_run: usize,
+    /// Findings per severity, `Severity::ALL` order (critical first).
+    pub by_severity: Vec<(Severity, usize)>,
+    pub ignored: usize,
+    /// Weighted passes ÷ weighted checks that ran × 100; None when no check ran.
+    pub score: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub meta: Meta,
+    pub checks: Vec<CheckReport>,
+    /// Most severe first, then by check and resource.
+    pub findings: Vec<Finding>,
+    pub ignored: Vec<IgnoredFinding>,
+    /// Ignores whose date passed: they no longer hide anything, and are reported so.
+    pub expired_ignores: Vec<Ignore>,
+    pub summary: Summary,
+}
+
+impl Report {
+    pub fn build(meta: Meta, results: Vec<CheckResult>, ignores: &Ignores) -> Report {
+        let mut checks = Vec::new();
+        let mut findings = Vec::new();
+        let mut ignored = Vec::new();
+        for result in results {
+            match result.findings {
+                Err(reason) => checks.push(CheckReport {
+                    rule: result.rule,
+                    outcome: Outcome::NotRun { reason },
+                    findings: 0,
+                    ignored: 0,
+                }),
+                Ok(found) => {
+                    let (mut kept, mut hidden) = (0, 0);
+                    for finding in found {
+                        match ignores.covering(&finding) {
+                            Some(ignore) => {
+                                hidden += 1;
+                                ignored.push(IgnoredFinding {
+                                    finding,
+                                    ignore: ignore.clone(),
+                                });
+                            }
+                            None => {
+                                kept += 1;
+                                findings.push(finding);
+                            }
+                        }
+                    }
+                    checks.push(CheckReport {
+                        rule: result.rule,
+                        outcome: if kept > 0 {
+                            Outcome::Fail
+                        } else {
+                            Outcome::Pass
+                        },
+                        findings: kept,
+                        ignored: hidden,
+                    });
+                }
+            }
+        }
+        findings.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.rule_id.cmp(b.rule_id))
+                .then_with(|| a.location.resource.cmp(&b.location.resource))
+        });
+        let summary = summarize(&checks, &findings, ignored.len());
+        Report {
+            meta,
+            checks,
+            findings,
+            ignored,
+            expired_ignores: ignores.expired.clone(),
+            summary,
+        }
+    }
+
+    /// True when a finding is at or above `threshold` (`--fail-on`).
+    pub fn fails_at(&self, threshold: Severity) -> bool {
+        self.findings.iter().any(|f| f.severity >= threshold)
+    }
+
+    /// The rules of the findings, each once, in catalogue order (for SARIF's rule table).
+    pub fn rules(&self) -> Vec<&'static Rule> {
+        self.checks.iter().map(|c| c.rule).collect()
+    }
+}
+
+fn summarize(checks: &[CheckReport], findings: &[Finding], ignored: usize) -> Summary {
+    let count = |f: fn(&Outcome) -> bool| checks.iter().filter(|c| f(&c.outcome)).count();
+    let (mut passed_weight, mut run_weight) = (0u32, 0u32);
+    for check in checks {
+        match check.outcome {
+            Outcome::Pass => {
+                passed_weight += check.rule.severity.weight();
+                run_weight += check.rule.severity.weight();
+            }
+            Outcome::Fail => run_weight += check.rule.severity.weight(),
+            Outcome::NotRun { .. } => {}
+        }
+    }
+    Summary {
+        checks: checks.len(),
+        passed: count(|o| matches!(o, Outcome::Pass)),
+        failed: count(|o| matches!(o, Outcome::Fail)),
+        not_run: count(|o| matches!(o, Outcome::NotRun { .. })),
+        by_severity: Severity::ALL
+            .into_iter()
+            .map(|s| (s, findings.iter().filter(|f| f.severity == s).count()))
+            .collect(),
+        ignored,
+        score: (run_weight > 0)
+            .then(|| ((passed_weight * 100 + run_weight / 2) / run_weight).min(100)),
+    }
+}

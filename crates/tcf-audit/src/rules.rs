@@ -1,0 +1,283 @@
+//! The catalogue of checks. IDs are stable: a check that goes away leaves its ID unused.
+//! docs/audit.md describes each one; keep them in step.
+
+use crate::model::{Rule, Severity};
+
+const fn rule(
+    id: &'static str,
+    title: &'static str,
+    severity: Severity,
+    description: &'static str,
+    remediation: &'static str,
+) -> Rule {
+    Rule {
+        id,
+        title,
+        severity,
+        description,
+        remediation,
+        online: false,
+        comprehensive: false,
+        cis: None,
+    }
+}
+
+const fn online(mut r: Rule) -> Rule {
+    r.online = true;
+    r
+}
+
+const fn comprehensive(mut r: Rule) -> Rule {
+    r.comprehensive = true;
+    r
+}
+
+const fn cis(mut r: Rule, number: &'static str) -> Rule {
+    r.cis = Some(number);
+    r
+}
+
+pub static STATE_DIR_MODE: Rule = rule(
+    "TCF-FS-001",
+    "State directory open to other users",
+    Severity::High,
+    "The mode of the state directory (store, logs, the API socket): group or others may list, enter or write it.",
+    "chmod 700 the state directory (the daemon sets 0700 when it creates it) and chown it to the user the daemon runs as.",
+);
+
+pub static STORE_FILE_MODE: Rule = rule(
+    "TCF-FS-002",
+    "Store or log files readable by other users",
+    Severity::High,
+    "The modes of state.db (and its -wal/-shm), daemon.lock and the instance logs, where the state directory lets others reach them.",
+    "chmod 600 the files, and chmod 700 the state directory so nobody else can reach them.",
+);
+
+pub static CONFIG_FILE_MODE: Rule = rule(
+    "TCF-FS-003",
+    "Config file writable by other users",
+    Severity::High,
+    "The mode of the config file: whoever can write it chooses the commands the platform runs.",
+    "chmod 644 (or 600) the config file and chown it to the operator.",
+);
+
+pub static COMMAND_WRITABLE: Rule = rule(
+    "TCF-FS-004",
+    "Service executable writable by other users",
+    Severity::High,
+    "The program of each process-runtime service's command (resolved as the runtime resolves it) and its directory: whoever can write them runs code as the service.",
+    "chmod go-w the program and its directory; install programs owned by root or the operator.",
+);
+
+pub static HOOK_WRITABLE: Rule = rule(
+    "TCF-FS-005",
+    "Hook script writable by other users",
+    Severity::High,
+    "The programs and script files named in [hooks] (pre_deploy, post_deploy, post_rollback): whoever can write them runs code on every deploy.",
+    "chmod go-w the hook's program and script files and their directory.",
+);
+
+pub static PLAINTEXT_SECRET: Rule = rule(
+    "TCF-SEC-001",
+    "Plain-text credential in the config",
+    Severity::High,
+    "Each service's env (and [defaults] env) for keys that name a credential (PASSWORD, PASSWD, SECRET, TOKEN, API_KEY, PRIVATE_KEY, CREDENTIALS, ...) with a literal value. Only the key is reported, never the value.",
+    "Move the value out of the config file (a secret store or an environment file readable by the daemon only), and rotate it: it has been in a plain file.",
+);
+
+pub static URL_CREDENTIALS: Rule = rule(
+    "TCF-SEC-002",
+    "Credentials embedded in a URL",
+    Severity::High,
+    "Env values and dependency URLs of the form scheme://user:password@host. Only where it is is reported, never the password.",
+    "Remove the password from the URL; pass it separately from a secret store, and rotate it.",
+);
+
+pub static WEAK_SECRET: Rule = rule(
+    "TCF-SEC-003",
+    "Default or weak password",
+    Severity::Critical,
+    "Credential-named env values that are well-known defaults (password, changeme, admin, root, secret, 123456, ...) or shorter than 8 characters.",
+    "Set a long random value (openssl rand -base64 32) in the service's backing store and in the secret, then restart the service.",
+);
+
+pub static PUBLIC_WITHOUT_TLS: Rule = rule(
+    "TCF-NET-001",
+    "Service served on a public address without TLS",
+    Severity::Medium,
+    "Each service's listen address: anything but loopback is reachable from the network, and this proxy serves plain HTTP only (it has no TLS yet).",
+    "Listen on 127.0.0.1 and put a TLS-terminating proxy (nginx, HAProxy, Caddy) in front, or restrict the port with a firewall to trusted networks.",
+);
+
+pub static LISTENERS_VS_CONFIG: Rule = online(rule(
+    "TCF-NET-002",
+    "Listeners of the daemon differ from the config",
+    Severity::Medium,
+    "The TCP sockets the daemon process actually listens on (/proc/PID/fd and /proc/PID/net/tcp{,6}) against the listen addresses of the config: one configured but not bound, or one bound that no service declares.",
+    "Restart the daemon with the config it should serve (`tcf-platform down` then `up`), and find what opened an unexpected listener.",
+));
+
+pub static INSTANCE_EXTRA_PORTS: Rule = online(rule(
+    "TCF-NET-003",
+    "Instance listens beyond its PORT",
+    Severity::Medium,
+    "The TCP sockets each running instance listens on (its process's fds against /proc/PID/net/tcp{,6}) besides the PORT it was given: a debug or admin port the proxy does not guard.",
+    "Turn the extra listener off in the service, or bind it to 127.0.0.1 and declare why in its docs.",
+));
+
+pub static INSTANCE_ROOT: Rule = online(rule(
+    "TCF-PROC-001",
+    "Instance running as root",
+    Severity::High,
+    "The effective uid of each running instance (/proc/PID/status): a compromised service running as root owns the machine.",
+    "Run the daemon as an unprivileged user (the Debian package's `tcf` user) so its instances are not root, or for containers set `user`.",
+));
+
+pub static SOCKET_MODE: Rule = online(rule(
+    "TCF-API-001",
+    "API socket open to other users",
+    Severity::Critical,
+    "The mode and owner of the daemon's Unix socket: whoever can connect can deploy, roll back and stop the platform.",
+    "The daemon creates it 0600; if something changed it, chmod 600 the socket (and 700 its directory) or restart the daemon.",
+));
+
+pub static CONTAINER_ROOT: Rule = cis(
+    rule(
+        "TCF-CTR-001",
+        "Container runs as root",
+        Severity::Medium,
+        "Docker services without `user` (or with user root / 0): the image's default user, root for most images.",
+        "Set `user = \"1000:1000\"` (or a named user the image has) for the service.",
+    ),
+    "4.1",
+);
+
+pub static CONTAINER_WRITABLE_ROOT: Rule = cis(
+    rule(
+        "TCF-CTR-002",
+        "Container root filesystem writable",
+        Severity::Low,
+        "Docker services without `read_only = true`.",
+        "Set `read_only = true` and mount a volume (or tmpfs) where the service must write.",
+    ),
+    "5.13",
+);
+
+pub static CONTAINER_NO_MEMORY_LIMIT: Rule = cis(
+    rule(
+        "TCF-CTR-003",
+        "Container without a memory limit",
+        Severity::Medium,
+        "Docker services without `memory`: one leaking container can take the host's memory.",
+        "Set `memory = \"512MiB\"` (what the service needs, with headroom) for the service.",
+    ),
+    "5.11",
+);
+
+pub static CONTAINER_DOCKER_SOCKET: Rule = cis(
+    rule(
+        "TCF-CTR-004",
+        "Docker socket mounted into a container",
+        Severity::Critical,
+        "Docker services whose volumes mount /var/run/docker.sock (or /run/docker.sock): the container controls the engine, which is root on the host.",
+        "Remove the mount; if the service must talk to Docker, give it a socket proxy that allows only the calls it needs.",
+    ),
+    "5.32",
+);
+
+pub static BODY_LIMIT: Rule = rule(
+    "TCF-CFG-001",
+    "Request body limit too large",
+    Severity::Low,
+    "Each service's max_request_body: above 1 GiB the proxy effectively accepts any upload, and one client can fill the service's disk or memory.",
+    "Set max_request_body to what the service really accepts (the default is 16MiB).",
+);
+
+pub static NO_HEALTH_CHECK: Rule = rule(
+    "TCF-CFG-002",
+    "Health check left to the defaults",
+    Severity::Low,
+    "Services with no [health] in the config (neither their own nor in [defaults]): they are probed with GET /health, which the service may not implement meaningfully.",
+    "Declare [services.NAME.health] (or [defaults.health]) with the path that proves the service works (its database reachable, say).",
+);
+
+pub static VULNERABLE_DEPENDENCY: Rule = comprehensive(rule(
+    "TCF-DEP-001",
+    "Dependency with a known vulnerability",
+    Severity::High,
+    "Cargo.lock and package-lock.json files next to each process-runtime service's program (its directory and the one above) against a local OSV advisory file or directory given with --advisories; no network.",
+    "Upgrade the package to a fixed version (see the advisory), rebuild and deploy the service.",
+));
+
+pub static NO_BACKUPS: Rule = rule(
+    "TCF-BAK-001",
+    "No backups configured",
+    Severity::Medium,
+    "The config's [backup] section: what is backed up, where, and whether restores are verified.",
+    "Configure [backup] (see docs/backups.md) and verify a restore.",
+);
+
+/// Every check, in the order reports list them.
+pub static ALL: [&Rule; 21] = [
+    &STATE_DIR_MODE,
+    &STORE_FILE_MODE,
+    &CONFIG_FILE_MODE,
+    &COMMAND_WRITABLE,
+    &HOOK_WRITABLE,
+    &PLAINTEXT_SECRET,
+    &URL_CREDENTIALS,
+    &WEAK_SECRET,
+    &PUBLIC_WITHOUT_TLS,
+    &LISTENERS_VS_CONFIG,
+    &INSTANCE_EXTRA_PORTS,
+    &INSTANCE_ROOT,
+    &SOCKET_MODE,
+    &CONTAINER_ROOT,
+    &CONTAINER_WRITABLE_ROOT,
+    &CONTAINER_NO_MEMORY_LIMIT,
+    &CONTAINER_DOCKER_SOCKET,
+    &BODY_LIMIT,
+    &NO_HEALTH_CHECK,
+    &VULNERABLE_DEPENDENCY,
+    &NO_BACKUPS,
+];
+
+pub fn all() -> impl Iterator<Item = &'static Rule> {
+    ALL.iter().copied()
+}
+
+pub fn find(id: &str) -> Option<&'static Rule> {
+    all().find(|r| r.id.eq_ignore_ascii_case(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_well_formed() {
+        let ids: Vec<&str> = all().map(|r| r.id).collect();
+        let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), unique.len(), "duplicate check IDs: {ids:?}");
+        for id in ids {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(parts.len(), 3, "{id}");
+            assert_eq!(parts[0], "TCF");
+            assert!(parts[2].len() == 3 && parts[2].chars().all(|c| c.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn docs_describe_every_check() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/audit.md"))
+                .expect("docs/audit.md");
+        for rule in all() {
+            assert!(
+                doc.contains(rule.id),
+                "docs/audit.md does not describe {}",
+                rule.id
+            );
+        }
+    }
+}
