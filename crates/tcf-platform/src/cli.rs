@@ -269,6 +269,15 @@ Exit codes as for deploy."
     Rollback(RollbackArgs),
     /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
     Abort,
+    /// Security audit: findings with IDs, severities and fixes (table, JSON, SARIF, JUnit)
+    #[command(
+        long_about = "Audit the platform's security: config, files, and (when the daemon runs) its \
+processes and sockets. Each finding has a stable ID (docs/audit.md), a severity, where it is and \
+how to fix it; a check that could not run is reported as not run with the reason, never as a \
+pass. Without a daemon the audit runs offline and says what it did not check.\n\n\
+Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 usage error."
+    )]
+    Audit(crate::audit_cmd::AuditArgs),
 }
 
 #[derive(Debug, Args, Clone)]

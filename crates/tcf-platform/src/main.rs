@@ -1,6 +1,7 @@
 //! `tcf-platform`: the binary edge. Parses the command line, loads the config, and either runs
 //! the daemon (`up`) or talks to it over its API.
 
+mod audit_cmd;
 mod cli;
 mod init_cmd;
 mod output;
@@ -125,6 +126,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
+        Command::Prod(ProdCommand::Audit(args)) => audit_cmd::audit(&cli, args).await,
         Command::Restart(args) => restart(&cli, args).await,
         Command::Scale(args) => scale(&cli, args).await,
         Command::History {

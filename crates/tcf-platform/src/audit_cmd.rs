@@ -1,0 +1,211 @@
+//! `tcf-platform prod audit`: run the checks of tcf-audit against the config, the files and,
+//! when the daemon answers, its processes; print or write the report; exit by `--fail-on`.
+
+use crate::{print_text, CmdResult, Failure};
+use anyhow::{anyhow, Context};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+use tcf_api::{Client, ClientError};
+use tcf_audit::checks::{self, Inputs, LiveInstance, LiveService, LiveView};
+use tcf_audit::{advisories::Database, render, Ignores, Meta, Report, Severity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Json,
+    Sarif,
+    Junit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AuditArgs {
+    /// Add the slower checks (dependency advisories)
+    #[arg(long)]
+    pub comprehensive: bool,
+    /// Report format [default: from --output's extension (.json, .sarif, .xml), else table]
+    #[arg(long, value_enum)]
+    pub format: Option<AuditFormat>,
+    /// Write the report to FILE instead of standard output
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit 1 when a finding is at or above this severity
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    pub fail_on: Option<FailOn>,
+    /// Accepted findings: [[ignore]] entries with id, optional resource, statement, expires
+    #[arg(long, value_name = "FILE")]
+    pub ignore: Option<PathBuf>,
+    /// Run only these checks (IDs such as TCF-SEC-001, or a group such as CTR)
+    #[arg(long, value_name = "ID", num_args = 1..)]
+    pub check: Vec<String>,
+    /// Leave these checks out
+    #[arg(long, value_name = "ID", num_args = 1..)]
+    pub skip: Vec<String>,
+    /// A local OSV advisory database for TCF-DEP-001: a JSON file or a directory of them
+    #[arg(long, value_name = "FILE|DIR")]
+    pub advisories: Option<PathBuf>,
+}
+
+/// A usage or input problem: exit 2.
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
+}
+
+/// The daemon's view for the online checks, or why there is none.
+async fn live_view(socket: PathBuf) -> Result<LiveView, String> {
+    let client =
+        Client::new(&socket).with_timeouts(Duration::from_secs(3), Duration::from_secs(10));
+    let offline = |e: ClientError| match e {
+        ClientError::NotRunning { socket } => {
+            format!("no daemon answers on {}", socket.display())
+        }
+        other => format!("the daemon could not be asked: {other}"),
+    };
+    let ping: tcf_api::Ping = client.get("/v1/ping").await.map_err(offline)?;
+    let status: tcf_api::Status = client.get("/v1/status").await.map_err(offline)?;
+    Ok(LiveView {
+        daemon_pid: ping.pid,
+        socket,
+        services: status
+            .services
+            .into_iter()
+            .map(|s| LiveService {
+                name: s.name,
+                listen: s.listen,
+                instances: s
+                    .instances
+                    .into_iter()
+                    .filter(|i| i.state == "running")
+                    .map(|i| LiveInstance {
+                        id: i.id,
+                        pid: i.pid,
+                        port: i.port,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
+    let selected = tcf_audit::select(&args.check, &args.skip).map_err(|e| usage(e.into()))?;
+    if selected.is_empty() {
+        return Err(usage(anyhow!("--check and --skip left no check to run")));
+    }
+    let config = crate::load_config(cli)?;
+    let now = SystemTime::now();
+    let ignores = match &args.ignore {
+        Some(path) => Ignores::load(path, now).map_err(|e| usage(e.into()))?,
+        None => Ignores::default(),
+    };
+    let advisories: Option<Result<Database, String>> = match &args.advisories {
+        Some(path) => Some(Ok(Database::load(path).map_err(|e| usage(e.into()))?)),
+        None => None,
+    };
+    let advisories_text = advisories
+        .as_ref()
+        .and_then(|db| db.as_ref().ok())
+        .map(|db| db.describe(now));
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.socket.clone());
+    let live = live_view(socket).await;
+    let offline_reason = live.as_ref().err().cloned();
+
+    let inputs = Inputs {
+        config: &config,
+        live,
+        advisories,
+        comprehensive: args.comprehensive,
+    };
+    let results = checks::run(&inputs, &selected);
+    let meta = Meta {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        generated_at: humantime::format_rfc3339_seconds(now).to_string(),
+        config: config.path.clone(),
+        platform: config.platform.name.clone(),
+        environment: config.environment.clone(),
+        offline_reason,
+        comprehensive: args.comprehensive,
+        advisories: advisories_text,
+    };
+    let report = Report::build(meta, results, &ignores);
+
+    let format = match (args.format, &args.output) {
+        (Some(f), _) => f,
+        (None, Some(path)) => match render::Format::from_extension(path) {
+            render::Format::Json => AuditFormat::Json,
+            render::Format::Sarif => AuditFormat::Sarif,
+            render::Format::Junit => AuditFormat::Junit,
+            render::Format::Table => AuditFormat::Table,
+        },
+        (None, None) => AuditFormat::Table,
+    };
+    let text = render::render(
+        &report,
+        match format {
+            AuditFormat::Table => render::Format::Table,
+            AuditFormat::Json => render::Format::Json,
+            AuditFormat::Sarif => render::Format::Sarif,
+            AuditFormat::Junit => render::Format::Junit,
+        },
+    );
+    let s = &report.summary;
+    let summary = format!(
+        "{} checks: {} passed, {} failed, {} not run; {} findings ({} ignored)",
+        s.checks,
+        s.passed,
+        s.failed,
+        s.not_run,
+        report.findings.len(),
+        s.ignored
+    );
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            eprintln!("audit report written to {}: {summary}", path.display());
+        }
+        None => print_text(&text)?,
+    }
+    // Machine formats on stdout stay parseable; the offline note goes to stderr for them.
+    if let Some(why) = &report.meta.offline_reason {
+        if format != AuditFormat::Table || args.output.is_some() {
+            eprintln!(
+                "note: offline audit (config and files only): {why}; the checks that need the running daemon were not run"
+            );
+        }
+    }
+    for expired in &report.expired_ignores {
+        eprintln!(
+            "warning: the ignore of {} expired on {} and no longer applies",
+            expired.id, expired.expires
+        );
+    }
+    let threshold = args.fail_on.map(|f| match f {
+        FailOn::Info => Severity::Info,
+        FailOn::Low => Severity::Low,
+        FailOn::Medium => Severity::Medium,
+        FailOn::High => Severity::High,
+        FailOn::Critical => Severity::Critical,
+    });
+    match threshold {
+        Some(t) if report.fails_at(t) => {
+            let n = report.findings.iter().filter(|f| f.severity >= t).count();
+            eprintln!("audit failed: {n} finding(s) at or above {t} (--fail-on {t})");
+            Ok(ExitCode::from(1))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
