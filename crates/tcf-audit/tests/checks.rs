@@ -2,6 +2,8 @@
 //! both made here: the insecure one yields exactly the expected IDs, the hardened one nothing
 //! at medium or above.
 
+mod schema;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

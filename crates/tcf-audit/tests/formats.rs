@@ -1,6 +1,8 @@
 //! Golden files of every report format for one fixed set of results, and the SARIF checked
 //! against the structure SARIF 2.1.0 requires.
 
+mod schema;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -135,6 +137,28 @@ fn golden_table() {
 }
 
 #[test]
+fn json_follows_its_documented_schema() {
+    let report: Value = serde_json::from_str(&render::render(&report(), Format::Json)).unwrap();
+    schema::assert_valid_report_schema(&report);
+    // The schema is strict enough to catch a change of shape.
+    let mut changed = report.clone();
+    changed["checks"][0]["status"] = "skipped".into();
+    assert!(jsonschema::validator_for(
+        &serde_json::from_str::<Value>(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/audit-report.schema.json"
+            ))
+            .unwrap()
+        )
+        .unwrap()
+    )
+    .unwrap()
+    .validate(&changed)
+    .is_err());
+}
+
+#[test]
 fn golden_json() {
     insta::assert_snapshot!("json", render::render(&report(), Format::Json));
 }
@@ -207,6 +231,14 @@ pub fn assert_valid_sarif(log: &Value) {
 fn sarif_has_the_required_structure() {
     let log: Value = serde_json::from_str(&render::render(&report(), Format::Sarif)).unwrap();
     assert_valid_sarif(&log);
+    schema::assert_valid_sarif_schema(&log);
+    // The schema does catch what a code-scanning tool would refuse.
+    let mut bad = log.clone();
+    bad["runs"][0]["results"][0]["level"] = "severe".into();
+    assert!(!schema::sarif_schema_errors(&bad).is_empty());
+    let mut bad = log.clone();
+    bad["runs"][0]["results"][0]["message"] = serde_json::json!({});
+    assert!(!schema::sarif_schema_errors(&bad).is_empty());
     // Checks that did not run are notifications, not results.
     let notes = &log["runs"][0]["invocations"][0]["toolExecutionNotifications"];
     assert_eq!(notes.as_array().unwrap().len(), 2);
