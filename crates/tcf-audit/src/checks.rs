@@ -737,6 +737,25 @@ fn instances_with_pids(live: &LiveView) -> Vec<(&LiveService, &LiveInstance, u32
         .collect()
 }
 
+/// The processes of an instance: its pid and, when it leads a process group (the process
+/// runtime puts each instance in its own), everything started in that group since, such as
+/// the children of a `sh -c` command.
+fn instance_processes(pid: u32) -> Vec<u32> {
+    use tcf_runtime::procfs;
+    let mut pids = vec![pid];
+    if procfs::process_group(pid) == Some(pid) {
+        if let Some(started) = procfs::start_ticks(pid) {
+            pids.extend(
+                procfs::group_members(pid, started)
+                    .into_iter()
+                    .filter(|p| *p != pid),
+            );
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
 fn instance_location(service: &LiveService, instance: &LiveInstance, pid: u32) -> Location {
     Location::resource(format!(
         "service {}, instance {}",
@@ -758,11 +777,24 @@ fn instances_as_root(rule: &'static Rule, live: &LiveView) -> CheckResult {
             continue;
         };
         read += 1;
-        if uid == 0 {
+        let as_root: Vec<u32> = std::iter::once(pid)
+            .filter(|_| uid == 0)
+            .chain(
+                instance_processes(pid)
+                    .into_iter()
+                    .filter(|p| *p != pid && procnet::effective_uid(*p).is_ok_and(|u| u == 0)),
+            )
+            .collect();
+        if !as_root.is_empty() {
+            let pids: Vec<String> = as_root.iter().map(u32::to_string).collect();
             findings.push(Finding::new(
                 rule,
                 instance_location(service, instance, pid),
-                format!("pid {pid} runs with effective uid 0 (root)"),
+                format!(
+                    "instance {} runs as root (effective uid 0): pid {}",
+                    instance.id,
+                    pids.join(", ")
+                ),
             ));
         }
     }
@@ -825,7 +857,14 @@ fn instance_extra_ports(rule: &'static Rule, live: &LiveView) -> CheckResult {
     let mut errors = Vec::new();
     let mut read = 0;
     for (service, instance, pid) in instances {
-        match procnet::listening_addrs(pid) {
+        let mut listening = procnet::listening_addrs(pid);
+        for member in instance_processes(pid).into_iter().filter(|p| *p != pid) {
+            // A child that exited meanwhile has nothing open any more.
+            if let (Ok(all), Ok(more)) = (&mut listening, procnet::listening_addrs(member)) {
+                all.extend(more);
+            }
+        }
+        match listening {
             Ok(addrs) => {
                 read += 1;
                 for addr in addrs.iter().filter(|a| a.port() != instance.port) {
@@ -837,7 +876,7 @@ fn instance_extra_ports(rule: &'static Rule, live: &LiveView) -> CheckResult {
                         ))
                         .with_uri(format!("tcp://{addr}")),
                         format!(
-                            "instance {} (pid {pid}) listens on {addr} besides its PORT {}",
+                            "instance {} (pid {pid} or a process it started) listens on {addr} besides its PORT {}",
                             instance.id, instance.port
                         ),
                     ));

@@ -299,3 +299,47 @@ fn online_audit_reads_the_running_platform() {
     assert!(out.status.success());
     p.wait_daemon_exit(Duration::from_secs(30));
 }
+
+#[test]
+fn online_audit_finds_an_instance_listening_beyond_its_port() {
+    // A service whose command also starts a second demo on a port of its own choosing (PORT=0):
+    // a listener the proxy knows nothing about, in the instance's process group.
+    let demo = bin().with_file_name("tcf-demo");
+    let config = format!(
+        "{}\n[services.leaky]\ncommand = [\"sh\", \"-c\", \"PORT=0 '{demo}' & exec '{demo}'\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\n",
+        example_config(),
+        demo = demo.display(),
+        port = free_port()
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    p.wait_for("all healthy", Duration::from_secs(60), all_healthy);
+    let leaky_port = p.status().unwrap()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "leaky")
+        .unwrap()["instances"][0]["port"]
+        .as_u64()
+        .unwrap();
+    let report = json_of(&p.cli(&["prod", "audit", "--format", "json", "--check", "NET"]));
+    assert_eq!(report["mode"], "online");
+    let extra: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "TCF-NET-003")
+        .collect();
+    assert_eq!(extra.len(), 1, "{report:#}");
+    let resource = extra[0]["location"]["resource"].as_str().unwrap();
+    assert!(
+        resource.starts_with("service leaky, instance"),
+        "{resource}"
+    );
+    assert!(!resource.ends_with(&format!(":{leaky_port}")), "{resource}");
+    // The daemon's own listeners still match the config.
+    assert_eq!(check_status(&report, "TCF-NET-002"), "pass", "{report:#}");
+    let out = p.cli(&["down"]);
+    assert!(out.status.success());
+    p.wait_daemon_exit(Duration::from_secs(30));
+}
