@@ -319,10 +319,14 @@ fn sarif_location(location: &Location) -> Value {
 pub fn sarif(report: &Report) -> Value {
     let rules = report.rules();
     let rule_index = |id: &str| rules.iter().position(|r| r.id == id);
+    // Ignored findings stay in the log as suppressed results (SARIF §3.35), with the statement.
+    let suppressed = report.ignored.iter().map(|i| (&i.finding, Some(&i.ignore)));
     let results: Vec<Value> = report
         .findings
         .iter()
-        .map(|f| {
+        .map(|f| (f, None))
+        .chain(suppressed)
+        .map(|(f, ignore): (&Finding, Option<&crate::ignore::Ignore>)| {
             let mut v = json!({
                 "ruleId": f.rule_id,
                 "level": f.severity.sarif_level(),
@@ -337,6 +341,13 @@ pub fn sarif(report: &Report) -> Value {
             });
             if let Some(index) = rule_index(f.rule_id) {
                 v["ruleIndex"] = json!(index);
+            }
+            if let Some(ignore) = ignore {
+                v["suppressions"] = json!([{
+                    "kind": "external",
+                    "status": "accepted",
+                    "justification": format!("{} (until {})", ignore.statement, ignore.expires),
+                }]);
             }
             v
         })

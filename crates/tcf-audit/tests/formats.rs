@@ -247,6 +247,19 @@ fn sarif_has_the_required_structure() {
         .unwrap()
         .iter()
         .all(|r| r["ruleId"] != "TCF-PROC-001"));
+    // The ignored finding is a suppressed result, with its statement.
+    let suppressed: Vec<&Value> = log["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["suppressions"].is_array())
+        .collect();
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0]["ruleId"], "TCF-NET-001");
+    assert!(suppressed[0]["suppressions"][0]["justification"]
+        .as_str()
+        .unwrap()
+        .contains("firewalled"));
 }
 
 #[test]
