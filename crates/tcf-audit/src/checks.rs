@@ -93,6 +93,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-SEC-001" => Ok(plaintext_secrets(rule, ctx)),
         "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
+        "TCF-SEC-004" => Ok(secrets_in_files(rule, ctx.config)),
         "TCF-NET-001" => Ok(public_without_tls(rule, ctx)),
         "TCF-CTR-001" | "TCF-CTR-002" | "TCF-CTR-003" | "TCF-CTR-004" => Ok(containers(rule, ctx)),
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
@@ -485,6 +486,101 @@ fn weak_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
             ))
         })
         .collect()
+}
+
+/// Env and compose files, by name.
+fn is_env_or_compose_file(name: &str) -> bool {
+    let yaml = name.ends_with(".yml") || name.ends_with(".yaml");
+    name == ".env"
+        || name.starts_with(".env.")
+        || name.ends_with(".env")
+        || (yaml && (name.starts_with("compose") || name.starts_with("docker-compose")))
+}
+
+/// `KEY=value`, `export KEY=value`, `- KEY=value`, `KEY: value`: the key and the unquoted value.
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    let line = line.trim();
+    if line.starts_with('#') {
+        return None;
+    }
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let line = line.strip_prefix("- ").unwrap_or(line).trim_start();
+    let (key, value) = match (line.find('='), line.find(": ")) {
+        (Some(eq), Some(colon)) if colon < eq => line.split_at(colon),
+        (Some(eq), _) => line.split_at(eq),
+        (None, Some(colon)) => line.split_at(colon),
+        (None, None) => return None,
+    };
+    let key = key.trim().trim_matches(['"', '\'']);
+    let value = value[1..].trim().trim_matches(['"', '\'']);
+    let key_ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    key_ok.then_some((key, value))
+}
+
+fn secrets_in_files(rule: &'static Rule, config: &Config) -> Vec<Finding> {
+    let mut dirs = BTreeSet::new();
+    dirs.insert(config_dir(config));
+    for service in config.services.values() {
+        if service.runtime != RuntimeKind::Process {
+            continue;
+        }
+        if let Some(dir) = service_program(config, service)
+            .as_deref()
+            .and_then(Path::parent)
+        {
+            dirs.insert(dir.to_path_buf());
+            dirs.extend(dir.parent().map(Path::to_path_buf));
+        }
+    }
+    let mut findings = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(is_env_or_compose_file)
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            // Binary or unreadable files are not env files.
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            for (number, line) in text.lines().enumerate() {
+                let Some((key, value)) = key_value(line) else {
+                    continue;
+                };
+                let rule_hit =
+                    if secrets::is_credential_key(key) && secrets::is_literal_secret(value) {
+                        Some("credential keyword in the key")
+                    } else if secrets::url_with_password(value).is_some() {
+                        Some("URL with a password")
+                    } else {
+                        None
+                    };
+                if let Some(why) = rule_hit {
+                    let line_no = number as u32 + 1;
+                    findings.push(Finding::new(
+                        rule,
+                        Location::resource(format!("{}:{line_no} {key}", file.display()))
+                            .in_file(&file, Some(line_no)),
+                        format!("{key} holds a literal credential (value not shown; rule: {why})"),
+                    ));
+                }
+            }
+        }
+    }
+    findings
 }
 
 fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
@@ -943,6 +1039,30 @@ mod tests {
         assert_eq!(line_of(text, "[services.b", "listen"), Some(4));
         assert_eq!(line_of(text, "[services.b", "TOKEN"), Some(6));
         assert_eq!(line_of(text, "[services.b", "NOPE"), None);
+    }
+
+    #[test]
+    fn env_and_compose_lines() {
+        assert_eq!(key_value("DB_PASSWORD=abc"), Some(("DB_PASSWORD", "abc")));
+        assert_eq!(key_value("export TOKEN=\"x y\""), Some(("TOKEN", "x y")));
+        assert_eq!(key_value("      - API_KEY=k"), Some(("API_KEY", "k")));
+        assert_eq!(
+            key_value("  POSTGRES_PASSWORD: 'pw'"),
+            Some(("POSTGRES_PASSWORD", "pw"))
+        );
+        assert_eq!(key_value("# SECRET=commented"), None);
+        assert_eq!(key_value("services:"), None);
+        assert_eq!(
+            key_value("image: postgres:16"),
+            Some(("image", "postgres:16"))
+        );
+        assert!(is_env_or_compose_file(".env"));
+        assert!(is_env_or_compose_file(".env.production"));
+        assert!(is_env_or_compose_file("db.env"));
+        assert!(is_env_or_compose_file("docker-compose.override.yml"));
+        assert!(is_env_or_compose_file("compose.yaml"));
+        assert!(!is_env_or_compose_file("config.yaml"));
+        assert!(!is_env_or_compose_file("environment.rs"));
     }
 
     #[test]

@@ -101,6 +101,14 @@ pub static WEAK_SECRET: Rule = rule(
     "Set a long random value (openssl rand -base64 32) in the service's backing store and in the secret, then restart the service.",
 );
 
+pub static SECRET_IN_FILES: Rule = comprehensive(rule(
+    "TCF-SEC-004",
+    "Plain-text credential in an env or compose file",
+    Severity::High,
+    "Env files (.env, .env.*, *.env) and compose files (compose*.y[a]ml, docker-compose*.y[a]ml) in the config's directory and beside each process service's program (its directory and the one above): KEY=value and KEY: value lines whose key names a credential with a literal value, and URLs with a password. Only file, line and key are reported, never the value.",
+    "Move the value into a secret store or a file only the service's user can read (chmod 600), keep such files out of version control, and rotate the credential.",
+));
+
 pub static PUBLIC_WITHOUT_TLS: Rule = rule(
     "TCF-NET-001",
     "Service served on a public address without TLS",
@@ -218,7 +226,7 @@ pub static NO_BACKUPS: Rule = rule(
 );
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 21] = [
+pub static ALL: [&Rule; 22] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -227,6 +235,7 @@ pub static ALL: [&Rule; 21] = [
     &PLAINTEXT_SECRET,
     &URL_CREDENTIALS,
     &WEAK_SECRET,
+    &SECRET_IN_FILES,
     &PUBLIC_WITHOUT_TLS,
     &LISTENERS_VS_CONFIG,
     &INSTANCE_EXTRA_PORTS,

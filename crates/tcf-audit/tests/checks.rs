@@ -114,6 +114,18 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
         if insecure { 0o666 } else { 0o755 },
     );
     chmod(&root.join("hooks"), 0o755);
+    if insecure {
+        write(
+            &root.join(".env"),
+            "# local settings\nRUST_LOG=debug\nexport STRIPE_SECRET_KEY=sk_live_not_real_4242\nPASSWORD_FILE=/run/secrets/pw\n",
+            0o644,
+        );
+        write(
+            &root.join("app/docker-compose.yml"),
+            "services:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_PASSWORD: \"pg-not-real-77\"\n      - CACHE_URL=redis://:cache-pw-not-real@cache:6379\n",
+            0o644,
+        );
+    }
     std::fs::create_dir_all(root.join("state/logs")).unwrap();
     write(&root.join("state/state.db"), "", 0o644);
     chmod(&root.join("state"), if insecure { 0o755 } else { 0o700 });
@@ -171,6 +183,15 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
         ("TCF-SEC-001", "service api, env DB_PASSWORD".into()),
         ("TCF-SEC-002", "service api, env DATABASE_URL".into()),
         ("TCF-SEC-003", "service api, env DB_PASSWORD".into()),
+        ("TCF-SEC-004", format!("{}:3 STRIPE_SECRET_KEY", p(".env"))),
+        (
+            "TCF-SEC-004",
+            format!("{}:5 POSTGRES_PASSWORD", p("app/docker-compose.yml")),
+        ),
+        (
+            "TCF-SEC-004",
+            format!("{}:6 CACHE_URL", p("app/docker-compose.yml")),
+        ),
         ("TCF-NET-001", "service api".into()),
         ("TCF-CTR-001", "service worker".into()),
         ("TCF-CTR-002", "service worker".into()),
@@ -196,6 +217,10 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
         let text = tcf_audit::render::render(&report, format);
         assert!(!text.contains("letmein"), "{format:?} leaks a value");
         assert!(!text.contains("hunter2"), "{format:?} leaks a value");
+        assert!(
+            !text.contains("not_real") && !text.contains("not-real"),
+            "{format:?} leaks a value"
+        );
     }
     let dep = report
         .findings

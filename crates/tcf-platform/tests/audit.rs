@@ -185,7 +185,10 @@ expires = "2000-01-01"
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec!["TCF-SEC-001", "TCF-SEC-002", "TCF-SEC-003"]);
+    assert_eq!(
+        ids,
+        vec!["TCF-SEC-001", "TCF-SEC-002", "TCF-SEC-003", "TCF-SEC-004"]
+    );
 
     // Usage errors: exit 2.
     for args in [
