@@ -142,6 +142,8 @@ pub struct DeploySettings {
         deserialize_with = "units::deserialize_duration"
     )]
     pub lock_ttl: Duration,
+    /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
+    pub validate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

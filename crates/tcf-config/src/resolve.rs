@@ -243,6 +243,7 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
             None,
             errors,
         ),
+        validate: raw.validate.unwrap_or(true),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
+use crate::validate;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,6 +78,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/rollback", post(rollback_handler))
         .route("/v1/restart", post(restart_handler))
         .route("/v1/scale", post(scale_handler))
+        .route("/v1/validate", post(validate_handler))
         .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
@@ -392,6 +394,8 @@ async fn deploy_handler(
             .map(|s| (s, req.version.clone()))
             .collect(),
         specs,
+        validate: req.validate.unwrap_or(fresh.deploy.validate),
+        force: req.force,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
@@ -445,6 +449,8 @@ async fn restart_handler(
     let services = services_in_order(&p, &req.services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Restart,
+        validate: false,
+        force: false,
         specs: Default::default(),
         targets: services
             .into_iter()
@@ -486,6 +492,8 @@ async fn scale_handler(
     spec.instances = req.instances;
     let plan = deploy::Plan {
         kind: deploy::Kind::Scale(req.instances),
+        validate: false,
+        force: false,
         targets: vec![(service.clone(), active.version.clone())],
         specs: [(service, Arc::new(spec))].into_iter().collect(),
         reason: req.reason,
@@ -493,6 +501,23 @@ async fn scale_handler(
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+async fn validate_handler(
+    State(p): State<Arc<Platform>>,
+    ApiJson(req): ApiJson<tcf_api::ValidateRequest>,
+) -> Result<Json<tcf_api::ValidateReport>, ApiError> {
+    services_in_order(&p, &req.services)?;
+    let fresh = validate::load_fresh(&p).await;
+    let opts = validate::Options {
+        version: req.version,
+        services: req.services,
+        check_dependencies: req.check_dependencies,
+        security_scan: req.security_scan,
+        in_release: false,
+    };
+    let checks = validate::run(&p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    Ok(Json(validate::report(&checks)))
 }
 
 async fn abort_handler(
@@ -612,6 +637,8 @@ async fn rollback_handler(
     }
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
+        validate: false,
+        force: false,
         targets,
         specs,
         reason: req.reason,

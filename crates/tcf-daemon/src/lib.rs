@@ -16,6 +16,7 @@ mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;

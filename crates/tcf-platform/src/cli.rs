@@ -269,6 +269,35 @@ Exit codes as for deploy."
     Rollback(RollbackArgs),
     /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
     Abort,
+    /// Can this version be deployed now? Every check PASS, FAIL or WARN (could not check)
+    #[command(
+        long_about = "Check, before anything starts, that a deploy can work: the config file \
+validates (and what would change per service), the release's program or image is there, memory, \
+disk, ports and file descriptors suffice, no release runs and the deploy lock is free, the \
+services are healthy, the pre_deploy hook is executable; with --check-dependencies every \
+dependency answers its protocol. Each check has a stable ID (docs/deploys.md).\n\n\
+Every deploy runs the same checks first ([deploy] validate = true by default; --no-validate skips \
+them).\n\nExit codes: 0 ready, 1 not ready, 2 usage error."
+    )]
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ValidateArgs {
+    /// The version to check [default: each service's running version]
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Check only this service (repeat for more)
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Also probe every dependency (PostgreSQL, Redis, HTTP, TCP) and time it
+    #[arg(long)]
+    pub check_dependencies: bool,
+    /// Also the security checks that concern the release
+    #[arg(long)]
+    pub security_scan: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -291,9 +320,16 @@ pub struct DeployArgs {
     /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub lock_wait: std::time::Duration,
-    /// Do not ask for confirmation
+    /// Do not ask for confirmation; failed validation checks only warn (a missing program or
+    /// image still stops the deploy)
     #[arg(long)]
     pub force: bool,
+    /// Run `prod validate`'s checks first (the default, from [deploy] validate)
+    #[arg(long, conflicts_with = "no_validate")]
+    pub validate: bool,
+    /// Skip the validation checks
+    #[arg(long)]
+    pub no_validate: bool,
     /// table: one line per step; json: one JSON object per line
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

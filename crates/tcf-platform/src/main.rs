@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
     Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, ScaleArgs, StatusArgs,
+    RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -125,6 +125,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
+        Command::Prod(ProdCommand::Validate(args)) => prod_validate(&cli, args).await,
         Command::Restart(args) => restart(&cli, args).await,
         Command::Scale(args) => scale(&cli, args).await,
         Command::History {
@@ -670,6 +671,40 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     }
 }
 
+async fn prod_validate(cli: &Cli, args: &ValidateArgs) -> CmdResult {
+    let client = client(cli)?;
+    let report: tcf_api::ValidateReport = client
+        .post(
+            "/v1/validate",
+            &tcf_api::ValidateRequest {
+                version: args.version.clone(),
+                services: args.services.clone(),
+                check_dependencies: args.check_dependencies,
+                security_scan: args.security_scan,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            ClientError::Api {
+                status: 400,
+                message,
+            } => Failure {
+                code: 2,
+                error: anyhow::anyhow!(message),
+            },
+            other => other.into(),
+        })?;
+    match args.format {
+        Format::Json => print_json(&report)?,
+        Format::Table => print_text(&output::validation(&report))?,
+    }
+    Ok(if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn abort(cli: &Cli) -> CmdResult {
     let client = client(cli)?;
     let resp: tcf_api::AbortResponse = client
@@ -747,6 +782,14 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
     }
     let req = tcf_api::DeployRequest {
         version,
+        validate: if args.no_validate {
+            Some(false)
+        } else if args.validate {
+            Some(true)
+        } else {
+            None
+        },
+        force: args.force,
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),
