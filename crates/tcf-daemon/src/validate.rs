@@ -308,7 +308,7 @@ fn disk(p: &Platform) -> Check {
             format!("could not read free space of {}: {e}", dir.display()),
         ),
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available() * s.fragment_size();
             let text = format!(
                 "{} MiB free on {} (state and logs)",
                 free >> 20,
