@@ -571,21 +571,26 @@ fn confirm(question: &str) -> bool {
     std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
+/// A request the daemon refused as bad (400) is a usage error: exit 2.
+fn bad_request_is_usage(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api {
+            status: 400,
+            message,
+        } => Failure {
+            code: 2,
+            error: anyhow::anyhow!(message),
+        },
+        other => other.into(),
+    }
+}
+
 /// Print a release's progress as it streams; the exit code comes from its last line.
 async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Format) -> CmdResult {
     let resp = client
         .send("POST", path, Some(body))
         .await
-        .map_err(|e| match e {
-            ClientError::Api {
-                status: 400,
-                message,
-            } => Failure {
-                code: 2,
-                error: anyhow::anyhow!(message),
-            },
-            other => other.into(),
-        })?;
+        .map_err(bad_request_is_usage)?;
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let started = Instant::now();
@@ -684,16 +689,7 @@ async fn prod_validate(cli: &Cli, args: &ValidateArgs) -> CmdResult {
             },
         )
         .await
-        .map_err(|e| match e {
-            ClientError::Api {
-                status: 400,
-                message,
-            } => Failure {
-                code: 2,
-                error: anyhow::anyhow!(message),
-            },
-            other => other.into(),
-        })?;
+        .map_err(bad_request_is_usage)?;
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_text(&output::validation(&report))?,
