@@ -45,8 +45,8 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub id: String,
-    /// Unix seconds.
-    pub time: i64,
+    /// Unix milliseconds (the manifest's time).
+    pub time_ms: i64,
     /// The last verification of this backup passed.
     pub verified: bool,
 }
@@ -73,7 +73,7 @@ pub fn apply(
     }
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
     // Newest first; ties by id so the result never depends on input order.
-    sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    sorted.sort_by(|a, b| b.time_ms.cmp(&a.time_ms).then_with(|| b.id.cmp(&a.id)));
     let newest_verified = sorted.iter().find(|c| c.verified).map(|c| c.id.clone());
 
     type BucketFn = fn(Civil) -> String;
@@ -120,7 +120,7 @@ pub fn apply(
             last_left -= 1;
             reasons.push("last".to_string());
         }
-        let civil = Civil::from_unix(cand.time);
+        let civil = Civil::from_unix(cand.time_ms.div_euclid(1000));
         for (name, left, bucket, last_bucket) in rules.iter_mut() {
             if *left == 0 {
                 continue;
@@ -157,7 +157,7 @@ mod tests {
             .iter()
             .map(|t| Candidate {
                 id: t.to_string(),
-                time: parse_rfc3339(t).unwrap(),
+                time_ms: parse_rfc3339(t).unwrap() * 1000,
                 verified: false,
             })
             .collect()
@@ -181,7 +181,7 @@ mod tests {
             let c = Civil::from_unix(t);
             out.push(Candidate {
                 id: c.rfc3339(),
-                time: t,
+                time_ms: t * 1000,
                 verified: false,
             });
             t += 12 * 3600;

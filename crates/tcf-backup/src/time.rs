@@ -90,6 +90,35 @@ pub fn now_unix() -> i64 {
         .as_secs() as i64
 }
 
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-11-25T16:18:24.123Z`): sorts as text, and two
+/// backups in one second still have an order.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    let c = Civil::from_unix(unix_ms.div_euclid(1000));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        unix_ms.rem_euclid(1000)
+    )
+}
+
+/// Parse an RFC 3339 time into Unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(text).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
 /// Parse an RFC 3339 time (as written in manifests) into Unix seconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let t = humantime::parse_rfc3339(text).ok()?;
@@ -118,6 +147,8 @@ mod tests {
         assert_eq!((c.year, c.month, c.day, c.hour), (2026, 11, 25, 16));
         assert_eq!(c.weekday(), 3); // a Wednesday
         assert_eq!(c.rfc3339(), "2026-11-25T16:18:24Z");
+        let ms = parse_rfc3339_ms("2026-11-25T16:18:24.007Z").unwrap();
+        assert_eq!(rfc3339_ms(ms), "2026-11-25T16:18:24.007Z");
         // 2021-01-03 is a Sunday in ISO week 53 of 2020; 2021-01-04 starts week 1.
         let d = |s: &str| Civil::from_unix(parse_rfc3339(s).unwrap());
         assert_eq!(d("2021-01-03T00:00:00Z").iso_week(), (2020, 53));
