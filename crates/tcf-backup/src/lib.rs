@@ -65,6 +65,91 @@ pub enum Source {
     },
 }
 
+impl Settings {
+    /// From the config's `[backup]`. `secret` resolves `${secret:NAME}` in passwords; an
+    /// unresolved one is an error naming it. A PostgreSQL source without a password uses
+    /// `PGPASSWORD` from the environment, as the PostgreSQL tools do.
+    pub fn from_config(
+        config: &tcf_config::BackupConfig,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings> {
+        let resolve = |source: &str, password: &Option<String>| -> Result<Option<String>> {
+            match password.as_deref() {
+                Some(p) if p.starts_with("${secret:") && p.ends_with('}') => {
+                    let name = &p["${secret:".len()..p.len() - 1];
+                    secret(name).map(Some).ok_or_else(|| {
+                        BackupError::Invalid(format!(
+                            "backup source {source:?}: the secret {name:?} is not available\nhint: set it (`tcf-platform secrets set {name}`) or write the password in the config"
+                        ))
+                    })
+                }
+                other => Ok(other.map(str::to_string)),
+            }
+        };
+        let current_user = || {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "postgres".into())
+        };
+        let mut sources = BTreeMap::new();
+        for (name, src) in &config.sources {
+            let source = match &src.kind {
+                tcf_config::BackupSourceKind::Postgres {
+                    host,
+                    port,
+                    user,
+                    password,
+                    databases,
+                } => Source::Postgres {
+                    conn: postgres::PgConn {
+                        host: host.clone(),
+                        port: *port,
+                        user: user.clone().unwrap_or_else(current_user),
+                        password: resolve(name, password)?
+                            .or_else(|| std::env::var("PGPASSWORD").ok()),
+                    },
+                    databases: databases.clone(),
+                },
+                tcf_config::BackupSourceKind::Redis {
+                    host,
+                    port,
+                    password,
+                } => Source::Redis {
+                    conn: redis::RedisConn {
+                        host: host.clone(),
+                        port: *port,
+                        password: resolve(name, password)?,
+                    },
+                },
+                tcf_config::BackupSourceKind::Directory { path } => {
+                    Source::Directory { path: path.clone() }
+                }
+            };
+            sources.insert(name.clone(), source);
+        }
+        let retention = config.retention.as_ref().map(|r| Policy {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+        });
+        if let Some(s) = &config.schedule {
+            Schedule::parse(s)?;
+        }
+        Ok(Settings {
+            repository: config.repository.clone(),
+            recipients: config.recipients.clone(),
+            retention,
+            pg_bin_dir: config.pg_bin_dir.clone(),
+            sources,
+        })
+    }
+}
+
 impl Source {
     pub fn kind(&self) -> &'static str {
         match self {
