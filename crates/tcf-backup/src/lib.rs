@@ -888,17 +888,22 @@ impl Backups {
                 "taking a recovery point of {} before restoring",
                 existing.join(", ")
             ));
-            Some(
-                self.create_locked(
-                    &lock,
-                    Trigger::RecoveryPoint {
-                        restoring: id.to_string(),
-                    },
-                    &existing,
-                    progress,
-                )?
-                .id,
-            )
+            let trigger = Trigger::RecoveryPoint {
+                restoring: id.to_string(),
+            };
+            let point = self.create_locked(&lock, trigger, &existing, progress)?;
+            let check =
+                self.verify_locked(&lock, &point.id, Level::Checksums, identities, progress)?;
+            if !check.ok {
+                return Err(BackupError::Damaged {
+                    id: point.id,
+                    problem: format!(
+                        "the recovery point failed its checksum verification ({}); nothing was restored",
+                        describe_failures(&check)
+                    ),
+                });
+            }
+            Some(point.id)
         };
         let mut report = RestoreReport {
             id: id.into(),

@@ -37,6 +37,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
+        .merge(crate::backup::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(p)
 }

@@ -6,6 +6,7 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod backup;
 mod deploy;
 mod health;
 mod logs;
