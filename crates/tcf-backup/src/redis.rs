@@ -235,7 +235,7 @@ impl Throwaway {
             BackupError::ToolMissing("verifying or restoring a Redis backup needs redis-server\nhint: apt-get install redis-server".into())
         })?;
         let dir = tempfile::Builder::new()
-            .prefix(".tcf-redis-")
+            .prefix(".tmp-redis-")
             .tempdir_in(scratch_parent)
             .context(|| {
                 format!(

@@ -1,5 +1,6 @@
-//! Backup routes. Backups run in the CLI process against the config (tcf-backup); the daemon
-//! records what they did in the audit trail, with the actor who ran them.
+//! Backups in the daemon: the route through which the CLI's backup commands (which run in the
+//! CLI process, tcf-backup) record what they did in the audit trail, and the `[backup]
+//! schedule`, run here.
 
 use crate::platform::Platform;
 use axum::extract::State;
@@ -19,6 +20,92 @@ const KINDS: &[&str] = &[
     "backup.restore_failed",
     "backup.pruned",
 ];
+
+/// Run `[backup] schedule` (cron, UTC) until the daemon stops: at each firing a backup of every
+/// source with the trigger `schedule`, then an event `backup.created` or `backup.failed`.
+pub fn spawn_scheduler(p: Arc<Platform>) {
+    let Some(config) = p.config.backup.clone() else {
+        return;
+    };
+    let Some(expression) = config.schedule.clone() else {
+        return;
+    };
+    let schedule = match tcf_backup::Schedule::parse(&expression) {
+        Ok(s) => s,
+        Err(e) => {
+            p.event(
+                "backup.failed",
+                None,
+                None,
+                format!("scheduled backups are off: {e}"),
+            );
+            return;
+        }
+    };
+    let mut shutdown = p.shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let now = tcf_backup::time::now_unix();
+            let Some(next) = schedule.next_after(now) else {
+                return;
+            };
+            let wait = std::time::Duration::from_secs((next - now).max(0) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if p.is_stopping() {
+                return;
+            }
+            // Secrets are not resolved here yet: plain-text passwords or PGPASSWORD only.
+            let settings = match tcf_backup::Settings::from_config(&config, &|_| None) {
+                Ok(s) => s,
+                Err(e) => {
+                    p.event(
+                        "backup.failed",
+                        None,
+                        None,
+                        format!("scheduled backup: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let result = tokio::task::spawn_blocking(move || {
+                tcf_backup::Backups::new(settings).create(
+                    tcf_backup::Trigger::Schedule,
+                    None,
+                    &tcf_backup::Silent,
+                )
+            })
+            .await;
+            match result {
+                Ok(Ok(m)) => p.event(
+                    "backup.created",
+                    None,
+                    None,
+                    format!(
+                        "scheduled backup {} ({} artifacts, {} bytes)",
+                        m.id,
+                        m.artifacts.len(),
+                        m.total_size()
+                    ),
+                ),
+                Ok(Err(e)) => p.event(
+                    "backup.failed",
+                    None,
+                    None,
+                    format!("scheduled backup: {e}"),
+                ),
+                Err(e) => p.event(
+                    "backup.failed",
+                    None,
+                    None,
+                    format!("scheduled backup task: {e}"),
+                ),
+            }
+        }
+    });
+}
 
 pub fn routes() -> Router<Arc<Platform>> {
     Router::new().route("/v1/backup/events", post(record_event))

@@ -329,6 +329,7 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    backup::spawn_scheduler(p.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
     let api_server =

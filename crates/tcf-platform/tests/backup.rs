@@ -2,6 +2,8 @@
 //! Redis (started here) and a directory; create, list, verify, restore, prune, and the exit
 //! codes the help promises.
 
+mod common;
+
 use assert_cmd::Command;
 use std::net::TcpListener;
 use std::path::Path;
@@ -223,5 +225,78 @@ fn a_config_without_backup_is_a_usage_error() {
         text(&out).contains("has no [backup] section"),
         "{}",
         text(&out)
+    );
+}
+
+/// With a daemon running: its `[backup] schedule` takes backups (trigger `schedule`), and the
+/// CLI's backup commands are recorded in its audit trail with the user who ran them.
+#[test]
+fn the_daemon_runs_the_schedule_and_records_backup_events() {
+    let mut p = common::Platform::new(
+        "[platform]\nname = \"sched\"\n\n[backup]\nrepository = \"repo\"\nschedule = \"* * * * *\"\n\n[backup.sources.files]\nkind = \"directory\"\npath = \"files\"\n",
+    );
+    std::fs::create_dir(p.dir.path().join("files")).unwrap();
+    std::fs::write(p.dir.path().join("files/a"), "a").unwrap();
+    p.up();
+    let events = |p: &common::Platform| -> Option<Vec<serde_json::Value>> {
+        let out = p.cli(&["events", "--limit", "200", "--format", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let start = Instant::now();
+    while events(&p).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not start: {}",
+            std::fs::read_to_string(p.daemon_log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = p.cli(&["backup", "create", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recorded = events(&p).unwrap();
+    let created = recorded
+        .iter()
+        .find(|e| e["kind"] == "backup.created" && e["message"].as_str().unwrap().contains(&id))
+        .unwrap_or_else(|| panic!("no backup.created event for {id}: {recorded:?}"));
+    assert!(
+        created["actor"].as_str().unwrap().contains('@'),
+        "{created}"
+    );
+
+    // "* * * * *": the next minute boundary (at most a minute away) runs a scheduled backup.
+    let start = Instant::now();
+    loop {
+        let recorded = events(&p).unwrap();
+        if let Some(e) = recorded.iter().find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("scheduled backup")
+        }) {
+            assert_eq!(e["kind"], "backup.created", "{e}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no scheduled backup within 90 s: {recorded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = p.cli(&["backup", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["trigger"] == "schedule"),
+        "{listed}"
     );
 }
