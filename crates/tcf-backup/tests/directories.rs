@@ -527,3 +527,39 @@ fn hostile_archives_are_refused() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// What `prod deploy --backup` calls: a checked backup of every source, with the release in its
+/// trigger; a failing source fails it and leaves nothing.
+#[tokio::test]
+async fn pre_deploy_backup_records_the_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("uploads");
+    make_tree(&tree);
+    let s = settings(&tmp.path().join("repo"), &tree);
+    let id = tcf_backup::pre_deploy_backup(s.clone(), "42".into(), std::sync::Arc::new(Silent))
+        .await
+        .unwrap();
+    let backups = Backups::new(s.clone());
+    let m = backups.repository().manifest(&id).unwrap();
+    assert_eq!(
+        m.trigger,
+        Trigger::PreDeploy {
+            release: "42".into()
+        }
+    );
+    assert!(backups.list().unwrap()[0].last_verify.as_ref().unwrap().ok);
+
+    let mut broken = s;
+    broken.sources.insert(
+        "gone".into(),
+        Source::Directory {
+            path: tmp.path().join("nothing-here"),
+        },
+    );
+    let err = tcf_backup::pre_deploy_backup(broken, "43".into(), std::sync::Arc::new(Silent))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing-here"), "{err}");
+    assert_eq!(backups.list().unwrap().len(), 1);
+}

@@ -300,3 +300,90 @@ fn the_daemon_runs_the_schedule_and_records_backup_events() {
         "{listed}"
     );
 }
+
+/// `backup restore` refuses while a service that depends on the source runs, naming it.
+#[test]
+fn restore_refuses_while_services_using_the_source_run() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let _redis = Server(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(redis_dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)"),
+    );
+    let start = Instant::now();
+    while redis_cli(port, &["PING"]) != "PONG" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    redis_cli(port, &["SET", "k", "v"]);
+    let listen = common::free_port();
+    let mut p = common::Platform::new(&format!(
+        r#"
+[platform]
+name = "restoreguard"
+
+[dependencies.cache]
+kind = "redis"
+address = "127.0.0.1:{port}"
+
+[services.api]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{listen}"
+depends_on = ["cache"]
+
+[backup]
+repository = "repo"
+
+[backup.sources.sessions]
+kind = "redis"
+dependency = "cache"
+"#
+    ));
+    let out = p.cli(&["backup", "create"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.cli(&["backup", "list", "--format", "json"]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.up();
+    p.wait_for("api running", Duration::from_secs(60), |s| {
+        s["services"][0]["instances"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty())
+    });
+    let out = p.cli(&["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("api use sessions and are running"),
+        "{}",
+        text(&out)
+    );
+    // With --force it goes ahead.
+    redis_cli(port, &["SET", "k", "changed"]);
+    let out = p.cli(&["backup", "restore", &id, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(redis_cli(port, &["GET", "k"]), "v");
+}
