@@ -73,6 +73,15 @@ pub fn archive(root: &Path, out: &mut dyn Write) -> Result<(TreeStats, Vec<PathB
     Ok((stats, skipped))
 }
 
+/// What is applied to a directory once everything in it is written.
+struct DirectoryMeta {
+    path: PathBuf,
+    mode: u32,
+    mtime: u64,
+    /// (uid, gid), restored when running as root.
+    owner: Option<(u64, u64)>,
+}
+
 /// A path inside the archive, checked: relative, no `..`, no root or prefix.
 fn safe_relative(path: &Path) -> std::result::Result<PathBuf, String> {
     let mut out = PathBuf::new();
@@ -148,7 +157,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path, artifact: &str) -> Result<Tree
     let mut regular: HashSet<PathBuf> = HashSet::new();
     let mut links: Vec<PathBuf> = Vec::new();
     let as_root = nix::unistd::geteuid().is_root();
-    let mut directories: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut directories: Vec<DirectoryMeta> = Vec::new();
     for entry in archive
         .entries()
         .context(|| format!("reading the archive {artifact}"))?
@@ -176,7 +185,13 @@ pub fn extract(input: &mut dyn Read, dest: &Path, artifact: &str) -> Result<Tree
                 fs::create_dir_all(&target).context(|| format!("creating {}", target.display()))?;
                 let mode = entry.header().mode().unwrap_or(0o755);
                 let mtime = entry.header().mtime().unwrap_or(0);
-                directories.push((target.clone(), mode, mtime));
+                let owner = entry.header().uid().ok().zip(entry.header().gid().ok());
+                directories.push(DirectoryMeta {
+                    path: target.clone(),
+                    mode,
+                    mtime,
+                    owner,
+                });
                 stats.directories += 1;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -259,7 +274,16 @@ pub fn extract(input: &mut dyn Read, dest: &Path, artifact: &str) -> Result<Tree
         }
     }
     // Directory modes last, so a read-only directory did not stop its own entries.
-    for (dir, mode, mtime) in directories.into_iter().rev() {
+    for DirectoryMeta {
+        path: dir,
+        mode,
+        mtime,
+        owner,
+    } in directories.into_iter().rev()
+    {
+        if let (true, Some((uid, gid))) = (as_root, owner) {
+            let _ = std::os::unix::fs::lchown(&dir, Some(uid as u32), Some(gid as u32));
+        }
         use std::os::unix::fs::PermissionsExt;
         let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777));
         let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);

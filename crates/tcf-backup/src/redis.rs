@@ -81,6 +81,40 @@ impl Resp {
         })
     }
 
+    /// Send every command, then read every answer (one round trip). An error answer fails the
+    /// whole batch, naming its command.
+    pub fn pipeline(&mut self, commands: &[Vec<&[u8]>]) -> Result<Vec<Value>> {
+        let mut msg = Vec::new();
+        for args in commands {
+            msg.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                msg.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                msg.extend_from_slice(a);
+                msg.extend_from_slice(b"\r\n");
+            }
+        }
+        self.writer.write_all(&msg).map_err(|e| {
+            self.conn
+                .err(format!("sending {} commands: {e}", commands.len()))
+        })?;
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut first_error = None;
+        for args in commands {
+            match self.read_value() {
+                Ok(v) => answers.push(v),
+                Err(e) => {
+                    // Keep reading so the connection stays in step, then report the first.
+                    first_error.get_or_insert(format!("{}: {e}", String::from_utf8_lossy(args[0])));
+                    answers.push(Value::Bulk(None));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(self.conn.err(e)),
+            None => Ok(answers),
+        }
+    }
+
     fn read_value(&mut self) -> std::result::Result<Value, String> {
         let mut line = Vec::new();
         self.reader
@@ -360,22 +394,46 @@ pub fn copy_all(source: &RedisConn, target: &RedisConn) -> Result<u64> {
             else {
                 return Err(source.err("SCAN answered something unexpected"));
             };
-            for key in keys {
-                let Value::Bulk(Some(key)) = key else {
-                    continue;
-                };
-                let Value::Bulk(Some(payload)) = from.call(&[b"DUMP", key])? else {
-                    continue;
-                };
-                let ttl = as_int(&from.call(&[b"PTTL", key])?).unwrap_or(-1);
-                let ttl = if ttl > 0 {
-                    ttl.to_string()
-                } else {
-                    "0".to_string()
-                };
-                to.call(&[b"RESTORE", key, ttl.as_bytes(), &payload, b"REPLACE"])?;
-                copied += 1;
-            }
+            // One round trip per batch and direction: pipelined DUMP and PTTL, then RESTORE.
+            let keys: Vec<&[u8]> = keys
+                .iter()
+                .filter_map(|k| match k {
+                    Value::Bulk(Some(k)) => Some(k.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            let asks: Vec<Vec<&[u8]>> = keys
+                .iter()
+                .flat_map(|k| [vec![b"DUMP".as_slice(), k], vec![b"PTTL".as_slice(), k]])
+                .collect();
+            let answers = from.pipeline(&asks)?;
+            // (key, TTL in ms or 0 for none, payload); a key that expired between SCAN and DUMP
+            // answers nil and has nothing to copy.
+            let restores: Vec<(&[u8], String, &[u8])> = keys
+                .iter()
+                .zip(answers.chunks(2))
+                .filter_map(|(key, pair)| match pair {
+                    [Value::Bulk(Some(payload)), ttl] => {
+                        let ttl = as_int(ttl).filter(|t| *t > 0).unwrap_or(0);
+                        Some((*key, ttl.to_string(), payload.as_slice()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let puts: Vec<Vec<&[u8]>> = restores
+                .iter()
+                .map(|(key, ttl, payload)| {
+                    vec![
+                        b"RESTORE".as_slice(),
+                        key,
+                        ttl.as_bytes(),
+                        payload,
+                        b"REPLACE",
+                    ]
+                })
+                .collect();
+            to.pipeline(&puts)?;
+            copied += puts.len() as u64;
             cursor = next.clone();
             if cursor == b"0" {
                 break;

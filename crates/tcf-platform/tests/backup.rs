@@ -137,6 +137,19 @@ path = "uploads"
     assert_eq!(listed[0]["last_verify"]["ok"], true);
     assert_eq!(listed[0]["last_verify"]["level"], "checksums");
 
+    // Another writer holds the repository: exit 3, naming it.
+    let lock_file = std::fs::File::open(dir.path().join("repo/lock")).unwrap();
+    let held =
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let out = tcf(&config, &["backup", "create"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("is in use by another backup"),
+        "{}",
+        text(&out)
+    );
+    drop(held);
+
     let out = tcf(&config, &["backup", "verify", &id, "--level", "restore"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
