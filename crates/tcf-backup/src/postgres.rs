@@ -536,13 +536,10 @@ pub fn restore_database(
     })?;
     let problems = compare_tables(tables, &actual);
     if !problems.is_empty() {
-        return Err(BackupError::Damaged {
-            id: artifact.to_string(),
-            problem: format!(
-                "the restored copy does not match the manifest ({}); {database:?} was not touched",
-                problems.join("; ")
-            ),
-        });
+        return Err(BackupError::Invalid(format!(
+            "{artifact}: the restored copy does not match the manifest ({}); {database:?} was not touched",
+            problems.join("; ")
+        )));
     }
     let mut admin = conn.connect_admin_except(database)?;
     admin

@@ -183,7 +183,10 @@ struct ListEntry {
     id: String,
     /// RFC 3339, UTC.
     time: Option<String>,
+    /// Readable: `manual`, `schedule`, `pre-deploy of 42`, `recovery point before restoring ID`.
     trigger: Option<String>,
+    /// The trigger as data: `{"kind": "pre_deploy", "release": "42"}`.
+    trigger_detail: Option<Trigger>,
     sources: Vec<String>,
     size: u64,
     encrypted: bool,
@@ -216,6 +219,7 @@ impl ListEntry {
             id: m.id.clone(),
             time: Some(m.time.clone()),
             trigger: Some(m.trigger.to_string()),
+            trigger_detail: Some(m.trigger.clone()),
             sources: m.sources(),
             size: m.total_size(),
             encrypted: !m.recipients.is_empty(),
@@ -246,6 +250,7 @@ impl ListEntry {
                 id: l.id.clone(),
                 time: None,
                 trigger: None,
+                trigger_detail: None,
                 sources: vec![],
                 size: 0,
                 encrypted: false,
