@@ -198,12 +198,22 @@ impl Write for ArtifactWriter {
 
 /// SHA-256 and size of a file as stored.
 pub fn file_sha256(path: &Path) -> io::Result<(u64, String)> {
-    let mut h = Hashing::new(io::sink());
-    let mut f = File::open(path)?;
-    let mut reader = Hashing::new(&mut f);
-    io::copy(&mut reader, &mut h.inner)?;
-    h.hasher = reader.hasher;
-    Ok((reader.count, hex::encode(h.hasher.finalize())))
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// Reads an artifact's data back (decrypting and decompressing), hashing it on the way.
