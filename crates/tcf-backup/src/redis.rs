@@ -322,6 +322,13 @@ impl Throwaway {
                 let log =
                     std::fs::read_to_string(me._dir.path().join("redis.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                if log.contains("Can't handle RDB format version") {
+                    // Not damage: this redis-server is older than the one the RDB came from.
+                    return Err(BackupError::ToolMissing(format!(
+                        "the local redis-server ({}) cannot read this RDB: it came from a newer Redis\nhint: install a redis-server at least as new as the backed-up server",
+                        server.display()
+                    )));
+                }
                 return Err(BackupError::ToolFailed {
                     tool: "redis-server".into(),
                     what: "loading the backed-up RDB".into(),
