@@ -1014,6 +1014,20 @@ impl Backups {
         Ok(report)
     }
 
+    /// When a verification at `level` (restore also counts for checksums) last passed, over
+    /// every backup's last verification: what an alert such as "no successful restore-verify in
+    /// 7 days" reads.
+    pub fn last_passed_verify(&self, level: Level) -> Result<Option<String>> {
+        Ok(self
+            .repo
+            .list()?
+            .into_iter()
+            .filter_map(|l| l.last_verify)
+            .filter(|v| v.ok && (v.level == level.as_str() || v.level == Level::Restore.as_str()))
+            .map(|v| v.time)
+            .max())
+    }
+
     /// Apply the retention policy. `pinned` backups (such as the pre-deploy backups of the
     /// active and previous release) and the newest verified backup are always kept.
     pub fn prune(

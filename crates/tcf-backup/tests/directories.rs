@@ -164,12 +164,20 @@ fn encrypted_round_trip_needs_the_identity() {
     use age::secrecy::ExposeSecret;
     fs::write(&key, format!("{}\n", identity.to_string().expose_secret())).unwrap();
     let ids = Identities::from_file(&key).unwrap();
+    assert_eq!(backups.last_passed_verify(Level::Restore).unwrap(), None);
+    // Each backup keeps its last verification only: the restore-verify that could not run
+    // replaced the passing checksum check.
+    assert_eq!(backups.last_passed_verify(Level::Checksums).unwrap(), None);
     assert!(
         backups
             .verify(&m.id, Level::Restore, &ids, &Silent)
             .unwrap()
             .ok
     );
+    assert!(backups
+        .last_passed_verify(Level::Restore)
+        .unwrap()
+        .is_some());
     fs::remove_dir_all(&tree).unwrap();
     backups.restore(&m.id, None, &ids, &Silent).unwrap();
     assert_eq!(snapshot(&tree), before);
