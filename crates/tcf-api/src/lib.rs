@@ -19,6 +19,9 @@ pub struct Status {
     /// The deploy or rollback running now, if any.
     #[serde(default)]
     pub deploy_in_progress: Option<String>,
+    /// Problems the operator must know about (a state store deleted behind the daemon's back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +40,11 @@ pub struct ServiceStatus {
     /// Present when asked for with `?metrics=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<ServiceMetrics>,
+    /// The config file on disk says something else for this service than what runs (its
+    /// command, env, health...; not the version, which applies to a first start only): the
+    /// next deploy of it applies the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,6 +167,39 @@ pub struct RollbackRequest {
 }
 
 /// One line of the NDJSON stream a deploy or rollback answers with. The last line has `result`.
+/// `tcf-platform restart SERVICE...`: the running version again, instance by instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartRequest {
+    pub services: Vec<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
+/// `tcf-platform scale SERVICE N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub instances: u32,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
+/// `tcf-platform prod abort`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AbortRequest {
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AbortResponse {
+    /// The release asked to stop and revert.
+    pub aborting: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProgressLine {
     pub time: String,

@@ -1,9 +1,10 @@
 //! From the file as written to the effective [`Config`]: overlay, defaults, checks.
 
 use crate::raw::*;
+use crate::units::ByteSize;
 use crate::{
-    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, RuntimeKind,
-    Service,
+    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, ProxyLimits,
+    RuntimeKind, Service, UnderscoreHeaders,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -90,6 +91,26 @@ pub fn resolve(
             continue;
         };
         let listen_span = raw.listen.as_ref().map(|l| l.span());
+        // 0.0.0.0:P takes P on every address, 127.0.0.1:P included: the two cannot both bind.
+        let overlapping = listeners.iter().find(|(addr, _)| {
+            **addr != svc.listen
+                && addr.port() == svc.listen.port()
+                && (addr.ip().is_unspecified() || svc.listen.ip().is_unspecified())
+        });
+        if let Some((addr, (other, _))) = overlapping {
+            errors.push(
+                Diagnostic::new(
+                    format!(
+                        "services {other:?} ({addr}) and {:?} ({}) cannot both listen on port {}: an unspecified address takes the port on every address",
+                        svc.name,
+                        svc.listen,
+                        svc.listen.port()
+                    ),
+                    listen_span.clone(),
+                )
+                .hint("use another port for one of them"),
+            );
+        }
         if let Some((other, _)) = listeners.get(&svc.listen) {
             errors.push(
                 Diagnostic::new(
@@ -220,7 +241,13 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
         step_interval: raw.step_interval.map_or(Duration::from_secs(10), |d| d.0),
         sticky,
         max_surge,
-        lock_ttl: raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+        lock_ttl: at_least(
+            raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+            Duration::from_secs(1),
+            "deploy.lock_ttl",
+            None,
+            errors,
+        ),
     }
 }
 
@@ -383,6 +410,18 @@ fn overlay_health(base: RawHealth, over: RawHealth) -> RawHealth {
     }
 }
 
+fn overlay_proxy(base: RawProxyLimits, over: RawProxyLimits) -> RawProxyLimits {
+    RawProxyLimits {
+        max_header_size: over.max_header_size.or(base.max_header_size),
+        max_headers: over.max_headers.or(base.max_headers),
+        max_request_line: over.max_request_line.or(base.max_request_line),
+        headers_with_underscores: over
+            .headers_with_underscores
+            .or(base.headers_with_underscores),
+        tunnel_idle_timeout: over.tunnel_idle_timeout.or(base.tunnel_idle_timeout),
+    }
+}
+
 fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
     let mut env = base.env;
     env.extend(over.env);
@@ -396,6 +435,7 @@ fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        proxy: overlay_proxy(base.proxy, over.proxy),
         image: over.image.or(base.image),
         container_port: over.container_port.or(base.container_port),
         entrypoint: over.entrypoint.or(base.entrypoint),
@@ -430,6 +470,7 @@ fn overlay_service(base: RawService, over: RawService) -> RawService {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        proxy: overlay_proxy(base.proxy, over.proxy),
         image: over.image.or(base.image),
         container_port: over.container_port.or(base.container_port),
         entrypoint: over.entrypoint.or(base.entrypoint),
@@ -448,6 +489,62 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The most instances one service may ask for.
+pub const MAX_INSTANCES: u32 = 256;
+
+/// A duration above `max` is refused: a stop that may take hours holds up `down` as long.
+fn at_most(
+    value: Duration,
+    max: Duration,
+    what: &str,
+    span: Option<std::ops::Range<usize>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    if value > max {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "{what} = \"{}\" is too long",
+                    humantime::format_duration(value)
+                ),
+                span,
+            )
+            .hint(format!(
+                "set it to at most \"{}\"",
+                humantime::format_duration(max)
+            )),
+        );
+    }
+    value
+}
+
+/// A duration below `min` is refused: a `0s` probe interval or lock TTL would make the daemon
+/// spin in a loop.
+fn at_least(
+    value: Duration,
+    min: Duration,
+    what: &str,
+    span: Option<std::ops::Range<usize>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    if value < min {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "{what} = \"{}\" is too short",
+                    humantime::format_duration(value)
+                ),
+                span,
+            )
+            .hint(format!(
+                "set it to at least \"{}\"",
+                humantime::format_duration(min)
+            )),
+        );
+    }
+    value
 }
 
 fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnostic>) -> Option<u32> {
@@ -545,7 +642,14 @@ fn resolve_service(
             );
             String::new()
         }
-        Some(v) => v.get_ref().clone(),
+        Some(v) => {
+            if let Err(e) = crate::check_version(v.get_ref()) {
+                errors.push(
+                    Diagnostic::new(e, Some(v.span())).hint("write it as \"v1\" or \"1.2.3\""),
+                );
+            }
+            v.get_ref().clone()
+        }
         None => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
@@ -579,6 +683,26 @@ fn resolve_service(
     };
     let instances = raw.instances.clone().or_else(|| defaults.instances.clone());
     let instances = at_least_one(&instances, "instances", errors).unwrap_or(1);
+    if instances > MAX_INSTANCES {
+        errors.push(
+            Diagnostic::new(
+                format!("instances = {instances} is more than one platform runs ({MAX_INSTANCES} per service)"),
+                raw.instances.as_ref().map(|i| i.span()).or(Some(key.span())),
+            )
+            .hint("run fewer, larger instances, or spread the service over a Swarm"),
+        );
+    }
+    for (var, _) in raw.env.iter().chain(defaults.env.iter()) {
+        if var == "PORT" || var.starts_with("TCF_") {
+            errors.push(
+                Diagnostic::new(
+                    format!("env {var} is set by the platform for every instance and would be overridden"),
+                    Some(key.span()),
+                )
+                .hint("use another name; PORT is the instance's own port, TCF_SERVICE/TCF_VERSION/TCF_INSTANCE say which instance it is"),
+            );
+        }
+    }
     for dep in &raw.depends_on {
         let d = dep.get_ref();
         if d == &name {
@@ -629,8 +753,20 @@ fn resolve_service(
     };
     let health = Health {
         probe,
-        interval: h.interval.map_or(Duration::from_secs(1), |d| d.0),
-        timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            h.interval.map_or(Duration::from_secs(1), |d| d.0),
+            Duration::from_millis(50),
+            &format!("services.{}.health.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("services.{}.health.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors)
             .unwrap_or(1),
         unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
@@ -643,6 +779,7 @@ fn resolve_service(
     if errors.len() > before {
         return None;
     }
+    let name_for_proxy = name.clone();
     Some(Service {
         name,
         runtime,
@@ -653,27 +790,147 @@ fn resolve_service(
         env,
         depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
         health,
-        stop_timeout: raw
-            .stop_timeout
-            .or(defaults.stop_timeout)
-            .map_or(Duration::from_secs(10), |d| d.0),
+        stop_timeout: at_most(
+            raw.stop_timeout
+                .or(defaults.stop_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
+            Duration::from_secs(3600),
+            &format!("services.{}.stop_timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         max_request_body: raw
             .max_request_body
             .or(defaults.max_request_body)
             .map_or(16 << 20, |b| b.0),
-        upstream_timeout: raw
-            .upstream_timeout
-            .or(defaults.upstream_timeout)
-            .map_or(Duration::from_secs(60), |d| d.0),
+        upstream_timeout: at_least(
+            raw.upstream_timeout
+                .or(defaults.upstream_timeout)
+                .map_or(Duration::from_secs(60), |d| d.0),
+            Duration::from_millis(1),
+            &format!("services.{}.upstream_timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         connect_timeout: raw
             .connect_timeout
             .or(defaults.connect_timeout)
             .map_or(Duration::from_secs(5), |d| d.0),
-        log_max_size: raw
-            .log_max_size
-            .or(defaults.log_max_size)
-            .map_or(10 << 20, |b| b.0),
+        log_max_size: {
+            let size = raw
+                .log_max_size
+                .or(defaults.log_max_size)
+                .map_or(10 << 20, |b| b.0);
+            if !(4 << 10..=100 << 30).contains(&size) {
+                errors.push(
+                    Diagnostic::new(
+                        format!("services.{}.log_max_size = {size} bytes is out of range", key.get_ref()),
+                        Some(key.span()),
+                    )
+                    .hint("use between \"4KiB\" and \"100GiB\" (each instance keeps its log and one rotated file)"),
+                );
+            }
+            size
+        },
+        proxy: resolve_proxy_limits(
+            &name_for_proxy,
+            &overlay_proxy(defaults.proxy.clone(), raw.proxy.clone()),
+            errors,
+        )?,
         docker,
+    })
+}
+
+/// `[services.NAME.proxy]` over `[defaults.proxy]`, with nginx-like defaults and bounds that
+/// keep the proxy safe (hyper cannot take a request line of 64 KiB or more).
+fn resolve_proxy_limits(
+    service: &str,
+    raw: &RawProxyLimits,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<ProxyLimits> {
+    let before = errors.len();
+    let mut bytes = |v: Option<ByteSize>, key: &str, default: u64, min: u64, max: u64| {
+        let n = v.map_or(default, |b| b.0);
+        if !(min..=max).contains(&n) {
+            errors.push(
+                Diagnostic::new(
+                    format!(
+                        "proxy.{key} of service {service:?} is {n} bytes, outside {min}..={max}"
+                    ),
+                    None,
+                )
+                .hint(format!("the default is {default} bytes")),
+            );
+        }
+        n
+    };
+    let max_header_size = bytes(
+        raw.max_header_size,
+        "max_header_size",
+        32 << 10,
+        1 << 10,
+        1 << 20,
+    );
+    let max_request_line = bytes(
+        raw.max_request_line,
+        "max_request_line",
+        8 << 10,
+        256,
+        60 << 10,
+    );
+    let max_headers = match &raw.max_headers {
+        Some(n) if !(1..=1000).contains(n.get_ref()) => {
+            errors.push(
+                Diagnostic::new(
+                    "proxy.max_headers must be between 1 and 1000",
+                    Some(n.span()),
+                )
+                .hint("the default is 100 (more costs an allocation per request head)"),
+            );
+            100
+        }
+        Some(n) => *n.get_ref(),
+        None => 100,
+    };
+    let headers_with_underscores = match raw
+        .headers_with_underscores
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("forward", _)) => UnderscoreHeaders::Forward,
+        Some(("drop", _)) => UnderscoreHeaders::Drop,
+        Some(("refuse", _)) => UnderscoreHeaders::Refuse,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(
+                    format!("unknown headers_with_underscores {other:?}"),
+                    Some(span),
+                )
+                .hint("use \"forward\" (the default), \"drop\" or \"refuse\""),
+            );
+            UnderscoreHeaders::Forward
+        }
+    };
+    let tunnel_idle_timeout = raw
+        .tunnel_idle_timeout
+        .map_or(Duration::from_secs(300), |d| d.0);
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&tunnel_idle_timeout) {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "proxy.tunnel_idle_timeout of service {service:?} must be between 1s and 24h"
+                ),
+                None,
+            )
+            .hint("the default is \"5m\""),
+        );
+    }
+    (errors.len() == before).then_some(ProxyLimits {
+        max_header_size,
+        max_headers,
+        max_request_line,
+        headers_with_underscores,
+        tunnel_idle_timeout,
     })
 }
 
@@ -769,8 +1026,20 @@ fn resolve_dependency(
         kind,
         address,
         url,
-        interval: raw.interval.map_or(Duration::from_secs(5), |d| d.0),
-        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            raw.interval.map_or(Duration::from_secs(5), |d| d.0),
+            Duration::from_millis(50),
+            &format!("dependencies.{}.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("dependencies.{}.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
     })
 }
 
@@ -905,5 +1174,119 @@ mod tests {
             None
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    fn config(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        resolve(Path::new("/tmp/tcf-platform.toml"), text, None)
+    }
+
+    const TWO_SERVICES: &str = r#"
+[platform]
+name = "p"
+[defaults.proxy]
+max_headers = 50
+headers_with_underscores = "drop"
+[services.a]
+command = ["a"]
+version = "v1"
+listen = "127.0.0.1:9001"
+[services.a.proxy]
+max_header_size = "16KiB"
+[services.b]
+command = ["b"]
+version = "v1"
+listen = "127.0.0.1:9002"
+"#;
+
+    #[test]
+    fn proxy_limits_have_defaults_and_merge_key_by_key() {
+        let c = config(TWO_SERVICES).unwrap();
+        let a = &c.services["a"].proxy;
+        assert_eq!(
+            (a.max_header_size, a.max_headers, a.max_request_line),
+            (16 << 10, 50, 8 << 10)
+        );
+        assert_eq!(a.headers_with_underscores, UnderscoreHeaders::Drop);
+        assert_eq!(c.services["b"].proxy.max_header_size, 32 << 10);
+        let plain =
+            config(&TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy.x]")).unwrap_err();
+        assert!(
+            plain[0].message.contains("unknown field"),
+            "{:?}",
+            plain[0].message
+        );
+    }
+
+    #[test]
+    fn proxy_limits_out_of_bounds_are_refused() {
+        for (key, value) in [
+            ("max_header_size", "\"100\""),
+            ("max_header_size", "\"2MiB\""),
+            ("max_request_line", "\"64KiB\""),
+            ("max_headers", "0"),
+            ("headers_with_underscores", "\"maybe\""),
+            ("tunnel_idle_timeout", "\"0s\""),
+        ] {
+            let text =
+                TWO_SERVICES.replace("max_header_size = \"16KiB\"", &format!("{key} = {value}"));
+            let errors = config(&text).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.message.contains(key)),
+                "{key} = {value}: {:?}",
+                errors.iter().map(|e| &e.message).collect::<Vec<_>>()
+            );
+        }
+    }
+    fn errors_of(text: &str) -> Vec<String> {
+        match resolve(std::path::Path::new("/tmp/t.toml"), text, None) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.message.clone()).collect(),
+        }
+    }
+
+    const SERVICE: &str =
+        "[platform]\nname = \"t\"\n[services.api]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"\n";
+
+    #[test]
+    fn durations_that_would_spin_or_overflow_are_refused() {
+        assert!(errors_of(SERVICE).is_empty(), "{:?}", errors_of(SERVICE));
+        let spin = format!("{SERVICE}health = {{ interval = \"0ms\" }}\n");
+        let e = errors_of(&spin);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("health.interval") && m.contains("too short")),
+            "{e:?}"
+        );
+        let dep = format!("{SERVICE}[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\ninterval = \"0s\"\n");
+        let e = errors_of(&dep);
+        assert!(
+            e.iter().any(|m| m.contains("dependencies.db.interval")),
+            "{e:?}"
+        );
+        let ttl = format!("{SERVICE}[deploy]\nlock_ttl = \"0s\"\n");
+        assert!(errors_of(&ttl).iter().any(|m| m.contains("lock_ttl")));
+        for bad in ["..", ".", "v1+build", "../v1;$(id)", "v1\nx", "a/b", ""] {
+            let text = SERVICE.replace("version = \"v1\"", &format!("version = {bad:?}"));
+            assert!(!errors_of(&text).is_empty(), "{bad:?} accepted");
+        }
+        for (bad, what) in [
+            ("instances = 100000\n", "instances"),
+            ("env = { PORT = \"1\" }\n", "PORT"),
+            ("env = { TCF_VERSION = \"1\" }\n", "TCF_VERSION"),
+            ("upstream_timeout = \"0s\"\n", "upstream_timeout"),
+            ("stop_timeout = \"300d\"\n", "stop_timeout"),
+            ("log_max_size = \"1KiB\"\n", "log_max_size"),
+        ] {
+            let e = errors_of(&format!("{SERVICE}{bad}"));
+            assert!(e.iter().any(|m| m.contains(what)), "{bad}: {e:?}");
+        }
+        let both = format!(
+            "{SERVICE}[services.b]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"0.0.0.0:18080\"\n"
+        );
+        let e = errors_of(&both);
+        assert!(e.iter().any(|m| m.contains("cannot both listen")), "{e:?}");
+        let huge = format!("{SERVICE}upstream_timeout = \"400000000d\"\n");
+        let e = errors_of(&huge);
+        assert!(e.iter().any(|m| m.contains("365 days")), "{e:?}");
     }
 }

@@ -1,11 +1,12 @@
 //! The JSON API on the daemon's Unix socket. Shapes come from `tcf-api`; this module maps the
 //! live state onto them.
 
+use crate::caller::{check_text, Peer};
 use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body whose every failure (not JSON, no JSON content type, a missing or
+/// mistyped field) is answered in the documented `{"error": …}` shape, as every API error is.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, with a bad one answered in the `{"error": …}` shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
 pub fn router(p: Arc<Platform>) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
@@ -34,11 +75,20 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/down", post(down))
         .route("/v1/deploy", post(deploy_handler))
         .route("/v1/rollback", post(rollback_handler))
+        .route("/v1/restart", post(restart_handler))
+        .route("/v1/scale", post(scale_handler))
+        .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
         .merge(crate::backup::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on this endpoint (see docs/api.md)"),
+            )
+        })
         .with_state(p)
 }
 
@@ -75,7 +125,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         colour: i.colour.clone(),
                         version: i.version.clone(),
                         pid: info.pid,
-                        port: i.port,
+                        port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,
@@ -90,7 +140,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
             ServiceStatus {
                 name: svc.config.name.clone(),
                 version: svc.serving_version(),
-                traffic: lock(&svc.traffic)
+                traffic: svc
+                    .weights()
                     .iter()
                     .map(|(colour, weight)| tcf_api::Traffic {
                         colour: colour.clone(),
@@ -105,6 +156,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 healthy: *svc.healthy.borrow(),
                 instances,
                 metrics: with_metrics.then(|| service_metrics(svc)),
+                config_changed: false,
             }
         })
         .collect();
@@ -130,11 +182,45 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         services,
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
+        warnings: lock(&p.warnings).clone(),
     }
 }
 
-async fn status(State(p): State<Arc<Platform>>, Query(q): Query<StatusQuery>) -> Json<Status> {
-    Json(build_status(&p, q.metrics))
+async fn status(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<StatusQuery>,
+) -> Json<Status> {
+    let mut status = build_status(&p, q.metrics);
+    let changed = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || changed_in_file(&p))
+            .await
+            .unwrap_or_default()
+    };
+    for s in &mut status.services {
+        s.config_changed = changed.contains(&s.name);
+    }
+    Json(status)
+}
+
+/// Services whose spec in the config file on disk differs from the one their serving colour
+/// runs (the version aside). A file that does not validate changes nothing here: `config
+/// validate` and the next deploy say what is wrong with it.
+fn changed_in_file(p: &Platform) -> std::collections::BTreeSet<String> {
+    let Ok(file) = tcf_config::load(&p.config.path, p.config.environment.as_deref()) else {
+        return Default::default();
+    };
+    p.services
+        .values()
+        .filter_map(|svc| {
+            let running = svc.active_colour()?.current_spec();
+            let mut on_disk = file.services.get(&svc.config.name)?.clone();
+            on_disk.version = running.version.clone();
+            let differs =
+                serde_json::to_value(&on_disk).ok()? != serde_json::to_value(&*running).ok()?;
+            differs.then(|| svc.config.name.clone())
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -160,15 +246,16 @@ pub fn wire_event(e: tcf_store::Event) -> Event {
 
 async fn events(
     State(p): State<Arc<Platform>>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let (service, after, limit) = (
+        q.service.clone(),
+        q.after,
+        q.limit.unwrap_or(100).min(10_000),
+    );
     let rows = p
-        .store
-        .events(
-            q.service.as_deref(),
-            q.after,
-            q.limit.unwrap_or(100).min(10_000),
-        )
+        .with_store(move |s| s.events(service.as_deref(), after, limit))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows.into_iter().map(wire_event).collect()))
 }
@@ -177,13 +264,16 @@ async fn events(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    /// Keep each line's time stamp (written when the line was).
+    #[serde(default)]
+    timestamps: bool,
     tail: Option<usize>,
 }
 
 async fn logs_handler(
     State(p): State<Arc<Platform>>,
     Path(service): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let Some(svc) = p.services.get(&service) else {
         let known: Vec<&str> = p.services.keys().map(String::as_str).collect();
@@ -193,12 +283,22 @@ async fn logs_handler(
         ));
     };
     let ids: Vec<String> = svc.instances().iter().map(|i| i.id.clone()).collect();
-    let body = logs::stream(p.clone(), ids, q.tail.unwrap_or(100), q.follow);
+    let body = logs::stream(
+        p.clone(),
+        ids,
+        q.tail.unwrap_or(100),
+        q.follow,
+        q.timestamps,
+    );
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
-    p.event(
+async fn down(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<DownResponse> {
+    p.event_by(
+        &peer.user(),
         "daemon.stop_requested",
         None,
         None,
@@ -230,13 +330,6 @@ fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiE
         .collect())
 }
 
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
-}
-
 /// Stream a release's progress as NDJSON while it runs; it runs on even if the client leaves.
 fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -256,14 +349,13 @@ fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
 
 async fn deploy_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<tcf_api::DeployRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::DeployRequest>,
 ) -> Result<Response, ApiError> {
-    if !valid_version(&req.version) {
-        return Err(bad_request(format!(
-            "invalid version {:?}: use letters, digits and . _ - + (at most 128)",
-            req.version
-        )));
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
     }
+    tcf_config::check_version(&req.version).map_err(bad_request)?;
     let strategy = match &req.strategy {
         None => p.config.deploy.strategy,
         Some(s) => tcf_config::Strategy::parse(s).ok_or_else(|| {
@@ -272,18 +364,160 @@ async fn deploy_handler(
             ))
         })?,
     };
+    // A deploy applies the config file as it is now (validated first: a broken file
+    // refuses the deploy and changes nothing).
+    let path = p.config.path.clone();
+    let environment = p.config.environment.clone();
+    let fresh =
+        tokio::task::spawn_blocking(move || tcf_config::load(&path, environment.as_deref()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                bad_request(format!(
+                    "the config file does not validate; nothing was deployed:\n{e}"
+                ))
+            })?;
+    for s in &req.services {
+        if !p.services.contains_key(s) && fresh.services.contains_key(s) {
+            return Err(bad_request(format!(
+                "{s} is new in the config file: adding a service needs `tcf-platform down` and `up` for now"
+            )));
+        }
+    }
     let services = services_in_order(&p, &req.services)?;
+    let specs = deploy_specs(&p, &fresh, &services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Deploy(strategy),
         targets: services
             .into_iter()
             .map(|s| (s, req.version.clone()))
             .collect(),
+        specs,
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+/// The spec each deployed service gets from the config file as it is now. What a deploy cannot
+/// change (the public address, a runtime the daemon has no engine for) is refused up front.
+fn deploy_specs(
+    p: &Platform,
+    fresh: &tcf_config::Config,
+    services: &[String],
+) -> Result<std::collections::BTreeMap<String, Arc<tcf_config::Service>>, ApiError> {
+    let mut specs = std::collections::BTreeMap::new();
+    for name in services {
+        let running = &p.services[name].config;
+        let Some(new) = fresh.services.get(name) else {
+            return Err(bad_request(format!(
+                "{name} is no longer in {}: removing a service needs `tcf-platform down` and `up`",
+                p.config.path.display()
+            )));
+        };
+        if new.listen != running.listen {
+            return Err(bad_request(format!(
+                "{name}: listen changed from {} to {}: a new public address needs `tcf-platform down` and `up`",
+                running.listen, new.listen
+            )));
+        }
+        if new.runtime == tcf_config::RuntimeKind::Docker && p.docker.is_none() {
+            return Err(bad_request(format!(
+                "{name} now runs on Docker, which this daemon did not connect to: `tcf-platform down` and `up` to switch runtimes"
+            )));
+        }
+        specs.insert(name.clone(), Arc::new(new.clone()));
+    }
+    Ok(specs)
+}
+
+async fn restart_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::RestartRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
+    if req.services.is_empty() {
+        return Err(bad_request("name the service(s) to restart"));
+    }
+    let services = services_in_order(&p, &req.services)?;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Restart,
+        specs: Default::default(),
+        targets: services
+            .into_iter()
+            .map(|s| {
+                let version = p.services[&s].serving_version();
+                (s, version)
+            })
+            .collect(),
+        reason: req.reason,
+        actor: peer.actor(&req.actor),
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+async fn scale_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::ScaleRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
+    if !(1..=tcf_config::MAX_INSTANCES).contains(&req.instances) {
+        return Err(bad_request(format!(
+            "instances must be 1 to {}; to stop a service, `tcf-platform down`",
+            tcf_config::MAX_INSTANCES
+        )));
+    }
+    let service = services_in_order(&p, std::slice::from_ref(&req.service))?
+        .pop()
+        .ok_or_else(|| bad_request("name a service"))?;
+    let svc = &p.services[&service];
+    let Some(active) = svc.active_colour() else {
+        return Err(bad_request(format!("{service} runs nothing to scale")));
+    };
+    // What the release records: the running spec with the new count.
+    let mut spec = (*active.current_spec()).clone();
+    spec.instances = req.instances;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Scale(req.instances),
+        targets: vec![(service.clone(), active.version.clone())],
+        specs: [(service, Arc::new(spec))].into_iter().collect(),
+        reason: req.reason,
+        actor: peer.actor(&req.actor),
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+async fn abort_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::AbortRequest>,
+) -> Result<Json<tcf_api::AbortResponse>, ApiError> {
+    let Some(running) = lock(&p.deploying).clone() else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no release is running; nothing to abort (to go back, use `tcf-platform prod rollback`)"
+                .into(),
+        ));
+    };
+    let who = peer.actor(&req.actor);
+    *lock(&p.abort) = Some(who.clone());
+    p.event_by(
+        &who,
+        "release.abort_requested",
+        None,
+        None,
+        format!("abort requested: {running}"),
+    );
+    Ok(Json(tcf_api::AbortResponse { aborting: running }))
 }
 
 /// Statuses of releases whose versions ran for real.
@@ -291,11 +525,15 @@ const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
 
 async fn rollback_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<tcf_api::RollbackRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
     let releases = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let services = services_in_order(&p, &req.services)?;
     let known = |service: &str| -> Vec<String> {
@@ -355,42 +593,48 @@ async fn rollback_handler(
             "already running that version; nothing to roll back",
         ));
     }
+    // Back to the version *and* the spec it ran with (command, env, health...), when the
+    // release that ran it recorded one; else the spec the service runs now.
+    let mut specs = std::collections::BTreeMap::new();
+    for (service, version) in &targets {
+        let (s, v) = (service.clone(), version.clone());
+        let recorded = p
+            .with_store(move |st| st.spec_of(&s, &v))
+            .await
+            .ok()
+            .flatten();
+        if let Some(mut spec) =
+            recorded.and_then(|json| serde_json::from_str::<tcf_config::Service>(&json).ok())
+        {
+            // The public address is the running proxy's, whatever it was then.
+            spec.listen = p.services[service].config.listen;
+            specs.insert(service.clone(), Arc::new(spec));
+        }
+    }
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
         targets,
+        specs,
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
 }
 
-#[derive(Deserialize)]
-struct ReleasesQuery {
-    service: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn releases_handler(
-    State(p): State<Arc<Platform>>,
-    Query(q): Query<ReleasesQuery>,
-) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
-    let all = p
-        .store
-        .releases(10_000)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let limit = q.limit.unwrap_or(50) as usize;
-    let out = all
-        .iter()
+/// Releases in the wire shape, newest first: a successful release is `superseded` once newer
+/// successful ones cover all its services. Also what `history` shows from the store when no
+/// daemon runs.
+pub fn wire_releases(
+    all: &[tcf_store::Release],
+    service: Option<&str>,
+    limit: usize,
+) -> Vec<tcf_api::Release> {
+    all.iter()
         .enumerate()
-        .filter(|(_, r)| {
-            q.service
-                .as_ref()
-                .is_none_or(|s| r.versions.contains_key(s))
-        })
+        .filter(|(_, r)| service.is_none_or(|s| r.versions.contains_key(s)))
         .take(limit)
         .map(|(i, r)| {
-            // A successful release is superseded once newer successful ones cover all its services.
             let newer = &all[..i];
             let superseded = tcf_store::SUCCESSFUL.contains(&r.status.as_str())
                 && r.versions.keys().all(|s| {
@@ -414,7 +658,24 @@ async fn releases_handler(
                 duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
             }
         })
-        .collect();
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ReleasesQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn releases_handler(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<ReleasesQuery>,
+) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
+    let all = p
+        .with_store(|s| s.releases(10_000))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let out = wire_releases(&all, q.service.as_deref(), q.limit.unwrap_or(50) as usize);
     Ok(Json(out))
 }
 
@@ -422,8 +683,8 @@ async fn lock_handler(
     State(p): State<Arc<Platform>>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     let lease = p
-        .store
-        .lock(deploy::DEPLOY_LOCK)
+        .with_store(|s| s.lock(deploy::DEPLOY_LOCK))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(match lease {
         None => tcf_api::LockStatus {
@@ -457,7 +718,8 @@ struct LockReleaseRequest {
 
 async fn lock_release_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<LockReleaseRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<LockReleaseRequest>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     if let Some(running) = lock(&p.deploying).clone() {
         if !req.force {
@@ -468,11 +730,12 @@ async fn lock_release_handler(
         }
     }
     let released = p
-        .store
-        .release_lock(deploy::DEPLOY_LOCK, None)
+        .with_store(|s| s.release_lock(deploy::DEPLOY_LOCK, None))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if released {
-        p.event(
+        p.event_by(
+            &peer.user(),
             "lock.released",
             None,
             None,

@@ -7,14 +7,18 @@
 
 mod api;
 mod backup;
+mod caller;
 mod deploy;
 mod health;
 mod logs;
 mod metrics;
 mod platform;
+mod store_watch;
 mod supervisor;
+#[cfg(test)]
+mod testkit;
 
-pub use api::build_status;
+pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -111,7 +115,8 @@ pub async fn run(
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = take_lock(&state_dir)?;
-    let store = Store::open(&state_dir)?;
+    let store_existed = state_dir.join("state.db").exists();
+    let store = Arc::new(Store::open(&state_dir)?);
     let workdir = config
         .path
         .parent()
@@ -204,66 +209,7 @@ pub async fn run(
             }
         }
     }
-    let mut services = BTreeMap::new();
-    for (name, cfg) in &config.services {
-        let proxy = ServiceProxy::new(
-            name.clone(),
-            Settings {
-                max_request_body: cfg.max_request_body,
-                upstream_timeout: cfg.upstream_timeout,
-                connect_timeout: cfg.connect_timeout,
-            },
-        );
-        let version = active
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| cfg.version.clone());
-        let svc = Arc::new(ServiceRuntime {
-            config: cfg.clone(),
-            proxy,
-            sticky: sticky(&config.deploy.sticky),
-            colours: Mutex::new(BTreeMap::new()),
-            traffic: Mutex::new(Vec::new()),
-            healthy: watch::channel(false).0,
-            metrics: Mutex::new(Default::default()),
-        });
-        // Adopted containers keep the colour they run in.
-        let colour = adoptable
-            .values()
-            .find(|f: &&tcf_docker::Found| f.service == *name)
-            .map_or("blue".to_string(), |f| f.colour.clone());
-        let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version);
-        svc.set_traffic(vec![(colour.to_string(), 100)]);
-        services.insert(name.clone(), svc);
-    }
-    let dependencies = config
-        .dependencies
-        .iter()
-        .map(|(name, d)| {
-            (
-                name.clone(),
-                Arc::new(DependencyRuntime {
-                    config: d.clone(),
-                    info: Mutex::new(DependencyInfo::default()),
-                    healthy: watch::channel(false).0,
-                }),
-            )
-        })
-        .collect();
-    let p = Arc::new(Platform {
-        config,
-        store,
-        runtime,
-        docker: docker.clone(),
-        adoptable: Mutex::new(adoptable),
-        services,
-        dependencies,
-        events: broadcast::channel(1024).0,
-        shutdown: watch::channel(false).0,
-        started: Instant::now(),
-        deploying: Mutex::new(None),
-    });
+    let p = assemble(config, store, runtime, docker.clone(), adoptable, &active);
 
     p.event(
         "daemon.started",
@@ -281,6 +227,9 @@ pub async fn run(
         ),
     );
     recover(&p).await;
+    if !store_existed {
+        recover_without_store(&p).await;
+    }
     for (service, instance, note) in reconcile_notes {
         p.event("recovery.removed", Some(&service), Some(&instance), note);
     }
@@ -330,12 +279,16 @@ pub async fn run(
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
     backup::spawn_scheduler(p.clone());
+    tokio::spawn(store_watch::run(p.clone()));
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let api_server =
-        axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
-            let _ = api_shutdown.wait_for(|s| *s).await;
-        });
+    let api_server = axum::serve(
+        api_listener,
+        api::router(p.clone()).into_make_service_with_connect_info::<caller::Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = api_shutdown.wait_for(|s| *s).await;
+    });
     let api = tokio::spawn(async move {
         if let Err(e) = api_server.await {
             tracing::error!("the API server failed: {e}");
@@ -379,7 +332,84 @@ pub async fn run(
         None,
         format!("daemon stopped after {}s", p.started.elapsed().as_secs()),
     );
+    let flushing = p.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.event_log.flush()).await;
     Ok(())
+}
+
+/// The live state for `config`: each service with its proxy and the colour it starts in (the
+/// colour of its adopted containers, else blue), each dependency, and the event writer.
+fn assemble(
+    config: Config,
+    store: Arc<Store>,
+    runtime: Arc<dyn Runtime>,
+    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    adoptable: BTreeMap<String, tcf_docker::Found>,
+    active: &BTreeMap<String, String>,
+) -> Arc<Platform> {
+    let mut services = BTreeMap::new();
+    for (name, cfg) in &config.services {
+        let proxy = ServiceProxy::new(
+            name.clone(),
+            Settings {
+                max_request_body: cfg.max_request_body,
+                upstream_timeout: cfg.upstream_timeout,
+                connect_timeout: cfg.connect_timeout,
+                limits: proxy_limits(&cfg.proxy),
+                tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
+            },
+        );
+        let version = active
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| cfg.version.clone());
+        let svc = Arc::new(ServiceRuntime::new(
+            cfg.clone(),
+            proxy,
+            sticky(&config.deploy.sticky),
+        ));
+        // Adopted containers keep the colour they run in.
+        let colour = adoptable
+            .values()
+            .find(|f: &&tcf_docker::Found| f.service == *name)
+            .map_or("blue".to_string(), |f| f.colour.clone());
+        let colour = if colour == "green" { "green" } else { "blue" };
+        svc.add_colour(colour, &version, Arc::new(cfg.clone()));
+        svc.set_traffic(vec![(colour.to_string(), 100)]);
+        services.insert(name.clone(), svc);
+    }
+    let dependencies = config
+        .dependencies
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Arc::new(DependencyRuntime {
+                    config: d.clone(),
+                    info: Mutex::new(DependencyInfo::default()),
+                    healthy: watch::channel(false).0,
+                }),
+            )
+        })
+        .collect();
+    let events = broadcast::channel(1024).0;
+    Arc::new(Platform {
+        config,
+        event_log: platform::EventLog::start(store.clone(), events.clone()),
+        store,
+        runtime,
+        docker: docker.clone(),
+        adoptable: Mutex::new(adoptable),
+        services,
+        dependencies,
+        events,
+        shutdown: watch::channel(false).0,
+        started: Instant::now(),
+        deploying: Mutex::new(None),
+        warnings: Mutex::new(Vec::new()),
+        release_slot: tokio::sync::Mutex::new(()),
+        abort: Mutex::new(None),
+    })
 }
 
 /// Proxy worker threads: TCF_WORKER_THREADS, else one per core.
@@ -402,7 +432,10 @@ fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
     }
 }
 
-/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store.
+/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store. Each
+/// record is cleaned up by the runtime that started it: processes by their group here;
+/// containers were already adopted or removed by label, and their init is a process-group
+/// leader too, so the process clean-up must never see them.
 async fn recover(p: &Arc<Platform>) {
     let records = match p.store.instances() {
         Ok(r) => r,
@@ -412,24 +445,62 @@ async fn recover(p: &Arc<Platform>) {
         }
     };
     for rec in records {
-        let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
-            let _ = p.store.remove_instance(&rec.id);
-            continue;
-        };
+        if rec.runtime == p.runtime.name() {
+            if let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) {
+                let left = Identity {
+                    pid: pid as u32,
+                    pgid: pgid as u32,
+                    start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+                };
+                if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+                    p.event(
+                        "recovery.cleaned_up",
+                        Some(&rec.service),
+                        Some(&rec.id),
+                        format!("stopped process group {pgid} left running by a previous daemon"),
+                    );
+                }
+            }
+        }
+        let _ = p.store.remove_instance(&rec.id);
+    }
+}
+
+/// No store, yet instances of this platform run (found by the state directory in their
+/// environment): the store was lost, this is no first start. They are stopped like any
+/// leftover, and said so loudly, instead of left running unmanaged beside new ones.
+async fn recover_without_store(p: &Arc<Platform>) {
+    let dir = p.config.platform.state_dir.display().to_string();
+    let found = tcf_runtime::procfs::with_env(supervisor::STATE_DIR_ENV, &dir);
+    let leaders: Vec<u32> = found
+        .into_iter()
+        .filter(|pid| tcf_runtime::procfs::process_group(*pid) == Some(*pid))
+        .collect();
+    if leaders.is_empty() {
+        return;
+    }
+    let warning = format!(
+        "the state store {} was missing at start while {} instance(s) of this platform ran: the history is lost; they were stopped and start again from the config",
+        p.store.path().display(),
+        leaders.len()
+    );
+    tracing::error!("{warning}");
+    p.event("recovery.store_missing", None, None, warning.clone());
+    platform::lock(&p.warnings).push(warning);
+    for pid in leaders {
         let left = Identity {
-            pid: pid as u32,
-            pgid: pgid as u32,
-            start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+            pid,
+            pgid: pid,
+            start_ticks: tcf_runtime::procfs::start_ticks(pid),
         };
         if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
             p.event(
                 "recovery.cleaned_up",
-                Some(&rec.service),
-                Some(&rec.id),
-                format!("stopped process group {pgid} left running by a previous daemon"),
+                None,
+                None,
+                format!("stopped process group {pid} left running without a store"),
             );
         }
-        let _ = p.store.remove_instance(&rec.id);
     }
 }
 
@@ -457,10 +528,20 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     if initial.is_empty() {
         return;
     }
-    match p
-        .store
-        .create_release("initial", "active", "daemon", Some("first start"), &initial)
-    {
+    match p.store.create_release_with_specs(
+        "initial",
+        "active",
+        "daemon",
+        Some("first start"),
+        &initial,
+        &initial
+            .keys()
+            .filter_map(|name| {
+                let spec = p.services.get(name)?.active_colour()?.current_spec();
+                Some((name.clone(), serde_json::to_string(&*spec).ok()?))
+            })
+            .collect(),
+    ) {
         Ok(id) => p.event(
             "release.recorded",
             None,
@@ -475,5 +556,19 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
             ),
         ),
         Err(e) => tracing::error!("cannot record the initial release: {e}"),
+    }
+}
+
+/// A service's `[proxy]` limits as the proxy takes them.
+fn proxy_limits(cfg: &tcf_config::ProxyLimits) -> tcf_proxy::RequestLimits {
+    tcf_proxy::RequestLimits {
+        max_header_bytes: cfg.max_header_size as usize,
+        max_headers: cfg.max_headers as usize,
+        max_request_line: cfg.max_request_line as usize,
+        underscores: match cfg.headers_with_underscores {
+            tcf_config::UnderscoreHeaders::Forward => tcf_proxy::UnderscoreHeaders::Forward,
+            tcf_config::UnderscoreHeaders::Drop => tcf_proxy::UnderscoreHeaders::Drop,
+            tcf_config::UnderscoreHeaders::Refuse => tcf_proxy::UnderscoreHeaders::Refuse,
+        },
     }
 }

@@ -79,6 +79,12 @@ async fn blocking<T: Send + 'static>(
 /// Record an event with the daemon, if one runs; a platform without a daemon has no event log.
 async fn record_event(config: &Config, kind: &str, message: String) {
     let client = tcf_api::Client::new(config.daemon.socket.clone());
+    // One line of plain text: the daemon refuses control characters in events.
+    let message: String = message
+        .replace('\n', " | ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     let body = tcf_api::BackupEventRequest {
         kind: kind.to_string(),
         message,

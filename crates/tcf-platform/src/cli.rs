@@ -3,10 +3,20 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `--version`: the package version, the git commit and the build date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCF_GIT_COMMIT"),
+    ", built ",
+    env!("TCF_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcf-platform",
-    version,
+    version = VERSION,
     about = "Run a multi-service platform and operate it in production",
     long_about = "Run a multi-service platform from one config file and operate it: a reverse proxy in \
 front of every service, health checks, restarts, status, logs and an audit trail of events.\n\n\
@@ -35,6 +45,13 @@ pub struct Cli {
     )]
     pub environment: Option<String>,
 
+    /// Reach the daemon on this Unix socket instead of the config's
+    ///
+    /// Without it, a config that does not validate still names its socket: commands that only
+    /// talk to the daemon warn and go on.
+    #[arg(long, global = true, env = "TCF_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,13 +75,42 @@ stop instances in reverse dependency order."
     )]
     Up,
     /// Stop the running daemon and everything it started
+    #[command(
+        long_about = "Stop the running daemon and everything it started: stop accepting, finish \
+requests in flight, stop instances in reverse dependency order.\n\n\
+While a release runs, `down` refuses unless --force (the release is then recorded as interrupted \
+and the next `up` serves the last active release). With --force, a daemon still not gone after \
+--timeout is killed (SIGKILL) with the process groups of its instances; pressing Ctrl-C twice \
+while waiting does the same."
+    )]
     Down {
-        /// Give up waiting after this long (the daemon keeps stopping)
+        /// Wait this long for a clean stop; then give up (or, with --force, kill)
         #[arg(long, default_value = "2m", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// Stop even while a release runs, and kill what does not stop within --timeout
+        #[arg(long)]
+        force: bool,
     },
     /// Show services, instances and their health
     Status(StatusArgs),
+    /// Restart a service's instances one at a time behind the health gate (no request dropped)
+    #[command(
+        long_about = "Restart the named services' instances on the version they run, one at a \
+time: each new instance must pass the health gate before an old one leaves the pool, as in a \
+rolling deploy (and it is recorded as a release, strategy `restart`). A failed gate puts the old \
+instances back.\n\nExit codes as for `prod deploy`."
+    )]
+    Restart(RestartArgs),
+    /// Run N instances of a service (new ones join behind the health gate; removed ones finish
+    /// their requests first)
+    #[command(
+        long_about = "Change how many instances of a service run, in place: new instances start \
+on the running version and join the pool once healthy (a failed gate stops them again and \
+changes nothing); removed ones (the highest numbers) leave the pool, finish their requests and \
+stop. Recorded as a release (strategy `scale`). It changes the running platform: set `instances` \
+in the config file to keep it for the next deploy and the next `up`."
+    )]
+    Scale(ScaleArgs),
     /// Show the log of a service's instances
     Logs {
         /// The service
@@ -75,6 +121,9 @@ stop instances in reverse dependency order."
         /// How many lines of each instance's log to show first
         #[arg(long, short = 'n', default_value_t = 100)]
         tail: usize,
+        /// Start each line with the time it was written (RFC 3339, UTC)
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
     /// Show the audit trail: every state change, oldest first
     Events {
@@ -117,6 +166,17 @@ is locked by another backup, verify, restore or prune, 4 verify could not run a 
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
+    /// Write a tcf-platform.toml from docker compose files
+    #[command(
+        long_about = "Write a commented tcf-platform.toml from docker compose files: services become \
+runtime = \"docker\" services behind our proxy, well-known data stores (PostgreSQL, Redis, Qdrant, \
+MySQL, ...) become [dependencies], health checks, replicas, limits, volumes and depends_on carry over. \
+Files are merged in order as `docker compose -f A -f B` does, with the project's .env interpolated.\n\n\
+Everything that has no equivalent is listed at the top of the file and on stderr, never dropped \
+silently; credential-looking values are kept out of the file. The result passes `config validate`.\n\n\
+Exit codes: 0 written (or printed), 2 usage or compose file error (or the output exists without --force)."
+    )]
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         long_about = "Print a completion script for SHELL to standard output.\n\n\
@@ -126,11 +186,44 @@ Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-pla
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (one per command) into DIR: for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write tcf-platform.1, tcf-platform-up.1, ... into
+        dir: PathBuf,
+    },
     /// Print the version of this binary
     Version {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InitArgs {
+    /// Compose files, merged in order [default: compose.yaml or docker-compose.yml and its override file, here]
+    #[arg(long = "from-compose", value_name = "FILE", num_args = 1..)]
+    pub from_compose: Vec<PathBuf>,
+    /// Where to write the config
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "PATH",
+        default_value = "tcf-platform.toml"
+    )]
+    pub output: PathBuf,
+    /// Overwrite the output file if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Print the config to stdout instead of writing it
+    #[arg(long)]
+    pub dry_run: bool,
+    /// json: print the mapping report (what became what, what was not translated) to stdout
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Keep data stores (PostgreSQL, Redis, ...) as services we run instead of [dependencies]
+    #[arg(long)]
+    pub keep_stores_as_services: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -185,12 +278,18 @@ Asks for confirmation on a terminal; without one it refuses unless --force.\n\
 Exit codes as for deploy."
     )]
     Rollback(RollbackArgs),
+    /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
+    Abort,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// The version to deploy (replaces {version} in the services' command)
-    pub version: String,
+    #[arg(required_unless_present = "abort")]
+    pub version: Option<String>,
+    /// Instead of deploying: stop the release in progress and revert what it switched
+    #[arg(long, conflicts_with = "version")]
+    pub abort: bool,
     /// blue_green (also blue-green), canary or rolling [default: the config's [deploy] strategy]
     #[arg(long)]
     pub strategy: Option<String>,
@@ -207,6 +306,43 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScaleArgs {
+    /// The service
+    pub service: String,
+    /// How many instances (1 to 256)
+    pub instances: u32,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestartArgs {
+    /// The services to restart
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod load;
 pub mod sequence;
 
@@ -179,6 +180,16 @@ impl Platform {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+}
+
+/// Poll `ok` until it holds; panics naming `what` after `timeout`. Tests wait for conditions
+/// with this rather than sleeping and hoping.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
