@@ -254,6 +254,17 @@ pub struct ProgressLine {
     pub exit_code: Option<u8>,
 }
 
+/// `POST /v1/backup/events`: a backup, verify, restore or prune the CLI ran, for the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupEventRequest {
+    /// `backup.created`, `backup.failed`, `backup.verified`, `backup.verify_failed`,
+    /// `backup.restored`, `backup.restore_failed` or `backup.pruned`.
+    pub kind: String,
+    pub message: String,
+    /// Who ran it (`user@host`).
+    pub actor: String,
+}
+
 /// `GET /v1/releases`: one release, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Release {

@@ -24,6 +24,7 @@ pub struct RawFile {
     pub deploy: RawDeploy,
     #[serde(default)]
     pub hooks: RawHooks,
+    pub backup: Option<crate::backup::RawBackup>,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.

@@ -152,6 +152,17 @@ in the config file to keep it for the next deploy and the next `up`."
     /// Show or release the deploy lock
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Back up, list, verify, restore and prune backups of the platform's data stores
+    #[command(
+        subcommand,
+        long_about = "Backups of the sources in [backup] (PostgreSQL, Redis, directories), \
+described by a manifest with SHA-256 checksums, verified by checksums or by a real restore into a \
+scratch place. Runs in this process against the config; no daemon needed (when one runs, each \
+result is also recorded as an event). See docs/backups.md.\n\n\
+Exit codes: 0 success, 1 failed (verify: damage found), 2 usage or config error, 3 the repository \
+is locked by another backup, verify, restore or prune, 4 verify could not run a check (not proven)."
+    )]
+    Backup(BackupCommand),
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
@@ -405,6 +416,81 @@ pub enum LockCommand {
     Release {
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum VerifyLevel {
+    /// Every artifact's size and SHA-256 (no key or server needed)
+    #[default]
+    Checksums,
+    /// Checksums, then restore each artifact into a scratch database, a throwaway redis-server
+    /// or a scratch directory and compare with what the manifest recorded
+    Restore,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up every source (or one) and verify the stored checksums
+    Create {
+        /// Only this [backup.sources.NAME]
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List completed backups, oldest first, with their last verification
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Check a backup: checksums, or a real restore into a scratch place
+    Verify {
+        /// The backup's id (see `backup list`)
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        level: VerifyLevel,
+        /// An age identity file, to read encrypted backups [default: [backup] identity]
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Replace the live data with a backup (a recovery-point backup is taken first)
+    #[command(
+        long_about = "Restore backup ID over the live data of every source in it (or --source). \
+Every artifact's checksum is checked first, then a recovery-point backup of the same sources is \
+taken; each database is restored into a new database and swapped in only once it matches the \
+manifest, a directory is extracted beside the live one and swapped in, Redis is flushed and \
+refilled from a throwaway server loaded with the RDB.\n\n\
+Asks for confirmation on a terminal; refuses without one, or while services that use the source \
+are running, unless --force."
+    )]
+    Restore {
+        id: String,
+        /// Only this source
+        #[arg(long)]
+        source: Option<String>,
+        /// Do not ask, and restore even while services that use the source run
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Delete backups the [backup] retention policy does not keep
+    #[command(
+        long_about = "Apply [backup] retention with restic's semantics (keep_last, keep_hourly, \
+keep_daily, keep_weekly, keep_monthly, keep_yearly; UTC calendar buckets). Never deletes the \
+newest verified backup nor the pre-deploy backups of the active and previous release."
+    )]
+    Prune {
+        /// Show what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 

@@ -1,6 +1,7 @@
 //! `tcf-platform`: the binary edge. Parses the command line, loads the config, and either runs
 //! the daemon (`up`) or talks to it over its API.
 
+mod backup_cmd;
 mod cli;
 mod init_cmd;
 mod output;
@@ -146,6 +147,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             limit,
             format,
         } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Backup(command) => backup_cmd::run(load_config(&cli)?, command).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
         Command::Init(args) => init_cmd::init(args),
