@@ -140,6 +140,9 @@ pub struct Ping {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeployRequest {
     pub version: String,
+    /// Back up every `[backup]` source first (absent: the config's `[deploy] backup`).
+    #[serde(default)]
+    pub backup: Option<bool>,
     /// Run `prod validate`'s checks first (absent: the config's `[deploy] validate`).
     #[serde(default)]
     pub validate: Option<bool>,
@@ -277,6 +280,9 @@ pub struct Release {
     pub reason: Option<String>,
     pub started: String,
     pub duration_s: Option<f64>,
+    /// The backup taken before it started (`prod deploy --backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
 /// `GET /v1/lock`.

@@ -28,6 +28,7 @@ fn release() {
         reason: Some("hotfix".into()),
         started: "2026-11-25T16:00:00.000Z".into(),
         duration_s: Some(12.5),
+        backup: Some("20261125T160000Z-a1b2".into()),
     });
 }
 

@@ -149,6 +149,8 @@ pub struct DeploySettings {
     pub lock_ttl: Duration,
     /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
     pub validate: bool,
+    /// Back up every `[backup]` source before every deploy (`--backup` for one).
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -45,6 +45,7 @@ pub struct RawDeploy {
     pub max_surge: Option<Spanned<u32>>,
     pub lock_ttl: Option<Dur>,
     pub validate: Option<bool>,
+    pub backup: Option<bool>,
 }
 
 /// `[hooks]`: commands around deploys and rollbacks.

@@ -249,6 +249,7 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
             errors,
         ),
         validate: raw.validate.unwrap_or(true),
+        backup: raw.backup.unwrap_or(false),
     }
 }
 

@@ -396,6 +396,7 @@ async fn deploy_handler(
             .collect(),
         specs,
         validate: req.validate.unwrap_or(fresh.deploy.validate),
+        backup: req.backup.unwrap_or(fresh.deploy.backup),
         force: req.force,
         reason: req.reason,
         actor: peer.actor(&req.actor),
@@ -451,6 +452,7 @@ async fn restart_handler(
     let plan = deploy::Plan {
         kind: deploy::Kind::Restart,
         validate: false,
+        backup: false,
         force: false,
         specs: Default::default(),
         targets: services
@@ -494,6 +496,7 @@ async fn scale_handler(
     let plan = deploy::Plan {
         kind: deploy::Kind::Scale(req.instances),
         validate: false,
+        backup: false,
         force: false,
         targets: vec![(service.clone(), active.version.clone())],
         specs: [(service, Arc::new(spec))].into_iter().collect(),
@@ -639,6 +642,7 @@ async fn rollback_handler(
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
         validate: false,
+        backup: false,
         force: false,
         targets,
         specs,
@@ -683,6 +687,7 @@ pub fn wire_releases(
                 reason: r.reason.clone(),
                 started: deploy::rfc3339(r.started_ms),
                 duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
+                backup: r.backup.clone(),
             }
         })
         .collect()

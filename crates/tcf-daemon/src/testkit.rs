@@ -317,6 +317,7 @@ impl TestPlatform {
             kind,
             specs: Default::default(),
             validate: false,
+            backup: false,
             force: false,
             targets: targets
                 .iter()

@@ -341,6 +341,10 @@ pub struct DeployArgs {
     /// Skip the validation checks
     #[arg(long)]
     pub no_validate: bool,
+    /// Back up every [backup] source (verified) before anything starts; a failed backup stops
+    /// the deploy (with --force it only warns) [default: the config's [deploy] backup]
+    #[arg(long)]
+    pub backup: bool,
     /// table: one line per step; json: one JSON object per line
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

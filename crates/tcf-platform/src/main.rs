@@ -788,6 +788,7 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
             None
         },
         force: args.force,
+        backup: args.backup.then_some(true),
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),

@@ -266,13 +266,14 @@ pub fn history(releases: &[Release]) -> String {
                     .map(|(s, v)| format!("{s}={v}"))
                     .collect::<Vec<_>>()
                     .join(" "),
+                r.backup.clone().unwrap_or_else(|| "-".into()),
                 r.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "STARTED", "STRATEGY", "STATUS", "TOOK", "ACTOR", "VERSIONS", "REASON",
+            "ID", "STARTED", "STRATEGY", "STATUS", "TOOK", "ACTOR", "VERSIONS", "BACKUP", "REASON",
         ],
         &rows,
     )
