@@ -5,11 +5,13 @@
 //! Every problem is reported with file, line and column and a hint, all at once.
 
 mod diag;
+pub mod monitor;
 mod raw;
 mod resolve;
 pub mod units;
 
 pub use diag::{line_col, render, Diagnostic};
+pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
 pub use resolve::resolve;
 
 use serde::Serialize;
@@ -53,6 +55,8 @@ pub struct Config {
     pub dependencies: BTreeMap<String, Dependency>,
     pub deploy: DeploySettings,
     pub hooks: Hooks,
+    pub monitor: MonitorSettings,
+    pub alerts: AlertSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

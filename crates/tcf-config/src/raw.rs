@@ -24,6 +24,10 @@ pub struct RawFile {
     pub deploy: RawDeploy,
     #[serde(default)]
     pub hooks: RawHooks,
+    #[serde(default)]
+    pub monitor: crate::monitor::RawMonitor,
+    #[serde(default)]
+    pub alerts: crate::monitor::RawAlerts,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.

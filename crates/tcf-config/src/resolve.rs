@@ -114,6 +114,8 @@ pub fn resolve(
         post_rollback: file.hooks.post_rollback.clone().filter(|c| !c.is_empty()),
         timeout: file.hooks.timeout.map_or(Duration::from_secs(60), |d| d.0),
     };
+    let monitor = crate::monitor::resolve_monitor(&file.monitor, &mut errors);
+    let alerts = crate::monitor::resolve_alerts(&file.alerts, &mut errors);
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
@@ -129,6 +131,8 @@ pub fn resolve(
         dependencies,
         deploy,
         hooks,
+        monitor,
+        alerts,
     })
 }
 

@@ -738,6 +738,12 @@ mod tests {
     }
 
     #[test]
+    fn the_config_knows_every_builtin_rule() {
+        let names: Vec<String> = builtin_rules().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, tcf_config::monitor::BUILTIN_ALERT_RULES);
+    }
+
+    #[test]
     fn overrides_and_custom_rules() {
         let mut o = BTreeMap::new();
         o.insert(
