@@ -4,6 +4,7 @@
 //! daemon's domain types. Add fields, never rename or remove them. See docs/api.md.
 
 pub mod client;
+pub mod monitor;
 
 use serde::{Deserialize, Serialize};
 

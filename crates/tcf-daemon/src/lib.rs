@@ -6,10 +6,12 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod api_monitor;
 mod deploy;
 mod health;
 mod logs;
 mod metrics;
+mod monitor;
 mod platform;
 mod supervisor;
 
@@ -152,6 +154,7 @@ pub async fn run(
         })?;
         listeners.push((svc.name.clone(), l));
     }
+    let metrics_listener = monitor::bind_metrics(&config).await?;
     let socket = config.daemon.socket.clone();
     let unclean = socket.exists();
     if let Some(dir) = socket.parent() {
@@ -328,12 +331,13 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    let monitor = monitor::start(p.clone(), metrics_listener);
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let api_server =
-        axum::serve(api_listener, api::router(p.clone())).with_graceful_shutdown(async move {
-            let _ = api_shutdown.wait_for(|s| *s).await;
-        });
+    let router = api::router(p.clone()).merge(api_monitor::router(monitor));
+    let api_server = axum::serve(api_listener, router).with_graceful_shutdown(async move {
+        let _ = api_shutdown.wait_for(|s| *s).await;
+    });
     let api = tokio::spawn(async move {
         if let Err(e) = api_server.await {
             tracing::error!("the API server failed: {e}");
