@@ -106,6 +106,11 @@ stop instances in reverse dependency order."
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
+    /// Metric history: list the series, query one over time
+    #[command(subcommand)]
+    Metrics(crate::monitor_cmd::MetricsCommand),
+    /// Alerts: list, history, silence, unsilence
+    Alerts(crate::monitor_cmd::AlertsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         long_about = "Print a completion script for SHELL to standard output.\n\n\
@@ -174,6 +179,15 @@ Asks for confirmation on a terminal; without one it refuses unless --force.\n\
 Exit codes as for deploy."
     )]
     Rollback(RollbackArgs),
+    /// Control and show monitoring: collection, alert evaluation and notifications
+    #[command(
+        long_about = "Control monitoring in the running daemon: --action start|stop collection \
+(add --alerts to start or stop alert evaluation and notifications instead), restart (reopen the \
+history, rebuild rules and notifiers from the config), or status: what is collected, series and \
+bytes on disk, last evaluation, firing and pending alerts, each notifier's last delivery and each \
+service's health score. The choice persists across daemon restarts."
+    )]
+    Monitor(crate::monitor_cmd::MonitorArgs),
 }
 
 #[derive(Debug, Args, Clone)]

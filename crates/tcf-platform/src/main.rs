@@ -2,6 +2,7 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod cli;
+mod monitor_cmd;
 mod output;
 
 use anyhow::Context;
@@ -102,6 +103,9 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
+        Command::Prod(ProdCommand::Monitor(args)) => monitor_cmd::monitor(&cli, args).await,
+        Command::Metrics(cmd) => monitor_cmd::metrics(&cli, cmd).await,
+        Command::Alerts(args) => monitor_cmd::alerts(&cli, args).await,
         Command::History {
             service,
             limit,
