@@ -680,7 +680,8 @@ impl SeriesStore {
         }
     }
 
-    /// The points of `key` in `[since, until)`, one per `step`, aggregated by `agg`. Reads the
+    /// The points of `key` in `[since, until)`, one per `step` (steps aligned to the epoch, so
+    /// the same query asked later gives the same points), aggregated by `agg`. Reads the
     /// coarsest tier whose step fits in `step` and whose retention still covers `since`.
     pub fn query(
         &self,
@@ -719,7 +720,7 @@ impl SeriesStore {
                 if bid != id {
                     continue;
                 }
-                let at = block.at_ms - (block.at_ms - since_ms).rem_euclid(step_ms);
+                let at = block.at_ms - block.at_ms.rem_euclid(step_ms);
                 match buckets.get_mut(&at) {
                     Some(a) => a.merge(&acc),
                     None => {
