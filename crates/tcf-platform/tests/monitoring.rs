@@ -254,6 +254,28 @@ group_wait = "1s"
         })
     };
 
+    // The health score shows in `status --metrics` and in `prod monitor`.
+    let st = json(&p, &["status", "--metrics", "--format", "json"]);
+    let m = &st["services"][0]["metrics"];
+    assert!(
+        m["health_score"]
+            .as_f64()
+            .is_some_and(|s| (0.0..=100.0).contains(&s)),
+        "{m}"
+    );
+    assert!(
+        ["excellent", "good", "warning", "critical"].contains(&m["health_band"].as_str().unwrap())
+    );
+    wait_until(
+        "a health score in prod monitor",
+        Duration::from_secs(30),
+        || {
+            let s = json(&p, &["prod", "monitor", "--format", "json"]);
+            (s["services"][0]["service"] == "api" && s["services"][0]["score"].is_number())
+                .then_some(())
+        },
+    );
+
     // --- Prometheus: promtool accepts /metrics, a real Prometheus scrapes it.
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let exposition = wait_until("requests in /metrics", Duration::from_secs(30), || {
@@ -458,7 +480,35 @@ group_wait = "1s"
     );
     assert_eq!(third["status"], "firing");
 
-    // --- History across a restart: a SIGKILLed daemon's samples are still there.
+    // Every transition was an event.
+    let events = json(&p, &["events", "--limit", "500", "--format", "json"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in [
+        "alert.pending",
+        "alert.firing",
+        "alert.resolved",
+        "alert.silenced",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+
+    // --- History across a restart: a SIGKILLed daemon's samples are still there, and the
+    // monitor control choice (alerts off) persists.
+    let off = json(
+        &p,
+        &[
+            "prod", "monitor", "--action", "stop", "--alerts", "--format", "json",
+        ],
+    );
+    assert_eq!(
+        (off["collecting"].as_bool(), off["alerts"].as_bool()),
+        (Some(true), Some(false))
+    );
     stop.store(true, Ordering::SeqCst);
     traffic.join().unwrap();
     let before = json(
@@ -480,6 +530,11 @@ group_wait = "1s"
         "the platform after a restart",
         Duration::from_secs(60),
         common::all_healthy,
+    );
+    let control = json(&p, &["prod", "monitor", "--format", "json"]);
+    assert_eq!(
+        control["alerts"], false,
+        "the choice survives the restart: {control:#}"
     );
     let after = json(
         &p,
