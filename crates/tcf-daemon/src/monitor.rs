@@ -431,19 +431,21 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
             healthy_instances: healthy,
         });
     }
-    let mut dependencies = Vec::new();
-    for (name, dep) in &p.dependencies {
-        let up = lock(&dep.info).healthy;
-        let started = Instant::now();
-        let probe = crate::health::dependency(&dep.config).await;
-        dependencies.push(DependencyTick {
-            name: name.clone(),
-            up,
-            latency_ms: probe
-                .is_ok()
-                .then(|| started.elapsed().as_secs_f64() * 1000.0),
-        });
-    }
+    // Probed together, so one dead dependency (waiting out its timeout) delays no other.
+    let dependencies =
+        futures_util::future::join_all(p.dependencies.iter().map(|(name, dep)| async move {
+            let up = lock(&dep.info).healthy;
+            let started = Instant::now();
+            let probe = crate::health::dependency(&dep.config).await;
+            DependencyTick {
+                name: name.clone(),
+                up,
+                latency_ms: probe
+                    .is_ok()
+                    .then(|| started.elapsed().as_secs_f64() * 1000.0),
+            }
+        }))
+        .await;
     let cpu_now = host::cpu_times();
     let host_cpu = match (carry.host_cpu, cpu_now) {
         (Some(before), Some(after)) => host::cpu_percent(before, after),

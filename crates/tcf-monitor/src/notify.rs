@@ -885,6 +885,51 @@ mod tests {
         assert!(seen.lock().unwrap().is_empty());
     }
 
+    #[tokio::test]
+    async fn slack_gets_text_and_alertmanager_gets_its_v2_list() {
+        let (slack_url, slack_seen) = receiver(200, Duration::ZERO).await;
+        let (am_url, am_seen) = receiver(200, Duration::ZERO).await;
+        let mut slack = webhook("chat", &slack_url);
+        slack.kind = ReceiverKind::Slack { url: slack_url };
+        let mut am = webhook("am", &am_url);
+        am.kind = ReceiverKind::Alertmanager {
+            url: am_url.trim_end_matches("/hook").to_string(),
+        };
+        am.group_wait = Duration::ZERO;
+        am.repeat_interval = Duration::from_millis(500);
+        let hub = Hub::start(vec![slack, am], "tcf", Arc::new(Counts::default()));
+        hub.update(vec![(alert(State::Firing), false)], vec![]);
+        wait_for("slack", || slack_seen.lock().unwrap().len() == 1).await;
+        let v: serde_json::Value = serde_json::from_str(&slack_seen.lock().unwrap()[0].1).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("*[FIRING:1] tcf: high_5xx_ratio*"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway: 20.0% of requests answered 5xx"),
+            "{text}"
+        );
+        // Alertmanager: POST /api/v2/alerts, firing alerts re-sent, then endsAt on resolve.
+        wait_for("two Alertmanager posts", || {
+            am_seen.lock().unwrap().len() >= 2
+        })
+        .await;
+        let (head, body) = am_seen.lock().unwrap()[0].clone();
+        assert!(head.starts_with("POST /api/v2/alerts "), "{head}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list[0]["labels"]["alertname"], "high_5xx_ratio");
+        assert!(list[0].get("status").is_none());
+        hub.update(vec![], vec![alert(State::Resolved)]);
+        let ends = crate::rfc3339(3000);
+        wait_for("the resolution with endsAt", || {
+            am_seen.lock().unwrap().iter().any(|(_, b)| {
+                serde_json::from_str::<serde_json::Value>(b).unwrap()[0]["endsAt"] == ends.as_str()
+            })
+        })
+        .await;
+    }
+
     #[test]
     fn dates_for_mail() {
         assert_eq!(httpdate(0), "Thu, 01 Jan 1970 00:00:00 +0000");
