@@ -264,6 +264,8 @@ pub fn start(
 #[derive(Default)]
 struct Carry {
     host_cpu: Option<(u64, u64)>,
+    /// Container cgroup CPU time by instance, for CPU %.
+    cgroup_cpu: BTreeMap<String, (Instant, u64)>,
 }
 
 async fn run(svc: Arc<MonitorService>) {
@@ -402,28 +404,45 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
             })
             .collect();
         let limit = svc.config.docker.as_ref().and_then(|d| d.memory);
+        let container = svc.config.runtime == tcf_config::RuntimeKind::Docker;
         let mut healthy = 0;
-        let instances = svc
-            .instances()
-            .iter()
-            .map(|i| {
-                let info = i.info();
-                let in_pool = i.in_pool();
-                healthy += u32::from(in_pool);
-                InstanceTick {
-                    id: i.id.clone(),
-                    colour: i.colour.clone(),
-                    version: i.version.clone(),
-                    cpu_percent: info.cpu_percent,
-                    rss_bytes: info.rss_bytes,
-                    memory_limit_bytes: limit,
-                    open_fds: info.pid.and_then(host::open_fds),
-                    restarts: info.restarts,
-                    healthy: in_pool,
-                    crashloop: info.state == InstanceState::Crashloop,
+        let mut instances = Vec::new();
+        for i in svc.instances() {
+            let info = i.info();
+            let in_pool = i.in_pool();
+            healthy += u32::from(in_pool);
+            let mut tick = InstanceTick {
+                id: i.id.clone(),
+                colour: i.colour.clone(),
+                version: i.version.clone(),
+                cpu_percent: info.cpu_percent,
+                rss_bytes: info.rss_bytes,
+                memory_limit_bytes: limit,
+                open_fds: info.pid.and_then(host::open_fds),
+                restarts: info.restarts,
+                healthy: in_pool,
+                crashloop: info.state == InstanceState::Crashloop,
+            };
+            // A container's cgroup counts all its processes, not only the main one. (A
+            // process instance shares the daemon's cgroup, so only containers use it.)
+            if let Some(cg) = info.pid.filter(|_| container).and_then(host::cgroup_usage) {
+                if let Some(m) = cg.memory_bytes {
+                    tick.rss_bytes = m;
                 }
-            })
-            .collect();
+                tick.memory_limit_bytes = cg.memory_limit.or(limit);
+                if let Some(used) = cg.cpu_micros {
+                    let now = Instant::now();
+                    if let Some((at, before)) = carry.cgroup_cpu.insert(i.id.clone(), (now, used)) {
+                        let secs = now.duration_since(at).as_secs_f64();
+                        if secs > 0.0 {
+                            tick.cpu_percent =
+                                used.saturating_sub(before) as f64 / 1e6 / secs * 100.0;
+                        }
+                    }
+                }
+            }
+            instances.push(tick);
+        }
         services.push(ServiceTick {
             name: svc.config.name.clone(),
             colours,
@@ -446,6 +465,12 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
             }
         }))
         .await;
+    // Forget instances that are gone.
+    carry.cgroup_cpu.retain(|id, _| {
+        services
+            .iter()
+            .any(|s: &ServiceTick| s.instances.iter().any(|i| i.id == *id))
+    });
     let cpu_now = host::cpu_times();
     let host_cpu = match (carry.host_cpu, cpu_now) {
         (Some(before), Some(after)) => host::cpu_percent(before, after),

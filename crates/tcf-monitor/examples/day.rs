@@ -43,7 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for k in 0..n {
                 latency[s][40 + (k % 7) as usize] += 1;
             }
-            let name = if s == 0 { "gateway".to_string() } else { format!("svc{s}") };
+            let name = if s == 0 {
+                "gateway".to_string()
+            } else {
+                format!("svc{s}")
+            };
             let instances = (1..=if s == 0 { 2 } else { 1 })
                 .map(|i| InstanceTick {
                     id: format!("{name}-blue-{i}"),
@@ -89,7 +93,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         m.ingest(tick, true)?;
     }
     let st = m.store_stats();
-    println!("a day of 5 s ticks, {services} services (the example platform's shape), simulated clock");
+    println!(
+        "a day of 5 s ticks, {services} services (the example platform's shape), simulated clock"
+    );
     println!("{:<48}{}", "series", st.series);
     println!("{:<48}{}", "raw samples written", st.raw_samples_written);
     println!(
