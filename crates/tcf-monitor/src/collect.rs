@@ -114,7 +114,6 @@ pub struct Monitor {
     dir: PathBuf,
     store: SeriesStore,
     evaluator: Evaluator,
-    prev: Option<Tick>,
     last: Option<Tick>,
     latest: BTreeMap<(String, String), f64>,
     health: BTreeMap<String, ServiceHealth>,
@@ -188,7 +187,6 @@ impl Monitor {
             dir: dir.to_path_buf(),
             store,
             evaluator: Evaluator::new(rules),
-            prev: None,
             last: None,
             latest: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -220,7 +218,6 @@ impl Monitor {
             })
             .collect();
         self.store.append(tick.at_ms, &samples)?;
-        self.prev = self.last.take();
         let at = tick.at_ms;
         self.last = Some(tick);
         let mut out = Vec::new();
@@ -499,22 +496,28 @@ impl Monitor {
             .query(key, since_ms, until_ms, step, agg, now_ms)?)
     }
 
-    /// The last hour's average of `metric` for `target` against the same hour on each of the
-    /// previous 14 days.
+    /// The last complete clock hour's average of `metric` for `target` against the same hour
+    /// on each of the previous 14 days, all from the 1-hour rollups (one read).
     pub fn trend(&self, target: &str, metric: &str, now_ms: i64) -> Option<health::Trend> {
         const HOUR: i64 = 3_600_000;
         const DAY: i64 = 24 * HOUR;
-        let k = key(target, metric, None);
-        let avg = |since: i64, step: Duration| -> Option<f64> {
-            let pts = self
-                .store
-                .query(&k, since, since + HOUR, step, Agg::Avg, now_ms)
-                .ok()?;
-            (!pts.is_empty()).then(|| pts.iter().map(|p| p.value).sum::<f64>() / pts.len() as f64)
-        };
-        let current = avg(now_ms - HOUR, Duration::from_secs(60))?;
-        let history: Vec<f64> = (1..=14)
-            .filter_map(|d| avg(now_ms - d * DAY - HOUR, Duration::from_secs(3600)))
+        let last_hour = now_ms - now_ms.rem_euclid(HOUR) - HOUR;
+        let points = self
+            .store
+            .query(
+                &key(target, metric, None),
+                last_hour - 14 * DAY,
+                last_hour + HOUR,
+                Duration::from_secs(3600),
+                Agg::Avg,
+                now_ms,
+            )
+            .ok()?;
+        let current = points.iter().find(|p| p.at_ms == last_hour)?.value;
+        let history: Vec<f64> = points
+            .iter()
+            .filter(|p| p.at_ms < last_hour && (last_hour - p.at_ms) % DAY == 0)
+            .map(|p| p.value)
             .collect();
         Some(health::trend(metric, current, &history))
     }
@@ -733,6 +736,36 @@ mod tests {
             .unwrap();
         assert_eq!(pts.iter().map(|p| p.value).sum::<f64>(), 400.0);
         assert!(m.series().iter().any(|(k, h)| k == "gateway/latency" && *h));
+    }
+
+    #[test]
+    fn trend_against_the_same_hour_on_previous_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Monitor::open(dir.path(), Retention::default(), Vec::new()).unwrap();
+        const DAY_S: i64 = 86_400;
+        let mut total = 0u64;
+        // Four days of 5-minute ticks: 10 req/s, except 11:00-12:00 on the last day (40 req/s)
+        // and a little day-to-day variation at that hour before.
+        for t in 0..(4 * DAY_S / 300 + 2) {
+            let at_s = t * 300;
+            let day = at_s / DAY_S;
+            let hour = at_s % DAY_S / 3600;
+            let rate = match (day, hour) {
+                (3, 11) => 40,
+                (_, 11) => 10 + day as u64,
+                _ => 10,
+            };
+            total += rate * 300;
+            let mut tk = tick(0, total, 0);
+            tk.at_ms = 1_764_028_800_000 + at_s * 1000;
+            m.ingest(tk, false).unwrap();
+        }
+        // "Now" is 12:30 on day 3: the last complete hour is 11:00.
+        let now = 1_764_028_800_000 + (3 * DAY_S + 12 * 3600 + 1800) * 1000;
+        let t = m.trend("gateway", "requests_per_s", now).unwrap();
+        assert_eq!(t.baseline_days, 3, "{t:?}");
+        assert!((t.last_hour - 40.0).abs() < 0.5, "{t:?}");
+        assert!(t.anomaly, "{t:?}");
     }
 
     #[test]
