@@ -237,6 +237,20 @@ pub fn start(
             (None, Some(e))
         }
     };
+    for n in p.config.alerts.notify.values() {
+        if let Some(var) = n
+            .hmac_secret_env
+            .as_ref()
+            .filter(|v| std::env::var(v).is_err())
+        {
+            p.event(
+                "monitor.error",
+                None,
+                None,
+                format!("notifier {}: the environment variable {var} (hmac_secret_env) is not set, so its webhooks go unsigned; set it in the daemon's environment and restart the monitor", n.name),
+            );
+        }
+    }
     let hub = Hub::start(
         receivers_from_config(&p.config),
         &p.config.platform.name,
