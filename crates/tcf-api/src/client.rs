@@ -7,6 +7,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Connecting to the daemon's socket and the HTTP handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request, or the head of a streamed answer (a deploy's progress, `logs -f`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,6 +27,12 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("the daemon answered {status}: {message}")]
     Api { status: u16, message: String },
+    #[error("the daemon on {socket} did not answer {what} within {}\nhint: it may be overloaded or stuck; see its log, or `tcf-platform events` once it answers", humantime::format_duration(*limit))]
+    Timeout {
+        socket: PathBuf,
+        what: &'static str,
+        limit: Duration,
+    },
     #[error("the daemon sent an answer this CLI cannot read: {0}\nhint: is the daemon a different tcf-platform version? restart it with this binary")]
     Decode(#[from] serde_json::Error),
 }
@@ -28,41 +40,53 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
         }
+    }
+
+    /// The same client with other limits for connecting and for a request.
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Client {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
-    /// Send a request and return the response with its body still streaming.
+    fn timeout(&self, what: &'static str, limit: Duration) -> ClientError {
+        ClientError::Timeout {
+            socket: self.socket.clone(),
+            what,
+            limit,
+        }
+    }
+
+    /// Send a request and return the response with its body still streaming. The connection
+    /// and the response head are bounded in time; the body is not (it may be a stream).
     pub async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
+        let connect = async {
+            let stream = self.connect().await?;
+            Ok::<_, ClientError>(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+        };
+        let (mut sender, conn) = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    ClientError::NotRunning {
-                        socket: self.socket.clone(),
-                    }
-                }
-                _ => ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                },
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            .map_err(|_| self.timeout("the connection", self.connect_timeout))??;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -76,10 +100,12 @@ impl Client {
                 status: 0,
                 message: format!("bad request {path}: {e}"),
             })?;
-        let resp = sender.send_request(req).await?;
+        let resp = tokio::time::timeout(self.request_timeout, sender.send_request(req))
+            .await
+            .map_err(|_| self.timeout("the request", self.request_timeout))??;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await?.to_bytes();
+            let bytes = self.body(resp).await?;
             let message = serde_json::from_slice::<crate::ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
@@ -88,9 +114,34 @@ impl Client {
         Ok(resp)
     }
 
+    /// A whole (not streamed) answer's body, within the request timeout.
+    async fn body(&self, resp: Response<Incoming>) -> Result<Bytes, ClientError> {
+        let collect = resp.into_body().collect();
+        Ok(tokio::time::timeout(self.request_timeout, collect)
+            .await
+            .map_err(|_| self.timeout("the request", self.request_timeout))??
+            .to_bytes())
+    }
+
+    async fn connect(&self) -> Result<tokio::net::UnixStream, ClientError> {
+        tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning {
+                        socket: self.socket.clone(),
+                    }
+                }
+                _ => ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                },
+            })
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self.send("GET", path, None).await?;
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = self.body(resp).await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 
@@ -102,7 +153,53 @@ impl Client {
         let resp = self
             .send("POST", path, Some(serde_json::to_vec(body)?))
             .await?;
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = self.body(resp).await?;
         Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_daemon_that_accepts_but_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // Accept and hold connections without ever answering.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = Client::new(&socket)
+            .with_timeouts(Duration::from_millis(500), Duration::from_millis(300));
+        let err = client
+            .get::<serde_json::Value>("/v1/status")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Timeout {
+                    what: "the request",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn no_socket_means_no_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Client::new(dir.path().join("none.sock"))
+            .get::<serde_json::Value>("/v1/status")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
     }
 }

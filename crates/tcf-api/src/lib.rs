@@ -20,6 +20,9 @@ pub struct Status {
     /// The deploy or rollback running now, if any.
     #[serde(default)]
     pub deploy_in_progress: Option<String>,
+    /// Problems the operator must know about (a state store deleted behind the daemon's back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

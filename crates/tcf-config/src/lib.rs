@@ -8,7 +8,9 @@ mod diag;
 pub mod monitor;
 mod raw;
 mod resolve;
+mod socket;
 pub mod units;
+pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use diag::{line_col, render, Diagnostic};
 pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
@@ -277,6 +279,26 @@ impl Config {
             visit(self, name, &mut seen, &mut order);
         }
         order
+    }
+}
+
+/// The one rule for a version, wherever it comes from (the config, `prod deploy`, a
+/// rollback): what an image tag allows — a letter, digit or `_` first, then letters, digits,
+/// `_`, `.` and `-`, at most 128 in all. So `.`, `..`, `+`, `/`, spaces and control characters
+/// never reach a command template (`./releases/{version}/bin`) or an image name.
+pub fn check_version(version: &str) -> Result<(), String> {
+    let mut chars = version.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if first_ok && rest_ok && version.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid version {:?}: start with a letter, digit or '_', then letters, digits, '_', '.' and '-' (at most 128), as an image tag",
+            version
+        ))
     }
 }
 

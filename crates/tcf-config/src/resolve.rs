@@ -90,6 +90,26 @@ pub fn resolve(
             continue;
         };
         let listen_span = raw.listen.as_ref().map(|l| l.span());
+        // 0.0.0.0:P takes P on every address, 127.0.0.1:P included: the two cannot both bind.
+        let overlapping = listeners.iter().find(|(addr, _)| {
+            **addr != svc.listen
+                && addr.port() == svc.listen.port()
+                && (addr.ip().is_unspecified() || svc.listen.ip().is_unspecified())
+        });
+        if let Some((addr, (other, _))) = overlapping {
+            errors.push(
+                Diagnostic::new(
+                    format!(
+                        "services {other:?} ({addr}) and {:?} ({}) cannot both listen on port {}: an unspecified address takes the port on every address",
+                        svc.name,
+                        svc.listen,
+                        svc.listen.port()
+                    ),
+                    listen_span.clone(),
+                )
+                .hint("use another port for one of them"),
+            );
+        }
         if let Some((other, _)) = listeners.get(&svc.listen) {
             errors.push(
                 Diagnostic::new(
@@ -219,7 +239,13 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
         step_interval: raw.step_interval.map_or(Duration::from_secs(10), |d| d.0),
         sticky,
         max_surge,
-        lock_ttl: raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+        lock_ttl: at_least(
+            raw.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+            Duration::from_secs(1),
+            "deploy.lock_ttl",
+            None,
+            errors,
+        ),
     }
 }
 
@@ -449,6 +475,62 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The most instances one service may ask for.
+const MAX_INSTANCES: u32 = 256;
+
+/// A duration above `max` is refused: a stop that may take hours holds up `down` as long.
+fn at_most(
+    value: Duration,
+    max: Duration,
+    what: &str,
+    span: Option<std::ops::Range<usize>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    if value > max {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "{what} = \"{}\" is too long",
+                    humantime::format_duration(value)
+                ),
+                span,
+            )
+            .hint(format!(
+                "set it to at most \"{}\"",
+                humantime::format_duration(max)
+            )),
+        );
+    }
+    value
+}
+
+/// A duration below `min` is refused: a `0s` probe interval or lock TTL would make the daemon
+/// spin in a loop.
+fn at_least(
+    value: Duration,
+    min: Duration,
+    what: &str,
+    span: Option<std::ops::Range<usize>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    if value < min {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "{what} = \"{}\" is too short",
+                    humantime::format_duration(value)
+                ),
+                span,
+            )
+            .hint(format!(
+                "set it to at least \"{}\"",
+                humantime::format_duration(min)
+            )),
+        );
+    }
+    value
+}
+
 fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnostic>) -> Option<u32> {
     match v {
         Some(s) if *s.get_ref() == 0 => {
@@ -544,7 +626,14 @@ fn resolve_service(
             );
             String::new()
         }
-        Some(v) => v.get_ref().clone(),
+        Some(v) => {
+            if let Err(e) = crate::check_version(v.get_ref()) {
+                errors.push(
+                    Diagnostic::new(e, Some(v.span())).hint("write it as \"v1\" or \"1.2.3\""),
+                );
+            }
+            v.get_ref().clone()
+        }
         None => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
@@ -578,6 +667,26 @@ fn resolve_service(
     };
     let instances = raw.instances.clone().or_else(|| defaults.instances.clone());
     let instances = at_least_one(&instances, "instances", errors).unwrap_or(1);
+    if instances > MAX_INSTANCES {
+        errors.push(
+            Diagnostic::new(
+                format!("instances = {instances} is more than one platform runs ({MAX_INSTANCES} per service)"),
+                raw.instances.as_ref().map(|i| i.span()).or(Some(key.span())),
+            )
+            .hint("run fewer, larger instances, or spread the service over a Swarm"),
+        );
+    }
+    for (var, _) in raw.env.iter().chain(defaults.env.iter()) {
+        if var == "PORT" || var.starts_with("TCF_") {
+            errors.push(
+                Diagnostic::new(
+                    format!("env {var} is set by the platform for every instance and would be overridden"),
+                    Some(key.span()),
+                )
+                .hint("use another name; PORT is the instance's own port, TCF_SERVICE/TCF_VERSION/TCF_INSTANCE say which instance it is"),
+            );
+        }
+    }
     for dep in &raw.depends_on {
         let d = dep.get_ref();
         if d == &name {
@@ -628,8 +737,20 @@ fn resolve_service(
     };
     let health = Health {
         probe,
-        interval: h.interval.map_or(Duration::from_secs(1), |d| d.0),
-        timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            h.interval.map_or(Duration::from_secs(1), |d| d.0),
+            Duration::from_millis(50),
+            &format!("services.{}.health.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("services.{}.health.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors)
             .unwrap_or(1),
         unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
@@ -652,26 +773,48 @@ fn resolve_service(
         env,
         depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
         health,
-        stop_timeout: raw
-            .stop_timeout
-            .or(defaults.stop_timeout)
-            .map_or(Duration::from_secs(10), |d| d.0),
+        stop_timeout: at_most(
+            raw.stop_timeout
+                .or(defaults.stop_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
+            Duration::from_secs(3600),
+            &format!("services.{}.stop_timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         max_request_body: raw
             .max_request_body
             .or(defaults.max_request_body)
             .map_or(16 << 20, |b| b.0),
-        upstream_timeout: raw
-            .upstream_timeout
-            .or(defaults.upstream_timeout)
-            .map_or(Duration::from_secs(60), |d| d.0),
+        upstream_timeout: at_least(
+            raw.upstream_timeout
+                .or(defaults.upstream_timeout)
+                .map_or(Duration::from_secs(60), |d| d.0),
+            Duration::from_millis(1),
+            &format!("services.{}.upstream_timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
         connect_timeout: raw
             .connect_timeout
             .or(defaults.connect_timeout)
             .map_or(Duration::from_secs(5), |d| d.0),
-        log_max_size: raw
-            .log_max_size
-            .or(defaults.log_max_size)
-            .map_or(10 << 20, |b| b.0),
+        log_max_size: {
+            let size = raw
+                .log_max_size
+                .or(defaults.log_max_size)
+                .map_or(10 << 20, |b| b.0);
+            if !(4 << 10..=100 << 30).contains(&size) {
+                errors.push(
+                    Diagnostic::new(
+                        format!("services.{}.log_max_size = {size} bytes is out of range", key.get_ref()),
+                        Some(key.span()),
+                    )
+                    .hint("use between \"4KiB\" and \"100GiB\" (each instance keeps its log and one rotated file)"),
+                );
+            }
+            size
+        },
         docker,
     })
 }
@@ -768,8 +911,20 @@ fn resolve_dependency(
         kind,
         address,
         url,
-        interval: raw.interval.map_or(Duration::from_secs(5), |d| d.0),
-        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: at_least(
+            raw.interval.map_or(Duration::from_secs(5), |d| d.0),
+            Duration::from_millis(50),
+            &format!("dependencies.{}.interval", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
+        timeout: at_least(
+            raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            Duration::from_millis(10),
+            &format!("dependencies.{}.timeout", key.get_ref()),
+            Some(key.span()),
+            errors,
+        ),
     })
 }
 
@@ -904,5 +1059,58 @@ mod tests {
             None
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match resolve(std::path::Path::new("/tmp/t.toml"), text, None) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.message.clone()).collect(),
+        }
+    }
+
+    const SERVICE: &str =
+        "[platform]\nname = \"t\"\n[services.api]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"\n";
+
+    #[test]
+    fn durations_that_would_spin_or_overflow_are_refused() {
+        assert!(errors_of(SERVICE).is_empty(), "{:?}", errors_of(SERVICE));
+        let spin = format!("{SERVICE}health = {{ interval = \"0ms\" }}\n");
+        let e = errors_of(&spin);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("health.interval") && m.contains("too short")),
+            "{e:?}"
+        );
+        let dep = format!("{SERVICE}[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\ninterval = \"0s\"\n");
+        let e = errors_of(&dep);
+        assert!(
+            e.iter().any(|m| m.contains("dependencies.db.interval")),
+            "{e:?}"
+        );
+        let ttl = format!("{SERVICE}[deploy]\nlock_ttl = \"0s\"\n");
+        assert!(errors_of(&ttl).iter().any(|m| m.contains("lock_ttl")));
+        for bad in ["..", ".", "v1+build", "../v1;$(id)", "v1\nx", "a/b", ""] {
+            let text = SERVICE.replace("version = \"v1\"", &format!("version = {bad:?}"));
+            assert!(!errors_of(&text).is_empty(), "{bad:?} accepted");
+        }
+        for (bad, what) in [
+            ("instances = 100000\n", "instances"),
+            ("env = { PORT = \"1\" }\n", "PORT"),
+            ("env = { TCF_VERSION = \"1\" }\n", "TCF_VERSION"),
+            ("upstream_timeout = \"0s\"\n", "upstream_timeout"),
+            ("stop_timeout = \"300d\"\n", "stop_timeout"),
+            ("log_max_size = \"1KiB\"\n", "log_max_size"),
+        ] {
+            let e = errors_of(&format!("{SERVICE}{bad}"));
+            assert!(e.iter().any(|m| m.contains(what)), "{bad}: {e:?}");
+        }
+        let both = format!(
+            "{SERVICE}[services.b]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"0.0.0.0:18080\"\n"
+        );
+        let e = errors_of(&both);
+        assert!(e.iter().any(|m| m.contains("cannot both listen")), "{e:?}");
+        let huge = format!("{SERVICE}upstream_timeout = \"400000000d\"\n");
+        let e = errors_of(&huge);
+        assert!(e.iter().any(|m| m.contains("365 days")), "{e:?}");
     }
 }

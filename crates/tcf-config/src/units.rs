@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
+/// The longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration written as text in the config file, such as `"500ms"`, `"5s"` or `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -18,11 +21,18 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"500ms\", \"5s\" or \"2m\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
                     E::custom(format!(
                         "invalid duration {s:?}: {e}; write a number with a unit, such as \"500ms\", \"5s\" or \"2m\""
                     ))
-                })
+                })?;
+                // Deadlines are computed as `Instant + duration`: an absurd value would overflow.
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "duration {s:?} is longer than the limit of 365 days; write a shorter one"
+                    )));
+                }
+                Ok(Dur(d))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
                 Err(E::custom(format!(

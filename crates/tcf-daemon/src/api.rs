@@ -1,11 +1,12 @@
 //! The JSON API on the daemon's Unix socket. Shapes come from `tcf-api`; this module maps the
 //! live state onto them.
 
+use crate::caller::{check_text, Peer};
 use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body whose every failure (not JSON, no JSON content type, a missing or
+/// mistyped field) is answered in the documented `{"error": …}` shape, as every API error is.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, with a bad one answered in the `{"error": …}` shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
 pub fn router(p: Arc<Platform>) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
@@ -38,6 +79,12 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on this endpoint (see docs/api.md)"),
+            )
+        })
         .with_state(p)
 }
 
@@ -74,7 +121,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         colour: i.colour.clone(),
                         version: i.version.clone(),
                         pid: info.pid,
-                        port: i.port,
+                        port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,
@@ -89,7 +136,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
             ServiceStatus {
                 name: svc.config.name.clone(),
                 version: svc.serving_version(),
-                traffic: lock(&svc.traffic)
+                traffic: svc
+                    .weights()
                     .iter()
                     .map(|(colour, weight)| tcf_api::Traffic {
                         colour: colour.clone(),
@@ -129,10 +177,14 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         services,
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
+        warnings: lock(&p.warnings).clone(),
     }
 }
 
-async fn status(State(p): State<Arc<Platform>>, Query(q): Query<StatusQuery>) -> Json<Status> {
+async fn status(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<StatusQuery>,
+) -> Json<Status> {
     Json(build_status(&p, q.metrics))
 }
 
@@ -159,15 +211,16 @@ pub fn wire_event(e: tcf_store::Event) -> Event {
 
 async fn events(
     State(p): State<Arc<Platform>>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let (service, after, limit) = (
+        q.service.clone(),
+        q.after,
+        q.limit.unwrap_or(100).min(10_000),
+    );
     let rows = p
-        .store
-        .events(
-            q.service.as_deref(),
-            q.after,
-            q.limit.unwrap_or(100).min(10_000),
-        )
+        .with_store(move |s| s.events(service.as_deref(), after, limit))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows.into_iter().map(wire_event).collect()))
 }
@@ -182,7 +235,7 @@ struct LogsQuery {
 async fn logs_handler(
     State(p): State<Arc<Platform>>,
     Path(service): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let Some(svc) = p.services.get(&service) else {
         let known: Vec<&str> = p.services.keys().map(String::as_str).collect();
@@ -196,8 +249,12 @@ async fn logs_handler(
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn down(State(p): State<Arc<Platform>>) -> Json<DownResponse> {
-    p.event(
+async fn down(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<DownResponse> {
+    p.event_by(
+        &peer.user(),
         "daemon.stop_requested",
         None,
         None,
@@ -229,13 +286,6 @@ fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiE
         .collect())
 }
 
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
-}
-
 /// Stream a release's progress as NDJSON while it runs; it runs on even if the client leaves.
 fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -255,14 +305,13 @@ fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
 
 async fn deploy_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<tcf_api::DeployRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::DeployRequest>,
 ) -> Result<Response, ApiError> {
-    if !valid_version(&req.version) {
-        return Err(bad_request(format!(
-            "invalid version {:?}: use letters, digits and . _ - + (at most 128)",
-            req.version
-        )));
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
     }
+    tcf_config::check_version(&req.version).map_err(bad_request)?;
     let strategy = match &req.strategy {
         None => p.config.deploy.strategy,
         Some(s) => tcf_config::Strategy::parse(s).ok_or_else(|| {
@@ -279,7 +328,7 @@ async fn deploy_handler(
             .map(|s| (s, req.version.clone()))
             .collect(),
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
@@ -290,11 +339,15 @@ const DEPLOYED: &[&str] = &["active", "initial", "rolled_back"];
 
 async fn rollback_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<tcf_api::RollbackRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
     let releases = p
-        .store
-        .releases(10_000)
+        .with_store(|s| s.releases(10_000))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let services = services_in_order(&p, &req.services)?;
     let known = |service: &str| -> Vec<String> {
@@ -358,38 +411,25 @@ async fn rollback_handler(
         kind: deploy::Kind::Rollback,
         targets,
         reason: req.reason,
-        actor: req.actor,
+        actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
 }
 
-#[derive(Deserialize)]
-struct ReleasesQuery {
-    service: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn releases_handler(
-    State(p): State<Arc<Platform>>,
-    Query(q): Query<ReleasesQuery>,
-) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
-    let all = p
-        .store
-        .releases(10_000)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let limit = q.limit.unwrap_or(50) as usize;
-    let out = all
-        .iter()
+/// Releases in the wire shape, newest first: a successful release is `superseded` once newer
+/// successful ones cover all its services. Also what `history` shows from the store when no
+/// daemon runs.
+pub fn wire_releases(
+    all: &[tcf_store::Release],
+    service: Option<&str>,
+    limit: usize,
+) -> Vec<tcf_api::Release> {
+    all.iter()
         .enumerate()
-        .filter(|(_, r)| {
-            q.service
-                .as_ref()
-                .is_none_or(|s| r.versions.contains_key(s))
-        })
+        .filter(|(_, r)| service.is_none_or(|s| r.versions.contains_key(s)))
         .take(limit)
         .map(|(i, r)| {
-            // A successful release is superseded once newer successful ones cover all its services.
             let newer = &all[..i];
             let superseded = tcf_store::SUCCESSFUL.contains(&r.status.as_str())
                 && r.versions.keys().all(|s| {
@@ -413,7 +453,24 @@ async fn releases_handler(
                 duration_s: r.finished_ms.map(|f| (f - r.started_ms) as f64 / 1000.0),
             }
         })
-        .collect();
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ReleasesQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn releases_handler(
+    State(p): State<Arc<Platform>>,
+    ApiQuery(q): ApiQuery<ReleasesQuery>,
+) -> Result<Json<Vec<tcf_api::Release>>, ApiError> {
+    let all = p
+        .with_store(|s| s.releases(10_000))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let out = wire_releases(&all, q.service.as_deref(), q.limit.unwrap_or(50) as usize);
     Ok(Json(out))
 }
 
@@ -421,8 +478,8 @@ async fn lock_handler(
     State(p): State<Arc<Platform>>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     let lease = p
-        .store
-        .lock(deploy::DEPLOY_LOCK)
+        .with_store(|s| s.lock(deploy::DEPLOY_LOCK))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(match lease {
         None => tcf_api::LockStatus {
@@ -456,7 +513,8 @@ struct LockReleaseRequest {
 
 async fn lock_release_handler(
     State(p): State<Arc<Platform>>,
-    Json(req): Json<LockReleaseRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<LockReleaseRequest>,
 ) -> Result<Json<tcf_api::LockStatus>, ApiError> {
     if let Some(running) = lock(&p.deploying).clone() {
         if !req.force {
@@ -467,11 +525,12 @@ async fn lock_release_handler(
         }
     }
     let released = p
-        .store
-        .release_lock(deploy::DEPLOY_LOCK, None)
+        .with_store(|s| s.release_lock(deploy::DEPLOY_LOCK, None))
+        .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if released {
-        p.event(
+        p.event_by(
+            &peer.user(),
             "lock.released",
             None,
             None,

@@ -1,9 +1,11 @@
 //! The monitoring API: `/v1/metrics`, `/v1/alerts`, `/v1/monitor`, and the Prometheus
 //! `GET /metrics` on `[monitor] metrics_listen`. Shapes come from `tcf_api::monitor`.
 
+use crate::api::{ApiJson, ApiQuery};
+use crate::caller::{check_text, Peer};
 use crate::monitor::{MonitorService, COLLECTED};
 use crate::platform::lock;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,7 +110,7 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64, MonitorApiError> {
 
 async fn query(
     State(svc): State<Arc<MonitorService>>,
-    Query(q): Query<QueryParams>,
+    ApiQuery(q): ApiQuery<QueryParams>,
 ) -> ApiResult<MetricsQuery> {
     let now = tcf_monitor::now_ms();
     let since = parse_time(q.since.as_deref().unwrap_or("1h"), now)?;
@@ -217,7 +219,7 @@ struct HistoryParams {
 
 async fn history(
     State(svc): State<Arc<MonitorService>>,
-    Query(q): Query<HistoryParams>,
+    ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> ApiResult<Vec<AlertTransition>> {
     let guard = lock(&svc.monitor);
     let m = guard.as_ref().ok_or_else(|| unavailable(&svc))?;
@@ -235,8 +237,15 @@ async fn history(
 
 async fn silence(
     State(svc): State<Arc<MonitorService>>,
-    Json(req): Json<SilenceRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<SilenceRequest>,
 ) -> ApiResult<SilenceInfo> {
+    check_text("the comment", &req.comment).map_err(bad)?;
+    for m in &req.matchers {
+        check_text("a matcher", m).map_err(bad)?;
+    }
+    // The kernel's word for who is calling, not the client's (docs/api.md).
+    let actor = peer.actor(&req.actor);
     let now = tcf_monitor::now_ms();
     let s = {
         let mut guard = lock(&svc.monitor);
@@ -244,20 +253,20 @@ async fn silence(
         m.add_silence(
             &req.matchers,
             Duration::from_secs(req.duration_s),
-            &req.actor,
+            &actor,
             &req.comment,
             now,
         )
         .map_err(|e| bad(e.to_string()))?
     };
     let info = silence_info(&s);
-    svc.platform.event(
+    svc.platform.event_by(
+        &actor,
         "alert.silenced",
         None,
         None,
         format!(
-            "{}: silence {} for {} until {}: {}{}",
-            req.actor,
+            "silence {} for {} until {}: {}{}",
             s.id,
             info.matchers.join(" "),
             info.ends,
@@ -274,9 +283,11 @@ async fn silence(
 
 async fn unsilence(
     State(svc): State<Arc<MonitorService>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
-    Json(req): Json<UnsilenceRequest>,
+    ApiJson(req): ApiJson<UnsilenceRequest>,
 ) -> ApiResult<SilenceInfo> {
+    let actor = peer.actor(&req.actor);
     let now = tcf_monitor::now_ms();
     let s = {
         let mut guard = lock(&svc.monitor);
@@ -284,11 +295,12 @@ async fn unsilence(
         m.expire_silence(&id, now)
             .map_err(|e| MonitorApiError(StatusCode::NOT_FOUND, e.to_string()))?
     };
-    svc.platform.event(
+    svc.platform.event_by(
+        &actor,
         "alert.unsilenced",
         None,
         None,
-        format!("{}: silence {} ended", req.actor, s.id),
+        format!("silence {} ended", s.id),
     );
     Ok(Json(silence_info(&s)))
 }
@@ -377,10 +389,12 @@ async fn status(State(svc): State<Arc<MonitorService>>) -> Json<MonitorStatus> {
 
 async fn control(
     State(svc): State<Arc<MonitorService>>,
-    Json(req): Json<MonitorRequest>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<MonitorRequest>,
 ) -> ApiResult<MonitorStatus> {
+    let actor = peer.actor(&req.actor);
     let s = svc.clone();
-    tokio::task::spawn_blocking(move || s.apply(&req.action, req.alerts, &req.actor))
+    tokio::task::spawn_blocking(move || s.apply(&req.action, req.alerts, &actor))
         .await
         .map_err(|e| MonitorApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(bad)?;

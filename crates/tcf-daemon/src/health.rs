@@ -75,21 +75,26 @@ pub async fn instance(port: u16, probe: &tcf_config::Probe, timeout: Duration) -
     }
 }
 
-/// Split `http://host:port/path` into authority and path.
+/// Split `http://host:port/path` into a connectable `host:port` and the path with its query.
+/// Parsed as a URI, so an IPv6 literal (`http://[::1]/x`) keeps its brackets and gets port 80.
 fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let authority = if authority.contains(':') {
-        authority.to_string()
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?} is not an http:// URL"));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url:?} names no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let path = if path.is_empty() {
+        "/".to_string()
     } else {
-        format!("{authority}:80")
+        path
     };
-    Ok((authority, path.to_string()))
+    Ok((format!("{host}:{port}"), path))
 }
 
 async fn redis_ping(addr: &str, timeout: Duration) -> ProbeResult {
@@ -187,6 +192,14 @@ mod tests {
             ("example:80".to_string(), "/".to_string())
         );
         assert!(split_url("https://x").is_err());
+        assert_eq!(
+            split_url("http://[::1]/x?y=1").unwrap(),
+            ("[::1]:80".to_string(), "/x?y=1".to_string())
+        );
+        assert_eq!(
+            split_url("http://[::1]:6333").unwrap(),
+            ("[::1]:6333".to_string(), "/".to_string())
+        );
     }
 
     #[tokio::test]

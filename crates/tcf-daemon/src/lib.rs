@@ -7,15 +7,19 @@
 
 mod api;
 mod api_monitor;
+mod caller;
 mod deploy;
 mod health;
 mod logs;
 mod metrics;
 mod monitor;
 mod platform;
+mod store_watch;
 mod supervisor;
+#[cfg(test)]
+mod testkit;
 
-pub use api::build_status;
+pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -112,7 +116,7 @@ pub async fn run(
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = take_lock(&state_dir)?;
-    let store = Store::open(&state_dir)?;
+    let store = Arc::new(Store::open(&state_dir)?);
     let workdir = config
         .path
         .parent()
@@ -206,66 +210,7 @@ pub async fn run(
             }
         }
     }
-    let mut services = BTreeMap::new();
-    for (name, cfg) in &config.services {
-        let proxy = ServiceProxy::new(
-            name.clone(),
-            Settings {
-                max_request_body: cfg.max_request_body,
-                upstream_timeout: cfg.upstream_timeout,
-                connect_timeout: cfg.connect_timeout,
-            },
-        );
-        let version = active
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| cfg.version.clone());
-        let svc = Arc::new(ServiceRuntime {
-            config: cfg.clone(),
-            proxy,
-            sticky: sticky(&config.deploy.sticky),
-            colours: Mutex::new(BTreeMap::new()),
-            traffic: Mutex::new(Vec::new()),
-            healthy: watch::channel(false).0,
-            metrics: Mutex::new(Default::default()),
-        });
-        // Adopted containers keep the colour they run in.
-        let colour = adoptable
-            .values()
-            .find(|f: &&tcf_docker::Found| f.service == *name)
-            .map_or("blue".to_string(), |f| f.colour.clone());
-        let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version);
-        svc.set_traffic(vec![(colour.to_string(), 100)]);
-        services.insert(name.clone(), svc);
-    }
-    let dependencies = config
-        .dependencies
-        .iter()
-        .map(|(name, d)| {
-            (
-                name.clone(),
-                Arc::new(DependencyRuntime {
-                    config: d.clone(),
-                    info: Mutex::new(DependencyInfo::default()),
-                    healthy: watch::channel(false).0,
-                }),
-            )
-        })
-        .collect();
-    let p = Arc::new(Platform {
-        config,
-        store,
-        runtime,
-        docker: docker.clone(),
-        adoptable: Mutex::new(adoptable),
-        services,
-        dependencies,
-        events: broadcast::channel(1024).0,
-        shutdown: watch::channel(false).0,
-        started: Instant::now(),
-        deploying: Mutex::new(None),
-    });
+    let p = assemble(config, store, runtime, docker.clone(), adoptable, &active);
 
     p.event(
         "daemon.started",
@@ -331,11 +276,16 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    tokio::spawn(store_watch::run(p.clone()));
     let monitor = monitor::start(p.clone(), metrics_listener);
 
     let mut api_shutdown = p.shutdown.subscribe();
     let router = api::router(p.clone()).merge(api_monitor::router(monitor));
-    let api_server = axum::serve(api_listener, router).with_graceful_shutdown(async move {
+    let api_server = axum::serve(
+        api_listener,
+        router.into_make_service_with_connect_info::<caller::Peer>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = api_shutdown.wait_for(|s| *s).await;
     });
     let api = tokio::spawn(async move {
@@ -381,7 +331,81 @@ pub async fn run(
         None,
         format!("daemon stopped after {}s", p.started.elapsed().as_secs()),
     );
+    let flushing = p.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.event_log.flush()).await;
     Ok(())
+}
+
+/// The live state for `config`: each service with its proxy and the colour it starts in (the
+/// colour of its adopted containers, else blue), each dependency, and the event writer.
+fn assemble(
+    config: Config,
+    store: Arc<Store>,
+    runtime: Arc<dyn Runtime>,
+    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    adoptable: BTreeMap<String, tcf_docker::Found>,
+    active: &BTreeMap<String, String>,
+) -> Arc<Platform> {
+    let mut services = BTreeMap::new();
+    for (name, cfg) in &config.services {
+        let proxy = ServiceProxy::new(
+            name.clone(),
+            Settings {
+                max_request_body: cfg.max_request_body,
+                upstream_timeout: cfg.upstream_timeout,
+                connect_timeout: cfg.connect_timeout,
+            },
+        );
+        let version = active
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| cfg.version.clone());
+        let svc = Arc::new(ServiceRuntime::new(
+            cfg.clone(),
+            proxy,
+            sticky(&config.deploy.sticky),
+        ));
+        // Adopted containers keep the colour they run in.
+        let colour = adoptable
+            .values()
+            .find(|f: &&tcf_docker::Found| f.service == *name)
+            .map_or("blue".to_string(), |f| f.colour.clone());
+        let colour = if colour == "green" { "green" } else { "blue" };
+        svc.add_colour(colour, &version);
+        svc.set_traffic(vec![(colour.to_string(), 100)]);
+        services.insert(name.clone(), svc);
+    }
+    let dependencies = config
+        .dependencies
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Arc::new(DependencyRuntime {
+                    config: d.clone(),
+                    info: Mutex::new(DependencyInfo::default()),
+                    healthy: watch::channel(false).0,
+                }),
+            )
+        })
+        .collect();
+    let events = broadcast::channel(1024).0;
+    Arc::new(Platform {
+        config,
+        event_log: platform::EventLog::start(store.clone(), events.clone()),
+        store,
+        runtime,
+        docker: docker.clone(),
+        adoptable: Mutex::new(adoptable),
+        services,
+        dependencies,
+        events,
+        shutdown: watch::channel(false).0,
+        started: Instant::now(),
+        deploying: Mutex::new(None),
+        warnings: Mutex::new(Vec::new()),
+        release_slot: tokio::sync::Mutex::new(()),
+    })
 }
 
 /// Proxy worker threads: TCF_WORKER_THREADS, else one per core.
@@ -404,7 +428,10 @@ fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
     }
 }
 
-/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store.
+/// Stop what a previous daemon (killed, crashed) left running, as recorded in the store. Each
+/// record is cleaned up by the runtime that started it: processes by their group here;
+/// containers were already adopted or removed by label, and their init is a process-group
+/// leader too, so the process clean-up must never see them.
 async fn recover(p: &Arc<Platform>) {
     let records = match p.store.instances() {
         Ok(r) => r,
@@ -414,22 +441,22 @@ async fn recover(p: &Arc<Platform>) {
         }
     };
     for rec in records {
-        let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
-            let _ = p.store.remove_instance(&rec.id);
-            continue;
-        };
-        let left = Identity {
-            pid: pid as u32,
-            pgid: pgid as u32,
-            start_ticks: rec.proc_start_ticks.map(|t| t as u64),
-        };
-        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
-            p.event(
-                "recovery.cleaned_up",
-                Some(&rec.service),
-                Some(&rec.id),
-                format!("stopped process group {pgid} left running by a previous daemon"),
-            );
+        if rec.runtime == p.runtime.name() {
+            if let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) {
+                let left = Identity {
+                    pid: pid as u32,
+                    pgid: pgid as u32,
+                    start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+                };
+                if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+                    p.event(
+                        "recovery.cleaned_up",
+                        Some(&rec.service),
+                        Some(&rec.id),
+                        format!("stopped process group {pgid} left running by a previous daemon"),
+                    );
+                }
+            }
         }
         let _ = p.store.remove_instance(&rec.id);
     }

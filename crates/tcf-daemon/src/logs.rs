@@ -69,8 +69,12 @@ pub fn stream(p: Arc<Platform>, instances: Vec<String>, tail: usize, follow: boo
         .collect();
     tokio::spawn(async move {
         let mut offsets = Vec::new();
+        // File reads run on blocking threads: a slow disk must not stall a runtime thread.
         for (id, path) in &files {
-            let (lines, len) = last_lines(path, tail);
+            let at = path.clone();
+            let (lines, len) = tokio::task::spawn_blocking(move || last_lines(&at, tail))
+                .await
+                .unwrap_or_default();
             offsets.push((len, Vec::new()));
             let chunk: String = lines.iter().map(|l| format!("{id} | {l}\n")).collect();
             if !chunk.is_empty() && tx.send(Bytes::from(chunk)).await.is_err() {
@@ -88,7 +92,16 @@ pub fn stream(p: Arc<Platform>, instances: Vec<String>, tail: usize, follow: boo
                 _ = tx.closed() => return,
             }
             for ((id, path), (offset, partial)) in files.iter().zip(offsets.iter_mut()) {
-                let (lines, new_offset) = read_new(path, *offset, partial);
+                let (at, from, mut pending) = (path.clone(), *offset, std::mem::take(partial));
+                let read = tokio::task::spawn_blocking(move || {
+                    let (lines, next) = read_new(&at, from, &mut pending);
+                    (lines, next, pending)
+                })
+                .await;
+                let Ok((lines, new_offset, pending)) = read else {
+                    continue;
+                };
+                *partial = pending;
                 *offset = new_offset;
                 let chunk: String = lines.iter().map(|l| format!("{id} | {l}\n")).collect();
                 if !chunk.is_empty() && tx.send(Bytes::from(chunk)).await.is_err() {

@@ -197,12 +197,13 @@ impl MonitorService {
         c.save(&self.dir).map_err(|e| e.to_string())?;
         *lock(&self.control) = c;
         if c != before || action == "restart" {
-            self.platform.event(
+            self.platform.event_by(
+                actor,
                 "monitor.control",
                 None,
                 None,
                 format!(
-                    "{actor}: monitor {action}{}: collection {}, alerts {}",
+                    "monitor {action}{}: collection {}, alerts {}",
                     if alerts { " --alerts" } else { "" },
                     if c.collecting { "on" } else { "off" },
                     if c.alerts { "on" } else { "off" },
@@ -423,7 +424,7 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
         let mut instances = Vec::new();
         for i in svc.instances() {
             let info = i.info();
-            let in_pool = i.in_pool();
+            let in_pool = svc.in_pool(&i);
             healthy += u32::from(in_pool);
             let mut tick = InstanceTick {
                 id: i.id.clone(),

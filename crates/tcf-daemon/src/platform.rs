@@ -5,6 +5,9 @@
 
 use crate::metrics::MetricsWindow;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
@@ -73,6 +76,8 @@ pub struct InstanceInfo {
     pub rss_bytes: u64,
     /// The runtime's own health view (a container's HEALTHCHECK), if it has one.
     pub runtime_health: Option<String>,
+    /// What the last health probe found ("ok", or why it failed), for a gate's progress.
+    pub last_probe: Option<String>,
 }
 
 pub struct Instance {
@@ -80,24 +85,80 @@ pub struct Instance {
     pub service: String,
     pub colour: String,
     pub version: String,
-    pub port: u16,
-    pub backend: Arc<Backend>,
+    /// The loopback port it listens on. Changes only while it is not running, when the port
+    /// was taken by someone else (see [`Instance::move_to_port`]).
+    port: AtomicU16,
+    /// Its place in its colour's pool; replaced along with the port.
+    backend: Mutex<Arc<Backend>>,
     pub info: Mutex<InstanceInfo>,
     /// Flipped to true to ask the instance's supervisor to stop it for good.
     pub stop: watch::Sender<bool>,
     /// The supervisor task; awaited when stopping.
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Taken out of the pool ahead of a stop, so its requests can finish first.
-    pub draining: std::sync::atomic::AtomicBool,
+    /// Taken out of the pool ahead of a stop, so its requests can finish first. Only
+    /// [`Instance::drain_and_stop`] sets it: an instance on its way out never comes back.
+    draining: AtomicBool,
 }
 
 impl Instance {
+    /// A new instance of `colour`, starting.
+    pub fn new(id: String, service: &str, colour: &Colour, port: u16) -> Instance {
+        Instance {
+            backend: Mutex::new(Backend::new(
+                id.clone(),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )),
+            id,
+            service: service.to_string(),
+            colour: colour.name.clone(),
+            version: colour.version.clone(),
+            port: AtomicU16::new(port),
+            info: Mutex::new(InstanceInfo {
+                state: InstanceState::Starting,
+                health: Health::Unknown,
+                pid: None,
+                restarts: 0,
+                started: None,
+                cpu_ticks: None,
+                cpu_percent: 0.0,
+                rss_bytes: 0,
+                runtime_health: None,
+                last_probe: None,
+            }),
+            stop: watch::channel(false).0,
+            task: Mutex::new(None),
+            draining: AtomicBool::new(false),
+        }
+    }
+
     pub fn info(&self) -> InstanceInfo {
         lock(&self.info).clone()
     }
 
-    pub fn in_pool(&self) -> bool {
-        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::SeqCst)
+    }
+
+    pub fn backend(&self) -> Arc<Backend> {
+        lock(&self.backend).clone()
+    }
+
+    /// Listen on `port` from the next start on (the old one was taken while it was down): a
+    /// new backend, so no pooled connection to the old port is ever reused.
+    pub fn move_to_port(&self, port: u16) {
+        let old = {
+            let mut backend = lock(&self.backend);
+            let fresh = Backend::new(self.id.clone(), SocketAddr::from(([127, 0, 0, 1], port)));
+            std::mem::replace(&mut *backend, fresh)
+        };
+        old.close_idle();
+        self.port.store(port, Ordering::SeqCst);
+    }
+
+    /// Running, healthy and not on its way out: able to serve. Whether it gets requests is
+    /// its service's decision ([`ServiceRuntime::in_pool`]).
+    pub fn ready(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
             return false;
         }
         let i = lock(&self.info);
@@ -112,14 +173,14 @@ impl Instance {
         drain: Duration,
         upgrade_drain: Duration,
     ) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.store(true, Ordering::SeqCst);
         svc.rebuild_route();
         let start = Instant::now();
-        while self.backend.outstanding() > 0 && start.elapsed() < drain {
+        let backend = self.backend();
+        while backend.outstanding() > 0 && start.elapsed() < drain {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        while self.backend.upgraded() > 0 && start.elapsed() < upgrade_drain {
+        while backend.upgraded() > 0 && start.elapsed() < upgrade_drain {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.stop.send_replace(true);
@@ -138,7 +199,7 @@ pub struct Colour {
     pub instances: Mutex<Vec<Arc<Instance>>>,
     /// Bumped whenever someone decides this colour's fate, so a stale retirement timer can
     /// tell it was overtaken (by a rollback that switched back, say).
-    pub generation: std::sync::atomic::AtomicU64,
+    pub generation: AtomicU64,
 }
 
 impl Colour {
@@ -149,25 +210,7 @@ impl Colour {
     /// Every instance running and healthy, whether or not it takes traffic: ready to serve.
     pub fn warm(&self) -> bool {
         let i = self.instances();
-        !i.is_empty()
-            && i.iter().all(|x| {
-                let info = x.info();
-                info.state == InstanceState::Running && info.health == Health::Healthy
-            })
-    }
-
-    /// Put drained instances back in the pool (a rollback to a warm colour).
-    pub fn undrain(&self, svc: &ServiceRuntime) {
-        for i in self.instances() {
-            i.draining.store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-        svc.rebuild_route();
-    }
-
-    /// All instances running and healthy (and at least one).
-    pub fn all_healthy(&self) -> bool {
-        let i = self.instances();
-        !i.is_empty() && i.iter().all(|x| x.in_pool())
+        !i.is_empty() && i.iter().all(|x| x.ready())
     }
 }
 
@@ -180,19 +223,39 @@ pub fn other_colour(name: &str) -> &'static str {
     }
 }
 
+/// Where a service's requests go: weights by colour, and the instances of a weighted colour
+/// held out of its pool (a rolling deploy's replaced instances, kept warm for a rollback).
+#[derive(Debug, Clone, Default)]
+struct Traffic {
+    weights: Vec<(String, u32)>,
+    parked: BTreeSet<String>,
+}
+
 pub struct ServiceRuntime {
     pub config: Service,
     pub proxy: Arc<ServiceProxy>,
     pub sticky: Sticky,
-    pub colours: Mutex<BTreeMap<String, Arc<Colour>>>,
-    /// Traffic by colour as the route has it, heaviest first for display.
-    pub traffic: Mutex<Vec<(String, u32)>>,
+    colours: Mutex<BTreeMap<String, Arc<Colour>>>,
+    /// Held while a route is built and swapped in, so two changes never interleave.
+    traffic: Mutex<Traffic>,
     /// True while at least one instance that takes traffic is in the proxy's pool.
     pub healthy: watch::Sender<bool>,
     pub metrics: Mutex<MetricsWindow>,
 }
 
 impl ServiceRuntime {
+    pub fn new(config: Service, proxy: Arc<ServiceProxy>, sticky: Sticky) -> ServiceRuntime {
+        ServiceRuntime {
+            config,
+            proxy,
+            sticky,
+            colours: Mutex::new(BTreeMap::new()),
+            traffic: Mutex::new(Traffic::default()),
+            healthy: watch::channel(false).0,
+            metrics: Mutex::new(Default::default()),
+        }
+    }
+
     pub fn colour(&self, name: &str) -> Option<Arc<Colour>> {
         lock(&self.colours).get(name).cloned()
     }
@@ -206,10 +269,23 @@ impl ServiceRuntime {
         self.colours().iter().flat_map(|c| c.instances()).collect()
     }
 
+    /// Traffic by colour as the route has it.
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        lock(&self.traffic).weights.clone()
+    }
+
+    /// True when `colour` gets a share of the requests.
+    pub fn serves(&self, colour: &str) -> bool {
+        lock(&self.traffic)
+            .weights
+            .iter()
+            .any(|(c, w)| c == colour && *w > 0)
+    }
+
     /// The colour with the most traffic.
     pub fn active_colour(&self) -> Option<Arc<Colour>> {
-        let traffic = lock(&self.traffic).clone();
-        traffic
+        let weights = self.weights();
+        weights
             .iter()
             .max_by_key(|(_, w)| *w)
             .and_then(|(name, _)| self.colour(name))
@@ -229,7 +305,7 @@ impl ServiceRuntime {
             version: version.to_string(),
             pool: Pool::new(name, version, self.proxy.settings()),
             instances: Mutex::new(Vec::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         });
         lock(&self.colours).insert(name.to_string(), colour.clone());
         colour
@@ -240,36 +316,66 @@ impl ServiceRuntime {
     }
 
     /// Send traffic by weight (atomic swap of the route); requests in flight keep their colour.
+    /// Every ready instance of a colour given traffic is in its pool: nothing stays parked.
     pub fn set_traffic(&self, weights: Vec<(String, u32)>) {
-        let pools = weights
+        self.route(Traffic {
+            weights,
+            parked: BTreeSet::new(),
+        });
+    }
+
+    /// Like [`set_traffic`](Self::set_traffic), with the instances in `parked` held out of
+    /// their pools while they keep running (a rolling deploy's replaced instances). The next
+    /// route change that does not name them puts them back.
+    pub fn set_traffic_parking(&self, weights: Vec<(String, u32)>, parked: BTreeSet<String>) {
+        self.route(Traffic { weights, parked });
+    }
+
+    /// True when `inst` takes requests: ready, and not parked.
+    pub fn in_pool(&self, inst: &Instance) -> bool {
+        inst.ready() && !lock(&self.traffic).parked.contains(&inst.id)
+    }
+
+    /// Put exactly the ready, unparked instances of each colour in its pool (after a health
+    /// or state change).
+    pub fn rebuild_route(&self) {
+        let traffic = lock(&self.traffic);
+        self.fill_pools(&traffic);
+    }
+
+    fn route(&self, next: Traffic) {
+        let mut traffic = lock(&self.traffic);
+        *traffic = next;
+        // Pools first, then the route that points at them: a request never sees a parked
+        // instance in a colour it was just given.
+        self.fill_pools(&traffic);
+        let pools = traffic
+            .weights
             .iter()
             .filter_map(|(name, w)| self.colour(name).map(|c| (c.pool.clone(), *w)))
             .collect();
-        *lock(&self.traffic) = weights;
         self.proxy.set_route(Route {
             pools,
             sticky: self.sticky.clone(),
         });
-        self.update_healthy();
+        self.update_healthy(&traffic);
     }
 
-    /// Put exactly the healthy running instances of each colour in its pool.
-    pub fn rebuild_route(&self) {
+    fn fill_pools(&self, traffic: &Traffic) {
         for colour in self.colours() {
             let backends: Vec<Arc<Backend>> = colour
                 .instances()
                 .iter()
-                .filter(|i| i.in_pool())
-                .map(|i| i.backend.clone())
+                .filter(|i| i.ready() && !traffic.parked.contains(&i.id))
+                .map(|i| i.backend())
                 .collect();
             colour.pool.set_backends(backends);
         }
-        self.update_healthy();
+        self.update_healthy(traffic);
     }
 
-    fn update_healthy(&self) {
-        let traffic = lock(&self.traffic).clone();
-        let any = traffic.iter().any(|(name, w)| {
+    fn update_healthy(&self, traffic: &Traffic) {
+        let any = traffic.weights.iter().any(|(name, w)| {
             *w > 0
                 && self
                     .colour(name)
@@ -295,9 +401,71 @@ pub struct DependencyRuntime {
     pub healthy: watch::Sender<bool>,
 }
 
+enum EventMsg {
+    Append(NewEvent),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The audit trail's writer: one thread that appends events to the store in the order they
+/// happened and then broadcasts them to followers (`events -f`, a deploy's progress).
+pub struct EventLog {
+    tx: std::sync::mpsc::Sender<EventMsg>,
+}
+
+impl EventLog {
+    pub fn start(store: Arc<Store>, followers: broadcast::Sender<tcf_store::Event>) -> EventLog {
+        let (tx, rx) = std::sync::mpsc::channel::<EventMsg>();
+        let spawned = std::thread::Builder::new()
+            .name("tcf-events".into())
+            .spawn(move || {
+                // A full disk fails every write: one line per 10 s, with a count.
+                let mut failures = tcf_runtime::logfile::RateLimited::new(Duration::from_secs(10));
+                for msg in rx {
+                    match msg {
+                        EventMsg::Append(new) => match store.append_event(&new) {
+                            Ok(e) => {
+                                let _ = followers.send(e);
+                            }
+                            Err(e) => {
+                                failures.hit(|held_back| {
+                                    tracing::error!(
+                                        "cannot record event {}: {e} ({held_back} more not recorded since the last message)",
+                                        new.kind
+                                    )
+                                });
+                            }
+                        },
+                        EventMsg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the event writer thread: {e}");
+        }
+        EventLog { tx }
+    }
+
+    fn append(&self, event: NewEvent) {
+        if self.tx.send(EventMsg::Append(event)).is_err() {
+            tracing::error!("the event writer has stopped; an event was not recorded");
+        }
+    }
+
+    /// Wait until every event sent so far is in the store (before the daemon exits).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(EventMsg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
 pub struct Platform {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub event_log: EventLog,
     pub runtime: Arc<dyn Runtime>,
     /// The Docker runtime, when a service uses it.
     pub docker: Option<Arc<tcf_docker::DockerRuntime>>,
@@ -311,6 +479,10 @@ pub struct Platform {
     pub started: Instant,
     /// What release is running right now, if any (for status).
     pub deploying: Mutex<Option<String>>,
+    /// Held by the release that runs: one at a time in this daemon, whatever the lease says.
+    pub release_slot: tokio::sync::Mutex<()>,
+    /// Problems an operator must see in `status` (a state store that was deleted, say).
+    pub warnings: Mutex<Vec<String>>,
 }
 
 impl Platform {
@@ -322,9 +494,22 @@ impl Platform {
         }
     }
 
-    /// Record one state change: store, broadcast and the daemon's own log.
+    /// Record one state change: store, broadcast and the daemon's own log. The store write
+    /// happens on the event writer's own thread, in order, so no runtime thread waits on SQLite.
     pub fn event(
         &self,
+        kind: &str,
+        service: Option<&str>,
+        instance: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        self.event_by("daemon", kind, service, instance, message)
+    }
+
+    /// [`event`](Self::event) done on behalf of `actor` (a deploy's author, who ran `down`).
+    pub fn event_by(
+        &self,
+        actor: &str,
         kind: &str,
         service: Option<&str>,
         instance: Option<&str>,
@@ -333,18 +518,25 @@ impl Platform {
         let message = message.into();
         let place = instance.or(service).unwrap_or("platform");
         tracing::info!("{kind:<24} {place:<14} {message}");
-        let new = NewEvent {
-            actor: "daemon".into(),
+        self.event_log.append(NewEvent {
+            actor: actor.into(),
             kind: kind.into(),
             service: service.map(str::to_string),
             instance: instance.map(str::to_string),
             message,
-        };
-        match self.store.append_event(&new) {
-            Ok(e) => {
-                let _ = self.events.send(e);
-            }
-            Err(e) => tracing::error!("cannot record event {kind}: {e}"),
+        });
+    }
+
+    /// Run a store call on a blocking thread: SQLite may wait (busy timeout, fsync), and a
+    /// runtime thread must not.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 

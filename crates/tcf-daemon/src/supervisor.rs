@@ -3,17 +3,13 @@
 //! backoff, and stop gracefully (SIGTERM, `stop_timeout`, SIGKILL of the whole group).
 
 use crate::health;
-use crate::platform::{
-    lock, Colour, Health, Instance, InstanceInfo, InstanceState, Platform, ServiceRuntime,
-};
+use crate::platform::{lock, Colour, Health, Instance, InstanceState, Platform, ServiceRuntime};
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcf_proxy::Backend;
 use tcf_runtime::{Exit, InstanceSpec};
 use tcf_store::{now_ms, InstanceRecord};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// Crashes within this window count towards backoff and crashloop.
 const CRASH_WINDOW: Duration = Duration::from_secs(120);
@@ -28,6 +24,11 @@ const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// True when nothing listens on (or holds) `port` on loopback right now.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn substitute(text: &str, service: &str, version: &str, instance: &str) -> String {
@@ -61,34 +62,12 @@ pub fn spawn_or_adopt(
     adopted: Option<(u16, Box<dyn tcf_runtime::Running>)>,
 ) -> std::io::Result<Arc<Instance>> {
     let name = &svc.config.name;
-    let version = colour.version.as_str();
     let id = format!("{name}-{}-{n}", colour.name);
     let (port, adopted) = match adopted {
         Some((port, running)) => (port, Some(running)),
         None => (free_port()?, None),
     };
-    let inst = Arc::new(Instance {
-        backend: Backend::new(id.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
-        id,
-        service: name.clone(),
-        colour: colour.name.clone(),
-        version: version.to_string(),
-        port,
-        info: Mutex::new(InstanceInfo {
-            state: InstanceState::Starting,
-            health: Health::Unknown,
-            pid: None,
-            restarts: 0,
-            started: None,
-            cpu_ticks: None,
-            cpu_percent: 0.0,
-            rss_bytes: 0,
-            runtime_health: None,
-        }),
-        stop: watch::channel(false).0,
-        task: Mutex::new(None),
-        draining: std::sync::atomic::AtomicBool::new(false),
-    });
+    let inst = Arc::new(Instance::new(id, name, colour, port));
     lock(&colour.instances).push(inst.clone());
     let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone(), adopted));
     *lock(&inst.task) = Some(task);
@@ -162,7 +141,26 @@ async fn supervise(
             i.state = InstanceState::Starting;
             i.health = Health::Unknown;
         }
-        let spec = instance_spec(&p, cfg, &inst.id, &inst.colour, &inst.version, inst.port);
+        if adopted.is_none() && !port_is_free(inst.port()) {
+            // Taken while the instance was down (any program, our own outgoing connections
+            // included): starting it there would fail again and again.
+            match free_port() {
+                Ok(port) => {
+                    p.event(
+                        "instance.port_changed",
+                        service,
+                        Some(id),
+                        format!(
+                            "port {} is taken; listening on {port} from now on",
+                            inst.port()
+                        ),
+                    );
+                    inst.move_to_port(port);
+                }
+                Err(e) => tracing::warn!("no free port for {id}: {e}"),
+            }
+        }
+        let spec = instance_spec(&p, cfg, &inst.id, &inst.colour, &inst.version, inst.port());
         let mut ran_healthy_for = Duration::ZERO;
         let started_or_adopted = match adopted.take() {
             Some(running) => Ok(running),
@@ -187,11 +185,12 @@ async fn supervise(
                     pid: Some(ident.pid as i64),
                     pgid: Some(ident.pgid as i64),
                     proc_start_ticks: ident.start_ticks.map(|t| t as i64),
-                    port: inst.port,
+                    port: inst.port(),
                     state: "running".into(),
                     started_ms: now_ms(),
+                    runtime: p.runtime_for(cfg).name().to_string(),
                 };
-                if let Err(e) = p.store.upsert_instance(&record) {
+                if let Err(e) = p.with_store(move |s| s.upsert_instance(&record)).await {
                     tracing::error!("cannot record instance {id}: {e}");
                 }
                 p.event(
@@ -200,7 +199,9 @@ async fn supervise(
                     Some(id),
                     format!(
                         "started {} (pid {}, port {})",
-                        inst.version, ident.pid, inst.port
+                        inst.version,
+                        ident.pid,
+                        inst.port()
                     ),
                 );
                 let (deadline_tx, deadline_rx) = oneshot::channel::<()>();
@@ -228,7 +229,7 @@ async fn supervise(
                 }
                 // Out of the pool before it goes away; its idle connections are useless now.
                 svc.rebuild_route();
-                inst.backend.close_idle();
+                inst.backend().close_idle();
                 match outcome {
                     Outcome::Exited(exit) => {
                         p.event(
@@ -240,7 +241,7 @@ async fn supervise(
                     }
                     Outcome::Stop => {
                         let exit = tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
-                        let _ = p.store.remove_instance(id);
+                        forget_instance(&p, id).await;
                         p.event(
                             "instance.stopped",
                             service,
@@ -262,7 +263,7 @@ async fn supervise(
                         tcf_runtime::stop(running.as_mut(), cfg.stop_timeout).await;
                     }
                 }
-                let _ = p.store.remove_instance(id);
+                forget_instance(&p, id).await;
                 if was_healthy {
                     ran_healthy_for = started.elapsed();
                 }
@@ -330,6 +331,14 @@ async fn supervise(
     svc.rebuild_route();
 }
 
+/// The instance is gone: a later daemon has nothing to clean up.
+async fn forget_instance(p: &Platform, id: &str) {
+    let id = id.to_string();
+    if let Err(e) = p.with_store(move |s| s.remove_instance(&id)).await {
+        tracing::error!("cannot update the store after an instance stopped: {e}");
+    }
+}
+
 /// Probe an instance until its supervisor stops this task; report a missed deadline once.
 async fn probe_loop(
     p: Arc<Platform>,
@@ -347,7 +356,11 @@ async fn probe_loop(
     let mut ever_healthy = false;
     let mut last_error = String::new();
     loop {
-        let result = health::instance(inst.port, &h.probe, h.timeout).await;
+        let result = health::instance(inst.port(), &h.probe, h.timeout).await;
+        lock(&inst.info).last_probe = Some(match &result {
+            Ok(()) => "ok".to_string(),
+            Err(why) => why.clone(),
+        });
         if let Some(probe) = &runtime_health {
             let status = probe().await;
             lock(&inst.info).runtime_health = status;
@@ -560,6 +573,47 @@ pub async fn watch_dependency(p: Arc<Platform>, dep: Arc<crate::platform::Depend
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::TestPlatform;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_whose_port_was_taken_restarts_on_another() {
+        let t = TestPlatform::start(&[("api", 1)], "").await;
+        let svc = t.p.services["api"].clone();
+        let inst = svc.instances()[0].clone();
+        let old_port = inst.port();
+        t.runtime.crash("api-blue-1").await;
+        // Someone takes the port while the instance waits for its restart.
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", old_port)).unwrap();
+        t.wait_until("the instance healthy again", |_| {
+            inst.info().restarts == 1 && svc.in_pool(&inst)
+        })
+        .await;
+        assert_ne!(inst.port(), old_port);
+        assert_eq!(
+            svc.colour("blue").unwrap().pool.backends()[0].addr.port(),
+            inst.port()
+        );
+        drop(squatter);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unhealthy_instance_leaves_the_pool_and_comes_back() {
+        let t = TestPlatform::start(&[("api", 1)], "").await;
+        let svc = t.p.services["api"].clone();
+        let inst = svc.instances()[0].clone();
+        // Still running, but its health checks fail for a while.
+        t.runtime.set_sick("api-blue-1", true);
+        t.wait_until("out of the pool", |_| !svc.in_pool(&inst))
+            .await;
+        assert!(svc.colour("blue").unwrap().pool.backends().is_empty());
+        assert!(!*svc.healthy.borrow());
+        t.runtime.set_sick("api-blue-1", false);
+        t.wait_until("back in the pool", |_| svc.in_pool(&inst))
+            .await;
+        assert_eq!(svc.colour("blue").unwrap().pool.backends().len(), 1);
+        assert!(*svc.healthy.borrow());
+        assert_eq!(inst.info().restarts, 0, "it was never restarted");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -57,6 +57,11 @@ pub struct Found {
     pub host_port: Option<u16>,
 }
 
+/// The longest any engine call may take to answer.
+pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the HEALTHCHECK state lookup in the probe loop may take.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
@@ -81,7 +86,13 @@ impl DockerRuntime {
             source,
         };
         let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
-        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        // Every engine call is bounded (the response head; streams such as a container's wait
+        // or logs go on): bollard's default of 120 s would stall a stop or a probe that long.
+        let docker = docker
+            .with_timeout(ENGINE_CALL_TIMEOUT)
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
         let version = docker.version().await.map_err(unreachable)?;
         let api = version.api_version.unwrap_or_default();
         if parse_api(&api).is_none_or(|v| v < MIN_API) {
@@ -263,9 +274,7 @@ impl DockerInstance {
                 }),
             );
             while let Some(Ok(chunk)) = stream.next().await {
-                if let Ok(mut l) = log.lock() {
-                    let _ = l.write(&chunk.into_bytes());
-                }
+                log.write(chunk.into_bytes().to_vec()).await;
             }
         });
         Ok(DockerInstance {
@@ -344,7 +353,12 @@ impl Running for DockerInstance {
         Some(Arc::new(move || {
             let (docker, id) = (docker.clone(), id.clone());
             Box::pin(async move {
-                let c = docker.inspect_container(&id, None).await.ok()?;
+                // Runs in the probe loop: a slow engine must not hold up our own probes.
+                let c =
+                    tokio::time::timeout(STATUS_PROBE_TIMEOUT, docker.inspect_container(&id, None))
+                        .await
+                        .ok()?
+                        .ok()?;
                 let status = c.state?.health?.status?;
                 Some(status.to_string())
             }) as BoxFuture<'static, Option<String>>

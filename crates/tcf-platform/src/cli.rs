@@ -35,6 +35,13 @@ pub struct Cli {
     )]
     pub environment: Option<String>,
 
+    /// Reach the daemon on this Unix socket instead of the config's
+    ///
+    /// Without it, a config that does not validate still names its socket: commands that only
+    /// talk to the daemon warn and go on.
+    #[arg(long, global = true, env = "TCF_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,10 +65,21 @@ stop instances in reverse dependency order."
     )]
     Up,
     /// Stop the running daemon and everything it started
+    #[command(
+        long_about = "Stop the running daemon and everything it started: stop accepting, finish \
+requests in flight, stop instances in reverse dependency order.\n\n\
+While a release runs, `down` refuses unless --force (the release is then recorded as interrupted \
+and the next `up` serves the last active release). With --force, a daemon still not gone after \
+--timeout is killed (SIGKILL) with the process groups of its instances; pressing Ctrl-C twice \
+while waiting does the same."
+    )]
     Down {
-        /// Give up waiting after this long (the daemon keeps stopping)
+        /// Wait this long for a clean stop; then give up (or, with --force, kill)
         #[arg(long, default_value = "2m", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// Stop even while a release runs, and kill what does not stop within --timeout
+        #[arg(long)]
+        force: bool,
     },
     /// Show services, instances and their health
     Status(StatusArgs),

@@ -76,8 +76,29 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(tcf_config::load(&path, cli.environment.as_deref())?)
 }
 
+/// The daemon's client. A config file that does not validate must not lock the operator out
+/// of a running daemon: its socket is then found from the file's `state_dir`/`socket` alone,
+/// with a warning (deploys still refuse a broken file: they load it themselves).
 fn client(cli: &Cli) -> anyhow::Result<Client> {
-    Ok(Client::new(load_config(cli)?.daemon.socket))
+    if let Some(socket) = &cli.socket {
+        return Ok(Client::new(socket));
+    }
+    let path = tcf_config::locate(cli.config.as_deref())?;
+    match tcf_config::load(&path, cli.environment.as_deref()) {
+        Ok(config) => Ok(Client::new(config.daemon.socket)),
+        Err(tcf_config::ConfigError::Invalid { path, .. }) => {
+            let source = std::fs::read_to_string(&path)?;
+            let socket =
+                tcf_config::socket_of_invalid_config(&path, &source, cli.environment.as_deref());
+            eprintln!(
+                "warning: {} does not validate (see `tcf-platform config validate`); reaching the daemon at {} anyway",
+                path.display(),
+                socket.display()
+            );
+            Ok(Client::new(socket))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Write to stdout; a reader that went away (`| head`) is not an error.
@@ -98,7 +119,7 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn dispatch(cli: Cli) -> CmdResult {
     match &cli.command {
         Command::Up => up(&cli).await,
-        Command::Down { timeout } => down(&cli, *timeout).await,
+        Command::Down { timeout, force } => down(&cli, *timeout, *force).await,
         Command::Status(args) => status(&cli, args).await,
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
@@ -186,9 +207,47 @@ async fn up(cli: &Cli) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
+async fn down(cli: &Cli, timeout: Duration, force: bool) -> CmdResult {
     let client = client(cli)?;
-    let ping: tcf_api::Ping = client.get("/v1/ping").await?;
+    let ping: tcf_api::Ping = match client.get("/v1/ping").await {
+        Ok(ping) => ping,
+        Err(e @ ClientError::NotRunning { .. }) => {
+            // No API: maybe a daemon that is already stopping (a first `down` closed the API).
+            return match stopping_daemon(cli) {
+                Some(pid) if force => {
+                    let groups = procfs_children(pid);
+                    kill_everything(pid, &groups);
+                    eprintln!(
+                        "killed the daemon (pid {pid}, no longer answering) and {} instance group(s)",
+                        groups.len()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Some(pid) => Err(anyhow::anyhow!(
+                    "the daemon (pid {pid}) is stopping and no longer answers\nhint: `tcf-platform down --force` kills it and its instances (SIGKILL)"
+                )
+                .into()),
+                None => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status: tcf_api::Status = client.get("/v1/status").await?;
+    if let Some(release) = &status.deploy_in_progress {
+        if !force {
+            return Err(anyhow::anyhow!(
+                "a release is running: {release}\nhint: wait for it, or `tcf-platform down --force` to interrupt it (it is recorded as interrupted and the next `up` serves the last active release)"
+            )
+            .into());
+        }
+        eprintln!("interrupting: {release}");
+    }
+    // What to kill if it comes to that: each instance leads its own process group.
+    let groups: Vec<u32> = status
+        .services
+        .iter()
+        .flat_map(|s| s.instances.iter().filter_map(|i| i.pid))
+        .collect();
     let _: tcf_api::DownResponse = client.post("/v1/down", &serde_json::json!({})).await?;
     eprintln!(
         "stopping platform {} (daemon pid {})...",
@@ -196,24 +255,123 @@ async fn down(cli: &Cli, timeout: Duration) -> CmdResult {
     );
     let started = Instant::now();
     let mut last_report = Instant::now();
+    let mut interrupts = 0;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     // The API closes first; the daemon is gone when its process is.
     let daemon = nix::unistd::Pid::from_raw(ping.pid as i32);
     while nix::sys::signal::kill(daemon, None).is_ok() && !is_zombie(ping.pid) {
-        if started.elapsed() > timeout {
+        let out_of_time = started.elapsed() > timeout;
+        if out_of_time && !force {
             return Err(anyhow::anyhow!(
-                "the daemon is still stopping after {}; it keeps going; watch it with `tcf-platform events`",
+                "the daemon (pid {}) is still stopping after {}; it keeps going\nhint: `tcf-platform down --force` kills it and its instances (SIGKILL); its own log says what it waits for",
+                ping.pid,
                 humantime::format_duration(timeout)
             )
             .into());
+        }
+        if out_of_time || interrupts >= 2 {
+            kill_everything(ping.pid, &groups);
+            eprintln!("killed the daemon and {} instance group(s)", groups.len());
+            return Ok(ExitCode::from(1));
         }
         if last_report.elapsed() > Duration::from_secs(5) {
             eprintln!("  still stopping ({}s)...", started.elapsed().as_secs());
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = &mut ctrl_c => {
+                interrupts += 1;
+                ctrl_c.set(tokio::signal::ctrl_c());
+                if interrupts == 1 {
+                    eprintln!("  still stopping; press Ctrl-C again to kill the daemon and its instances (SIGKILL)");
+                }
+            }
+        }
     }
     eprintln!("stopped in {:.1}s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon that holds the state directory's lock (its pid is in `daemon.lock`) but no longer
+/// serves the API.
+fn stopping_daemon(cli: &Cli) -> Option<u32> {
+    let state_dir = state_dir(cli)?;
+    let pid: u32 = std::fs::read_to_string(state_dir.join("daemon.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    (alive && !is_zombie(pid) && is_tcf_platform(pid)).then_some(pid)
+}
+
+/// The state directory the config names, read loosely if the file does not validate.
+fn state_dir(cli: &Cli) -> Option<std::path::PathBuf> {
+    let path = tcf_config::locate(cli.config.as_deref()).ok()?;
+    Some(match tcf_config::load(&path, cli.environment.as_deref()) {
+        Ok(c) => c.platform.state_dir,
+        Err(_) => {
+            let source = std::fs::read_to_string(&path).ok()?;
+            tcf_config::paths_of_invalid_config(&path, &source, cli.environment.as_deref()).0
+        }
+    })
+}
+
+/// With no daemon running, `history` and `events` read a copy of the store (only the daemon
+/// writes it). `Ok(None)` when there is no store to read either.
+fn offline_store(cli: &Cli) -> anyhow::Result<Option<tcf_store::Store>> {
+    let Some(dir) = state_dir(cli) else {
+        return Ok(None);
+    };
+    if !dir.join("state.db").exists() {
+        return Ok(None);
+    }
+    let store = tcf_store::Store::open_read_only(&dir)?;
+    eprintln!(
+        "no daemon is running: read from the state store in {} (as of the daemon's last write)",
+        dir.display()
+    );
+    Ok(Some(store))
+}
+
+/// True when `pid` runs this program (a pid in a stale lock file may have been reused).
+fn is_tcf_platform(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(argv0).ends_with("tcf-platform")
+        })
+        .unwrap_or(false)
+}
+
+/// The process groups the daemon's child processes lead (its process instances).
+fn procfs_children(daemon: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // Fields after the command's closing parenthesis: state, ppid, pgrp, ...
+                    let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+                    Some(rest.get(1)?.parse::<u32>().ok()? == daemon)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The last resort of `down`: SIGKILL the daemon, then each instance's process group.
+fn kill_everything(daemon: u32, groups: &[u32]) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    let _ = kill(Pid::from_raw(daemon as i32), Signal::SIGKILL);
+    for pgid in groups {
+        let _ = killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
+    }
 }
 
 async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
@@ -255,7 +413,19 @@ async fn events(cli: &Cli, service: Option<&str>, limit: u32, format: Format) ->
     if let Some(s) = service {
         path.push_str(&format!("&service={s}"));
     }
-    let events: Vec<tcf_api::Event> = client.get(&path).await?;
+    let events: Vec<tcf_api::Event> = match client.get(&path).await {
+        Ok(events) => events,
+        Err(e @ ClientError::NotRunning { .. }) => match offline_store(cli)? {
+            Some(store) => store
+                .events(service, 0, limit)
+                .map_err(anyhow::Error::from)?
+                .into_iter()
+                .map(tcf_daemon::wire_event)
+                .collect(),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     match format {
         Format::Json => print_json(&events)?,
         Format::Table => print_text(&output::events(&events))?,
@@ -478,6 +648,8 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
 }
 
 async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
+    // A deploy never starts from a config that does not validate.
+    load_config(cli)?;
     let client = client(cli)?;
     if !args.force && std::io::stdin().is_terminal() {
         let which = if args.services.is_empty() {
@@ -549,7 +721,18 @@ async fn history(cli: &Cli, service: Option<&str>, limit: u32, format: Format) -
     if let Some(s) = service {
         path.push_str(&format!("&service={s}"));
     }
-    let releases: Vec<tcf_api::Release> = client.get(&path).await?;
+    let releases: Vec<tcf_api::Release> = match client.get(&path).await {
+        Ok(releases) => releases,
+        Err(e @ ClientError::NotRunning { .. }) => match offline_store(cli)? {
+            Some(store) => tcf_daemon::wire_releases(
+                &store.releases(10_000).map_err(anyhow::Error::from)?,
+                service,
+                limit as usize,
+            ),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     match format {
         Format::Json => print_json(&releases)?,
         Format::Table => print_text(&output::history(&releases))?,

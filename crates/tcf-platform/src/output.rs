@@ -2,8 +2,30 @@
 
 use tcf_api::{Event, Release, Status};
 
-/// Columns padded to their widest cell; the last column is not padded.
+/// A cell as it may reach a terminal: control characters (a newline, an escape sequence in a
+/// reason or a hook's output) shown escaped, so no cell can forge a row or restyle the screen.
+fn cell(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Columns padded to their widest cell; the last column is not padded. Cells are escaped.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -66,6 +88,12 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         healthy,
         s.services.len()
     );
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
+    if !s.warnings.is_empty() {
+        out.push('\n');
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }
@@ -232,6 +260,16 @@ pub fn events(events: &[Event]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_cannot_forge_rows_or_restyle_the_terminal() {
+        let t = table(
+            &["A", "B"],
+            &[vec!["x\nFORGED  row".into(), "\u{1b}[31mred".into()]],
+        );
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains('\u{1b}'), "{t}");
+    }
 
     #[test]
     fn tables_align_columns() {

@@ -33,10 +33,13 @@ fn a_second_deploy_gets_exit_3_naming_the_holder() {
     p.wait_for("all healthy", START, all_healthy);
     // A slow release holds the lock for seconds.
     let first = deploy_in_background(&p, "v2-slow", "tokens");
-    std::thread::sleep(Duration::from_millis(700));
-    let lock = p.cli(&["lock", "status", "--format", "json"]);
-    let lock: Value = serde_json::from_slice(&lock.stdout).unwrap();
-    assert_eq!(lock["held"], true);
+    let lock_status = || -> Value {
+        serde_json::from_slice(&p.cli(&["lock", "status", "--format", "json"]).stdout).unwrap()
+    };
+    wait_until("the first release to hold the lock", START, || {
+        lock_status()["held"] == true
+    });
+    let lock = lock_status();
     let (code, out, lines) = run(&p, &["prod", "deploy", "v3", "--service", "gateway"]);
     assert_eq!(code, 3, "{out}");
     let msg = lines.last().unwrap()["message"].as_str().unwrap();
@@ -173,16 +176,21 @@ fn upgraded_connections_get_their_drain_and_retired_colours_keep_no_connections(
     let mut buf = [0u8; 10];
     ws.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here");
-    // ...which ends at its deadline, when the old instance stops.
-    let n = ws.read(&mut buf).unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "the upgraded connection should be closed at the drain deadline"
+    // ...which ends at its deadline, when the old instance stops: an end of stream or a reset,
+    // well before the 15 s read timeout (a timeout is a failure, not a close).
+    match ws.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the upgraded connection was not closed at its drain deadline: {other:?}"),
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "cut before its drain deadline: {closed_after:?}"
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "cut before its drain deadline: {:?}",
-        started.elapsed()
+        closed_after < Duration::from_secs(12),
+        "closed long after its 3 s drain deadline: {closed_after:?}"
     );
 
     // Ten switches under light load; then nothing stays connected to a retired colour.
@@ -212,11 +220,11 @@ fn upgraded_connections_get_their_drain_and_retired_colours_keep_no_connections(
         .samples
         .iter()
         .all(|s| s.status == 200 && !s.by_proxy));
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        open_connections_to(&retired_ports),
-        0,
-        "connections left open to retired colours"
+    // The idle sweep runs every 2 s; the 15 s idle limit must not be what closes them.
+    wait_until(
+        "no connection left to a retired colour",
+        Duration::from_secs(5),
+        || open_connections_to(&retired_ports) == 0,
     );
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
@@ -246,6 +254,92 @@ fn hooks_run_with_the_release_in_their_environment_and_a_failing_pre_deploy_abor
     let release = lines.last().unwrap()["release"].as_i64().unwrap();
     let written = std::fs::read_to_string(&log).unwrap();
     assert_eq!(written, format!("pre v2 tokens\npost v2 {release}\n"));
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn down_during_a_release_interrupts_it_and_reverts_nothing() {
+    let mut p = Platform::new(&deploy_config(&[]));
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    // A release whose new version takes 5 s to start, stopped half-way through.
+    let deploy = deploy_in_background(&p, "v2-slow", "tokens");
+    wait_until("the release to start its instance", START, || {
+        p.status()
+            .is_some_and(|s| s["deploy_in_progress"].is_string())
+    });
+    // Plain `down` refuses while a release runs, saying how to go on.
+    let refused = p.cli(&["down"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("down --force"));
+    assert!(p.cli(&["down", "--force"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+    let out = deploy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("interrupted (platform stopping)"),
+        "{stdout}"
+    );
+    for pid in &p.seen_pids {
+        assert!(!alive(*pid), "pid {pid} still alive after down");
+    }
+    // The next start serves the last active release and the history says what happened.
+    p.up();
+    let status = p.wait_for("all healthy again", START, all_healthy);
+    assert_eq!(version_at(&listen(&status, "tokens")), "v1");
+    let history: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
+    assert_eq!(history[0]["status"], "interrupted", "{history:#?}");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn a_deleted_state_store_is_noticed_and_written_again_before_it_matters() {
+    let mut p = Platform::new(&deploy_config(&[("watch", "\"0s\"")]));
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 0, "{out}");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.dir.path().join(".tcf").join(f));
+    }
+    let warned = p.wait_for("a warning in status", Duration::from_secs(20), |s| {
+        s["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|m| m.as_str().unwrap().contains("deleted")))
+    });
+    let table = String::from_utf8_lossy(&p.cli(&["status"]).stdout).to_string();
+    assert!(
+        table.contains("WARNING: the state store was deleted"),
+        "{table}\n{warned}"
+    );
+    assert!(p.dir.path().join(".tcf/state.db").exists());
+    // The next crash loses nothing: the release, and the instances to clean up.
+    p.kill_daemon();
+    let old: Vec<u32> = p.seen_pids.iter().copied().collect();
+    p.up();
+    let after = p.wait_for("all healthy after the restart", START, all_healthy);
+    assert_eq!(version_at(&listen(&after, "tokens")), "v2");
+    assert_eq!(
+        listen(&after, "tokens"),
+        listen(&status, "tokens"),
+        "same platform"
+    );
+    for pid in &old {
+        assert!(
+            !alive(*pid),
+            "pid {pid} of the killed daemon is still alive"
+        );
+    }
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "1000"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "store.rewritten"));
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }

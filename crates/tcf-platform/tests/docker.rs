@@ -101,7 +101,15 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
     let images = Images {
         label: label.clone(),
     };
-    let versions = ["v1", "v2", "v3", "v4", "v3-unhealthy", "v4-errors"];
+    let versions = [
+        "v1",
+        "v2",
+        "v3",
+        "v4",
+        "v3-unhealthy",
+        "v4-errors",
+        "v5-errors",
+    ];
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-images");
     let built = Command::new("bash")
@@ -184,15 +192,35 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
 
     // Killed with SIGKILL: the containers keep running; the next daemon adopts those of the
     // active release and removes the rest (the warm previous colours).
-    let before = count(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=tcf.platform={platform}"),
-    ]);
+    let ids = || -> std::collections::BTreeSet<String> {
+        docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=tcf.platform={platform}"),
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    };
+    let ids_before = ids();
+    let before = ids_before.len();
     p.kill_daemon();
     p.up();
     let after = p.wait_for("all healthy after the restart", START, all_healthy);
+    // Adopted means the same containers, never restarted: not a replacement with the same name.
+    let ids_after = ids();
+    assert_eq!(ids_after.len(), 7, "{ids_after:?}");
+    assert!(
+        ids_after.is_subset(&ids_before),
+        "containers were replaced: before {ids_before:?}, after {ids_after:?}"
+    );
+    for svc in after["services"].as_array().unwrap() {
+        for i in svc["instances"].as_array().unwrap() {
+            assert_eq!(i["restarts"], 0, "{i}");
+        }
+    }
     assert_eq!(version_at(&listen(&after, "gateway")), "v1");
     assert_eq!(version_at(&listen(&after, "personas")), "v2");
     let events: Vec<Value> = serde_json::from_slice(
@@ -200,6 +228,16 @@ fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
             .stdout,
     )
     .unwrap();
+    // Nothing of the containers went through the process runtime's leftover clean-up.
+    let second_start = events
+        .iter()
+        .rposition(|e| e["kind"] == "daemon.started")
+        .unwrap();
+    let cleaned: Vec<&Value> = events[second_start..]
+        .iter()
+        .filter(|e| e["kind"] == "recovery.cleaned_up")
+        .collect();
+    assert!(cleaned.is_empty(), "{cleaned:#?}");
     let adopted = events
         .iter()
         .filter(|e| e["kind"] == "recovery.adopted")

@@ -334,3 +334,168 @@ listen = "127.0.0.1:{port}"
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn a_typo_in_the_config_does_not_lock_the_operator_out() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    // One rule for versions: no path traversal, nothing an image tag would refuse.
+    for bad in ["..", "v1+build", "../v1;$(id)"] {
+        let out = p.cli(&["prod", "deploy", bad, "--force"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid version"));
+    }
+    // A reason cannot forge a line of history.
+    let out = p.cli(&[
+        "prod",
+        "deploy",
+        "v2",
+        "--force",
+        "--reason",
+        "ok
+2026-01-01 release 99 by admin",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, good.replace("instances = 2", "instnces = 2")).unwrap();
+    let out = p.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not validate"), "{err}");
+    assert!(p.cli(&["history"]).status.success());
+    assert!(p.cli(&["logs", "tokens"]).status.success());
+    // A deploy from a broken file is refused before anything is asked of the daemon.
+    let deploy = p.cli(&["prod", "deploy", "v2", "--force"]);
+    assert_eq!(deploy.status.code(), Some(2));
+    // Not even TOML any more: still reachable.
+    std::fs::write(&p.config, format!("{good}\n[services.broken\n")).unwrap();
+    assert!(p.cli(&["status"]).status.success());
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn a_stuck_down_can_be_forced() {
+    let port = free_port();
+    let config = format!(
+        "[platform]\nname = \"stuck\"\n\n[services.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\nstop_timeout = \"5m\"\nhealth = {{ probe = \"tcp\" }}\n"
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let status = p.wait_for("the instance running", START, |s| {
+        s["services"][0]["instances"][0]["pid"].is_u64()
+    });
+    let pid = status["services"][0]["instances"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // It ignores SIGTERM and has five minutes to stop: a plain down gives up and says how on.
+    let out = p.cli(&["down", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("down --force"));
+    let out = p.cli(&["down", "--force", "--timeout", "1s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The API is gone already (the daemon is stopping): found by its lock file, and killed.
+    assert!(err.contains("killed the daemon"), "{err}");
+    wait_until(
+        "the stubborn instance gone",
+        Duration::from_secs(10),
+        || !alive(pid),
+    );
+    assert!(p.wait_daemon_exit(Duration::from_secs(10)).is_some());
+}
+
+/// One raw HTTP/1.1 request on the daemon's socket: (status, body).
+fn api_raw(p: &Platform, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(p.dir.path().join(".tcf/tcf.sock")).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
+#[test]
+fn every_api_error_has_the_documented_shape() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    let post = |body: &str, ctype: &str| {
+        format!(
+            "POST /v1/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cases = [
+        (post("{not json", "application/json"), 400),
+        (post("{\"version\": \"v2\"}", "text/plain"), 415),
+        (post("{\"version\": \"v2\"}", "application/json"), 422),
+        (
+            post("{\"version\": 2, \"actor\": \"a\"}", "application/json"),
+            422,
+        ),
+        (
+            "GET /v1/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+            405,
+        ),
+        (
+            "GET /v1/events?limit=many HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                .to_string(),
+            400,
+        ),
+        (
+            "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+            404,
+        ),
+    ];
+    for (request, want) in cases {
+        let (code, body) = api_raw(&p, &request);
+        assert_eq!(code, want, "{request}\n{body}");
+        let v: Value = serde_json::from_str(body.trim())
+            .unwrap_or_else(|_| panic!("not JSON for {request}: {body}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    }
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn history_and_events_are_readable_when_the_daemon_is_down() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    let files = |p: &Platform| {
+        let mut f: Vec<_> = std::fs::read_dir(p.dir.path().join(".tcf"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        f.sort();
+        f
+    };
+    let before = files(&p);
+    let out = p.cli(&["history", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history[0]["strategy"], "initial");
+    let out = p.cli(&["events", "--format", "json"]);
+    assert!(out.status.success());
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events.last().unwrap()["kind"], "daemon.stopped");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"));
+    // Other commands still say there is no daemon.
+    assert_eq!(p.cli(&["status"]).status.code(), Some(1));
+    assert_eq!(
+        before,
+        files(&p),
+        "reading wrote nothing in the state directory"
+    );
+}

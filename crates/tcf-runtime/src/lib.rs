@@ -126,14 +126,65 @@ pub trait Runtime: Send + Sync {
     }
 }
 
-/// Stop a running instance: terminate, wait up to `grace`, then kill.
+/// How long an instance may take to be gone after SIGKILL before we stop waiting for it.
+pub const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// Stop a running instance: terminate, wait up to `grace`, then kill, and wait up to
+/// [`KILL_WAIT`] more (an engine that never reports the exit must not hang a stop forever).
 pub async fn stop(instance: &mut dyn Running, grace: Duration) -> Exit {
+    stop_within(instance, grace, KILL_WAIT).await
+}
+
+pub async fn stop_within(instance: &mut dyn Running, grace: Duration, kill_wait: Duration) -> Exit {
     instance.terminate();
     match tokio::time::timeout(grace, instance.wait()).await {
         Ok(exit) => exit,
         Err(_) => {
             instance.kill();
-            instance.wait().await
+            match tokio::time::timeout(kill_wait, instance.wait()).await {
+                Ok(exit) => exit,
+                Err(_) => Exit::Unknown(format!(
+                    "still not gone {} after SIGKILL; stopped waiting",
+                    humantime::format_duration(kill_wait)
+                )),
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    /// An instance whose runtime never reports an exit, whatever it is sent.
+    struct Stuck;
+
+    impl Running for Stuck {
+        fn identity(&self) -> Identity {
+            Identity {
+                pid: 0,
+                pgid: 0,
+                start_ticks: None,
+            }
+        }
+        fn terminate(&self) {}
+        fn kill(&self) {}
+        fn wait(&mut self) -> BoxFuture<'_, Exit> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_gives_up_on_an_instance_that_never_exits() {
+        let exit = stop_within(
+            &mut Stuck,
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+        )
+        .await;
+        assert!(
+            matches!(exit, Exit::Unknown(ref m) if m.contains("after SIGKILL")),
+            "{exit}"
+        );
     }
 }

@@ -4,19 +4,92 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// An instance's log, shared by the tasks that copy its output into it.
-pub type SharedLog = std::sync::Arc<std::sync::Mutex<CappedLog>>;
+/// An instance's log. Its file is written by a thread of its own: the tasks that copy an
+/// instance's output only hand over bytes, so a slow or full disk never stalls a runtime
+/// thread. The thread ends once every handle is dropped (the instance is gone).
+#[derive(Clone)]
+pub struct SharedLog {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl SharedLog {
+    /// Queue bytes for the file (waits while 64 chunks are queued: backpressure, not loss).
+    pub async fn write(&self, bytes: Vec<u8>) {
+        let _ = self.tx.send(bytes).await;
+    }
+}
 
 /// Open the log of the instance `spec` describes, as every runtime does before starting it.
 pub fn open_instance_log(spec: &crate::InstanceSpec) -> Result<SharedLog, crate::RuntimeError> {
-    let log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(|source| {
-        crate::RuntimeError::Log {
-            path: spec.log_path.clone(),
-            source,
+    let log_err = |source| crate::RuntimeError::Log {
+        path: spec.log_path.clone(),
+        source,
+    };
+    let mut log = CappedLog::open(&spec.log_path, spec.log_max_size).map_err(log_err)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let path = spec.log_path.clone();
+    std::thread::Builder::new()
+        .name(format!("log {}", spec.id))
+        .spawn(move || {
+            let mut failures = RateLimited::new(Duration::from_secs(10));
+            while let Some(bytes) = rx.blocking_recv() {
+                if let Err(e) = log.write(&bytes) {
+                    failures.hit(|repeated| {
+                        tracing::warn!(
+                            "cannot write instance log {}: {e}{}",
+                            path.display(),
+                            if repeated > 0 {
+                                format!(" ({repeated} more failures since the last warning)")
+                            } else {
+                                String::new()
+                            }
+                        )
+                    });
+                }
+            }
+        })
+        .map_err(log_err)?;
+    Ok(SharedLog { tx })
+}
+
+/// A warning that can repeat in a loop (a full disk fails every write): the first is logged at
+/// once, then at most one per `every`, with the count of those held back in between.
+pub struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl RateLimited {
+    pub fn new(every: Duration) -> RateLimited {
+        RateLimited {
+            every,
+            last: None,
+            held_back: 0,
         }
-    })?;
-    Ok(std::sync::Arc::new(std::sync::Mutex::new(log)))
+    }
+
+    /// One more occurrence; `log` runs (with the number held back since the last line) only
+    /// when a line is due. Returns whether it ran.
+    pub fn hit(&mut self, log: impl FnOnce(u64)) -> bool {
+        self.hit_at(Instant::now(), log)
+    }
+
+    fn hit_at(&mut self, now: Instant, log: impl FnOnce(u64)) -> bool {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.held_back += 1;
+            return false;
+        }
+        log(self.held_back);
+        self.held_back = 0;
+        self.last = Some(now);
+        true
+    }
 }
 
 pub struct CappedLog {
@@ -62,6 +135,21 @@ impl CappedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_warnings_are_one_line_per_interval_with_a_count() {
+        let mut r = RateLimited::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let mut lines = Vec::new();
+        for i in 0..100_000u64 {
+            // 100,000 failures over 12 s.
+            let now = t0 + Duration::from_micros(i * 120);
+            r.hit_at(now, |held| lines.push(held));
+        }
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], 0);
+        assert!(lines[1] > 80_000, "{lines:?}");
+    }
 
     #[test]
     fn rotates_past_the_cap_and_keeps_one_old_file() {

@@ -105,13 +105,7 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: Shar
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Ok(mut l) = log.lock() {
-                        if let Err(e) = l.write(&buf[..n]) {
-                            tracing::warn!("cannot write instance log: {e}");
-                        }
-                    }
-                }
+                Ok(n) => log.write(buf[..n].to_vec()).await,
             }
         }
     });
@@ -175,6 +169,14 @@ impl Runtime for ProcessRuntime {
             let Some(since) = left.start_ticks else {
                 return false;
             };
+            // A live leader that started at another time is not ours: our leader died and its
+            // number was reused. (While any member of our group lives, the kernel never hands
+            // its number out again, so members without a leader are ours.)
+            if procfs::start_ticks(left.pgid).is_some_and(|t| t != since)
+                && !procfs::is_zombie(left.pgid)
+            {
+                return false;
+            }
             let members = procfs::group_members(left.pgid, since);
             if members.is_empty() {
                 return false;
@@ -284,6 +286,38 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
         assert!(!rt.clean_up(id, Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_is_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let inst = rt
+            .start(spec(dir.path(), &["sleep", "1000"]))
+            .await
+            .unwrap();
+        let id = inst.identity();
+        // The record says the group's leader started earlier than the process now holding that
+        // pid: ours died and the number was reused by a stranger (played here by a live
+        // instance), which must be left alone.
+        let earlier = Identity {
+            start_ticks: id.start_ticks.map(|t| t - 1),
+            ..id
+        };
+        assert!(!rt.clean_up(earlier, Duration::from_secs(1)).await);
+        let later = Identity {
+            start_ticks: id.start_ticks.map(|t| t + 1),
+            ..id
+        };
+        assert!(!rt.clean_up(later, Duration::from_secs(1)).await);
+        // No start time recorded: we cannot tell, so we do nothing either.
+        let unknown = Identity {
+            start_ticks: None,
+            ..id
+        };
+        assert!(!rt.clean_up(unknown, Duration::from_secs(1)).await);
+        assert!(!procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
+        assert!(rt.clean_up(id, Duration::from_secs(2)).await);
     }
 
     #[tokio::test]

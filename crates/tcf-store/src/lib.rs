@@ -2,6 +2,11 @@
 //!
 //! WAL mode and one transaction per write, so a daemon killed at any point leaves a store that
 //! opens cleanly. The schema is versioned by `PRAGMA user_version`; [`MIGRATIONS`] only grows.
+//!
+//! Only the daemon opens the store, and it holds it in exclusive locking mode: SQLite then keeps
+//! the WAL index in the process's heap instead of a shared-memory file (`state.db-shm`) mapped
+//! into memory, so a disk that fills up or a file made unwritable can fail a write with an error
+//! but never kill the daemon with SIGBUS.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -27,6 +32,11 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("state store is unusable: a thread panicked while writing to it")]
     Poisoned,
+    #[error("cannot write a fresh state store at {path}: {source}\nhint: check free disk space and permissions of the state directory")]
+    Rewrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -80,6 +90,8 @@ pub const MIGRATIONS: &[&str] = &[
         heartbeat_ms INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL
     );",
+    // 2: which runtime an instance runs on, so recovery cleans up with that runtime only.
+    "ALTER TABLE instances ADD COLUMN runtime TEXT NOT NULL DEFAULT 'process';",
 ];
 
 pub fn now_ms() -> i64 {
@@ -125,6 +137,8 @@ pub struct InstanceRecord {
     pub port: u16,
     pub state: String,
     pub started_ms: i64,
+    /// The runtime's name (`process`, `docker`): recovery cleans up with that runtime.
+    pub runtime: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,34 +181,163 @@ pub const SUCCESSFUL: &[&str] = &["active", "initial"];
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Device and inode of the file the connection opened: a file at `path` with another
+    /// identity (or none) means the store was deleted or replaced behind our back.
+    opened: Mutex<Option<(u64, u64)>>,
+    /// The scratch copy a read-only store works on, removed with it.
+    _scratch: Option<ScratchDir>,
+}
+
+/// A private directory under the system's temporary directory, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> std::io::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "tcf-store-read-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What is at the store's path compared with the file the daemon has open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileState {
+    Intact,
+    Missing,
+    Replaced,
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    // Before WAL: in exclusive mode the WAL index lives in our heap, not in a mapped -shm file.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
 }
 
 impl Store {
     /// Open (creating if needed) the store in `state_dir` and bring its schema up to date.
     pub fn open(state_dir: &Path) -> Result<Store> {
         let path = state_dir.join("state.db");
-        let open_err = |source| StoreError::Open {
+        let conn = open_connection(&path)?;
+        // Take the exclusive lock now, and learn which file we hold.
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            opened: Mutex::new(file_identity(&path)),
+            path,
+            conn: Mutex::new(conn),
+            _scratch: None,
+        })
+    }
+
+    /// Open the store of a daemon that is not running, for reading (`history` and `events` with
+    /// no daemon). The store and its WAL are copied to a scratch directory and the copy is
+    /// opened, so nothing in the state directory is written, locked or recovered.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store> {
+        let path = state_dir.join("state.db");
+        let copy_err = |source| StoreError::Rewrite {
             path: path.clone(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        migrate(&mut conn, &path)?;
+        if !path.exists() {
+            return Err(copy_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no state store here (the platform never ran with this state directory)",
+            )));
+        }
+        let scratch = ScratchDir::new().map_err(copy_err)?;
+        for (from, to) in [("state.db", "state.db"), ("state.db-wal", "state.db-wal")] {
+            match std::fs::copy(state_dir.join(from), scratch.0.join(to)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && from != "state.db" => {}
+                Err(e) => return Err(copy_err(e)),
+            }
+        }
+        let copy = scratch.0.join("state.db");
+        let conn = open_connection(&copy)?;
         Ok(Store {
-            path,
+            opened: Mutex::new(file_identity(&copy)),
+            path: copy,
             conn: Mutex::new(conn),
+            _scratch: Some(scratch),
         })
+    }
+
+    /// Whether the file at the store's path is still the one the daemon has open.
+    pub fn file_state(&self) -> FileState {
+        let opened = *self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        match file_identity(&self.path) {
+            None => FileState::Missing,
+            Some(now) if Some(now) != opened => FileState::Replaced,
+            Some(_) => FileState::Intact,
+        }
+    }
+
+    /// Write a fresh store at the path from everything the open connection still holds (the
+    /// deleted file and its WAL stay readable through our open descriptors): releases with
+    /// their history, instances, events, locks. Then continue on the new file. Written to a
+    /// temporary file and renamed, so a crash half-way leaves no half store in place.
+    pub fn rewrite(&self) -> Result<()> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tmp = self.path.with_extension("db.rewrite");
+        let _ = std::fs::remove_file(&tmp);
+        conn.execute("VACUUM INTO ?1", params![tmp.to_string_lossy()])?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| rewrite_err(&tmp, e))?;
+        for stale in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(self.path.with_extension(stale));
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| rewrite_err(&self.path, e))?;
+        let fresh = open_connection(&self.path)?;
+        fresh.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+        *conn = fresh;
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = file_identity(&self.path);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Run SQL on the store's own connection: fault injection for tests (a trigger that makes
+    /// a write fail, say), since no other connection can open the store while we hold it.
+    #[cfg(feature = "test-hooks")]
+    pub fn execute_batch_for_tests(&self, sql: &str) -> Result<()> {
+        self.with(|c| c.execute_batch(sql))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -254,10 +397,10 @@ impl Store {
     pub fn upsert_instance(&self, i: &InstanceRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO instances (id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO instances (id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms, runtime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(id) DO UPDATE SET service = ?2, version = ?3, pid = ?4, pgid = ?5,
-                   proc_start_ticks = ?6, port = ?7, state = ?8, started_ms = ?9",
+                   proc_start_ticks = ?6, port = ?7, state = ?8, started_ms = ?9, runtime = ?10",
                 params![
                     i.id,
                     i.service,
@@ -267,7 +410,8 @@ impl Store {
                     i.proc_start_ticks,
                     i.port,
                     i.state,
-                    i.started_ms
+                    i.started_ms,
+                    i.runtime
                 ],
             )?;
             Ok(())
@@ -284,7 +428,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<InstanceRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms
+                "SELECT id, service, version, pid, pgid, proc_start_ticks, port, state, started_ms, runtime
                  FROM instances ORDER BY id",
             )?;
             let rows = stmt
@@ -299,6 +443,7 @@ impl Store {
                         port: r.get(6)?,
                         state: r.get(7)?,
                         started_ms: r.get(8)?,
+                        runtime: r.get(9)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -333,10 +478,12 @@ impl Store {
         })
     }
 
+    /// Set a release's status; the first status after `in_progress` also sets its end, and a
+    /// later one (rolled back, say) keeps it: a release's duration is how long it ran.
     pub fn finish_release(&self, id: i64, status: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE releases SET status = ?2, finished_ms = ?3 WHERE id = ?1",
+                "UPDATE releases SET status = ?2, finished_ms = COALESCE(finished_ms, ?3) WHERE id = ?1",
                 params![id, status, now_ms()],
             )?;
             Ok(())
@@ -364,12 +511,25 @@ impl Store {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut svc =
-                c.prepare("SELECT service, version FROM release_services WHERE release_id = ?1")?;
+            // One query for every listed release's versions, not one per release.
+            let mut svc = c.prepare(
+                "SELECT release_id, service, version FROM release_services
+                 WHERE release_id IN (SELECT id FROM releases ORDER BY id DESC LIMIT ?1)",
+            )?;
+            let mut versions: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+            let rows = svc.query_map(params![limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, service, version) = row?;
+                versions.entry(id).or_default().insert(service, version);
+            }
             for rel in &mut releases {
-                rel.versions = svc
-                    .query_map(params![rel.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                rel.versions = versions.remove(&rel.id).unwrap_or_default();
             }
             Ok(releases)
         })
@@ -450,10 +610,13 @@ impl Store {
     pub fn interrupt_unfinished_releases(&self) -> Result<Vec<i64>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id FROM releases WHERE status = 'in_progress'")?;
-            let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<i64> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            // When it stopped is unknown (the daemon died): no end, so no made-up duration.
             c.execute(
-                "UPDATE releases SET status = 'interrupted', finished_ms = ?1 WHERE status = 'in_progress'",
-                params![now_ms()],
+                "UPDATE releases SET status = 'interrupted' WHERE status = 'in_progress'",
+                [],
             )?;
             Ok(ids)
         })
@@ -474,6 +637,13 @@ impl Store {
             // Later releases overwrite earlier ones for the services they name.
             Ok(rows.into_iter().collect())
         })
+    }
+}
+
+fn rewrite_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Rewrite {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -618,6 +788,10 @@ mod tests {
         let rel = s.releases(10).unwrap();
         assert_eq!(rel.len(), 3);
         assert_eq!(rel[0].versions, v(&[("b", "v9")]));
+        assert_eq!(rel[2].versions, v(&[("a", "v1"), ("b", "v1")]));
+        let newest = s.releases(1).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].versions, v(&[("b", "v9")]));
     }
 
     #[test]
@@ -637,5 +811,150 @@ mod tests {
         assert_eq!(s.events(Some("a"), 0, 10).unwrap().len(), 2);
         assert_eq!(s.events(None, 1, 10).unwrap().len(), 2);
         assert_eq!(s.events(None, 0, 1).unwrap()[0].id, 3);
+    }
+
+    fn event(kind: &str) -> NewEvent {
+        NewEvent {
+            actor: "t".into(),
+            kind: kind.into(),
+            service: None,
+            instance: None,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_later_status_keeps_how_long_the_release_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = s
+            .create_release("blue_green", "in_progress", "t", None, &BTreeMap::new())
+            .unwrap();
+        s.finish_release(id, "active").unwrap();
+        let ended = s.releases(1).unwrap()[0].finished_ms;
+        assert!(ended.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.finish_release(id, "rolled_back").unwrap();
+        let r = &s.releases(1).unwrap()[0];
+        assert_eq!((r.status.as_str(), r.finished_ms), ("rolled_back", ended));
+    }
+
+    #[test]
+    fn a_stopped_daemons_store_can_be_read_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.append_event(&event("kept")).unwrap();
+            // Dropped without a checkpoint of its own: as after a crash, the WAL may be left.
+        }
+        let before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let r = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.events(None, 0, 10).unwrap()[0].kind, "kept");
+        drop(r);
+        let mut after: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        assert_eq!(before, after, "reading created no file");
+    }
+
+    #[test]
+    fn no_shared_memory_file_is_ever_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for _ in 0..50 {
+            s.append_event(&event("k")).unwrap();
+        }
+        assert!(dir.path().join("state.db-wal").exists());
+        assert!(
+            !dir.path().join("state.db-shm").exists(),
+            "a -shm file is mapped into memory: a full disk would SIGBUS the daemon"
+        );
+    }
+
+    #[test]
+    fn a_deleted_store_is_noticed_and_written_again_from_what_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let versions = BTreeMap::from([("api".to_string(), "v2".to_string())]);
+        s.create_release("blue_green", "active", "alice", None, &versions)
+            .unwrap();
+        s.append_event(&event("before")).unwrap();
+        assert_eq!(s.file_state(), FileState::Intact);
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        assert_eq!(s.file_state(), FileState::Missing);
+        s.rewrite().unwrap();
+        assert_eq!(s.file_state(), FileState::Intact);
+        s.append_event(&event("after")).unwrap();
+        drop(s);
+        // What a restarted daemon would read: the history from before the loss and after.
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.active_versions().unwrap(), versions);
+        let kinds: Vec<String> = again
+            .events(None, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["before", "after"]);
+    }
+
+    #[test]
+    fn a_replaced_store_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        std::fs::rename(dir.path().join("state.db"), dir.path().join("moved.db")).unwrap();
+        std::fs::write(dir.path().join("state.db"), b"").unwrap();
+        assert_eq!(s.file_state(), FileState::Replaced);
+    }
+
+    /// Runs as root (CI does): a 1 MiB tmpfs as the state directory.
+    #[test]
+    fn a_full_disk_fails_writes_with_an_error_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "this test needs root to mount a small tmpfs"
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let s = Store::open(dir.path()).unwrap();
+        let big = NewEvent {
+            message: "x".repeat(64 * 1024),
+            ..event("big")
+        };
+        let mut failed = None;
+        for _ in 0..200 {
+            if let Err(e) = s.append_event(&big) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("a 1 MiB filesystem must fill up");
+        assert!(
+            e.to_string().contains("full") || e.to_string().contains("disk"),
+            "{e}"
+        );
+        // Still answering: reads work, and the next write is refused the same clean way.
+        assert!(s.events(None, 0, 5).is_ok());
+        assert!(s.append_event(&big).is_err());
     }
 }

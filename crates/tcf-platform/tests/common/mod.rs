@@ -182,6 +182,16 @@ impl Platform {
     }
 }
 
+/// Poll `ok` until it holds; panics naming `what` after `timeout`. Tests wait for conditions
+/// with this rather than sleeping and hoping.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// SIGKILL one process.
 pub fn kill9(pid: u32) {
     nix::sys::signal::kill(

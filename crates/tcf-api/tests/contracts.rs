@@ -1,0 +1,139 @@
+//! The JSON contracts of `--format json` and the API, pinned: a renamed or removed field fails
+//! here. Values are fixed examples; the shapes are what matter (docs/api.md describes them).
+
+use std::collections::BTreeMap;
+use tcf_api::*;
+
+#[test]
+fn event() {
+    insta::assert_json_snapshot!(Event {
+        id: 42,
+        time: "2026-11-25T16:00:00.000Z".into(),
+        actor: "alice@host".into(),
+        kind: "deploy.switched".into(),
+        service: Some("gateway".into()),
+        instance: None,
+        message: "all traffic to v2 (green)".into(),
+    });
+}
+
+#[test]
+fn release() {
+    insta::assert_json_snapshot!(Release {
+        id: 7,
+        versions: BTreeMap::from([("gateway".to_string(), "v2".to_string())]),
+        strategy: "rolling".into(),
+        status: "reverted".into(),
+        actor: "alice@host".into(),
+        reason: Some("hotfix".into()),
+        started: "2026-11-25T16:00:00.000Z".into(),
+        duration_s: Some(12.5),
+    });
+}
+
+#[test]
+fn lock_held_and_free() {
+    insta::assert_json_snapshot!(
+        "lock_held",
+        LockStatus {
+            held: true,
+            owner: Some("alice@host (release by daemon pid 10)".into()),
+            host: Some("host".into()),
+            pid: Some(10),
+            reason: Some("hotfix".into()),
+            acquired: Some("2026-11-25T16:00:00.000Z".into()),
+            heartbeat: Some("2026-11-25T16:00:10.000Z".into()),
+            expires: Some("2026-11-25T16:00:40.000Z".into()),
+        }
+    );
+    insta::assert_json_snapshot!(
+        "lock_free",
+        LockStatus {
+            held: false,
+            owner: None,
+            host: None,
+            pid: None,
+            reason: None,
+            acquired: None,
+            heartbeat: None,
+            expires: None,
+        }
+    );
+}
+
+/// The NDJSON deploy stream: progress lines, then one result line with the exit code.
+#[test]
+fn deploy_stream() {
+    let step = ProgressLine {
+        time: "2026-11-25T16:00:00.000Z".into(),
+        step: "deploy.switched".into(),
+        service: Some("gateway".into()),
+        message: "all traffic to v2 (green) (route switched in 12 µs)".into(),
+        release: Some(7),
+        result: None,
+        exit_code: None,
+    };
+    let result = ProgressLine {
+        time: "2026-11-25T16:00:05.000Z".into(),
+        step: "result".into(),
+        service: None,
+        message: "release 7 is active".into(),
+        release: Some(7),
+        result: Some("deployed".into()),
+        exit_code: Some(0),
+    };
+    let stream: String = [step, result]
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap() + "\n")
+        .collect();
+    insta::assert_snapshot!(stream);
+}
+
+#[test]
+fn metrics_and_dependencies() {
+    insta::assert_json_snapshot!(
+        "metrics",
+        ServiceMetrics {
+            window_s: 10.0,
+            requests_per_s: 250.5,
+            errors_5xx_per_s: 0.5,
+            error_ratio_5xx: 0.002,
+            p50_ms: Some(1.2),
+            p99_ms: None,
+            cpu_percent: 3.5,
+            rss_bytes: 12_345_678,
+            health_score: Some(92.5),
+            health_band: Some("excellent".into()),
+        }
+    );
+    insta::assert_json_snapshot!(
+        "dependency",
+        DependencyStatus {
+            name: "postgres".into(),
+            kind: "postgres".into(),
+            target: "127.0.0.1:5432".into(),
+            healthy: Some(false),
+            last_error: Some("cannot connect to 127.0.0.1:5432: refused".into()),
+        }
+    );
+}
+
+#[test]
+fn errors_ping_and_down() {
+    insta::assert_json_snapshot!(
+        "error",
+        ErrorBody {
+            error: "no such service: gatway".into()
+        }
+    );
+    insta::assert_json_snapshot!(
+        "ping",
+        Ping {
+            platform: "tcf".into(),
+            pid: 10,
+            version: "0.1.0".into(),
+            config: "/srv/tcf-platform.toml".into(),
+        }
+    );
+    insta::assert_json_snapshot!("down", DownResponse { stopping: true });
+}
