@@ -75,7 +75,9 @@ pub struct RawNotify {
     pub smtp: Option<Spanned<String>>,
     pub from: Option<String>,
     pub to: Option<Vec<String>>,
-    pub starttls: Option<Spanned<bool>>,
+    pub starttls: Option<bool>,
+    /// Extra CAs (PEM) to trust for https and STARTTLS; relative to the config file.
+    pub ca_file: Option<String>,
     pub group_by: Option<Vec<String>>,
     pub group_wait: Option<Dur>,
     pub group_interval: Option<Dur>,
@@ -146,6 +148,8 @@ pub struct Notifier {
     pub smtp: Option<String>,
     pub from: Option<String>,
     pub to: Vec<String>,
+    pub starttls: bool,
+    pub ca_file: Option<std::path::PathBuf>,
     pub group_by: Vec<String>,
     #[serde(serialize_with = "serialize_duration")]
     pub group_wait: Duration,
@@ -198,7 +202,11 @@ pub fn resolve_monitor(raw: &RawMonitor, errors: &mut Vec<Diagnostic>) -> Monito
     }
 }
 
-pub fn resolve_alerts(raw: &RawAlerts, errors: &mut Vec<Diagnostic>) -> AlertSettings {
+pub fn resolve_alerts(
+    raw: &RawAlerts,
+    base_dir: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) -> AlertSettings {
     let mut rules = BTreeMap::new();
     for (name, r) in &raw.rules {
         let builtin = BUILTIN_ALERT_RULES.contains(&name.get_ref().as_str());
@@ -269,7 +277,7 @@ pub fn resolve_alerts(raw: &RawAlerts, errors: &mut Vec<Diagnostic>) -> AlertSet
     }
     let mut notify = BTreeMap::new();
     for (name, n) in &raw.notify {
-        if let Some(x) = resolve_notifier(name, n, errors) {
+        if let Some(x) = resolve_notifier(name, n, base_dir, errors) {
             notify.insert(x.name.clone(), x);
         }
     }
@@ -283,6 +291,7 @@ pub fn resolve_alerts(raw: &RawAlerts, errors: &mut Vec<Diagnostic>) -> AlertSet
 fn resolve_notifier(
     name: &Spanned<String>,
     n: &RawNotify,
+    base_dir: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Notifier> {
     let kind = match n.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
@@ -311,8 +320,7 @@ fn resolve_notifier(
     let url = n.url.as_ref().map(|u| u.get_ref().clone());
     match kind {
         NotifierKind::Email => {
-            if n.smtp.is_none() || n.from.is_none() || n.to.as_ref().is_none_or(|t| t.is_empty())
-            {
+            if n.smtp.is_none() || n.from.is_none() || n.to.as_ref().is_none_or(|t| t.is_empty()) {
                 errors.push(
                     Diagnostic::new(
                         format!("email notifier {:?} needs smtp, from and to", name.get_ref()),
@@ -320,14 +328,6 @@ fn resolve_notifier(
                     )
                     .hint("smtp = \"127.0.0.1:25\", from = \"tcf@example.com\", to = [\"ops@example.com\"]"),
                 );
-            }
-            if let Some(t) = &n.starttls {
-                if *t.get_ref() {
-                    errors.push(
-                        Diagnostic::new("starttls is not supported yet", Some(t.span()))
-                            .hint("send through a local relay on loopback (starttls = false), which forwards over TLS"),
-                    );
-                }
             }
         }
         _ => match &n.url {
@@ -338,10 +338,17 @@ fn resolve_notifier(
                 )
                 .hint("url = \"http://127.0.0.1:9000/hook\""),
             ),
-            Some(u) if !u.get_ref().starts_with("http://") => errors.push(
-                Diagnostic::new(format!("notifier url {:?} is not http://", u.get_ref()), Some(u.span()))
-                    .hint("only http:// receivers are supported until TLS support lands; point it at a local relay"),
-            ),
+            Some(u)
+                if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) =>
+            {
+                errors.push(
+                    Diagnostic::new(
+                        format!("notifier url {:?} is not http:// or https://", u.get_ref()),
+                        Some(u.span()),
+                    )
+                    .hint("for example url = \"https://hooks.example.com/alerts\""),
+                )
+            }
             Some(_) => {}
         },
     }
@@ -355,6 +362,8 @@ fn resolve_notifier(
         smtp: n.smtp.as_ref().map(|s| s.get_ref().clone()),
         from: n.from.clone(),
         to: n.to.clone().unwrap_or_default(),
+        starttls: n.starttls.unwrap_or(false),
+        ca_file: n.ca_file.as_ref().map(|f| base_dir.join(f)),
         group_by: n.group_by.clone().unwrap_or_else(|| {
             if am {
                 vec!["alertname".into(), "service".into()]
@@ -436,6 +445,10 @@ kind = "pager"
 [alerts.notify.y]
 kind = "email"
 starttls = true
+
+[alerts.notify.z]
+kind = "slack"
+url = "ftp://example.com"
 "#;
         let e: String = crate::resolve(path, source, None)
             .unwrap_err()
@@ -446,6 +459,6 @@ starttls = true
         assert!(e.contains("unknown comparison \"~\""), "{e}");
         assert!(e.contains("unknown notifier kind \"pager\""), "{e}");
         assert!(e.contains("needs smtp, from and to"), "{e}");
-        assert!(e.contains("starttls is not supported yet"), "{e}");
+        assert!(e.contains("is not http:// or https://"), "{e}");
     }
 }

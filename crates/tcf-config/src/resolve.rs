@@ -135,7 +135,11 @@ pub fn resolve(
         timeout: file.hooks.timeout.map_or(Duration::from_secs(60), |d| d.0),
     };
     let monitor = crate::monitor::resolve_monitor(&file.monitor, &mut errors);
-    let alerts = crate::monitor::resolve_alerts(&file.alerts, &mut errors);
+    let alerts = crate::monitor::resolve_alerts(
+        &file.alerts,
+        path.parent().unwrap_or(Path::new("/")),
+        &mut errors,
+    );
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }

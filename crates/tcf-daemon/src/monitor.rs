@@ -91,6 +91,7 @@ fn receivers_from_config(c: &tcf_config::Config) -> Vec<Receiver> {
                     smtp: n.smtp.clone().unwrap_or_default(),
                     from: n.from.clone().unwrap_or_default(),
                     to: n.to.clone(),
+                    starttls: n.starttls,
                 },
             };
             Receiver {
@@ -102,6 +103,7 @@ fn receivers_from_config(c: &tcf_config::Config) -> Vec<Receiver> {
                 repeat_interval: n.repeat_interval,
                 timeout: n.timeout,
                 retries: n.retries,
+                ca_file: n.ca_file.clone(),
             }
         })
         .collect()

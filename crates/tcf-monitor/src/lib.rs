@@ -11,6 +11,7 @@ pub mod notify;
 pub mod prom;
 pub mod rules;
 pub mod store;
+pub mod tls;
 
 pub use collect::{Monitor, MonitorError};
 pub use store::{Agg, Retention, SeriesStore, StoreError, Value};

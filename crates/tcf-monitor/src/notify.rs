@@ -11,7 +11,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -46,6 +46,8 @@ pub enum ReceiverKind {
         smtp: String,
         from: String,
         to: Vec<String>,
+        /// Upgrade the connection with STARTTLS before sending (and refuse to go on without).
+        starttls: bool,
     },
 }
 
@@ -71,6 +73,8 @@ pub struct Receiver {
     pub timeout: Duration,
     /// Attempts after the first failed one.
     pub retries: u32,
+    /// Extra CAs (PEM) to trust for https and STARTTLS, besides Mozilla's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How each receiver fared, for `prod monitor --action status`.
@@ -184,8 +188,11 @@ async fn run_receiver(
     status: Arc<Mutex<BTreeMap<String, ReceiverStatus>>>,
     sink: Arc<dyn DeliverySink>,
 ) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = Transport {
+        http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>(),
+        tls: crate::tls::client_config(r.ca_file.as_deref()),
+    };
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -323,7 +330,7 @@ fn apply(
 #[allow(clippy::too_many_arguments)]
 async fn deliver_with_retries(
     r: &Receiver,
-    client: &HttpClient,
+    client: &Transport,
     platform: &str,
     group_key: &str,
     group_labels: &BTreeMap<String, String>,
@@ -403,6 +410,19 @@ type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
+/// How a receiver's task reaches its receiver: pooled plain HTTP, and TLS when it needs it.
+struct Transport {
+    http: HttpClient,
+    /// The TLS setup, or why it failed (a bad ca_file): reported on each delivery that needs it.
+    tls: Result<std::sync::Arc<rustls::ClientConfig>, String>,
+}
+
+impl Transport {
+    fn tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, DeliveryError> {
+        self.tls.clone().map_err(DeliveryError::Http)
+    }
+}
+
 fn alert_json(a: &Alert, repeat: Duration) -> serde_json::Value {
     let ends = match a.resolved_at_ms {
         Some(t) => crate::rfc3339(t),
@@ -457,7 +477,7 @@ fn text_summary(platform: &str, status: &str, alerts: &[Alert]) -> (String, Stri
 
 async fn deliver(
     r: &Receiver,
-    client: &HttpClient,
+    client: &Transport,
     platform: &str,
     group_key: &str,
     group_labels: &BTreeMap<String, String>,
@@ -508,9 +528,15 @@ async fn deliver(
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
             post(client, &endpoint, bytes, &[]).await
         }
-        ReceiverKind::Email { smtp, from, to } => {
+        ReceiverKind::Email {
+            smtp,
+            from,
+            to,
+            starttls,
+        } => {
             let (subject, body) = text_summary(platform, status, alerts);
-            send_mail(smtp, from, to, &subject, &body).await
+            let tls = if *starttls { Some(client.tls()?) } else { None };
+            send_mail(smtp, from, to, tls, &subject, &body).await
         }
     }
 }
@@ -528,32 +554,69 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 async fn post(
-    client: &HttpClient,
+    client: &Transport,
     url: &str,
     body: Vec<u8>,
     headers: &[(&str, String)],
 ) -> Result<(), DeliveryError> {
-    if url.starts_with("https://") {
-        return Err(DeliveryError::Http(format!(
-            "{url}: https receivers are not supported yet; use an http:// URL (a local relay) until TLS support lands"
-        )));
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| DeliveryError::Http(format!("bad URL {url}: {e}")))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().unwrap_or_default().to_string();
+    let mut req = hyper::Request::post(if https {
+        // HTTP/1.1 on our own connection wants the origin form.
+        uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
+    } else {
+        url.to_string()
+    })
+    .header("content-type", "application/json")
+    .header(
+        "user-agent",
+        concat!("tcf-platform/", env!("CARGO_PKG_VERSION")),
+    );
+    if https {
+        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+        req = req.header("host", authority);
     }
-    let mut req = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("tcf-platform/", env!("CARGO_PKG_VERSION")),
-        );
     for (k, v) in headers {
         req = req.header(*k, v);
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| DeliveryError::Http(format!("bad request to {url}: {e}")))?;
-    let resp = client
-        .request(req)
+    let resp = if https {
+        // One connection per notification: they are rare, and it keeps no idle TLS sessions.
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port,
+        ))
         .await
-        .map_err(|e| DeliveryError::Http(format!("{url}: {e}")))?;
+        .map_err(|e| DeliveryError::Http(format!("{url}: cannot connect: {e}")))?;
+        let tls = crate::tls::connect(client.tls()?, &host, tcp)
+            .await
+            .map_err(|e| DeliveryError::Http(format!("{url}: {e}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| DeliveryError::Http(format!("{url}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| DeliveryError::Http(format!("{url}: {e}")))?
+            .map(|b| b.boxed())
+    } else {
+        client
+            .http
+            .request(req)
+            .await
+            .map_err(|e| DeliveryError::Http(format!("{url}: {e}")))?
+            .map(|b| b.boxed())
+    };
     let status = resp.status();
     let bytes = resp
         .into_body()
@@ -570,75 +633,98 @@ async fn post(
     Ok(())
 }
 
-/// A minimal SMTP client (RFC 5321): EHLO, MAIL, RCPT, DATA, QUIT, plain TCP. It is all alert
-/// mail needs, and it keeps a mail library and its second TLS stack out of the binary.
+/// A minimal SMTP client (RFC 5321, RFC 3207): EHLO, optional STARTTLS, MAIL, RCPT, DATA,
+/// QUIT. It is all alert mail needs, and keeps a mail library out of the binary.
 pub async fn send_mail(
     addr: &str,
+    from: &str,
+    to: &[String],
+    starttls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    subject: &str,
+    body: &str,
+) -> Result<(), DeliveryError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| DeliveryError::Smtp(format!("{addr}: connect: {e}")))?;
+    let mut conn = BufReader::new(stream);
+    reply(&mut conn, 220).await?;
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    command(&mut conn, &format!("EHLO {host}"), 250).await?;
+    match starttls {
+        None => mail_transaction(&mut conn, &host, from, to, subject, body).await,
+        Some(config) => {
+            command(&mut conn, "STARTTLS", 220).await?;
+            // Nothing may follow the 220 in plain text (RFC 3207), so the buffer is empty.
+            let server = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let tls = crate::tls::connect(config, server, conn.into_inner())
+                .await
+                .map_err(DeliveryError::Smtp)?;
+            let mut conn = BufReader::new(tls);
+            command(&mut conn, &format!("EHLO {host}"), 250).await?;
+            mail_transaction(&mut conn, &host, from, to, subject, body).await
+        }
+    }
+}
+
+/// Read one (possibly multi-line) reply and check its code.
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    expect: u16,
+) -> Result<(), DeliveryError> {
+    loop {
+        let mut line = String::new();
+        let n = conn
+            .read_line(&mut line)
+            .await
+            .map_err(|e| DeliveryError::Smtp(format!("reading a reply: {e}")))?;
+        if n == 0 {
+            return Err(DeliveryError::Smtp(
+                "the server closed the connection".into(),
+            ));
+        }
+        let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        // "250-" continues a multi-line reply; "250 " ends it.
+        if line.as_bytes().get(3) == Some(&b'-') {
+            continue;
+        }
+        if code != expect {
+            return Err(DeliveryError::Smtp(format!(
+                "expected {expect}, got {}",
+                line.trim_end()
+            )));
+        }
+        return Ok(());
+    }
+}
+
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    line: &str,
+    expect: u16,
+) -> Result<(), DeliveryError> {
+    conn.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(|e| DeliveryError::Smtp(format!("sending {line:?}: {e}")))?;
+    reply(conn, expect).await
+}
+
+async fn mail_transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    host: &str,
     from: &str,
     to: &[String],
     subject: &str,
     body: &str,
 ) -> Result<(), DeliveryError> {
-    let err = |what: &str, e: std::io::Error| DeliveryError::Smtp(format!("{addr}: {what}: {e}"));
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| err("connect", e))?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-
-    async fn reply(
-        read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        expect: u16,
-    ) -> Result<(), DeliveryError> {
-        loop {
-            let mut line = String::new();
-            let n = read
-                .read_line(&mut line)
-                .await
-                .map_err(|e| DeliveryError::Smtp(format!("reading a reply: {e}")))?;
-            if n == 0 {
-                return Err(DeliveryError::Smtp(
-                    "the server closed the connection".into(),
-                ));
-            }
-            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-            // "250-" continues a multi-line reply; "250 " ends it.
-            if line.as_bytes().get(3) == Some(&b'-') {
-                continue;
-            }
-            if code != expect {
-                return Err(DeliveryError::Smtp(format!(
-                    "expected {expect}, got {}",
-                    line.trim_end()
-                )));
-            }
-            return Ok(());
-        }
-    }
-    async fn command(
-        write: &mut tokio::net::tcp::OwnedWriteHalf,
-        read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        line: &str,
-        expect: u16,
-    ) -> Result<(), DeliveryError> {
-        write
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(|e| DeliveryError::Smtp(format!("sending {line:?}: {e}")))?;
-        reply(read, expect).await
-    }
-
-    reply(&mut read, 220).await?;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    command(&mut write, &mut read, &format!("EHLO {host}"), 250).await?;
-    command(&mut write, &mut read, &format!("MAIL FROM:<{from}>"), 250).await?;
+    command(conn, &format!("MAIL FROM:<{from}>"), 250).await?;
     for rcpt in to {
-        command(&mut write, &mut read, &format!("RCPT TO:<{rcpt}>"), 250).await?;
+        command(conn, &format!("RCPT TO:<{rcpt}>"), 250).await?;
     }
-    command(&mut write, &mut read, "DATA", 354).await?;
+    command(conn, "DATA", 354).await?;
     let now = crate::now_ms();
     let date = httpdate(now);
     let mut msg = format!(
@@ -656,12 +742,12 @@ pub async fn send_mail(
         msg.push_str("\r\n");
     }
     msg.push_str(".\r\n");
-    write
+    conn.get_mut()
         .write_all(msg.as_bytes())
         .await
-        .map_err(|e| err("sending the message", e))?;
-    reply(&mut read, 250).await?;
-    let _ = command(&mut write, &mut read, "QUIT", 221).await;
+        .map_err(|e| DeliveryError::Smtp(format!("sending the message: {e}")))?;
+    reply(conn, 250).await?;
+    let _ = command(conn, "QUIT", 221).await;
     Ok(())
 }
 
@@ -696,6 +782,7 @@ fn httpdate(ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::rules::Severity;
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
 
@@ -792,6 +879,7 @@ mod tests {
             repeat_interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
             retries: 2,
+            ca_file: None,
         }
     }
 
@@ -928,6 +1016,186 @@ mod tests {
             })
         })
         .await;
+    }
+
+    /// A CA and a certificate it signed for 127.0.0.1, made with the openssl command line.
+    pub(crate) fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tcf test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        )
+    }
+
+    #[tokio::test]
+    async fn https_webhooks_verify_the_server() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_certificates(dir.path());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_file_iter(&cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect(),
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let s = s.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust us fails the handshake: nothing to record.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = tls.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                s.lock().unwrap().push(text.clone());
+                                let _ = tls
+                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                    .await;
+                                let _ = tls.shutdown().await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("https://127.0.0.1:{port}/hook?x=1");
+        let mut trusting = webhook("trusting", &url);
+        trusting.ca_file = Some(ca);
+        let mut untrusting = webhook("untrusting", &url);
+        untrusting.retries = 0;
+        let counts = Arc::new(Counts::default());
+        let hub = Hub::start(vec![trusting, untrusting], "p", counts.clone());
+        hub.update(vec![(alert(State::Firing), false)], vec![]);
+        wait_for("the https delivery", || seen.lock().unwrap().len() == 1).await;
+        let request = seen.lock().unwrap()[0].clone();
+        assert!(
+            request.starts_with("POST /hook?x=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains(&format!("host: 127.0.0.1:{port}")),
+            "{request}"
+        );
+        wait_for("the untrusted server refused", || {
+            counts.failed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let st = hub.status();
+        assert!(
+            st["untrusting"]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("certificate"),
+            "{st:?}"
+        );
+        assert_eq!(st["trusting"].delivered, 1);
     }
 
     #[test]

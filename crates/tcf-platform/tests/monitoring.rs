@@ -1,7 +1,8 @@
 //! Monitoring end to end with the real binary and real parts: a service that starts answering
 //! 500s fires the 5xx rule; a webhook receiver on loopback gets exactly one notification and
 //! one resolution; a silence holds a second breach back until it expires; a real Alertmanager
-//! shows the alert through its API; a real SMTP server (aiosmtpd) receives the mail;
+//! shows the alert through its API; a real SMTP server (aiosmtpd, STARTTLS required) receives
+//! the mail;
 //! `promtool check metrics` accepts /metrics and a real Prometheus scrapes it; `metrics query`
 //! returns history across a daemon restart (SIGKILL).
 //!
@@ -120,6 +121,81 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Value>>>) {
     (port, got)
 }
 
+/// A CA and a certificate it signed for 127.0.0.1 (openssl command line), for STARTTLS.
+fn test_certificates(dir: &Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tcf test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    (path("ca.pem"), path("cert.pem"), path("key.pem"))
+}
+
 fn json(p: &Platform, args: &[&str]) -> Value {
     let out = p.cli(args);
     assert!(
@@ -162,6 +238,8 @@ fn alerts_notifications_prometheus_and_history_across_a_restart() {
     let smtp_port = free_port();
     let prom_port = free_port();
     let (hook_port, hooks) = webhook_receiver();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
     let config = format!(
         r#"
 [platform]
@@ -205,6 +283,9 @@ smtp = "127.0.0.1:{smtp_port}"
 from = "tcf@example.test"
 to = ["ops@example.test"]
 group_wait = "1s"
+# The server requires STARTTLS; its certificate is signed by the test's CA.
+starttls = true
+ca_file = "{ca}"
 "#
     );
     let mut p = Platform::new(&config);
@@ -231,7 +312,8 @@ group_wait = "1s"
         Command::new(tool("aiosmtpd"))
             .env("PYTHONUNBUFFERED", "1")
             .args(["-n", "-l"])
-            .arg(format!("127.0.0.1:{smtp_port}")),
+            .arg(format!("127.0.0.1:{smtp_port}"))
+            .args(["--tlscert", &cert, "--tlskey", &key]),
         &dir,
     );
     p.up();
