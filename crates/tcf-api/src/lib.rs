@@ -169,6 +169,28 @@ pub struct RollbackRequest {
 }
 
 /// One line of the NDJSON stream a deploy or rollback answers with. The last line has `result`.
+/// `tcf-platform restart SERVICE...`: the running version again, instance by instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartRequest {
+    pub services: Vec<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
+/// `tcf-platform prod abort`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AbortRequest {
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AbortResponse {
+    /// The release asked to stop and revert.
+    pub aborting: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProgressLine {
     pub time: String,

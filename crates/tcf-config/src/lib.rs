@@ -102,16 +102,28 @@ pub enum StickyBy {
 pub struct DeploySettings {
     pub strategy: Strategy,
     /// How long a retired colour's in-flight requests may take to finish.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub drain_timeout: Duration,
     /// How long upgraded connections (WebSocket) to a retired colour may stay open.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub upgrade_drain_timeout: Duration,
     /// After the switch: how long the new colour is watched before the release is final.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub watch: Duration,
     /// How long the previous colour stays warm (for an instant rollback) after a deploy.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub retire_after: Duration,
     /// Share of 5xx answers from the new colour that reverts a deploy.
     pub max_error_ratio: f64,
@@ -121,12 +133,18 @@ pub struct DeploySettings {
     /// Requests the new colour must have answered before its error ratio and p99 count.
     pub min_requests: u64,
     pub canary_steps: Vec<u32>,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub step_interval: Duration,
     pub sticky: StickyBy,
     pub max_surge: u32,
     /// A deploy lock not renewed for this long is expired and may be taken over.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub lock_ttl: Duration,
 }
 
@@ -135,7 +153,10 @@ pub struct Hooks {
     pub pre_deploy: Option<Vec<String>>,
     pub post_deploy: Option<Vec<String>>,
     pub post_rollback: Option<Vec<String>>,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub timeout: Duration,
 }
 
@@ -151,7 +172,7 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     Process,
@@ -159,7 +180,7 @@ pub enum RuntimeKind {
 }
 
 /// How a `runtime = "docker"` service's containers run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DockerSettings {
     /// With `{version}` (and `{service}`) still in it.
     pub image: String,
@@ -176,7 +197,7 @@ pub struct DockerSettings {
     pub pull_missing: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Service {
     pub name: String,
     pub runtime: RuntimeKind,
@@ -190,42 +211,94 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     pub depends_on: Vec<String>,
     pub health: Health,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub stop_timeout: Duration,
     pub max_request_body: u64,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub upstream_timeout: Duration,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub connect_timeout: Duration,
     pub log_max_size: u64,
+    /// What the proxy refuses in a request head.
+    pub proxy: ProxyLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSettings>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `[services.NAME.proxy]`: limits on a request's head (docs/running.md, "What the proxy
+/// refuses") and on idle upgraded connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ProxyLimits {
+    /// Request line and header fields together; 431 above it.
+    pub max_header_size: u64,
+    /// Header fields in one request; 431 above it.
+    pub max_headers: u32,
+    /// The request line; 414 above it.
+    pub max_request_line: u64,
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// An upgraded connection (WebSocket) that carries no byte either way for this long is
+    /// closed.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// What the proxy does with a request header whose name holds an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    Forward,
+    Drop,
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "probe", rename_all = "lowercase")]
 pub enum Probe {
     Http { path: String },
     Tcp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Health {
     #[serde(flatten)]
     pub probe: Probe,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub interval: Duration,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub timeout: Duration,
     /// Consecutive passes that make an instance healthy.
     pub healthy_threshold: u32,
     /// Consecutive failures that make a healthy instance unhealthy.
     pub unhealthy_threshold: u32,
     /// Failures during this time after start do not count.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub start_period: Duration,
     /// An instance not healthy this long after start is restarted.
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub deadline: Duration,
 }
 
@@ -248,9 +321,15 @@ pub struct Dependency {
     pub address: Option<String>,
     /// For http and qdrant probes.
     pub url: Option<String>,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub interval: Duration,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
     pub timeout: Duration,
 }
 

@@ -87,6 +87,9 @@ pub struct RawDefaults {
     pub upstream_timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub log_max_size: Option<ByteSize>,
+    /// What the proxy refuses in a request head (docs/running.md).
+    #[serde(default)]
+    pub proxy: RawProxyLimits,
     // runtime = "docker" (see RawService)
     pub image: Option<Spanned<String>>,
     pub container_port: Option<Spanned<u16>>,
@@ -98,6 +101,20 @@ pub struct RawDefaults {
     pub volumes: Option<Vec<String>>,
     pub network: Option<String>,
     pub pull: Option<Spanned<String>>,
+}
+
+/// `[services.NAME.proxy]` / `[defaults.proxy]`: limits on a request's head, and on idle
+/// upgraded connections.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyLimits {
+    pub max_header_size: Option<ByteSize>,
+    pub max_headers: Option<Spanned<u32>>,
+    pub max_request_line: Option<ByteSize>,
+    /// `forward` (default), `drop` or `refuse`.
+    pub headers_with_underscores: Option<Spanned<String>>,
+    /// An upgraded connection (WebSocket) idle this long is closed.
+    pub tunnel_idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -133,6 +150,9 @@ pub struct RawService {
     pub upstream_timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub log_max_size: Option<ByteSize>,
+    /// What the proxy refuses in a request head (docs/running.md).
+    #[serde(default)]
+    pub proxy: RawProxyLimits,
     // runtime = "docker"
     pub image: Option<Spanned<String>>,
     pub container_port: Option<Spanned<u16>>,

@@ -1,9 +1,10 @@
 //! From the file as written to the effective [`Config`]: overlay, defaults, checks.
 
 use crate::raw::*;
+use crate::units::ByteSize;
 use crate::{
-    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, RuntimeKind,
-    Service,
+    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, ProxyLimits,
+    RuntimeKind, Service, UnderscoreHeaders,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -412,6 +413,18 @@ fn overlay_health(base: RawHealth, over: RawHealth) -> RawHealth {
     }
 }
 
+fn overlay_proxy(base: RawProxyLimits, over: RawProxyLimits) -> RawProxyLimits {
+    RawProxyLimits {
+        max_header_size: over.max_header_size.or(base.max_header_size),
+        max_headers: over.max_headers.or(base.max_headers),
+        max_request_line: over.max_request_line.or(base.max_request_line),
+        headers_with_underscores: over
+            .headers_with_underscores
+            .or(base.headers_with_underscores),
+        tunnel_idle_timeout: over.tunnel_idle_timeout.or(base.tunnel_idle_timeout),
+    }
+}
+
 fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
     let mut env = base.env;
     env.extend(over.env);
@@ -425,6 +438,7 @@ fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        proxy: overlay_proxy(base.proxy, over.proxy),
         image: over.image.or(base.image),
         container_port: over.container_port.or(base.container_port),
         entrypoint: over.entrypoint.or(base.entrypoint),
@@ -459,6 +473,7 @@ fn overlay_service(base: RawService, over: RawService) -> RawService {
         upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
         connect_timeout: over.connect_timeout.or(base.connect_timeout),
         log_max_size: over.log_max_size.or(base.log_max_size),
+        proxy: overlay_proxy(base.proxy, over.proxy),
         image: over.image.or(base.image),
         container_port: over.container_port.or(base.container_port),
         entrypoint: over.entrypoint.or(base.entrypoint),
@@ -767,6 +782,7 @@ fn resolve_service(
     if errors.len() > before {
         return None;
     }
+    let name_for_proxy = name.clone();
     Some(Service {
         name,
         runtime,
@@ -819,7 +835,105 @@ fn resolve_service(
             }
             size
         },
+        proxy: resolve_proxy_limits(
+            &name_for_proxy,
+            &overlay_proxy(defaults.proxy.clone(), raw.proxy.clone()),
+            errors,
+        )?,
         docker,
+    })
+}
+
+/// `[services.NAME.proxy]` over `[defaults.proxy]`, with nginx-like defaults and bounds that
+/// keep the proxy safe (hyper cannot take a request line of 64 KiB or more).
+fn resolve_proxy_limits(
+    service: &str,
+    raw: &RawProxyLimits,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<ProxyLimits> {
+    let before = errors.len();
+    let mut bytes = |v: Option<ByteSize>, key: &str, default: u64, min: u64, max: u64| {
+        let n = v.map_or(default, |b| b.0);
+        if !(min..=max).contains(&n) {
+            errors.push(
+                Diagnostic::new(
+                    format!(
+                        "proxy.{key} of service {service:?} is {n} bytes, outside {min}..={max}"
+                    ),
+                    None,
+                )
+                .hint(format!("the default is {default} bytes")),
+            );
+        }
+        n
+    };
+    let max_header_size = bytes(
+        raw.max_header_size,
+        "max_header_size",
+        32 << 10,
+        1 << 10,
+        1 << 20,
+    );
+    let max_request_line = bytes(
+        raw.max_request_line,
+        "max_request_line",
+        8 << 10,
+        256,
+        60 << 10,
+    );
+    let max_headers = match &raw.max_headers {
+        Some(n) if !(1..=1000).contains(n.get_ref()) => {
+            errors.push(
+                Diagnostic::new(
+                    "proxy.max_headers must be between 1 and 1000",
+                    Some(n.span()),
+                )
+                .hint("the default is 100 (more costs an allocation per request head)"),
+            );
+            100
+        }
+        Some(n) => *n.get_ref(),
+        None => 100,
+    };
+    let headers_with_underscores = match raw
+        .headers_with_underscores
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("forward", _)) => UnderscoreHeaders::Forward,
+        Some(("drop", _)) => UnderscoreHeaders::Drop,
+        Some(("refuse", _)) => UnderscoreHeaders::Refuse,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(
+                    format!("unknown headers_with_underscores {other:?}"),
+                    Some(span),
+                )
+                .hint("use \"forward\" (the default), \"drop\" or \"refuse\""),
+            );
+            UnderscoreHeaders::Forward
+        }
+    };
+    let tunnel_idle_timeout = raw
+        .tunnel_idle_timeout
+        .map_or(Duration::from_secs(300), |d| d.0);
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&tunnel_idle_timeout) {
+        errors.push(
+            Diagnostic::new(
+                format!(
+                    "proxy.tunnel_idle_timeout of service {service:?} must be between 1s and 24h"
+                ),
+                None,
+            )
+            .hint("the default is \"5m\""),
+        );
+    }
+    (errors.len() == before).then_some(ProxyLimits {
+        max_header_size,
+        max_headers,
+        max_request_line,
+        headers_with_underscores,
+        tunnel_idle_timeout,
     })
 }
 
@@ -1065,6 +1179,67 @@ mod tests {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
+    fn config(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        resolve(Path::new("/tmp/tcf-platform.toml"), text, None)
+    }
+
+    const TWO_SERVICES: &str = r#"
+[platform]
+name = "p"
+[defaults.proxy]
+max_headers = 50
+headers_with_underscores = "drop"
+[services.a]
+command = ["a"]
+version = "v1"
+listen = "127.0.0.1:9001"
+[services.a.proxy]
+max_header_size = "16KiB"
+[services.b]
+command = ["b"]
+version = "v1"
+listen = "127.0.0.1:9002"
+"#;
+
+    #[test]
+    fn proxy_limits_have_defaults_and_merge_key_by_key() {
+        let c = config(TWO_SERVICES).unwrap();
+        let a = &c.services["a"].proxy;
+        assert_eq!(
+            (a.max_header_size, a.max_headers, a.max_request_line),
+            (16 << 10, 50, 8 << 10)
+        );
+        assert_eq!(a.headers_with_underscores, UnderscoreHeaders::Drop);
+        assert_eq!(c.services["b"].proxy.max_header_size, 32 << 10);
+        let plain =
+            config(&TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy.x]")).unwrap_err();
+        assert!(
+            plain[0].message.contains("unknown field"),
+            "{:?}",
+            plain[0].message
+        );
+    }
+
+    #[test]
+    fn proxy_limits_out_of_bounds_are_refused() {
+        for (key, value) in [
+            ("max_header_size", "\"100\""),
+            ("max_header_size", "\"2MiB\""),
+            ("max_request_line", "\"64KiB\""),
+            ("max_headers", "0"),
+            ("headers_with_underscores", "\"maybe\""),
+            ("tunnel_idle_timeout", "\"0s\""),
+        ] {
+            let text =
+                TWO_SERVICES.replace("max_header_size = \"16KiB\"", &format!("{key} = {value}"));
+            let errors = config(&text).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.message.contains(key)),
+                "{key} = {value}: {:?}",
+                errors.iter().map(|e| &e.message).collect::<Vec<_>>()
+            );
+        }
+    }
     fn errors_of(text: &str) -> Vec<String> {
         match resolve(std::path::Path::new("/tmp/t.toml"), text, None) {
             Ok(_) => Vec::new(),

@@ -55,6 +55,11 @@ pub fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S:
     Dur(*d).serialize(s)
 }
 
+/// Read a `Duration` the way the config file writes it (`"1m 30s"`).
+pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Dur::deserialize(d).map(|d| d.0)
+}
+
 /// Serialize an optional `Duration`.
 pub fn serialize_opt_duration<S: Serializer>(
     d: &Option<Duration>,

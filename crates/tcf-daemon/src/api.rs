@@ -75,6 +75,8 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/down", post(down))
         .route("/v1/deploy", post(deploy_handler))
         .route("/v1/rollback", post(rollback_handler))
+        .route("/v1/restart", post(restart_handler))
+        .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
@@ -229,6 +231,9 @@ async fn events(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    /// Keep each line's time stamp (written when the line was).
+    #[serde(default)]
+    timestamps: bool,
     tail: Option<usize>,
 }
 
@@ -245,7 +250,13 @@ async fn logs_handler(
         ));
     };
     let ids: Vec<String> = svc.instances().iter().map(|i| i.id.clone()).collect();
-    let body = logs::stream(p.clone(), ids, q.tail.unwrap_or(100), q.follow);
+    let body = logs::stream(
+        p.clone(),
+        ids,
+        q.tail.unwrap_or(100),
+        q.follow,
+        q.timestamps,
+    );
     Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response())
 }
 
@@ -332,6 +343,58 @@ async fn deploy_handler(
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+async fn restart_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::RestartRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
+    if req.services.is_empty() {
+        return Err(bad_request("name the service(s) to restart"));
+    }
+    let services = services_in_order(&p, &req.services)?;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Restart,
+        targets: services
+            .into_iter()
+            .map(|s| {
+                let version = p.services[&s].serving_version();
+                (s, version)
+            })
+            .collect(),
+        reason: req.reason,
+        actor: peer.actor(&req.actor),
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+async fn abort_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::AbortRequest>,
+) -> Result<Json<tcf_api::AbortResponse>, ApiError> {
+    let Some(running) = lock(&p.deploying).clone() else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no release is running; nothing to abort (to go back, use `tcf-platform prod rollback`)"
+                .into(),
+        ));
+    };
+    let who = peer.actor(&req.actor);
+    *lock(&p.abort) = Some(who.clone());
+    p.event_by(
+        &who,
+        "release.abort_requested",
+        None,
+        None,
+        format!("abort requested: {running}"),
+    );
+    Ok(Json(tcf_api::AbortResponse { aborting: running }))
 }
 
 /// Statuses of releases whose versions ran for real.

@@ -354,6 +354,8 @@ fn assemble(
                 max_request_body: cfg.max_request_body,
                 upstream_timeout: cfg.upstream_timeout,
                 connect_timeout: cfg.connect_timeout,
+                limits: proxy_limits(&cfg.proxy),
+                tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
             },
         );
         let version = active
@@ -405,6 +407,7 @@ fn assemble(
         deploying: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
         release_slot: tokio::sync::Mutex::new(()),
+        abort: Mutex::new(None),
     })
 }
 
@@ -504,5 +507,19 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
             ),
         ),
         Err(e) => tracing::error!("cannot record the initial release: {e}"),
+    }
+}
+
+/// A service's `[proxy]` limits as the proxy takes them.
+fn proxy_limits(cfg: &tcf_config::ProxyLimits) -> tcf_proxy::RequestLimits {
+    tcf_proxy::RequestLimits {
+        max_header_bytes: cfg.max_header_size as usize,
+        max_headers: cfg.max_headers as usize,
+        max_request_line: cfg.max_request_line as usize,
+        underscores: match cfg.headers_with_underscores {
+            tcf_config::UnderscoreHeaders::Forward => tcf_proxy::UnderscoreHeaders::Forward,
+            tcf_config::UnderscoreHeaders::Drop => tcf_proxy::UnderscoreHeaders::Drop,
+            tcf_config::UnderscoreHeaders::Refuse => tcf_proxy::UnderscoreHeaders::Refuse,
+        },
     }
 }

@@ -479,6 +479,8 @@ pub struct Platform {
     pub started: Instant,
     /// What release is running right now, if any (for status).
     pub deploying: Mutex<Option<String>>,
+    /// Set by `prod abort` to who asked: the running release stops and reverts.
+    pub abort: Mutex<Option<String>>,
     /// Held by the release that runs: one at a time in this daemon, whatever the lease says.
     pub release_slot: tokio::sync::Mutex<()>,
     /// Problems an operator must see in `status` (a state store that was deleted, say).

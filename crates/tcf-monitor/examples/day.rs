@@ -33,6 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut errors = vec![0u64; services];
     let mut latency = vec![vec![0u64; BUCKETS]; services];
     let mut net = (0u64, 0u64);
+    // Latencies of about 1 ms and up: the proxy bucket of 1 ms and the next few.
+    let one_ms = (0..BUCKETS)
+        .find(|i| tcf_monitor::latency::bucket_upper_micros(*i) >= 1000)
+        .unwrap_or(0);
     for t in 0..ticks {
         let mut svcs = Vec::new();
         for s in 0..services {
@@ -41,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             requests[s] += n;
             errors[s] += u64::from(noise() < 0.05);
             for k in 0..n {
-                latency[s][40 + (k % 7) as usize] += 1;
+                latency[s][one_ms + (k % 7) as usize * 8] += 1;
             }
             let name = if s == 0 {
                 "gateway".to_string()

@@ -1,62 +1,65 @@
 //! The proxy's latency histogram as the monitor sees it: the same log-linear buckets as
-//! `tcf_proxy::stats` (4 per power of two of microseconds), kept sparse (bucket, count) in the
-//! store, merged for rollups and quantiles, and folded into Prometheus `le` buckets.
+//! `tcf_proxy::stats` (32 per power of two of microseconds). History keeps it sparse as
+//! (bucket upper bound in µs, count), so stored data keeps its meaning if the proxy's bucket
+//! layout changes; it is merged for rollups and quantiles, and folded into Prometheus `le`
+//! buckets.
 
-/// Buckets of the proxy's histogram (`tcf_proxy::BUCKETS`).
-pub const BUCKETS: usize = 4 * 34;
+/// Sub-buckets per power of two, as log2 (`tcf_proxy::stats::SUB_BITS`).
+const SUB_BITS: u32 = 5;
+const SUB: usize = 1 << SUB_BITS;
+/// Buckets of the proxy's histogram (`tcf_proxy::BUCKETS`; a test pins the two together).
+pub const BUCKETS: usize = SUB * (34 - SUB_BITS as usize + 1);
 
 /// Upper bound of a proxy bucket in microseconds (mirrors `tcf_proxy::stats::bucket_upper`;
 /// a test pins the two together).
 pub fn bucket_upper_micros(index: usize) -> u64 {
-    const SUB: usize = 4;
     if index < SUB {
         return index as u64 + 1;
     }
-    let power = index / SUB + 1;
+    let k = SUB_BITS as usize;
+    let power = index / SUB + k - 1;
     let sub = (index % SUB) as u64;
-    (SUB as u64 + sub + 1) << (power - 2)
+    (SUB as u64 + sub + 1) << (power - k)
 }
 
-/// A sparse histogram: (bucket index, count), bucket indexes ascending, no zero counts.
-pub type Sparse = Vec<(u16, u64)>;
+/// A sparse histogram: (upper bound in µs, count), bounds ascending, no zero counts.
+pub type Sparse = Vec<(u64, u64)>;
 
-/// The non-zero buckets of a dense histogram.
+/// The non-zero buckets of a dense proxy histogram.
 pub fn sparse(dense: &[u64]) -> Sparse {
     dense
         .iter()
         .enumerate()
         .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| (i as u16, *n))
+        .map(|(i, n)| (bucket_upper_micros(i), *n))
         .collect()
 }
 
 /// Add `other` into `into`, keeping it sorted and sparse.
-pub fn merge(into: &mut Sparse, other: &[(u16, u64)]) {
-    let mut dense = [0u64; BUCKETS];
-    for (i, n) in into.iter().chain(other.iter()) {
-        if let Some(slot) = dense.get_mut(*i as usize) {
-            *slot += n;
-        }
+pub fn merge(into: &mut Sparse, other: &[(u64, u64)]) {
+    let mut all: std::collections::BTreeMap<u64, u64> = into.iter().copied().collect();
+    for (bound, n) in other {
+        *all.entry(*bound).or_insert(0) += n;
     }
-    *into = sparse(&dense);
+    *into = all.into_iter().filter(|(_, n)| *n > 0).collect();
 }
 
-pub fn total(h: &[(u16, u64)]) -> u64 {
+pub fn total(h: &[(u64, u64)]) -> u64 {
     h.iter().map(|(_, n)| n).sum()
 }
 
 /// The latency in milliseconds below which a share `q` of the observations fell.
-pub fn quantile_ms(h: &[(u16, u64)], q: f64) -> Option<f64> {
+pub fn quantile_ms(h: &[(u64, u64)], q: f64) -> Option<f64> {
     let total = total(h);
     if total == 0 {
         return None;
     }
     let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
     let mut seen = 0;
-    for (i, n) in h {
+    for (bound, n) in h {
         seen += n;
         if seen >= rank {
-            return Some(bucket_upper_micros(*i as usize) as f64 / 1000.0);
+            return Some(*bound as f64 / 1000.0);
         }
     }
     None
@@ -119,7 +122,8 @@ mod tests {
         assert_eq!(a, vec![(3, 3), (40, 1), (50, 4)]);
         let mut dense = vec![0u64; BUCKETS];
         dense[3] = 5; // <= 4 µs
-        dense[60] = 2; // tens of milliseconds
+        dense[380] = 2; // tens of milliseconds
+        assert!((10_000..100_000).contains(&bucket_upper_micros(380)));
         let (cum, total, _) = prometheus_buckets(&dense);
         assert_eq!(total, 7);
         assert_eq!(cum[0], 5);

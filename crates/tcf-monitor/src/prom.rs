@@ -338,8 +338,13 @@ mod tests {
     #[test]
     fn histogram_help_type_and_escaping() {
         let mut dense = vec![0u64; latency::BUCKETS];
-        dense[37] = 3; // 1.5 ms
-        dense[70] = 1; // 0.46 s
+        let index_for = |us: u64| {
+            (0..latency::BUCKETS)
+                .find(|i| latency::bucket_upper_micros(*i) >= us)
+                .unwrap()
+        };
+        dense[index_for(1500)] = 3;
+        dense[index_for(460_000)] = 1;
         let tick = Tick {
             at_ms: 0,
             services: vec![ServiceTick {

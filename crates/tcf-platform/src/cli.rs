@@ -3,10 +3,20 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `--version`: the package version, the git commit and the build date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCF_GIT_COMMIT"),
+    ", built ",
+    env!("TCF_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcf-platform",
-    version,
+    version = VERSION,
     about = "Run a multi-service platform and operate it in production",
     long_about = "Run a multi-service platform from one config file and operate it: a reverse proxy in \
 front of every service, health checks, restarts, status, logs and an audit trail of events.\n\n\
@@ -83,6 +93,14 @@ while waiting does the same."
     },
     /// Show services, instances and their health
     Status(StatusArgs),
+    /// Restart a service's instances one at a time behind the health gate (no request dropped)
+    #[command(
+        long_about = "Restart the named services' instances on the version they run, one at a \
+time: each new instance must pass the health gate before an old one leaves the pool, as in a \
+rolling deploy (and it is recorded as a release, strategy `restart`). A failed gate puts the old \
+instances back.\n\nExit codes as for `prod deploy`."
+    )]
+    Restart(RestartArgs),
     /// Show the log of a service's instances
     Logs {
         /// The service
@@ -93,6 +111,9 @@ while waiting does the same."
         /// How many lines of each instance's log to show first
         #[arg(long, short = 'n', default_value_t = 100)]
         tail: usize,
+        /// Start each line with the time it was written (RFC 3339, UTC)
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
     /// Show the audit trail: every state change, oldest first
     Events {
@@ -129,6 +150,17 @@ while waiting does the same."
     Metrics(crate::monitor_cmd::MetricsCommand),
     /// Alerts: list, history, silence, unsilence
     Alerts(crate::monitor_cmd::AlertsArgs),
+    /// Write a tcf-platform.toml from docker compose files
+    #[command(
+        long_about = "Write a commented tcf-platform.toml from docker compose files: services become \
+runtime = \"docker\" services behind our proxy, well-known data stores (PostgreSQL, Redis, Qdrant, \
+MySQL, ...) become [dependencies], health checks, replicas, limits, volumes and depends_on carry over. \
+Files are merged in order as `docker compose -f A -f B` does, with the project's .env interpolated.\n\n\
+Everything that has no equivalent is listed at the top of the file and on stderr, never dropped \
+silently; credential-looking values are kept out of the file. The result passes `config validate`.\n\n\
+Exit codes: 0 written (or printed), 2 usage or compose file error (or the output exists without --force)."
+    )]
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         long_about = "Print a completion script for SHELL to standard output.\n\n\
@@ -138,11 +170,44 @@ Example for bash: tcf-platform completions bash > /etc/bash_completion.d/tcf-pla
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (one per command) into DIR: for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write tcf-platform.1, tcf-platform-up.1, ... into
+        dir: PathBuf,
+    },
     /// Print the version of this binary
     Version {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InitArgs {
+    /// Compose files, merged in order [default: compose.yaml or docker-compose.yml and its override file, here]
+    #[arg(long = "from-compose", value_name = "FILE", num_args = 1..)]
+    pub from_compose: Vec<PathBuf>,
+    /// Where to write the config
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "PATH",
+        default_value = "tcf-platform.toml"
+    )]
+    pub output: PathBuf,
+    /// Overwrite the output file if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Print the config to stdout instead of writing it
+    #[arg(long)]
+    pub dry_run: bool,
+    /// json: print the mapping report (what became what, what was not translated) to stdout
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Keep data stores (PostgreSQL, Redis, ...) as services we run instead of [dependencies]
+    #[arg(long)]
+    pub keep_stores_as_services: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -206,12 +271,18 @@ bytes on disk, last evaluation, firing and pending alerts, each notifier's last 
 service's health score. The choice persists across daemon restarts."
     )]
     Monitor(crate::monitor_cmd::MonitorArgs),
+    /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
+    Abort,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// The version to deploy (replaces {version} in the services' command)
-    pub version: String,
+    #[arg(required_unless_present = "abort")]
+    pub version: Option<String>,
+    /// Instead of deploying: stop the release in progress and revert what it switched
+    #[arg(long, conflicts_with = "version")]
+    pub abort: bool,
     /// blue_green (also blue-green), canary or rolling [default: the config's [deploy] strategy]
     #[arg(long)]
     pub strategy: Option<String>,
@@ -228,6 +299,24 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestartArgs {
+    /// The services to restart
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

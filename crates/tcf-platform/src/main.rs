@@ -2,14 +2,15 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod cli;
+mod init_cmd;
 mod monitor_cmd;
 mod output;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RollbackArgs,
-    StatusArgs,
+    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
+    RollbackArgs, StatusArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -127,6 +128,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Monitor(args)) => monitor_cmd::monitor(&cli, args).await,
         Command::Metrics(cmd) => monitor_cmd::metrics(&cli, cmd).await,
         Command::Alerts(args) => monitor_cmd::alerts(&cli, args).await,
+        Command::Prod(ProdCommand::Abort) => abort(&cli).await,
+        Command::Restart(args) => restart(&cli, args).await,
         Command::History {
             service,
             limit,
@@ -138,7 +141,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
             service,
             follow,
             tail,
-        } => logs(&cli, service, *follow, *tail).await,
+            timestamps,
+        } => logs(&cli, service, *follow, *tail, *timestamps).await,
         Command::Events {
             service,
             limit,
@@ -146,17 +150,27 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => events(&cli, service.as_deref(), *limit, *format).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
+        Command::Init(args) => init_cmd::init(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "tcf-platform", &mut script);
             print_text(&String::from_utf8_lossy(&script))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| clap_mangen::generate_to(Cli::command(), dir))
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version { format } => {
-            let v = env!("CARGO_PKG_VERSION");
             match format {
-                Format::Json => print_json(&serde_json::json!({ "version": v }))?,
-                Format::Table => print_text(&format!("tcf-platform {v}\n"))?,
+                Format::Json => print_json(&serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "commit": env!("TCF_GIT_COMMIT"),
+                    "build_date": env!("TCF_BUILD_DATE"),
+                }))?,
+                Format::Table => print_text(&format!("tcf-platform {}\n", cli::VERSION))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -389,9 +403,9 @@ async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize) -> CmdResult {
+async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize, timestamps: bool) -> CmdResult {
     let client = client(cli)?;
-    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}");
+    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}&timestamps={timestamps}");
     let resp = client.send("GET", &path, None).await?;
     let mut body = resp.into_body();
     let mut out = std::io::stdout();
@@ -443,6 +457,8 @@ fn validate(cli: &Cli, format: Format) -> CmdResult {
             let warnings: Vec<String> = cfg
                 .services
                 .values()
+                // A container's command is its arguments, not a program on this machine.
+                .filter(|s| s.runtime == tcf_config::RuntimeKind::Process)
                 .filter_map(|s| {
                     let program = s.command.first()?;
                     rt.resolve_program(program).is_none().then(|| {
@@ -580,9 +596,19 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     let live = format == Format::Table && std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let mut last_step = String::from("starting");
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
+            _ = &mut ctrl_c => {
+                if live {
+                    print_text("\r\x1b[K")?;
+                }
+                eprintln!(
+                    "stopped following; the release goes on in the daemon.\n  to stop it and revert: tcf-platform prod abort\n  to see how it ends:    tcf-platform history (or events)"
+                );
+                return Ok(ExitCode::from(130));
+            }
             _ = ticker.tick(), if live => {
                 const SPIN: [char; 4] = ['|', '/', '-', '\\'];
                 let spin = SPIN[(started.elapsed().as_millis() / 200) as usize % 4];
@@ -647,7 +673,44 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     }
 }
 
+async fn abort(cli: &Cli) -> CmdResult {
+    let client = client(cli)?;
+    let resp: tcf_api::AbortResponse = client
+        .post("/v1/abort", &tcf_api::AbortRequest { actor: actor() })
+        .await?;
+    eprintln!(
+        "aborting: {}\nit stops at its next step and reverts what it switched; its own output (or `tcf-platform history`) shows the end",
+        resp.aborting
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restart(cli: &Cli, args: &RestartArgs) -> CmdResult {
+    let client = client(cli)?;
+    if !args.force
+        && std::io::stdin().is_terminal()
+        && !confirm(&format!("Restart {}?", args.services.join(", ")))
+    {
+        eprintln!("not restarted");
+        return Ok(ExitCode::from(1));
+    }
+    let body = serde_json::to_vec(&tcf_api::RestartRequest {
+        services: args.services.clone(),
+        reason: args.reason.clone(),
+        lock_wait_ms: args.lock_wait.as_millis() as u64,
+        actor: actor(),
+    })
+    .map_err(anyhow::Error::from)?;
+    follow_release(&client, "/v1/restart", body, args.format).await
+}
+
 async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
+    if args.abort {
+        return abort(cli).await;
+    }
+    let Some(version) = args.version.clone() else {
+        return Err(anyhow::anyhow!("name the VERSION to deploy").into());
+    };
     // A deploy never starts from a config that does not validate.
     load_config(cli)?;
     let client = client(cli)?;
@@ -657,13 +720,13 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
         } else {
             args.services.join(", ")
         };
-        if !confirm(&format!("Deploy {} to {which}?", args.version)) {
+        if !confirm(&format!("Deploy {version} to {which}?")) {
             eprintln!("not deployed");
             return Ok(ExitCode::from(1));
         }
     }
     let req = tcf_api::DeployRequest {
-        version: args.version.clone(),
+        version,
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),

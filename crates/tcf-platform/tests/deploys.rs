@@ -343,3 +343,63 @@ fn a_deleted_state_store_is_noticed_and_written_again_before_it_matters() {
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }
+
+#[test]
+fn restart_drops_no_request_and_abort_reverts_a_running_release() {
+    let mut p = Platform::new(&deploy_config(&[("watch", "\"0s\"")]));
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let gateway = listen(&status, "gateway");
+    let load = Load::start(&gateway, 4);
+    let (code, out, lines) = run(&p, &["restart", "gateway"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines.last().unwrap()["result"], "restarted");
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report
+        .samples
+        .iter()
+        .all(|s| s.status == 200 && !s.by_proxy));
+    let after = p.status().unwrap();
+    let pids = |s: &Value| -> Vec<u64> {
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] == "gateway")
+            .flat_map(|s| s["instances"].as_array().unwrap().clone())
+            .filter_map(|i| i["pid"].as_u64())
+            .collect()
+    };
+    assert!(
+        pids(&after).iter().any(|p| !pids(&status).contains(p)),
+        "new processes serve after a restart"
+    );
+
+    // Nothing to abort.
+    let none = p.cli(&["prod", "abort"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no release is running"));
+    // A slow release, aborted while it waits for its new version.
+    let deploy = deploy_in_background(&p, "v2-slow", "tokens");
+    wait_until("the release running", START, || {
+        p.status()
+            .is_some_and(|s| s["deploy_in_progress"].is_string())
+    });
+    let abort = p.cli(&["prod", "deploy", "--abort"]);
+    assert!(
+        abort.status.success(),
+        "{}",
+        String::from_utf8_lossy(&abort.stderr)
+    );
+    let out = deploy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("aborted by"), "{stdout}");
+    assert_eq!(version_at(&listen(&status, "tokens")), "v1");
+    let history: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
+    assert_eq!(history[0]["status"], "aborted");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}

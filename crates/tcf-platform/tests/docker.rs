@@ -6,122 +6,32 @@
 
 mod common;
 
+use common::docker::*;
 use common::sequence::*;
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 const START: Duration = Duration::from_secs(120);
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI (apt-get install docker.io)");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn count(args: &[&str]) -> usize {
-    docker(args)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
-}
-
-/// Images built for this test run, removed when it ends, however it ends.
-struct Images {
-    label: String,
-}
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        let ids = docker(&[
-            "image",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label={}", self.label),
-        ]);
-        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["image", "rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-    }
-}
-
-/// Containers and networks of a platform, removed when the test ends, even when it fails.
-struct PlatformObjects {
-    platform: String,
-}
-
-impl Drop for PlatformObjects {
-    fn drop(&mut self) {
-        let filter = format!("label=tcf.platform={}", self.platform);
-        for kind in [["ps", "-aq"], ["network", "ls"]] {
-            let mut args: Vec<&str> = kind.to_vec();
-            if kind[0] == "network" {
-                args.push("-q");
-            }
-            args.extend(["--filter", &filter]);
-            let ids = docker(&args);
-            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-            if !ids.is_empty() {
-                let rm: &[&str] = if kind[0] == "ps" {
-                    &["rm", "-f"]
-                } else {
-                    &["network", "rm"]
-                };
-                let _ = Command::new("docker").args(rm).args(&ids).output();
-            }
-        }
-    }
-}
-
 #[test]
 fn containers_deploy_without_dropping_a_request_and_reconcile_after_a_kill() {
-    let engine = Command::new("docker")
-        .args(["version", "--format", "{{.Server.APIVersion}}"])
-        .output();
-    assert!(
-        engine.as_ref().is_ok_and(|o| o.status.success()),
-        "no Docker engine answers: start dockerd (scripts/test does) — this test does not skip"
-    );
+    require_engine();
     let run_id = std::process::id();
     let repo = format!("tcf-test-{run_id}/demo");
     let label = format!("tcf.test={run_id}");
-    let images = Images {
-        label: label.clone(),
-    };
-    let versions = [
-        "v1",
-        "v2",
-        "v3",
-        "v4",
-        "v3-unhealthy",
-        "v4-errors",
-        "v5-errors",
-    ];
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-images");
-    let built = Command::new("bash")
-        .arg(&script)
-        .args(["--repo", &repo, "--label", &label])
-        .args(versions)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "build-images failed: {}",
-        String::from_utf8_lossy(&built.stderr)
+    let images = build_demo_images(
+        &repo,
+        &label,
+        &[
+            "v1",
+            "v2",
+            "v3",
+            "v4",
+            "v3-unhealthy",
+            "v4-errors",
+            "v5-errors",
+        ],
     );
 
     let platform = format!("tcf-docker-test-{run_id}");

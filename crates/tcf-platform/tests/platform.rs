@@ -340,6 +340,20 @@ fn a_typo_in_the_config_does_not_lock_the_operator_out() {
     let mut p = Platform::new(&example_config());
     p.up();
     p.wait_for("all healthy", START, all_healthy);
+    // Log lines carry the time they were written, shown on request only.
+    let plain = String::from_utf8_lossy(&p.cli(&["logs", "tokens"]).stdout).to_string();
+    let stamped =
+        String::from_utf8_lossy(&p.cli(&["logs", "tokens", "--timestamps"]).stdout).to_string();
+    let first = stamped.lines().next().expect("tokens logged something");
+    let (_, rest) = first.split_once(" | ").unwrap();
+    assert!(
+        rest.len() > 25 && &rest[10..11] == "T" && &rest[23..25] == "Z ",
+        "{first}"
+    );
+    assert_eq!(
+        plain.lines().next().unwrap().split_once(" | ").unwrap().1,
+        &rest[25..]
+    );
     // One rule for versions: no path traversal, nothing an image tag would refuse.
     for bad in ["..", "v1+build", "../v1;$(id)"] {
         let out = p.cli(&["prod", "deploy", bad, "--force"]);

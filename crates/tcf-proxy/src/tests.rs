@@ -7,8 +7,12 @@ use hyper_util::client::legacy::Client as TestClient;
 use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::AtomicU32;
 
+mod allocations;
+mod conformance;
+mod early_answers;
+
 /// A tiny upstream that answers with its name, optionally after a delay.
-async fn upstream(
+pub(crate) async fn upstream(
     name: &'static str,
     delay: Duration,
     hits: Arc<AtomicU32>,
@@ -53,21 +57,25 @@ async fn upstream(
     (addr, task)
 }
 
-fn route_of(backends: Vec<Arc<Backend>>) -> Route {
+pub(crate) fn route_of(backends: Vec<Arc<Backend>>) -> Route {
     let pool = Pool::new("blue", "v1", &settings());
     pool.set_backends(backends);
     Route::single(pool)
 }
 
-fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings {
         max_request_body: 1024,
         upstream_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
+        limits: RequestLimits::default(),
+        tunnel_idle_timeout: Duration::from_secs(5),
     }
 }
 
-async fn start_proxy(proxy: Arc<ServiceProxy>) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+pub(crate) async fn start_proxy(
+    proxy: Arc<ServiceProxy>,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -87,7 +95,7 @@ async fn proxy_to(
     (addr, stop, backend)
 }
 
-async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
+pub(crate) async fn get(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String, bool) {
     let client: TestClient<HttpConnector, Full<Bytes>> =
         TestClient::builder(TokioExecutor::new()).build_http();
     let req = Request::builder()
@@ -117,7 +125,9 @@ async fn forwards_balances_and_adds_forwarded_headers() {
         assert!(!by_proxy);
         assert!(text.contains("xff=127.0.0.1"), "{text}");
     }
-    assert!(hits_a.load(Ordering::SeqCst) >= 5 && hits_b.load(Ordering::SeqCst) >= 5);
+    // One request at a time: nothing outstanding, so the rotating scan alternates.
+    let (a, b) = (hits_a.load(Ordering::SeqCst), hits_b.load(Ordering::SeqCst));
+    assert!((9..=11).contains(&a) && a + b == 20, "split {a}/{b}");
     assert_eq!(proxy.stats().snapshot().requests, 20);
 }
 
@@ -134,12 +144,19 @@ async fn maps_failures_to_the_right_status() {
         .local_addr()
         .unwrap();
     proxy.set_route(route_of(vec![Backend::new("dead", dead)]));
-    let (status, _, by_proxy) = get(addr, "/", None).await;
+    let (status, text, by_proxy) = get(addr, "/", None).await;
     assert_eq!((status, by_proxy), (502, true));
+    // The client is not told where our instances live.
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains(&dead.port().to_string()),
+        "{text}"
+    );
     // A backend slower than the upstream timeout.
     let (slow, _t) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
-    assert_eq!(get(addr, "/", None).await.0, 504);
+    let (status, text, _) = get(addr, "/", None).await;
+    assert_eq!(status, 504);
+    assert!(!text.contains("127.0.0.1"), "{text}");
     // A body over the limit.
     let (ok, _t2) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
@@ -192,17 +209,35 @@ async fn a_request_in_flight_keeps_its_route_across_a_switch() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (slow, _t) = upstream(
-        "slow",
-        Duration::from_millis(300),
-        Arc::new(AtomicU32::new(0)),
-    )
-    .await;
-    let (addr, stop, _) = proxy_to(slow).await;
+    let hits = Arc::new(AtomicU32::new(0));
+    let (slow, _t) = upstream("slow", Duration::from_millis(300), hits.clone()).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("b", slow)]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn(serve(listener, proxy, rx, Duration::from_secs(5)));
     let held = tokio::spawn(async move { get(addr, "/", None).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request is at the upstream before the stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hits.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.send(true).unwrap();
+    // It finishes, the listener is gone, and serving ends once it is answered.
     assert_eq!(held.await.unwrap().0, 200);
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("serve returns after its drain")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
 }
 
 async fn get_with_cookie(addr: SocketAddr, cookie: Option<&str>) -> (String, Option<String>) {
@@ -331,8 +366,10 @@ async fn an_upgraded_connection_is_tunnelled_both_ways() {
     assert_eq!(&buf, b"ping");
     assert_eq!(backend.upgraded(), 1);
     drop(s);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(backend.upgraded(), 0);
+    wait_for("the closed tunnel no longer counted", || {
+        backend.upgraded() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -390,6 +427,24 @@ async fn a_connection_busy_when_its_instance_goes_away_is_not_kept() {
 }
 
 #[tokio::test]
+async fn a_backend_allocates_idle_queues_only_for_the_workers_that_use_it() {
+    let entry = std::mem::size_of::<(upstream::Conn, Instant)>();
+    // The measured cost of one worker's queue (see IDLE_PER_BACKEND).
+    assert!(entry <= 160, "an idle entry is {entry} bytes");
+    let backend = Backend::new("b", "127.0.0.1:1".parse().unwrap());
+    assert_eq!(backend.idle.len(), MAX_WORKERS);
+    assert!(backend.idle.iter().all(|q| q.get().is_none()));
+    let settings = Settings::default();
+    let workers = (0..MAX_WORKERS + 1)
+        .map(|_| bind_shared("127.0.0.1:0".parse().unwrap()).unwrap())
+        .collect();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let proxy = ServiceProxy::new("svc", settings);
+    let refused = serve_workers(vec![(proxy, workers)], rx, Duration::ZERO).await;
+    assert!(refused.is_err(), "more workers than slots");
+}
+
+#[tokio::test]
 async fn a_taken_address_is_refused_even_though_workers_share_it() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = addr.local_addr().unwrap();
@@ -409,7 +464,8 @@ async fn a_taken_address_is_refused_even_though_workers_share_it() {
 async fn workers_serve_one_address_together() {
     let (ok, _t) = upstream("ok", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
     let proxy = ServiceProxy::new("svc", settings());
-    proxy.set_route(route_of(vec![Backend::new("ok", ok)]));
+    let backend = Backend::new("ok", ok);
+    proxy.set_route(route_of(vec![backend.clone()]));
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
@@ -423,6 +479,20 @@ async fn workers_serve_one_address_together() {
     for _ in 0..40 {
         assert_eq!(get(addr, "/", None).await.0, 200);
     }
+    // Each request came on its own connection, which the kernel spread over both workers'
+    // listeners (all 40 on one: a chance of 2^-39); each worker counted in its own shard and
+    // pooled its upstream connections in its own queue.
+    let per_worker = proxy.stats().requests_per_worker();
+    assert_eq!(
+        per_worker.iter().filter(|n| **n > 0).count(),
+        2,
+        "{per_worker:?}"
+    );
+    assert_eq!(
+        backend.idle.iter().filter(|q| q.get().is_some()).count(),
+        2,
+        "one idle queue per worker"
+    );
     // Workers time out slow upstreams with their own deadline table: 504 after 500 ms.
     let (slow, _t2) = upstream("slow", Duration::from_secs(2), Arc::new(AtomicU32::new(0))).await;
     proxy.set_route(route_of(vec![Backend::new("slow", slow)]));
@@ -438,15 +508,15 @@ async fn workers_serve_one_address_together() {
 
 /// What a scripted upstream does with one request: the pieces of its answer (written with a
 /// pause between them, so the proxy has to stream), and whether it then closes.
-struct Script {
-    pieces: Vec<&'static str>,
-    close: bool,
+pub(crate) struct Script {
+    pub(crate) pieces: Vec<&'static str>,
+    pub(crate) close: bool,
 }
 
 /// An upstream speaking raw HTTP/1.1, so tests control every byte. `script(head, n)` gets the
 /// request (head and body) and how many requests its connection carried before; `None` closes
 /// the connection without answering. Returns its address and how many connections it accepted.
-async fn raw_upstream(
+pub(crate) async fn raw_upstream(
     script: impl Fn(&str, u32) -> Option<Script> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicU32>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -509,7 +579,7 @@ async fn raw_upstream(
 }
 
 /// Send raw bytes to the proxy and read until it closes (the requests ask it to).
-async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -521,7 +591,7 @@ async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
-fn answer(pieces: Vec<&'static str>) -> Option<Script> {
+pub(crate) fn answer(pieces: Vec<&'static str>) -> Option<Script> {
     Some(Script {
         pieces,
         close: false,
@@ -668,27 +738,225 @@ async fn idle_and_slow_header_connections_are_closed_but_slow_answers_are_not() 
     assert_eq!((status, by_proxy), (200, false), "{text}");
 }
 
+/// An upstream that answers each request `ok` and closes its connections when told, as a
+/// server's keep-alive timeout does.
+async fn closing_upstream() -> (SocketAddr, Arc<tokio::sync::Notify>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let close = Arc::new(tokio::sync::Notify::new());
+    let signal = close.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let closing = signal.notified();
+                tokio::pin!(closing);
+                loop {
+                    tokio::select! {
+                        _ = &mut closing => return,
+                        read = s.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {
+                                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                                if s.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                    }
+                }
+            });
+        }
+    });
+    (addr, close)
+}
+
+/// Wait until `condition` holds, for at most five seconds.
+async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn idle_connections_the_server_closed_are_swept_out() {
-    // Answers, then closes the connection a little later, as a server's keep-alive timeout does.
+    let (addr, close) = closing_upstream().await;
+    let (paddr, _stop, backend) = proxy_to(addr).await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    // Pooled first (the server closes only when told)...
+    assert_eq!(backend.idle_connections(), 1);
+    tokio::time::sleep(SWEEP_EVERY * 2).await;
+    assert_eq!(backend.idle_connections(), 1, "a live connection was swept");
+    // ...then swept once the server closed it.
+    close.notify_waiters();
+    wait_for("the closed idle connection swept out", || {
+        backend.idle_connections() == 0
+    })
+    .await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_warm_previous_colour_is_swept_too() {
+    let (addr, close) = closing_upstream().await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let (old, new) = (
+        Pool::new("blue", "v1", &settings()),
+        Pool::new("green", "v2", &settings()),
+    );
+    let old_backend = Backend::new("old", addr);
+    old.set_backends(vec![old_backend.clone()]);
+    let (new_addr, _) = closing_upstream().await;
+    new.set_backends(vec![Backend::new("new", new_addr)]);
+    proxy.set_route(Route::single(old.clone()));
+    let (paddr, _stop) = start_proxy(proxy.clone()).await;
+    assert_eq!(get(paddr, "/", None).await.0, 200);
+    assert_eq!(old_backend.idle_connections(), 1);
+    // Traffic moves on; the old colour stays warm (held) for an instant rollback.
+    proxy.set_route(Route::single(new.clone()));
+    close.notify_waiters();
+    wait_for("the warm colour's closed connection swept out", || {
+        old_backend.idle_connections() == 0
+    })
+    .await;
+    // Once the colour is let go, the proxy forgets it.
+    drop(old);
+    proxy.set_route(Route::single(new));
+    assert_eq!(proxy.warm.load().len(), 0);
+}
+
+#[tokio::test]
+async fn a_response_body_the_upstream_stops_sending_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Promises 10 bytes, sends 5, then neither sends nor closes.
     let (addr, _) = raw_upstream(|_, _| {
         Some(Script {
-            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", ""],
-            close: true,
+            pieces: vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"],
+            close: false,
         })
     })
     .await;
     let (paddr, _stop, backend) = proxy_to(addr).await;
-    assert_eq!(get(paddr, "/", None).await.0, 200);
-    // Kept: the close comes 20 ms after the answer, the sweep every 100 ms.
-    let mut swept = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if backend.idle_connections() == 0 {
-            swept = true;
-            break;
-        }
-    }
-    assert!(swept, "the closed idle connection is still pooled");
-    assert_eq!(get(paddr, "/", None).await.0, 200);
+    let mut s = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Cut after two idle periods (600 ms in tests) without a byte.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the stalled response was never cut");
+    assert!(String::from_utf8_lossy(&got).ends_with("hello"), "{got:?}");
+    wait_for("the backend no longer counted busy", || {
+        backend.outstanding() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_cut_and_its_upstream_released() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Streams an endless chunked body until its connection breaks.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (broke_tx, broke_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = s.read(&mut head).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = format!("4000\r\n{}\r\n", "z".repeat(0x4000));
+        while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        let _ = broke_tx.send(());
+    });
+    let (paddr, _stop, backend) = proxy_to(up).await;
+    let mut client = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The client never reads: buffers fill, nothing moves, the proxy gives up on it.
+    tokio::time::timeout(Duration::from_secs(10), broke_rx)
+        .await
+        .expect("the upstream connection of a client that reads nothing was never closed")
+        .unwrap();
+    wait_for("the backend no longer counted busy", || {
+        backend.outstanding() == 0
+    })
+    .await;
+    drop(client);
+}
+
+#[tokio::test]
+async fn an_idle_upgraded_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers the upgrade, then echoes.
+    let (addr, _) = raw_upstream(|_, _| {
+        Some(Script {
+            pieces: vec![
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            ],
+            close: false,
+        })
+    })
+    .await;
+    let proxy = ServiceProxy::new(
+        "svc",
+        Settings {
+            tunnel_idle_timeout: Duration::from_millis(200),
+            ..settings()
+        },
+    );
+    let backend = Backend::new("b", addr);
+    proxy.set_route(route_of(vec![backend.clone()]));
+    let (paddr, _stop) = start_proxy(proxy).await;
+    let mut s = tokio::net::TcpStream::connect(paddr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the idle tunnel was never closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "{got:?}"
+    );
+    wait_for("the tunnel no longer counted", || backend.upgraded() == 0).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_is_counted_before_its_request_stops_being_outstanding() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let backend = Backend::new("b", addr);
+    let pool = Pool::new("blue", "v1", &settings());
+    let switched = upstream::Head {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers: HeaderMap::new(),
+        framing: upstream::Framing::Empty,
+        keep_alive: false,
+        upgrade: Some(HeaderValue::from_static("websocket")),
+    };
+    let mut client_request = Request::new(());
+    let client_upgrade = hyper::upgrade::on(&mut client_request);
+    // Answering the 101 hands the request's count over to the tunnel's, with no await in
+    // between: a drain never sees the instance with neither (its "idle" condition).
+    let resp = respond(
+        switched,
+        upstream::Conn::new(stream),
+        OutstandingGuard::new(backend.clone()),
+        &pool,
+        Some(client_upgrade),
+        true,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!((backend.outstanding(), backend.upgraded()), (0, 1));
 }

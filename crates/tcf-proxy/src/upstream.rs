@@ -170,6 +170,54 @@ impl Conn {
     }
 }
 
+/// Resolves once the server, while the request body is still being sent, has sent a complete
+/// final answer head, closed the connection or failed: the reason the body stops there. What it
+/// sent stays in `buf` for [`Conn::read_head`]. Interim answers (`100 Continue`) do not count.
+pub(crate) async fn answered_early(stream: &TcpStream, buf: &mut BytesMut) -> io::Error {
+    loop {
+        if let Err(e) = stream.readable().await {
+            return e;
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.try_read_buf(buf) {
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection before taking the whole request body",
+                )
+            }
+            Ok(_) if has_final_head(buf) => {
+                return io::Error::other("upstream answered before taking the whole request body")
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Whether `buf` holds a complete final response head (after any interim 1xx heads), or
+/// something that is no response head at all (which reading the head will report).
+fn has_final_head(buf: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = parsed.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    at += len;
+                    continue;
+                }
+                return true;
+            }
+            Ok(httparse::Status::Partial) => return buf.len() - at > MAX_HEAD,
+            Err(_) => return true,
+        }
+    }
+}
+
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -225,6 +273,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
     let mut kept = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut n_kept = 0;
     let (mut chunked, mut length, mut upgrade_at) = (false, None::<u64>, None);
+    let mut transfer_coded = false;
     for h in parsed.headers.iter() {
         let start = h.value.as_ptr() as usize - base;
         let range = start..start + h.value.len();
@@ -235,6 +284,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides the framing; anything but chunked reads to close.
+            transfer_coded = true;
             chunked = h
                 .value
                 .split(|b| *b == b',')
@@ -250,9 +300,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let n = parse_length(h.value)
                 .ok_or_else(|| ReadError::Malformed("bad content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ReadError::Malformed("conflicting content-length".into()));
@@ -304,6 +352,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
         // A length beside chunked is ignored (RFC 9112 6.3) and must not reach the client.
         headers.remove(http::header::CONTENT_LENGTH);
         Framing::Chunked
+    } else if transfer_coded {
+        // RFC 9112 §6.3 point 4: a coding that does not end in chunked is read until the
+        // server closes, whatever Content-Length says (and that length is not passed on).
+        headers.remove(http::header::CONTENT_LENGTH);
+        Framing::UntilClose
     } else if let Some(n) = length {
         Framing::Length(n)
     } else {
@@ -320,6 +373,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Re
         framing,
         upgrade,
     }))
+}
+
+/// A Content-Length value: ASCII digits only (no sign, no spaces inside, no list), RFC 9110
+/// §8.6; surrounding whitespace is the field's, already trimmed by the parser but allowed.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// What the chunked decoder produced.
@@ -354,20 +417,25 @@ impl Chunked {
             match self.state {
                 ChunkState::Done => return Ok(Decoded::Done),
                 ChunkState::Size => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Decoded::NeedMore);
+                    // httparse's parser: hex digits only (no sign), no overflow, extensions
+                    // skipped.
+                    let size = match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            let _ = buf.split_to(used);
+                            size
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                            return Err("chunk line too long".into())
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                        Err(_) => {
+                            let line = buf[..].split(|b| *b == b'\n').next().unwrap_or(&[]);
+                            return Err(format!(
+                                "bad chunk size line {:?}",
+                                String::from_utf8_lossy(&line[..line.len().min(64)])
+                            ));
+                        }
                     };
-                    let digits = line
-                        .split(|b| *b == b';')
-                        .next()
-                        .unwrap_or(&[])
-                        .trim_ascii();
-                    let size = std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| u64::from_str_radix(d, 16).ok())
-                        .ok_or_else(|| {
-                            format!("bad chunk size {:?}", String::from_utf8_lossy(digits))
-                        })?;
                     self.state = if size == 0 {
                         ChunkState::Trailers
                     } else {
@@ -425,14 +493,15 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
 /// Write `data` as one chunk of a chunked request body.
 pub(crate) fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
     use std::fmt::Write as _;
-    let _ = write!(Hex(out), "{:x}\r\n", data.len());
+    let _ = write!(WriteInto(out), "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
-struct Hex<'a>(&'a mut BytesMut);
+/// Formats straight into a buffer, without a `String` in between.
+pub(crate) struct WriteInto<'a>(pub(crate) &'a mut BytesMut);
 
-impl std::fmt::Write for Hex<'_> {
+impl std::fmt::Write for WriteInto<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
@@ -543,8 +612,35 @@ mod tests {
     }
 
     #[test]
+    fn lengths_and_chunk_sizes_with_a_sign_are_refused() {
+        for bad in ["+3", "-3", "3 3", "0x3", "", "3,3"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\nabc");
+            let mut buf = BytesMut::from(raw.as_bytes());
+            assert!(parse_head(&mut buf, false).is_err(), "{bad:?}");
+        }
+        let mut dec = Chunked::default();
+        let mut buf = BytesMut::from(&b"+3\r\nabc\r\n0\r\n\r\n"[..]);
+        assert!(dec.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn a_coding_not_ending_in_chunked_reads_until_close_whatever_the_length() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive);
+        assert!(!h.headers.contains_key("content-length"));
+    }
+
+    #[test]
     fn bad_chunks_are_errors() {
-        for wire in [&b"zz\r\n"[..], &b"1\r\nab\r\n"[..]] {
+        for wire in [
+            &b"zz\r\n"[..],
+            &b"1\r\nab\r\n"[..],
+            &b"ffffffffffffffffff\r\n"[..],
+        ] {
             let mut dec = Chunked::default();
             let mut buf = BytesMut::from(wire);
             let result = loop {

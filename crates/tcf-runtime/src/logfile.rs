@@ -34,8 +34,10 @@ pub fn open_instance_log(spec: &crate::InstanceSpec) -> Result<SharedLog, crate:
         .name(format!("log {}", spec.id))
         .spawn(move || {
             let mut failures = RateLimited::new(Duration::from_secs(10));
+            let mut stamper = Stamper::default();
             while let Some(bytes) = rx.blocking_recv() {
-                if let Err(e) = log.write(&bytes) {
+                let stamped = stamper.stamp(&bytes, std::time::SystemTime::now());
+                if let Err(e) = log.write(&stamped) {
                     failures.hit(|repeated| {
                         tracing::warn!(
                             "cannot write instance log {}: {e}{}",
@@ -52,6 +54,50 @@ pub fn open_instance_log(spec: &crate::InstanceSpec) -> Result<SharedLog, crate:
         })
         .map_err(log_err)?;
     Ok(SharedLog { tx })
+}
+
+/// The length of the time stamp every log line starts with: `2026-11-25T16:00:00.123Z `.
+pub const STAMP_LEN: usize = 25;
+
+/// Puts the time a line was written in front of it (`logs --timestamps` shows it; plain
+/// `logs` strips it). Chunks may end mid-line: only a line's first byte gets a stamp.
+#[derive(Default)]
+pub struct Stamper {
+    mid_line: bool,
+}
+
+impl Stamper {
+    pub fn stamp(&mut self, bytes: &[u8], now: std::time::SystemTime) -> Vec<u8> {
+        let stamp = format!("{} ", humantime::format_rfc3339_millis(now));
+        let mut out = Vec::with_capacity(bytes.len() + stamp.len());
+        for &b in bytes {
+            if !self.mid_line {
+                out.extend_from_slice(stamp.as_bytes());
+                self.mid_line = true;
+            }
+            out.push(b);
+            if b == b'\n' {
+                self.mid_line = false;
+            }
+        }
+        out
+    }
+}
+
+/// A log line without its time stamp (lines written before stamps existed pass unchanged).
+pub fn strip_stamp(line: &str) -> &str {
+    let b = line.as_bytes();
+    let stamped = b.len() >= STAMP_LEN
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[23] == b'Z'
+        && b[24] == b' '
+        && b[..4].iter().all(u8::is_ascii_digit);
+    if stamped {
+        &line[STAMP_LEN..]
+    } else {
+        line
+    }
 }
 
 /// A warning that can repeat in a loop (a full disk fails every write): the first is logged at
@@ -135,6 +181,26 @@ impl CappedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_gets_one_stamp_across_chunks() {
+        let mut s = Stamper::default();
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_086_400_123);
+        let mut out = s.stamp(b"one\ntw", t);
+        out.extend(s.stamp(b"o\nthree\n", t));
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with("2025-11-25T16:00:00.123Z two"),
+            "{text}"
+        );
+        assert_eq!(
+            lines.iter().map(|l| strip_stamp(l)).collect::<Vec<_>>(),
+            ["one", "two", "three"]
+        );
+        assert_eq!(strip_stamp("plain old line"), "plain old line");
+    }
 
     #[test]
     fn repeated_warnings_are_one_line_per_interval_with_a_count() {

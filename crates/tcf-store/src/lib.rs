@@ -92,6 +92,8 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 2: which runtime an instance runs on, so recovery cleans up with that runtime only.
     "ALTER TABLE instances ADD COLUMN runtime TEXT NOT NULL DEFAULT 'process';",
+    // 3: the service spec (JSON) each release ran with, so a rollback restores it.
+    "ALTER TABLE release_services ADD COLUMN spec TEXT;",
 ];
 
 pub fn now_ms() -> i64 {
@@ -460,6 +462,20 @@ impl Store {
         reason: Option<&str>,
         versions: &BTreeMap<String, String>,
     ) -> Result<i64> {
+        self.create_release_with_specs(strategy, status, actor, reason, versions, &BTreeMap::new())
+    }
+
+    /// [`create_release`](Self::create_release), with the service spec (JSON) each service runs
+    /// with in this release.
+    pub fn create_release_with_specs(
+        &self,
+        strategy: &str,
+        status: &str,
+        actor: &str,
+        reason: Option<&str>,
+        versions: &BTreeMap<String, String>,
+        specs: &BTreeMap<String, String>,
+    ) -> Result<i64> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -469,12 +485,28 @@ impl Store {
             let id = tx.last_insert_rowid();
             for (service, version) in versions {
                 tx.execute(
-                    "INSERT INTO release_services (release_id, service, version) VALUES (?1, ?2, ?3)",
-                    params![id, service, version],
+                    "INSERT INTO release_services (release_id, service, version, spec) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, service, version, specs.get(service)],
                 )?;
             }
             tx.commit()?;
             Ok(id)
+        })
+    }
+
+    /// The spec `service` last ran `version` with in a release that really ran (active,
+    /// initial, or since rolled back), if one was recorded.
+    pub fn spec_of(&self, service: &str, version: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT rs.spec FROM release_services rs JOIN releases r ON r.id = rs.release_id
+                 WHERE rs.service = ?1 AND rs.version = ?2 AND rs.spec IS NOT NULL
+                   AND r.status IN ('active', 'initial', 'rolled_back')
+                 ORDER BY r.id DESC LIMIT 1",
+                params![service, version],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 
@@ -821,6 +853,25 @@ mod tests {
             instance: None,
             message: "m".into(),
         }
+    }
+
+    #[test]
+    fn a_release_remembers_the_spec_each_service_ran_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let v = BTreeMap::from([("api".to_string(), "v1".to_string())]);
+        let spec = BTreeMap::from([("api".to_string(), "{\"instances\":2}".to_string())]);
+        s.create_release_with_specs("initial", "active", "t", None, &v, &spec)
+            .unwrap();
+        let failed = BTreeMap::from([("api".to_string(), "{\"instances\":9}".to_string())]);
+        s.create_release_with_specs("blue_green", "failed", "t", None, &v, &failed)
+            .unwrap();
+        assert_eq!(
+            s.spec_of("api", "v1").unwrap().as_deref(),
+            Some("{\"instances\":2}"),
+            "a failed release never ran its spec"
+        );
+        assert_eq!(s.spec_of("api", "v2").unwrap(), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ const STOPPING: &str = "interrupted (platform stopping)";
 pub enum Kind {
     Deploy(Strategy),
     Rollback,
+    /// The same version again, instance by instance behind the health gate.
+    Restart,
 }
 
 /// What to do: versions per service (applied in dependency order).
@@ -51,8 +53,11 @@ pub struct Plan {
 pub enum Outcome {
     Deployed,
     RolledBack,
+    Restarted,
     Failed(String),
     Reverted(String),
+    /// Stopped and reverted on request (`prod abort`).
+    Aborted(String),
     LockHeld(String),
     Invalid(String),
 }
@@ -62,8 +67,10 @@ impl Outcome {
         match self {
             Outcome::Deployed => "deployed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Restarted => "restarted",
             Outcome::Failed(_) => "failed",
             Outcome::Reverted(_) => "reverted",
+            Outcome::Aborted(_) => "aborted",
             Outcome::LockHeld(_) => "lock_held",
             Outcome::Invalid(_) => "invalid",
         }
@@ -72,8 +79,8 @@ impl Outcome {
     /// The documented exit codes of `prod deploy` and `prod rollback`.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Deployed | Outcome::RolledBack => 0,
-            Outcome::Failed(_) | Outcome::Reverted(_) => 1,
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => 0,
+            Outcome::Failed(_) | Outcome::Reverted(_) | Outcome::Aborted(_) => 1,
             Outcome::Invalid(_) => 2,
             Outcome::LockHeld(_) => 3,
         }
@@ -97,6 +104,18 @@ struct Reporter {
 }
 
 impl Reporter {
+    /// Why the release must stop now, if it must: its lease is lost, the platform is stopping,
+    /// or someone asked to abort it.
+    fn interruption(&self) -> Option<Stop> {
+        if let Err(why) = self.lease_lost() {
+            return Some(Stop::LeaseLost(why));
+        }
+        if self.p.is_stopping() {
+            return Some(Stop::Stopping);
+        }
+        lock(&self.p.abort).clone().map(Stop::Aborted)
+    }
+
     /// Why this release no longer holds the deploy lock, if it lost it.
     fn lease_lost(&self) -> Result<(), String> {
         match self.lease_lost.as_ref().and_then(|rx| rx.borrow().clone()) {
@@ -117,6 +136,14 @@ impl Reporter {
             return match self.record_end("interrupted").await {
                 Ok(()) => Outcome::Failed(msg),
                 Err(e) => Outcome::Failed(format!("{msg}; {e}")),
+            };
+        }
+        let aborted_by = lock(&self.p.abort).clone();
+        if let Some(who) = aborted_by {
+            let msg = format!("aborted by {who}: {msg}");
+            return match self.record_end("aborted").await {
+                Ok(()) => Outcome::Aborted(msg),
+                Err(e) => Outcome::Aborted(format!("{msg}; {e}")),
             };
         }
         match self.record_end("failed").await {
@@ -158,12 +185,13 @@ impl Reporter {
 
     fn finish(&self, outcome: &Outcome) {
         let message = match outcome {
-            Outcome::Deployed | Outcome::RolledBack => match self.release {
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => match self.release {
                 Some(id) => format!("release {id} is active"),
                 None => "done".to_string(),
             },
             Outcome::Failed(m)
             | Outcome::Reverted(m)
+            | Outcome::Aborted(m)
             | Outcome::LockHeld(m)
             | Outcome::Invalid(m) => m.clone(),
         };
@@ -209,18 +237,26 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     let _slot = match p.release_slot.try_lock() {
         Ok(slot) => slot,
         Err(_) => {
-            let running = lock(&p.deploying).clone().unwrap_or_default();
+            // Named as the lease names its holder; the lease may be gone (released by hand).
+            let holder = match p.with_store(|s| s.lock(DEPLOY_LOCK)).await {
+                Ok(Some(held)) => held_by(&held),
+                _ => format!(
+                    "the deploy lock is held by a release running in this daemon: {}",
+                    lock(&p.deploying).clone().unwrap_or_default()
+                ),
+            };
             if plan.lock_wait.is_zero() {
                 return Outcome::LockHeld(format!(
-                    "a release is running in this daemon: {running}; wait with --lock-wait"
+                    "{holder}; wait with --lock-wait, or see `tcf-platform lock status`"
                 ));
             }
-            rep.step("lock.waiting", None, format!("waiting: {running}"));
+            rep.step("lock.waiting", None, format!("waiting: {holder}"));
             match tokio::time::timeout(plan.lock_wait, p.release_slot.lock()).await {
                 Ok(slot) => slot,
                 Err(_) => {
                     return Outcome::LockHeld(format!(
-                        "a release is still running in this daemon: {running}"
+                        "{holder}; still held after --lock-wait {}",
+                        humantime::format_duration(plan.lock_wait)
                     ))
                 }
             }
@@ -253,13 +289,7 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
                 break;
             }
             Ok(Acquire::Held(held)) => {
-                let who = format!(
-                    "the deploy lock is held by {} on {} since {}{}",
-                    held.owner,
-                    held.host,
-                    rfc3339(held.acquired_ms),
-                    held.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                );
+                let who = held_by(&held);
                 if Instant::now() >= deadline {
                     return Outcome::LockHeld(format!(
                         "{who}; wait with --lock-wait, or see `tcf-platform lock status`"
@@ -275,16 +305,32 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
         }
     }
     *lock(&p.deploying) = Some(describe(plan));
+    *lock(&p.abort) = None;
     let lease = LeaseGuard::hold(p.clone(), owner, ttl);
     rep.lease_lost = Some(lease.lost.clone());
     locked(p, plan, rep).await
     // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
 }
 
+/// Who holds the deploy lock, since when and why, as every refusal names it.
+fn held_by(held: &Lease) -> String {
+    format!(
+        "the deploy lock is held by {} on {} since {}{}",
+        held.owner,
+        held.host,
+        rfc3339(held.acquired_ms),
+        held.reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
+}
+
 fn describe(plan: &Plan) -> String {
     let what = match plan.kind {
         Kind::Deploy(s) => format!("{} deploy", s.as_str()),
         Kind::Rollback => "rollback".to_string(),
+        Kind::Restart => "restart".to_string(),
     };
     let targets: Vec<String> = plan
         .targets
@@ -305,6 +351,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     let strategy_name = match plan.kind {
         Kind::Deploy(s) => s.as_str(),
         Kind::Rollback => "rollback",
+        Kind::Restart => "restart",
     };
     let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
     let (actor, reason) = (plan.actor.clone(), plan.reason.clone());
@@ -387,12 +434,13 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         let Some(svc) = p.services.get(service).cloned() else {
             continue;
         };
-        if let Err(why) = rep.lease_lost() {
+        if let Some(stop) = rep.interruption() {
             revert(p, rep, switched).await;
             return rep
                 .failed(format!(
-                "{why}; stopped before {service}, every service is back on its previous version"
-            ))
+                    "{}; stopped before {service}, every service is back on its previous version",
+                    stop.message()
+                ))
                 .await;
         }
         let step = match plan.kind {
@@ -400,6 +448,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await,
             Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await,
             Kind::Rollback => rollback_service(p, rep, &svc, version).await,
+            Kind::Restart => rolling(p, rep, &svc, version).await,
         };
         match step {
             Ok(s) => switched.push(s),
@@ -417,7 +466,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     // Canaries were gated step by step; the other strategies are watched once switched.
     let watched = matches!(
         plan.kind,
-        Kind::Deploy(Strategy::BlueGreen) | Kind::Deploy(Strategy::Rolling)
+        Kind::Deploy(Strategy::BlueGreen) | Kind::Deploy(Strategy::Rolling) | Kind::Restart
     );
     if watched && !p.config.deploy.watch.is_zero() {
         rep.step(
@@ -446,12 +495,13 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                 };
             }
             Err(Stop::Stopping) => return rep.failed(STOPPING.to_string()).await,
-            Err(Stop::LeaseLost(why)) => {
+            Err(stop @ (Stop::LeaseLost(_) | Stop::Aborted(_))) => {
                 revert(p, rep, switched).await;
                 return rep
                     .failed(format!(
-                    "{why}; stopped while watching, every service is back on its previous version"
-                ))
+                        "{}; stopped while watching, every service is back on its previous version",
+                        stop.message()
+                    ))
                     .await;
             }
         }
@@ -498,6 +548,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     let hook = match plan.kind {
         Kind::Deploy(_) => ("post_deploy", &p.config.hooks.post_deploy),
         Kind::Rollback => ("post_rollback", &p.config.hooks.post_rollback),
+        Kind::Restart => ("post_restart", &None),
     };
     if let (name, Some(cmd)) = hook {
         if let Err(e) = run_hook(p, rep, name, cmd, &version_env, &services_csv, release).await {
@@ -511,6 +562,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     match plan.kind {
         Kind::Deploy(_) => Outcome::Deployed,
         Kind::Rollback => Outcome::RolledBack,
+        Kind::Restart => Outcome::Restarted,
     }
 }
 

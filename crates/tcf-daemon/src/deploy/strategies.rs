@@ -80,8 +80,8 @@ pub(super) async fn gate(
     let start = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        if rep.p.is_stopping() {
-            return Err(STOPPING.to_string());
+        if let Some(stop) = rep.interruption() {
+            return Err(stop.message());
         }
         let instances: Vec<_> = colour
             .instances()

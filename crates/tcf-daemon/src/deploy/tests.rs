@@ -215,7 +215,7 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
     let second = meddler.await.unwrap();
     assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
     assert!(
-        matches!(&second, Outcome::LockHeld(m) if m.contains("running in this daemon")),
+        matches!(&second, Outcome::LockHeld(m) if m.contains("release running in this daemon")),
         "{second:?}"
     );
     assert_eq!(t.serving("other"), ["v1"]);
@@ -249,4 +249,39 @@ async fn a_failed_gate_names_the_last_probes_and_a_long_watch_reports_progress()
         progress[0].contains("requests") && progress[0].contains("left"),
         "{progress:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_release_reverts_and_says_who_aborted_it() {
+    let t = TestPlatform::start(&[("api", 1)], "watch = \"6s\"\n").await;
+    let p = t.p.clone();
+    let aborter = tokio::spawn(async move {
+        let svc = p.services["api"].clone();
+        while svc.serving_version() != "v2" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        *lock(&p.abort) = Some("alice".into());
+    });
+    let (outcome, lines) = t.deploy(Strategy::BlueGreen, &[("api", "v2")]).await;
+    aborter.await.unwrap();
+    let msg = message(&outcome);
+    assert!(matches!(outcome, Outcome::Aborted(_)), "{msg}");
+    assert!(msg.contains("aborted by alice"), "{msg}");
+    assert_eq!(lines.last().unwrap().exit_code, Some(1));
+    assert_eq!(t.serving("api"), ["v1"]);
+    assert_eq!(t.p.store.releases(1).unwrap()[0].status, "aborted");
+    // The next release is not aborted by the old request.
+    let (outcome, _) = t.deploy(Strategy::BlueGreen, &[("api", "v3")]).await;
+    assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replaces_every_instance_on_the_same_version() {
+    let t = TestPlatform::start(&[("api", 2)], "watch = \"0s\"\n").await;
+    let before = t.runtime.starts();
+    let (outcome, _) = t.release(Kind::Restart, &[("api", "v1")]).await;
+    assert_eq!(outcome, Outcome::Restarted, "{}", message(&outcome));
+    assert_eq!(t.runtime.starts(), before + 2);
+    assert_eq!(t.serving("api"), ["v1", "v1"]);
+    assert_eq!(t.p.store.releases(1).unwrap()[0].strategy, "restart");
 }

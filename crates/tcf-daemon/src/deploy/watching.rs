@@ -10,6 +10,8 @@ pub(super) enum Stop {
     LeaseLost(String),
     /// The platform is stopping (`down`, a signal).
     Stopping,
+    /// Someone asked to abort the release (`prod abort`); who.
+    Aborted(String),
 }
 
 impl Stop {
@@ -17,6 +19,7 @@ impl Stop {
         match self {
             Stop::Breach(m) | Stop::LeaseLost(m) => m,
             Stop::Stopping => STOPPING.to_string(),
+            Stop::Aborted(who) => format!("aborted by {who}"),
         }
     }
 }
@@ -35,9 +38,8 @@ pub(super) async fn watch(
     let start = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        rep.lease_lost().map_err(Stop::LeaseLost)?;
-        if p.is_stopping() {
-            return Err(Stop::Stopping);
+        if let Some(stop) = rep.interruption() {
+            return Err(stop);
         }
         for s in switched {
             let name = &s.svc.config.name;

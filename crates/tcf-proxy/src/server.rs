@@ -1,0 +1,223 @@
+//! Serving one service's listener: client connections on hyper, the idle and stall checks,
+//! the idle sweep, and the graceful stop.
+
+use super::*;
+
+pub(crate) fn client_ip_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// How often each worker closes the idle upstream connections their servers closed.
+pub(crate) const SWEEP_EVERY: Duration = if cfg!(test) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_secs(2)
+};
+
+/// How long a client connection may go without starting a request (idle keep-alive, or a
+/// request head that never completes) before it is closed: closed after one to two periods.
+pub(crate) const CLIENT_IDLE: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(30)
+};
+
+/// Idle-check periods a streamed response body may go without moving a byte (60 s, nginx's
+/// `proxy_read_timeout` and `send_timeout` default).
+pub(crate) const STALLED_PERIODS: u32 = 2;
+
+/// What the requests of one client connection share. Cloned per request, but only ever touched
+/// by the thread serving the connection: no cache line shared between workers.
+pub(crate) struct ClientConn {
+    pub(crate) proxy: Arc<ServiceProxy>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) ip: HeaderValue,
+    /// A request began since the idle check last looked.
+    pub(crate) active: std::sync::atomic::AtomicBool,
+    /// A response is being produced or its body streamed.
+    pub(crate) busy: std::sync::atomic::AtomicBool,
+    /// A streamed response body is on its way to the client.
+    pub(crate) streaming: std::sync::atomic::AtomicBool,
+    /// Bytes of it moved since the idle check last looked.
+    pub(crate) progress: std::sync::atomic::AtomicBool,
+}
+
+/// Tells one listener's client connections to finish up. Each connection registers its waker
+/// once and then reads a flag when polled; a watch channel's receiver would instead re-check
+/// its registration, under a lock shared by every connection, each time a connection is polled.
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    pub(crate) wakers: std::sync::Mutex<slab::Slab<std::task::Waker>>,
+}
+
+impl StopSignal {
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let wakers = match self.wakers.lock() {
+            Ok(mut w) => w.drain(),
+            Err(_) => Vec::new(),
+        };
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// Resolves once [`stop`](Self::stop) was called.
+    pub(crate) async fn wait(&self) {
+        struct Registered<'a>(&'a StopSignal, Option<usize>);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                if let (Some(i), Ok(mut w)) = (self.1, self.0.wakers.lock()) {
+                    w.remove(i);
+                }
+            }
+        }
+        let mut registered = Registered(self, None);
+        std::future::poll_fn(|cx| {
+            if self.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if registered.1.is_none() {
+                // A task's waker stays the same for its life: registering once is enough.
+                if let Ok(mut w) = self.wakers.lock() {
+                    registered.1 = Some(w.insert(cx.waker().clone()));
+                }
+                if self.stopping.load(Ordering::Acquire) {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Serve `proxy` on `listener` until `shutdown` flips to true; then stop accepting and let the
+/// connections finish their in-flight requests, for at most `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<ServiceProxy>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // No header-read timer: hyper's costs a timer per request; the idle check below (one
+    // deadline per connection and period) closes idle and slow-header connections instead.
+    http.keep_alive(true).header_read_timeout(None);
+    // hyper refuses a head over these with 431 and closes the connection (RFC 6585 §5).
+    let limits = &proxy.settings.limits;
+    http.max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES) + HYPER_READ_BUFFER);
+    // Up to 100 header slots live on hyper's stack; asking for another count costs a heap
+    // allocation per request head, so only then is it set.
+    if limits.max_headers != 100 {
+        http.max_headers(limits.max_headers);
+    }
+    // Every connection task holds a sender; when all are gone, the receiver sees the end.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let stop_signal = Arc::new(StopSignal::default());
+    // Idle upstream connections are not watched one by one; a server that closed one leaves it
+    // in CLOSE_WAIT here until this sweep (or the next checkout) finds it.
+    let sweeper = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                proxy.sweep_idle();
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, client_addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(service = %proxy.name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let client = Arc::new(ClientConn {
+                    proxy: proxy.clone(),
+                    addr: client_addr,
+                    ip: client_ip_value(client_addr),
+                    active: false.into(),
+                    busy: false.into(),
+                    streaming: false.into(),
+                    progress: false.into(),
+                });
+                let for_requests = client.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let c = for_requests.clone();
+                    async move {
+                        c.active.store(true, Ordering::Relaxed);
+                        c.busy.store(true, Ordering::Relaxed);
+                        let mut resp = c.proxy.handle(req, c.addr, &c.ip).await;
+                        match resp.body_mut() {
+                            Either::Left(streamed) => {
+                                c.streaming.store(true, Ordering::Relaxed);
+                                streamed.client = Some(c.clone());
+                            }
+                            Either::Right(_) => c.busy.store(false, Ordering::Relaxed),
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                let stop = stop_signal.clone();
+                let open = open_tx.clone();
+                tokio::spawn(async move {
+                    let _open = open;
+                    let mut conn = std::pin::pin!(conn);
+                    let mut stalled_periods = 0;
+                    loop {
+                        let deadline = Instant::now() + CLIENT_IDLE;
+                        tokio::select! {
+                            biased;
+                            ended = deadline::until(deadline, conn.as_mut()) => match ended {
+                                Ok(_) => return,
+                                // No request began for a whole period and none is running.
+                                Err(_) if !client.active.swap(false, Ordering::Relaxed)
+                                    && !client.busy.load(Ordering::Relaxed) => return,
+                                // A response body that moved no byte for two whole periods:
+                                // the upstream stalled, or the client reads nothing. Closing
+                                // drops the body, which closes its upstream connection.
+                                Err(_) if client.streaming.load(Ordering::Relaxed) => {
+                                    if client.progress.swap(false, Ordering::Relaxed) {
+                                        stalled_periods = 0;
+                                    } else {
+                                        stalled_periods += 1;
+                                    }
+                                    if stalled_periods >= STALLED_PERIODS {
+                                        tracing::warn!(
+                                            service = %client.proxy.name,
+                                            "closing a response that moved no byte for {:?}",
+                                            CLIENT_IDLE * STALLED_PERIODS
+                                        );
+                                        return;
+                                    }
+                                }
+                                Err(_) => stalled_periods = 0,
+                            },
+                            _ = stop.wait() => break,
+                        }
+                    }
+                    // Finish the request in flight (if any), then close instead of keeping alive.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                });
+            }
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+        }
+    }
+    drop(listener);
+    sweeper.abort();
+    stop_signal.stop();
+    drop(open_tx);
+    if tokio::time::timeout(drain, open_rx.recv()).await.is_err() {
+        tracing::warn!(service = %proxy.name, "connections still open after the {drain:?} drain; closing them");
+    }
+}
