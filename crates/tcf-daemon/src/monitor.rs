@@ -323,27 +323,21 @@ async fn collect(svc: &Arc<MonitorService>, tick: Tick, evaluate: bool) {
     let result = tokio::task::spawn_blocking(move || {
         let mut guard = lock(&s.monitor);
         let m = guard.as_mut()?;
-        let out = m.ingest(tick, evaluate).map(|transitions| {
-            let firing: Vec<_> = m
-                .active_alerts()
-                .into_iter()
-                .filter(|a| a.state == State::Firing)
-                .map(|a| {
-                    let silenced = m.silenced(&a.labels, at);
-                    (a, silenced)
-                })
-                .collect();
-            (transitions, firing)
-        });
-        Some(out)
+        let ingested = m.ingest(tick, evaluate);
+        let firing: Vec<_> = m
+            .active_alerts()
+            .into_iter()
+            .filter(|a| a.state == State::Firing)
+            .map(|a| {
+                let silenced = m.silenced(&a.labels, at);
+                (a, silenced)
+            })
+            .collect();
+        Some((ingested, firing))
     })
     .await;
-    let (transitions, firing) = match result {
-        Ok(Some(Ok(x))) => x,
-        Ok(Some(Err(e))) => {
-            record_error(svc, format!("cannot store metrics: {e}"));
-            return;
-        }
+    let (ingested, firing) = match result {
+        Ok(Some(x)) => x,
         Ok(None) => return,
         Err(e) => {
             record_error(svc, format!("the metric writer failed: {e}"));
@@ -351,7 +345,12 @@ async fn collect(svc: &Arc<MonitorService>, tick: Tick, evaluate: bool) {
         }
     };
     *lock(&svc.last_collection_ms) = Some(at);
-    *lock(&svc.last_error) = None;
+    match ingested.write_error {
+        // Alerts were still evaluated; they are handled below.
+        Some(e) => record_error(svc, format!("cannot store metrics: {e}")),
+        None => *lock(&svc.last_error) = None,
+    }
+    let transitions = ingested.transitions;
     let p = &svc.platform;
     let mut resolved = Vec::new();
     for (t, silenced) in transitions {

@@ -94,7 +94,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 network: Some(net),
             },
         };
-        m.ingest(tick, true)?;
+        if let Some(e) = m.ingest(tick, true).write_error {
+            return Err(e.into());
+        }
     }
     let st = m.store_stats();
     println!(

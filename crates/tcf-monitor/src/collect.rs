@@ -110,6 +110,15 @@ pub struct ServiceHealth {
 
 const HISTORY_KEPT: usize = 1000;
 
+/// What one tick produced.
+#[derive(Debug)]
+pub struct Ingested {
+    /// Alert transitions, each with whether a silence holds its notification back.
+    pub transitions: Vec<(Transition, bool)>,
+    /// Samples or history that could not be written (the tick was still evaluated).
+    pub write_error: Option<MonitorError>,
+}
+
 pub struct Monitor {
     dir: PathBuf,
     store: SeriesStore,
@@ -196,13 +205,10 @@ impl Monitor {
         })
     }
 
-    /// Store one tick's samples and, when `evaluate`, run the rules. Returns the transitions
-    /// with whether each is silenced.
-    pub fn ingest(
-        &mut self,
-        tick: Tick,
-        evaluate: bool,
-    ) -> Result<Vec<(Transition, bool)>, MonitorError> {
+    /// Store one tick's samples and, when `evaluate`, run the rules. Evaluation does not depend
+    /// on the disk: a full disk (when alerts matter most) still evaluates and notifies, and the
+    /// write failure comes back beside the transitions.
+    pub fn ingest(&mut self, tick: Tick, evaluate: bool) -> Ingested {
         let samples = self.samples(&tick);
         self.latest = samples
             .iter()
@@ -217,10 +223,14 @@ impl Monitor {
                 Value::Histogram(_) => None,
             })
             .collect();
-        self.store.append(tick.at_ms, &samples)?;
+        let mut write_error = self
+            .store
+            .append(tick.at_ms, &samples)
+            .err()
+            .map(MonitorError::from);
         let at = tick.at_ms;
         self.last = Some(tick);
-        let mut out = Vec::new();
+        let mut transitions = Vec::new();
         if evaluate {
             self.last_evaluation_ms = Some(at);
             for t in self.evaluator.evaluate(at, &self.latest) {
@@ -231,28 +241,33 @@ impl Monitor {
                     silenced,
                     alert: t.alert.clone(),
                 };
-                self.append_history(entry)?;
-                out.push((t, silenced));
+                if let Err(e) = self.append_history(entry) {
+                    write_error.get_or_insert(e);
+                }
+                transitions.push((t, silenced));
             }
         }
-        Ok(out)
+        Ingested {
+            transitions,
+            write_error,
+        }
     }
 
     fn append_history(&mut self, entry: HistoryEntry) -> Result<(), MonitorError> {
         let path = self.dir.join("alerts-history.jsonl");
         let mut line = serde_json::to_vec(&entry).unwrap_or_default();
         line.push(b'\n');
+        // Kept in memory even when the file cannot be written.
+        self.history.push_back(entry);
+        if self.history.len() > HISTORY_KEPT {
+            self.history.pop_front();
+        }
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .and_then(|mut f| f.write_all(&line))
-            .map_err(io_err(&path))?;
-        self.history.push_back(entry);
-        if self.history.len() > HISTORY_KEPT {
-            self.history.pop_front();
-        }
-        Ok(())
+            .map_err(io_err(&path))
     }
 
     /// Delete what is past retention (the daemon calls this now and then, not every tick).
@@ -690,9 +705,9 @@ mod tests {
         );
         let rules = build_rules(&rules).unwrap();
         let mut m = Monitor::open(dir.path(), Retention::default(), rules.clone()).unwrap();
-        assert!(m.ingest(tick(0, 100, 0), true).unwrap().is_empty());
+        assert!(m.ingest(tick(0, 100, 0), true).transitions.is_empty());
         // 100 requests in 5 s, 20 of them 5xx: pending, then firing 10 s later.
-        let t = m.ingest(tick(5, 200, 20), true).unwrap();
+        let t = m.ingest(tick(5, 200, 20), true).transitions;
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].0.alert.state, State::Pending);
         let l = m.latest();
@@ -702,7 +717,7 @@ mod tests {
         // score: 0.3·80 + 0.3·50 + 0.2·(100 − p99/10) + 0.2·(100 − 100)
         let h = &m.health()["gateway"];
         assert!(h.score > 50.0 && h.score < 60.0, "{h:?}");
-        m.ingest(tick(10, 300, 40), true).unwrap();
+        m.ingest(tick(10, 300, 40), true);
         let silence = m
             .add_silence(
                 &["alertname=high_5xx_ratio".into()],
@@ -712,11 +727,11 @@ mod tests {
                 1_764_000_000_000,
             )
             .unwrap();
-        let t = m.ingest(tick(15, 400, 60), true).unwrap();
+        let t = m.ingest(tick(15, 400, 60), true).transitions;
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].0.alert.state, State::Firing);
         assert!(t[0].1, "silenced");
-        let t = m.ingest(tick(20, 500, 60), true).unwrap();
+        let t = m.ingest(tick(20, 500, 60), true).transitions;
         assert_eq!(t[0].0.alert.state, State::Resolved);
         drop(m);
 
@@ -758,7 +773,7 @@ mod tests {
             total += rate * 300;
             let mut tk = tick(0, total, 0);
             tk.at_ms = 1_764_028_800_000 + at_s * 1000;
-            m.ingest(tk, false).unwrap();
+            assert!(m.ingest(tk, false).write_error.is_none());
         }
         // "Now" is 12:30 on day 3: the last complete hour is 11:00.
         let now = 1_764_028_800_000 + (3 * DAY_S + 12 * 3600 + 1800) * 1000;

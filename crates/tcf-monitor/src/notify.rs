@@ -958,7 +958,10 @@ mod tests {
         .await;
         let st = hub.status();
         assert!(st["dead"].last_error.is_some());
-        assert_eq!(st["good"].delivered, 2);
+        wait_for("both deliveries recorded", || {
+            hub.status()["good"].delivered == 2
+        })
+        .await;
         assert_eq!(st["slow"].delivered, 0, "still waiting on the slow one");
     }
 
@@ -1195,7 +1198,11 @@ mod tests {
                 .contains("certificate"),
             "{st:?}"
         );
-        assert_eq!(st["trusting"].delivered, 1);
+        // The server has the request before the client has read the answer: wait for both.
+        wait_for("the trusting receiver's delivery recorded", || {
+            hub.status()["trusting"].delivered == 1
+        })
+        .await;
     }
 
     #[test]
