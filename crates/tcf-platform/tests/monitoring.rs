@@ -77,8 +77,9 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-/// A webhook receiver on loopback that keeps every JSON body it gets.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Value>>>) {
+/// A webhook receiver on loopback that keeps every JSON body it gets, with the body's
+/// `X-TCF-Signature` header checked against `openssl dgst -hmac` of the raw body (`_signed`).
+fn webhook_receiver(key: &'static str) -> (u16, Arc<Mutex<Vec<Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -105,12 +106,18 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Value>>>) {
                         })
                         .unwrap_or(0);
                     if body.len() >= len {
-                        break Some(body.to_string());
+                        let signature = head.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("x-tcf-signature:")
+                                .map(|v| v.trim().to_string())
+                        });
+                        break Some((body.to_string(), signature));
                     }
                 }
             };
-            if let Some(b) = body {
-                if let Ok(v) = serde_json::from_str::<Value>(&b) {
+            if let Some((b, signature)) = body {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&b) {
+                    v["_signed"] = Value::Bool(signature == Some(hmac_sha256(key, &b)));
                     g.lock().unwrap().push(v);
                 }
             }
@@ -196,6 +203,29 @@ fn test_certificates(dir: &Path) -> (String, String, String) {
     (path("ca.pem"), path("cert.pem"), path("key.pem"))
 }
 
+/// `sha256=HEX` of HMAC-SHA256(key, body), computed by openssl, not by our code.
+fn hmac_sha256(key: &str, body: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    format!("sha256={hex}")
+}
+
 fn json(p: &Platform, args: &[&str]) -> Value {
     let out = p.cli(args);
     assert!(
@@ -237,7 +267,10 @@ fn alerts_notifications_prometheus_and_history_across_a_restart() {
     let am_cluster_port = free_port();
     let smtp_port = free_port();
     let prom_port = free_port();
-    let (hook_port, hooks) = webhook_receiver();
+    // The daemon (a child of this test) reads the webhook's HMAC key from its environment.
+    std::env::set_var("TCF_TEST_HOOK_KEY", "monitoring-test-key");
+    let (hook_port, hooks) = webhook_receiver("monitoring-test-key");
+    let dead_port = free_port();
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_certificates(certs.path());
     let config = format!(
@@ -270,8 +303,16 @@ for = "3s"
 [alerts.notify.hook]
 kind = "webhook"
 url = "http://127.0.0.1:{hook_port}/hook"
+hmac_secret_env = "TCF_TEST_HOOK_KEY"
 group_wait = "1s"
 group_interval = "2s"
+
+# Nothing listens here: its failures are events, and it delays no other receiver.
+[alerts.notify.dead]
+kind = "webhook"
+url = "http://127.0.0.1:{dead_port}/hook"
+group_wait = "1s"
+retries = 0
 
 [alerts.notify.am]
 kind = "alertmanager"
@@ -433,6 +474,10 @@ ca_file = "{ca}"
         },
     );
     assert_eq!(firing["status"], "firing", "{firing:#}");
+    assert_eq!(
+        firing["_signed"], true,
+        "the HMAC signature checks out: {firing:#}"
+    );
     assert_eq!(firing["alerts"][0]["labels"]["alertname"], "high_5xx_ratio");
     assert_eq!(firing["alerts"][0]["labels"]["service"], "api");
     let alerts = json(&p, &["alerts", "list", "--format", "json"]);
@@ -578,6 +623,21 @@ ca_file = "{ca}"
     ] {
         assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
     }
+
+    // Each notifier's deliveries show in `prod monitor`.
+    wait_until("the notifiers' status", Duration::from_secs(30), || {
+        let st = json(&p, &["prod", "monitor", "--format", "json"]);
+        let notifier = |name: &str| {
+            st["notifiers"]
+                .as_array()
+                .and_then(|ns| ns.iter().find(|n| n["name"] == name).cloned())
+        };
+        let (hook, dead) = (notifier("hook")?, notifier("dead")?);
+        (hook["delivered"].as_u64()? >= 3
+            && dead["failed"].as_u64()? >= 1
+            && dead["last_error"].is_string())
+        .then_some(())
+    });
 
     // --- History across a restart: a SIGKILLed daemon's samples are still there, and the
     // monitor control choice (alerts off) persists.
