@@ -415,6 +415,7 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
                     requests: snap.requests,
                     responses_5xx: snap.responses_5xx,
                     proxy_errors: snap.proxy_errors,
+                    broken_responses: snap.broken_responses,
                     latency: snap.latency,
                 }
             })

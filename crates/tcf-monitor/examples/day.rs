@@ -74,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     requests: requests[s],
                     responses_5xx: errors[s],
                     proxy_errors: 0,
+                    broken_responses: 0,
                     latency: latency[s].clone(),
                 }],
                 instances,

@@ -39,6 +39,8 @@ pub struct ColourTick {
     pub requests: u64,
     pub responses_5xx: u64,
     pub proxy_errors: u64,
+    /// Answers that broke off after their head (also counted in `responses_5xx`).
+    pub broken_responses: u64,
     /// Dense, cumulative, the proxy's buckets.
     pub latency: Vec<u64>,
 }
@@ -303,7 +305,7 @@ impl Monitor {
             // Counter deltas need the previous tick (not after a restart's first tick).
             if let (Some(prev), Some(secs)) = (prev, secs) {
                 let before = prev.services.iter().find(|s| s.name == svc.name);
-                let (mut req, mut e5, mut pe) = (0u64, 0u64, 0u64);
+                let (mut req, mut e5, mut pe, mut broken) = (0u64, 0u64, 0u64, 0u64);
                 let mut hist = vec![0u64; latency::BUCKETS];
                 for c in &svc.colours {
                     let b = before.and_then(|s| {
@@ -332,11 +334,13 @@ impl Monitor {
                     req += r;
                     e5 += e;
                     pe += p;
+                    broken += delta(c.broken_responses, b.broken_responses);
                 }
                 gauge(key(name, "requests", None), req as f64);
                 gauge(key(name, "requests_per_s", None), req as f64 / secs);
                 gauge(key(name, "errors_5xx", None), e5 as f64);
                 gauge(key(name, "proxy_errors", None), pe as f64);
+                gauge(key(name, "broken_responses", None), broken as f64);
                 let sparse = latency::sparse(&hist);
                 if req > 0 {
                     let ratio = e5 as f64 / req as f64;
@@ -657,6 +661,7 @@ mod tests {
                     requests,
                     responses_5xx: errors,
                     proxy_errors: 0,
+                    broken_responses: 0,
                     latency,
                 }],
                 instances: vec![InstanceTick {

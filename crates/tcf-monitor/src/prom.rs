@@ -106,6 +106,11 @@ pub fn render(
         "counter",
         "Responses the proxy made itself because it could not get one from upstream.",
     );
+    let mut broken = Family::new(
+        "tcf_broken_responses_total",
+        "counter",
+        "Answers that broke off after their head (malformed or truncated body); also counted as 5xx.",
+    );
     let mut lat = Family::new(
         "tcf_request_duration_seconds",
         "histogram",
@@ -214,6 +219,7 @@ pub fn render(
                 requests.add(&l, c.requests as f64);
                 e5.add(&l, c.responses_5xx as f64);
                 pe.add(&l, c.proxy_errors as f64);
+                broken.add(&l, c.broken_responses as f64);
                 let (cum, total, sum) = latency::prometheus_buckets(&c.latency);
                 let base = labels(&l);
                 let base_inner = base.trim_start_matches('{').trim_end_matches('}');
@@ -305,6 +311,7 @@ pub fn render(
         &requests,
         &e5,
         &pe,
+        &broken,
         &lat,
         &cpu,
         &rss,
@@ -355,6 +362,7 @@ mod tests {
                     requests: 4,
                     responses_5xx: 1,
                     proxy_errors: 0,
+                    broken_responses: 0,
                     latency: dense,
                 }],
                 instances: vec![],
