@@ -41,6 +41,11 @@ pub struct ServiceStatus {
     /// Present when asked for with `?metrics=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<ServiceMetrics>,
+    /// The config file on disk says something else for this service than what runs (its
+    /// command, env, health...; not the version, which applies to a first start only): the
+    /// next deploy of it applies the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -142,6 +147,12 @@ pub struct Ping {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeployRequest {
     pub version: String,
+    /// Run `prod validate`'s checks first (absent: the config's `[deploy] validate`).
+    #[serde(default)]
+    pub validate: Option<bool>,
+    /// Failed checks only warn (a missing artifact still stops the deploy).
+    #[serde(default)]
+    pub force: bool,
     /// Empty: every service.
     #[serde(default)]
     pub services: Vec<String>,
@@ -177,6 +188,49 @@ pub struct RestartRequest {
     #[serde(default)]
     pub lock_wait_ms: u64,
     pub actor: String,
+}
+
+/// `tcf-platform scale SERVICE N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub instances: u32,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    pub actor: String,
+}
+
+/// `tcf-platform prod validate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ValidateRequest {
+    /// The version to check; absent: each service's serving version.
+    pub version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub check_dependencies: bool,
+    #[serde(default)]
+    pub security_scan: bool,
+}
+
+/// One check of `prod validate` (and of the deploy gate).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateCheck {
+    /// Stable: `VAL-ARTIFACT`, `VAL-LOCK`... (docs/deploys.md).
+    pub id: String,
+    /// `pass`, `fail`, or `warn` (could not check, or worth knowing without blocking).
+    pub state: String,
+    pub service: Option<String>,
+    pub message: String,
+    pub remedy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateReport {
+    /// No check failed.
+    pub ready: bool,
+    pub checks: Vec<ValidateCheck>,
 }
 
 /// `tcf-platform prod abort`.

@@ -14,7 +14,7 @@ pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use diag::{line_col, render, Diagnostic};
 pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
-pub use resolve::resolve;
+pub use resolve::{resolve, MAX_INSTANCES};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -146,6 +146,8 @@ pub struct DeploySettings {
         deserialize_with = "units::deserialize_duration"
     )]
     pub lock_ttl: Duration,
+    /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
+    pub validate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

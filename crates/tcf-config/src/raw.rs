@@ -47,6 +47,7 @@ pub struct RawDeploy {
     pub sticky: Option<Spanned<String>>,
     pub max_surge: Option<Spanned<u32>>,
     pub lock_ttl: Option<Dur>,
+    pub validate: Option<bool>,
 }
 
 /// `[hooks]`: commands around deploys and rollbacks.

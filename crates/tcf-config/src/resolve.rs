@@ -251,6 +251,7 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
             None,
             errors,
         ),
+        validate: raw.validate.unwrap_or(true),
     }
 }
 
@@ -495,7 +496,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The most instances one service may ask for.
-const MAX_INSTANCES: u32 = 256;
+pub const MAX_INSTANCES: u32 = 256;
 
 /// A duration above `max` is refused: a stop that may take hours holds up `down` as long.
 fn at_most(

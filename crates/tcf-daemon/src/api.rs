@@ -6,6 +6,7 @@ use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
+use crate::validate;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -76,6 +77,8 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/deploy", post(deploy_handler))
         .route("/v1/rollback", post(rollback_handler))
         .route("/v1/restart", post(restart_handler))
+        .route("/v1/scale", post(scale_handler))
+        .route("/v1/validate", post(validate_handler))
         .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
@@ -154,6 +157,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 healthy: *svc.healthy.borrow(),
                 instances,
                 metrics: with_metrics.then(|| service_metrics(svc)),
+                config_changed: false,
             }
         })
         .collect();
@@ -187,7 +191,37 @@ async fn status(
     State(p): State<Arc<Platform>>,
     ApiQuery(q): ApiQuery<StatusQuery>,
 ) -> Json<Status> {
-    Json(build_status(&p, q.metrics))
+    let mut status = build_status(&p, q.metrics);
+    let changed = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || changed_in_file(&p))
+            .await
+            .unwrap_or_default()
+    };
+    for s in &mut status.services {
+        s.config_changed = changed.contains(&s.name);
+    }
+    Json(status)
+}
+
+/// Services whose spec in the config file on disk differs from the one their serving colour
+/// runs (the version aside). A file that does not validate changes nothing here: `config
+/// validate` and the next deploy say what is wrong with it.
+fn changed_in_file(p: &Platform) -> std::collections::BTreeSet<String> {
+    let Ok(file) = tcf_config::load(&p.config.path, p.config.environment.as_deref()) else {
+        return Default::default();
+    };
+    p.services
+        .values()
+        .filter_map(|svc| {
+            let running = svc.active_colour()?.current_spec();
+            let mut on_disk = file.services.get(&svc.config.name)?.clone();
+            on_disk.version = running.version.clone();
+            let differs =
+                serde_json::to_value(&on_disk).ok()? != serde_json::to_value(&*running).ok()?;
+            differs.then(|| svc.config.name.clone())
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -331,18 +365,74 @@ async fn deploy_handler(
             ))
         })?,
     };
+    // A deploy applies the config file as it is now (validated first: a broken file
+    // refuses the deploy and changes nothing).
+    let path = p.config.path.clone();
+    let environment = p.config.environment.clone();
+    let fresh =
+        tokio::task::spawn_blocking(move || tcf_config::load(&path, environment.as_deref()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                bad_request(format!(
+                    "the config file does not validate; nothing was deployed:\n{e}"
+                ))
+            })?;
+    for s in &req.services {
+        if !p.services.contains_key(s) && fresh.services.contains_key(s) {
+            return Err(bad_request(format!(
+                "{s} is new in the config file: adding a service needs `tcf-platform down` and `up` for now"
+            )));
+        }
+    }
     let services = services_in_order(&p, &req.services)?;
+    let specs = deploy_specs(&p, &fresh, &services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Deploy(strategy),
         targets: services
             .into_iter()
             .map(|s| (s, req.version.clone()))
             .collect(),
+        specs,
+        validate: req.validate.unwrap_or(fresh.deploy.validate),
+        force: req.force,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+/// The spec each deployed service gets from the config file as it is now. What a deploy cannot
+/// change (the public address, a runtime the daemon has no engine for) is refused up front.
+fn deploy_specs(
+    p: &Platform,
+    fresh: &tcf_config::Config,
+    services: &[String],
+) -> Result<std::collections::BTreeMap<String, Arc<tcf_config::Service>>, ApiError> {
+    let mut specs = std::collections::BTreeMap::new();
+    for name in services {
+        let running = &p.services[name].config;
+        let Some(new) = fresh.services.get(name) else {
+            return Err(bad_request(format!(
+                "{name} is no longer in {}: removing a service needs `tcf-platform down` and `up`",
+                p.config.path.display()
+            )));
+        };
+        if new.listen != running.listen {
+            return Err(bad_request(format!(
+                "{name}: listen changed from {} to {}: a new public address needs `tcf-platform down` and `up`",
+                running.listen, new.listen
+            )));
+        }
+        if new.runtime == tcf_config::RuntimeKind::Docker && p.docker.is_none() {
+            return Err(bad_request(format!(
+                "{name} now runs on Docker, which this daemon did not connect to: `tcf-platform down` and `up` to switch runtimes"
+            )));
+        }
+        specs.insert(name.clone(), Arc::new(new.clone()));
+    }
+    Ok(specs)
 }
 
 async fn restart_handler(
@@ -359,6 +449,9 @@ async fn restart_handler(
     let services = services_in_order(&p, &req.services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Restart,
+        validate: false,
+        force: false,
+        specs: Default::default(),
         targets: services
             .into_iter()
             .map(|s| {
@@ -371,6 +464,60 @@ async fn restart_handler(
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+async fn scale_handler(
+    State(p): State<Arc<Platform>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ApiJson(req): ApiJson<tcf_api::ScaleRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("the reason", reason).map_err(bad_request)?;
+    }
+    if !(1..=tcf_config::MAX_INSTANCES).contains(&req.instances) {
+        return Err(bad_request(format!(
+            "instances must be 1 to {}; to stop a service, `tcf-platform down`",
+            tcf_config::MAX_INSTANCES
+        )));
+    }
+    let service = services_in_order(&p, std::slice::from_ref(&req.service))?
+        .pop()
+        .ok_or_else(|| bad_request("name a service"))?;
+    let svc = &p.services[&service];
+    let Some(active) = svc.active_colour() else {
+        return Err(bad_request(format!("{service} runs nothing to scale")));
+    };
+    // What the release records: the running spec with the new count.
+    let mut spec = (*active.current_spec()).clone();
+    spec.instances = req.instances;
+    let plan = deploy::Plan {
+        kind: deploy::Kind::Scale(req.instances),
+        validate: false,
+        force: false,
+        targets: vec![(service.clone(), active.version.clone())],
+        specs: [(service, Arc::new(spec))].into_iter().collect(),
+        reason: req.reason,
+        actor: peer.actor(&req.actor),
+        lock_wait: Duration::from_millis(req.lock_wait_ms),
+    };
+    Ok(stream_release(p, plan))
+}
+
+async fn validate_handler(
+    State(p): State<Arc<Platform>>,
+    ApiJson(req): ApiJson<tcf_api::ValidateRequest>,
+) -> Result<Json<tcf_api::ValidateReport>, ApiError> {
+    services_in_order(&p, &req.services)?;
+    let fresh = validate::load_fresh(&p).await;
+    let opts = validate::Options {
+        version: req.version,
+        services: req.services,
+        check_dependencies: req.check_dependencies,
+        security_scan: req.security_scan,
+        in_release: false,
+    };
+    let checks = validate::run(&p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    Ok(Json(validate::report(&checks)))
 }
 
 async fn abort_handler(
@@ -470,9 +617,30 @@ async fn rollback_handler(
             "already running that version; nothing to roll back",
         ));
     }
+    // Back to the version *and* the spec it ran with (command, env, health...), when the
+    // release that ran it recorded one; else the spec the service runs now.
+    let mut specs = std::collections::BTreeMap::new();
+    for (service, version) in &targets {
+        let (s, v) = (service.clone(), version.clone());
+        let recorded = p
+            .with_store(move |st| st.spec_of(&s, &v))
+            .await
+            .ok()
+            .flatten();
+        if let Some(mut spec) =
+            recorded.and_then(|json| serde_json::from_str::<tcf_config::Service>(&json).ok())
+        {
+            // The public address is the running proxy's, whatever it was then.
+            spec.listen = p.services[service].config.listen;
+            specs.insert(service.clone(), Arc::new(spec));
+        }
+    }
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
+        validate: false,
+        force: false,
         targets,
+        specs,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),

@@ -18,6 +18,7 @@ mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
@@ -116,6 +117,7 @@ pub async fn run(
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = take_lock(&state_dir)?;
+    let store_existed = state_dir.join("state.db").exists();
     let store = Arc::new(Store::open(&state_dir)?);
     let workdir = config
         .path
@@ -228,6 +230,9 @@ pub async fn run(
         ),
     );
     recover(&p).await;
+    if !store_existed {
+        recover_without_store(&p).await;
+    }
     for (service, instance, note) in reconcile_notes {
         p.event("recovery.removed", Some(&service), Some(&instance), note);
     }
@@ -373,7 +378,7 @@ fn assemble(
             .find(|f: &&tcf_docker::Found| f.service == *name)
             .map_or("blue".to_string(), |f| f.colour.clone());
         let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version);
+        svc.add_colour(colour, &version, Arc::new(cfg.clone()));
         svc.set_traffic(vec![(colour.to_string(), 100)]);
         services.insert(name.clone(), svc);
     }
@@ -465,6 +470,44 @@ async fn recover(p: &Arc<Platform>) {
     }
 }
 
+/// No store, yet instances of this platform run (found by the state directory in their
+/// environment): the store was lost, this is no first start. They are stopped like any
+/// leftover, and said so loudly, instead of left running unmanaged beside new ones.
+async fn recover_without_store(p: &Arc<Platform>) {
+    let dir = p.config.platform.state_dir.display().to_string();
+    let found = tcf_runtime::procfs::with_env(supervisor::STATE_DIR_ENV, &dir);
+    let leaders: Vec<u32> = found
+        .into_iter()
+        .filter(|pid| tcf_runtime::procfs::process_group(*pid) == Some(*pid))
+        .collect();
+    if leaders.is_empty() {
+        return;
+    }
+    let warning = format!(
+        "the state store {} was missing at start while {} instance(s) of this platform ran: the history is lost; they were stopped and start again from the config",
+        p.store.path().display(),
+        leaders.len()
+    );
+    tracing::error!("{warning}");
+    p.event("recovery.store_missing", None, None, warning.clone());
+    platform::lock(&p.warnings).push(warning);
+    for pid in leaders {
+        let left = Identity {
+            pid,
+            pgid: pid,
+            start_ticks: tcf_runtime::procfs::start_ticks(pid),
+        };
+        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+            p.event(
+                "recovery.cleaned_up",
+                None,
+                None,
+                format!("stopped process group {pid} left running without a store"),
+            );
+        }
+    }
+}
+
 /// Services with no active release yet get one recording the version `up` starts.
 fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     let mut initial = BTreeMap::new();
@@ -489,10 +532,20 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
     if initial.is_empty() {
         return;
     }
-    match p
-        .store
-        .create_release("initial", "active", "daemon", Some("first start"), &initial)
-    {
+    match p.store.create_release_with_specs(
+        "initial",
+        "active",
+        "daemon",
+        Some("first start"),
+        &initial,
+        &initial
+            .keys()
+            .filter_map(|name| {
+                let spec = p.services.get(name)?.active_colour()?.current_spec();
+                Some((name.clone(), serde_json::to_string(&*spec).ok()?))
+            })
+            .collect(),
+    ) {
         Ok(id) => p.event(
             "release.recorded",
             None,

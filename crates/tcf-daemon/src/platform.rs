@@ -85,6 +85,8 @@ pub struct Instance {
     pub service: String,
     pub colour: String,
     pub version: String,
+    /// What it runs (its colour's spec).
+    pub spec: Arc<Service>,
     /// The loopback port it listens on. Changes only while it is not running, when the port
     /// was taken by someone else (see [`Instance::move_to_port`]).
     port: AtomicU16,
@@ -112,6 +114,7 @@ impl Instance {
             service: service.to_string(),
             colour: colour.name.clone(),
             version: colour.version.clone(),
+            spec: colour.spec.clone(),
             port: AtomicU16::new(port),
             info: Mutex::new(InstanceInfo {
                 state: InstanceState::Starting,
@@ -195,6 +198,11 @@ impl Instance {
 pub struct Colour {
     pub name: String,
     pub version: String,
+    /// What its instances run: command, env, health, instances... as deployed (a deploy
+    /// applies the config file's current spec; a rollback the one the version ran with).
+    pub spec: Arc<Service>,
+    /// How many instances it runs: the spec's, until `scale` changes it.
+    count: std::sync::atomic::AtomicU32,
     pub pool: Arc<Pool>,
     pub instances: Mutex<Vec<Arc<Instance>>>,
     /// Bumped whenever someone decides this colour's fate, so a stale retirement timer can
@@ -205,6 +213,31 @@ pub struct Colour {
 impl Colour {
     pub fn instances(&self) -> Vec<Arc<Instance>> {
         lock(&self.instances).clone()
+    }
+
+    /// How many instances this colour runs.
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn set_count(&self, n: u32) {
+        self.count.store(n, Ordering::SeqCst);
+    }
+
+    /// The spec as it runs now: the deployed one, with the instance count `scale` set.
+    pub fn current_spec(&self) -> Arc<Service> {
+        let count = self.count();
+        if count == self.spec.instances {
+            return self.spec.clone();
+        }
+        let mut spec = (*self.spec).clone();
+        spec.instances = count;
+        Arc::new(spec)
+    }
+
+    /// Forget a stopped instance (scaled down).
+    pub fn remove_instance(&self, id: &str) {
+        lock(&self.instances).retain(|i| i.id != id);
     }
 
     /// Every instance running and healthy, whether or not it takes traffic: ready to serve.
@@ -299,10 +332,12 @@ impl ServiceRuntime {
     }
 
     /// A new colour with its own pool; replaces a colour of that name.
-    pub fn add_colour(&self, name: &str, version: &str) -> Arc<Colour> {
+    pub fn add_colour(&self, name: &str, version: &str, spec: Arc<Service>) -> Arc<Colour> {
         let colour = Arc::new(Colour {
             name: name.to_string(),
             version: version.to_string(),
+            count: std::sync::atomic::AtomicU32::new(spec.instances),
+            spec,
             pool: Pool::new(name, version, self.proxy.settings()),
             instances: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),

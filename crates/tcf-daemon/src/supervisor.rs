@@ -11,6 +11,9 @@ use tcf_runtime::{Exit, InstanceSpec};
 use tcf_store::{now_ms, InstanceRecord};
 use tokio::sync::oneshot;
 
+/// The environment variable naming an instance's platform (its state directory).
+pub const STATE_DIR_ENV: &str = "TCF_STATE_DIR";
+
 /// Crashes within this window count towards backoff and crashloop.
 const CRASH_WINDOW: Duration = Duration::from_secs(120);
 /// This many crashes within the window mark an instance `crashloop`.
@@ -99,6 +102,12 @@ pub fn instance_spec(
             .env
             .iter()
             .map(|(k, v)| (k.clone(), sub(v)))
+            // Which platform an instance belongs to, found without the store (a daemon that
+            // starts with its store gone still finds what runs).
+            .chain([(
+                STATE_DIR_ENV.to_string(),
+                p.config.platform.state_dir.display().to_string(),
+            )])
             .collect::<BTreeMap<_, _>>(),
         port,
         log_path: p.logs_dir().join(format!("{id}.log")),
@@ -126,7 +135,9 @@ async fn supervise(
     inst: Arc<Instance>,
     mut adopted: Option<Box<dyn tcf_runtime::Running>>,
 ) {
-    let cfg = &svc.config;
+    // The instance's own spec: a deploy may have changed command, env or health.
+    let spec = inst.spec.clone();
+    let cfg = &*spec;
     let mut stop_rx = inst.stop.subscribe();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     let mut crashloop_reported = false;
@@ -348,7 +359,7 @@ async fn probe_loop(
     deadline: oneshot::Sender<()>,
     runtime_health: Option<tcf_runtime::StatusProbe>,
 ) {
-    let h = &svc.config.health;
+    let h = &inst.spec.health;
     let service = Some(svc.config.name.as_str());
     let id = Some(inst.id.as_str());
     let mut deadline = Some(deadline);
@@ -459,10 +470,12 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
         None,
         format!(
             "starting {} instance(s) of {} ({})",
-            cfg.instances, colour.version, colour.name
+            colour.count(),
+            colour.version,
+            colour.name
         ),
     );
-    for n in 1..=cfg.instances {
+    for n in 1..=colour.count() {
         let id = format!("{}-{}-{n}", cfg.name, colour.name);
         let adopted = adopt(&p, &svc, &id, &colour.version).await;
         if let Err(e) = spawn_or_adopt(&p, &svc, &colour, n, adopted) {

@@ -315,6 +315,9 @@ impl TestPlatform {
     ) -> (crate::deploy::Outcome, Vec<tcf_api::ProgressLine>) {
         let plan = crate::deploy::Plan {
             kind,
+            specs: Default::default(),
+            validate: false,
+            force: false,
             targets: targets
                 .iter()
                 .map(|(s, v)| (s.to_string(), v.to_string()))

@@ -101,6 +101,16 @@ rolling deploy (and it is recorded as a release, strategy `restart`). A failed g
 instances back.\n\nExit codes as for `prod deploy`."
     )]
     Restart(RestartArgs),
+    /// Run N instances of a service (new ones join behind the health gate; removed ones finish
+    /// their requests first)
+    #[command(
+        long_about = "Change how many instances of a service run, in place: new instances start \
+on the running version and join the pool once healthy (a failed gate stops them again and \
+changes nothing); removed ones (the highest numbers) leave the pool, finish their requests and \
+stop. Recorded as a release (strategy `scale`). It changes the running platform: set `instances` \
+in the config file to keep it for the next deploy and the next `up`."
+    )]
+    Scale(ScaleArgs),
     /// Show the log of a service's instances
     Logs {
         /// The service
@@ -273,6 +283,35 @@ service's health score. The choice persists across daemon restarts."
     Monitor(crate::monitor_cmd::MonitorArgs),
     /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
     Abort,
+    /// Can this version be deployed now? Every check PASS, FAIL or WARN (could not check)
+    #[command(
+        long_about = "Check, before anything starts, that a deploy can work: the config file \
+validates (and what would change per service), the release's program or image is there, memory, \
+disk, ports and file descriptors suffice, no release runs and the deploy lock is free, the \
+services are healthy, the pre_deploy hook is executable; with --check-dependencies every \
+dependency answers its protocol. Each check has a stable ID (docs/deploys.md).\n\n\
+Every deploy runs the same checks first ([deploy] validate = true by default; --no-validate skips \
+them).\n\nExit codes: 0 ready, 1 not ready, 2 usage error."
+    )]
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ValidateArgs {
+    /// The version to check [default: each service's running version]
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Check only this service (repeat for more)
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Also probe every dependency (PostgreSQL, Redis, HTTP, TCP) and time it
+    #[arg(long)]
+    pub check_dependencies: bool,
+    /// Also the security checks that concern the release
+    #[arg(long)]
+    pub security_scan: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -295,10 +334,36 @@ pub struct DeployArgs {
     /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub lock_wait: std::time::Duration,
+    /// Do not ask for confirmation; failed validation checks only warn (a missing program or
+    /// image still stops the deploy)
+    #[arg(long)]
+    pub force: bool,
+    /// Run `prod validate`'s checks first (the default, from [deploy] validate)
+    #[arg(long, conflicts_with = "no_validate")]
+    pub validate: bool,
+    /// Skip the validation checks
+    #[arg(long)]
+    pub no_validate: bool,
+    /// table: one line per step; json: one JSON object per line
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScaleArgs {
+    /// The service
+    pub service: String,
+    /// How many instances (1 to 256)
+    pub instances: u32,
+    /// Why, for the history and the audit trail
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait up to this long for a deploy lock someone else holds (e.g. 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
     /// Do not ask for confirmation
     #[arg(long)]
     pub force: bool,
-    /// table: one line per step; json: one JSON object per line
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

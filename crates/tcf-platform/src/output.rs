@@ -94,6 +94,18 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
     if !s.warnings.is_empty() {
         out.push('\n');
     }
+    let changed: Vec<&str> = s
+        .services
+        .iter()
+        .filter(|x| x.config_changed)
+        .map(|x| x.name.as_str())
+        .collect();
+    if !changed.is_empty() {
+        out.push_str(&format!(
+            "config file changed for {}: not applied yet (the next deploy of each applies it)\n\n",
+            changed.join(", ")
+        ));
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }
@@ -208,6 +220,36 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         out.push('\n');
         out.push_str(&table(&["DEPENDENCY", "KIND", "TARGET", "HEALTH"], &rows));
     }
+    out
+}
+
+/// `prod validate`: one row per check, failures with their remedy, then the verdict.
+pub fn validation(r: &tcf_api::ValidateReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.state.to_uppercase(),
+                c.id.clone(),
+                c.service.clone().unwrap_or_default(),
+                match &c.remedy {
+                    Some(fix) if c.state != "pass" => format!("{} — {fix}", c.message),
+                    _ => c.message.clone(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(&["STATE", "CHECK", "SERVICE", "DETAIL"], &rows);
+    let failed = r.checks.iter().filter(|c| c.state == "fail").count();
+    let warned = r.checks.iter().filter(|c| c.state == "warn").count();
+    out.push_str(&if r.ready {
+        format!(
+            "\nready to deploy ({warned} warning(s): checks that could not run or worth a look)\n"
+        )
+    } else {
+        format!("\nNOT ready: {failed} check(s) failed\n")
+    });
     out
 }
 

@@ -376,6 +376,39 @@ fn restart_drops_no_request_and_abort_reverts_a_running_release() {
         "new processes serve after a restart"
     );
 
+    // Scale up and down under load: no request dropped.
+    let load = Load::start(&gateway, 4);
+    for n in ["3", "1"] {
+        let (code, out, lines) = run(&p, &["scale", "gateway", n]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(lines.last().unwrap()["result"], "scaled");
+    }
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report
+        .samples
+        .iter()
+        .all(|s| s.status == 200 && !s.by_proxy));
+    let s = p.status().unwrap();
+    let gw = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "gateway")
+        .unwrap()
+        .clone();
+    // The colour serving (the restart left the previous one warm beside it).
+    let serving = gw["traffic"][0]["colour"].as_str().unwrap();
+    let running = gw["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["colour"] == serving)
+        .count();
+    assert_eq!(running, 1, "{gw:#}");
+    let (code, out, _) = run(&p, &["scale", "gateway", "0"]);
+    assert_eq!(code, 2, "{out}");
+
     // Nothing to abort.
     let none = p.cli(&["prod", "abort"]);
     assert_eq!(none.status.code(), Some(1));
@@ -400,6 +433,80 @@ fn restart_drops_no_request_and_abort_reverts_a_running_release() {
     let history: Vec<Value> =
         serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
     assert_eq!(history[0]["status"], "aborted");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn a_deploy_applies_the_config_file_and_a_rollback_restores_the_spec_it_ran_with() {
+    let mut p = Platform::new(&deploy_config(&[
+        ("watch", "\"0s\""),
+        ("retire_after", "\"0s\""),
+    ]));
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let tokens_instances = |s: &Value| {
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "tokens")
+            .unwrap()["instances"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(tokens_instances(&status), 1);
+    // The file now asks for two instances of tokens: status says it is not applied yet.
+    let original = std::fs::read_to_string(&p.config).unwrap();
+    let two = original.replace("[services.tokens]\n", "[services.tokens]\ninstances = 2\n");
+    assert_ne!(two, original);
+    std::fs::write(&p.config, &two).unwrap();
+    let s = p.status().unwrap();
+    let tokens = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "tokens")
+        .unwrap()
+        .clone();
+    assert_eq!(tokens["config_changed"], true, "{tokens:#}");
+    // A broken file refuses the deploy and changes nothing.
+    std::fs::write(&p.config, format!("{two}\n[services.tokens.oops\n")).unwrap();
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 2, "{out}");
+    std::fs::write(&p.config, &two).unwrap();
+    // The deploy applies the file.
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2", "--service", "tokens"]);
+    assert_eq!(code, 0, "{out}");
+    let s = p.wait_for("two tokens instances on v2", START, |s| {
+        all_healthy(s) && tokens_instances(s) == 2
+    });
+    assert!(s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["config_changed"].is_null()));
+    // The rollback (cold: v1 was retired at once) brings back v1 as it ran: one instance,
+    // whatever the file says now.
+    let (code, out, lines) = run(&p, &["prod", "rollback", "--service", "tokens"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(has_step(&lines, "rollback.cold"), "{out}");
+    let s = p.wait_for("one tokens instance on v1", START, |s| {
+        all_healthy(s) && tokens_instances(s) == 1
+    });
+    assert_eq!(version_at(&listen(&s, "tokens")), "v1");
+    let tokens = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "tokens")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        tokens["config_changed"], true,
+        "the file still says 2: {tokens:#}"
+    );
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }

@@ -513,3 +513,28 @@ fn history_and_events_are_readable_when_the_daemon_is_down() {
         "reading wrote nothing in the state directory"
     );
 }
+
+#[test]
+fn a_store_lost_while_the_daemon_was_down_is_no_first_start() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    p.wait_for("all healthy", START, all_healthy);
+    p.kill_daemon();
+    let old: Vec<u32> = p.seen_pids.iter().copied().collect();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(p.dir.path().join(".tcf").join(f));
+    }
+    p.up();
+    let s = p.wait_for("all healthy again", START, all_healthy);
+    for pid in &old {
+        assert!(!alive(*pid), "pid {pid} left running unmanaged");
+    }
+    assert!(
+        s["warnings"].as_array().is_some_and(|w| w
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("was missing at start"))),
+        "{s:#}"
+    );
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}

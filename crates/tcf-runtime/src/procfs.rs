@@ -39,6 +39,20 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Processes whose environment has `key=value` (only those we may read: our own user's).
+pub fn with_env(key: &str, value: &str) -> Vec<u32> {
+    let wanted = format!("{key}={value}").into_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_slice()))
+        })
+        .collect()
+}
+
 /// Clock ticks per second (USER_HZ); 100 on every Linux this runs on.
 pub fn ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

@@ -37,6 +37,8 @@ pub enum Kind {
     Rollback,
     /// The same version again, instance by instance behind the health gate.
     Restart,
+    /// The same version and spec with this many instances, changed in place.
+    Scale(u32),
 }
 
 /// What to do: versions per service (applied in dependency order).
@@ -44,6 +46,14 @@ pub enum Kind {
 pub struct Plan {
     pub kind: Kind,
     pub targets: Vec<(String, String)>,
+    /// The spec each target service runs with in this release (a deploy: the config file's
+    /// current one; a rollback: the one the version ran with). A service not named keeps the
+    /// spec of the colour it runs now.
+    pub specs: BTreeMap<String, Arc<tcf_config::Service>>,
+    /// Run `prod validate`'s checks before anything starts.
+    pub validate: bool,
+    /// Failed checks only warn (a missing artifact still stops the release).
+    pub force: bool,
     pub reason: Option<String>,
     pub actor: String,
     pub lock_wait: Duration,
@@ -54,6 +64,7 @@ pub enum Outcome {
     Deployed,
     RolledBack,
     Restarted,
+    Scaled,
     Failed(String),
     Reverted(String),
     /// Stopped and reverted on request (`prod abort`).
@@ -68,6 +79,7 @@ impl Outcome {
             Outcome::Deployed => "deployed",
             Outcome::RolledBack => "rolled_back",
             Outcome::Restarted => "restarted",
+            Outcome::Scaled => "scaled",
             Outcome::Failed(_) => "failed",
             Outcome::Reverted(_) => "reverted",
             Outcome::Aborted(_) => "aborted",
@@ -79,7 +91,7 @@ impl Outcome {
     /// The documented exit codes of `prod deploy` and `prod rollback`.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => 0,
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted | Outcome::Scaled => 0,
             Outcome::Failed(_) | Outcome::Reverted(_) | Outcome::Aborted(_) => 1,
             Outcome::Invalid(_) => 2,
             Outcome::LockHeld(_) => 3,
@@ -101,9 +113,19 @@ struct Reporter {
     lease_lost: Option<watch::Receiver<Option<String>>>,
     /// Who asked for the release: every step is recorded as theirs.
     actor: String,
+    specs: BTreeMap<String, Arc<tcf_config::Service>>,
 }
 
 impl Reporter {
+    /// The spec a new colour of `svc` runs with in this release.
+    fn spec_for(&self, svc: &ServiceRuntime) -> Arc<tcf_config::Service> {
+        self.specs
+            .get(&svc.config.name)
+            .cloned()
+            .or_else(|| svc.active_colour().map(|c| c.current_spec()))
+            .unwrap_or_else(|| Arc::new(svc.config.clone()))
+    }
+
     /// Why the release must stop now, if it must: its lease is lost, the platform is stopping,
     /// or someone asked to abort it.
     fn interruption(&self) -> Option<Stop> {
@@ -185,10 +207,12 @@ impl Reporter {
 
     fn finish(&self, outcome: &Outcome) {
         let message = match outcome {
-            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted => match self.release {
-                Some(id) => format!("release {id} is active"),
-                None => "done".to_string(),
-            },
+            Outcome::Deployed | Outcome::RolledBack | Outcome::Restarted | Outcome::Scaled => {
+                match self.release {
+                    Some(id) => format!("release {id} is active"),
+                    None => "done".to_string(),
+                }
+            }
             Outcome::Failed(m)
             | Outcome::Reverted(m)
             | Outcome::Aborted(m)
@@ -215,6 +239,7 @@ pub async fn run(p: Arc<Platform>, plan: Plan, tx: mpsc::UnboundedSender<Progres
         release: None,
         lease_lost: None,
         actor: plan.actor.clone(),
+        specs: plan.specs.clone(),
     };
     let outcome = run_inner(&p, &plan, &mut rep).await;
     rep.finish(&outcome);
@@ -312,6 +337,62 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
 }
 
+/// `prod validate`'s checks, as the release's first steps: a failure stops it before anything
+/// starts (with `--force` only a warning, but a missing artifact stops it whatever).
+async fn gate_on_validation(p: &Arc<Platform>, plan: &Plan, rep: &Reporter) -> Result<(), String> {
+    let version = plan.targets.first().map(|(_, v)| v.clone());
+    let opts = crate::validate::Options {
+        version,
+        services: plan.targets.iter().map(|(s, _)| s.clone()).collect(),
+        check_dependencies: false,
+        security_scan: false,
+        in_release: true,
+    };
+    let fresh = crate::validate::load_fresh(p).await;
+    let checks = crate::validate::run(p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    let mut blocking = Vec::new();
+    for c in &checks {
+        use crate::validate::State;
+        let state = match c.state {
+            State::Pass => "PASS",
+            State::Warn => "WARN",
+            State::Fail => "FAIL",
+        };
+        rep.step(
+            "validate.check",
+            c.service.as_deref(),
+            format!(
+                "{} {state}: {}{}",
+                c.id,
+                c.message,
+                c.remedy
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        );
+        if c.state == State::Fail && (!plan.force || c.id == crate::validate::ARTIFACT) {
+            blocking.push(format!(
+                "{}{}: {}",
+                c.id,
+                c.service
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                c.message
+            ));
+        }
+    }
+    if blocking.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "validation failed, nothing started: {}",
+            blocking.join("; ")
+        ))
+    }
+}
+
 /// Who holds the deploy lock, since when and why, as every refusal names it.
 fn held_by(held: &Lease) -> String {
     format!(
@@ -331,6 +412,7 @@ fn describe(plan: &Plan) -> String {
         Kind::Deploy(s) => format!("{} deploy", s.as_str()),
         Kind::Rollback => "rollback".to_string(),
         Kind::Restart => "restart".to_string(),
+        Kind::Scale(n) => format!("scale to {n}"),
     };
     let targets: Vec<String> = plan
         .targets
@@ -352,17 +434,30 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         Kind::Deploy(s) => s.as_str(),
         Kind::Rollback => "rollback",
         Kind::Restart => "restart",
+        Kind::Scale(_) => "scale",
     };
     let versions: BTreeMap<String, String> = plan.targets.iter().cloned().collect();
     let (actor, reason) = (plan.actor.clone(), plan.reason.clone());
+    // What each service runs with in this release, so a rollback can restore it.
+    let specs: BTreeMap<String, String> = plan
+        .targets
+        .iter()
+        .filter_map(|(service, _)| {
+            let svc = p.services.get(service)?;
+            serde_json::to_string(&*rep.spec_for(svc))
+                .ok()
+                .map(|json| (service.clone(), json))
+        })
+        .collect();
     let created = p
         .with_store(move |s| {
-            s.create_release(
+            s.create_release_with_specs(
                 strategy_name,
                 "in_progress",
                 &actor,
                 reason.as_deref(),
                 &versions,
+                &specs,
             )
         })
         .await;
@@ -387,6 +482,12 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         .first()
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+
+    if plan.validate {
+        if let Err(e) = gate_on_validation(p, plan, rep).await {
+            return rep.failed(e).await;
+        }
+    }
 
     if let Kind::Deploy(_) = plan.kind {
         if let Some(hook) = &p.config.hooks.pre_deploy {
@@ -413,15 +514,16 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         let Some(svc) = p.services.get(service) else {
             continue;
         };
+        let target = rep.spec_for(svc);
         let spec = crate::supervisor::instance_spec(
             p,
-            &svc.config,
+            &target,
             &format!("{service}-check"),
             "check",
             version,
             0,
         );
-        if let Err(reason) = p.runtime_for(&svc.config).check(&spec).await {
+        if let Err(reason) = p.runtime_for(&target).check(&spec).await {
             rep.step("deploy.check_failed", Some(service), reason.clone());
             return rep
                 .failed(format!("{service}: {reason}; nothing changed"))
@@ -444,14 +546,17 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
                 .await;
         }
         let step = match plan.kind {
-            Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await,
-            Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await,
-            Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await,
-            Kind::Rollback => rollback_service(p, rep, &svc, version).await,
-            Kind::Restart => rolling(p, rep, &svc, version).await,
+            Kind::Deploy(Strategy::BlueGreen) => blue_green(p, rep, &svc, version).await.map(Some),
+            Kind::Deploy(Strategy::Canary) => canary(p, rep, &svc, version).await.map(Some),
+            Kind::Deploy(Strategy::Rolling) => rolling(p, rep, &svc, version).await.map(Some),
+            Kind::Rollback => rollback_service(p, rep, &svc, version).await.map(Some),
+            Kind::Restart => rolling(p, rep, &svc, version).await.map(Some),
+            // In place: no colour switched, nothing to watch or revert.
+            Kind::Scale(n) => scale(p, rep, &svc, n).await.map(|()| None),
         };
         match step {
-            Ok(s) => switched.push(s),
+            Ok(Some(s)) => switched.push(s),
+            Ok(None) => {}
             Err(reason) => {
                 revert(p, rep, switched).await;
                 return rep
@@ -522,7 +627,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             .await;
     }
     if plan.kind == Kind::Rollback {
-        mark_rolled_back(p, &plan.targets, release);
+        mark_rolled_back(p, &plan.targets, release).await;
     }
     for s in &switched {
         if let Some(old) = &s.old {
@@ -548,7 +653,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     let hook = match plan.kind {
         Kind::Deploy(_) => ("post_deploy", &p.config.hooks.post_deploy),
         Kind::Rollback => ("post_rollback", &p.config.hooks.post_rollback),
-        Kind::Restart => ("post_restart", &None),
+        Kind::Restart | Kind::Scale(_) => ("post_restart", &None),
     };
     if let (name, Some(cmd)) = hook {
         if let Err(e) = run_hook(p, rep, name, cmd, &version_env, &services_csv, release).await {
@@ -563,24 +668,34 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         Kind::Deploy(_) => Outcome::Deployed,
         Kind::Rollback => Outcome::RolledBack,
         Kind::Restart => Outcome::Restarted,
+        Kind::Scale(_) => Outcome::Scaled,
     }
 }
 
-/// The release a rollback went back from is recorded as rolled back.
-fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
-    let Ok(releases) = p.store.releases(200) else {
-        return;
-    };
-    for (service, _) in targets {
-        if let Some(from) = releases
-            .iter()
-            .filter(|r| {
-                r.id != rollback_release && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
-            })
-            .find(|r| r.versions.contains_key(service))
-        {
-            let _ = p.store.finish_release(from.id, "rolled_back");
-        }
+/// The release a rollback went back from is recorded as rolled back (in one store call, off
+/// the runtime threads; a failure is logged: the rollback itself stands).
+async fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
+    let services: Vec<String> = targets.iter().map(|(s, _)| s.clone()).collect();
+    let marked = p
+        .with_store(move |store| {
+            let releases = store.releases(200)?;
+            for service in &services {
+                if let Some(from) = releases
+                    .iter()
+                    .filter(|r| {
+                        r.id != rollback_release
+                            && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
+                    })
+                    .find(|r| r.versions.contains_key(service))
+                {
+                    store.finish_release(from.id, "rolled_back")?;
+                }
+            }
+            Ok::<_, tcf_store::StoreError>(())
+        })
+        .await;
+    if let Err(e) = marked {
+        tracing::error!("cannot mark the release rolled back from: {e}");
     }
 }
 

@@ -29,16 +29,16 @@ impl Switched {
     }
 }
 
-/// Start `version` as a new colour of `svc` with `count` instances; none for rolling.
+/// A new colour of `svc` for `version`, with the spec this release runs it with; no
+/// instances yet.
 pub(super) fn new_colour(
-    p: &Arc<Platform>,
+    rep: &Reporter,
     svc: &Arc<ServiceRuntime>,
     version: &str,
 ) -> (Option<Arc<Colour>>, Arc<Colour>) {
     let active = svc.active_colour();
     let name = active.as_ref().map_or("blue", |c| other_colour(&c.name));
-    let colour = svc.add_colour(name, version);
-    let _ = p;
+    let colour = svc.add_colour(name, version, rep.spec_for(svc));
     (active, colour)
 }
 
@@ -62,7 +62,7 @@ pub(super) fn spawn_all(
     svc: &Arc<ServiceRuntime>,
     colour: &Arc<Colour>,
 ) -> Result<(), String> {
-    for n in 1..=svc.config.instances {
+    for n in 1..=colour.count() {
         spawn_instance(p, svc, colour, n).map_err(|e| format!("cannot start an instance: {e}"))?;
     }
     Ok(())
@@ -75,7 +75,7 @@ pub(super) async fn gate(
     colour: &Colour,
     only: Option<&str>,
 ) -> Result<Duration, String> {
-    let h = &svc.config.health;
+    let h = &colour.spec.health;
     let limit = h.start_period + h.deadline;
     let start = Instant::now();
     let mut last_report = Instant::now();
@@ -156,14 +156,15 @@ pub(super) async fn start_and_gate(
     version: &str,
 ) -> Result<(Option<Arc<Colour>>, Arc<Colour>), String> {
     free_slot(p, rep, svc).await;
-    let (old, new) = new_colour(p, svc, version);
+    let (old, new) = new_colour(rep, svc, version);
     let name = svc.config.name.as_str();
     rep.step(
         "deploy.starting",
         Some(name),
         format!(
             "starting {} instance(s) of {version} as {}",
-            svc.config.instances, new.name
+            new.count(),
+            new.name
         ),
     );
     let gated = match spawn_all(p, svc, &new) {
@@ -288,8 +289,8 @@ pub(super) async fn rolling(
 ) -> Result<Switched, String> {
     free_slot(p, rep, svc).await;
     let name = svc.config.name.clone();
-    let (old, new) = new_colour(p, svc, version);
-    let n = svc.config.instances;
+    let (old, new) = new_colour(rep, svc, version);
+    let n = new.count();
     let surge = p.config.deploy.max_surge.min(n);
     let old_instances = old.as_ref().map(|o| o.instances()).unwrap_or_default();
     // The replaced old instances leave the pool (their requests finish) but keep running,
@@ -453,7 +454,11 @@ pub(super) async fn revert(p: &Arc<Platform>, rep: &Reporter, switched: Vec<Swit
                     Some(&name),
                     format!("starting {previous} again"),
                 );
-                let colour = s.svc.add_colour(other_colour(&s.new.name), &previous);
+                let spec = s
+                    .old
+                    .as_ref()
+                    .map_or_else(|| Arc::new(s.svc.config.clone()), |o| o.current_spec());
+                let colour = s.svc.add_colour(other_colour(&s.new.name), &previous, spec);
                 let _ = spawn_all(p, &s.svc, &colour);
                 let _ = gate(rep, &s.svc, &colour, None).await;
                 switch(
@@ -525,4 +530,96 @@ pub(super) fn schedule_retirement(
             );
         }
     });
+}
+
+/// Change how many instances the serving colour of `svc` runs, in place: new ones start and
+/// join the pool once healthy (a failed gate stops them again and changes nothing); removed
+/// ones (the highest numbers) leave the pool, finish their requests and stop.
+pub(super) async fn scale(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    svc: &Arc<ServiceRuntime>,
+    to: u32,
+) -> Result<(), String> {
+    let name = svc.config.name.clone();
+    let colour = svc
+        .active_colour()
+        .ok_or_else(|| format!("{name} runs no instances to scale"))?;
+    let from = colour.count();
+    if to > from {
+        rep.step(
+            "scale.starting",
+            Some(&name),
+            format!(
+                "starting {} more instance(s) of {}",
+                to - from,
+                colour.version
+            ),
+        );
+        colour.set_count(to);
+        let mut started = Vec::new();
+        for k in from + 1..=to {
+            match spawn_instance(p, svc, &colour, k) {
+                Ok(i) => started.push(i),
+                Err(e) => {
+                    undo_scale_up(p, svc, &colour, &started, from).await;
+                    return Err(format!("cannot start an instance: {e}"));
+                }
+            }
+        }
+        for inst in &started {
+            if let Err(reason) = gate(rep, svc, &colour, Some(&inst.id)).await {
+                undo_scale_up(p, svc, &colour, &started, from).await;
+                return Err(reason);
+            }
+        }
+    } else if to < from {
+        rep.step(
+            "scale.stopping",
+            Some(&name),
+            format!("stopping {} instance(s) after their requests", from - to),
+        );
+        colour.set_count(to);
+        let d = &p.config.deploy;
+        for inst in colour.instances() {
+            let number = inst
+                .id
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok());
+            if number.is_some_and(|n| n > to) {
+                inst.drain_and_stop(svc, d.drain_timeout, d.upgrade_drain_timeout)
+                    .await;
+                colour.remove_instance(&inst.id);
+            }
+        }
+        svc.rebuild_route();
+    }
+    rep.step(
+        "scale.done",
+        Some(&name),
+        format!(
+            "{name} runs {to} instance(s) of {} (was {from})",
+            colour.version
+        ),
+    );
+    Ok(())
+}
+
+/// A scale-up that failed: its new instances go, the count is what it was.
+async fn undo_scale_up(
+    p: &Arc<Platform>,
+    svc: &Arc<ServiceRuntime>,
+    colour: &Arc<Colour>,
+    started: &[Arc<Instance>],
+    from: u32,
+) {
+    let d = &p.config.deploy;
+    for inst in started {
+        inst.drain_and_stop(svc, d.drain_timeout, d.upgrade_drain_timeout)
+            .await;
+        colour.remove_instance(&inst.id);
+    }
+    colour.set_count(from);
+    svc.rebuild_route();
 }

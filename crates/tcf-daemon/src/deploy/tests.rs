@@ -203,6 +203,9 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
         // ...and a second release asks to start.
         let plan = Plan {
             kind: Kind::Deploy(Strategy::BlueGreen),
+            specs: Default::default(),
+            validate: false,
+            force: false,
             targets: vec![("other".into(), "v9".into())],
             reason: None,
             actor: "second".into(),
@@ -284,4 +287,31 @@ async fn a_restart_replaces_every_instance_on_the_same_version() {
     assert_eq!(t.runtime.starts(), before + 2);
     assert_eq!(t.serving("api"), ["v1", "v1"]);
     assert_eq!(t.p.store.releases(1).unwrap()[0].strategy, "restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_adds_and_removes_instances_in_place_and_undoes_a_failed_gate() {
+    let t = TestPlatform::start(&[("api", 1)], "").await;
+    let (outcome, _) = t.release(Kind::Scale(3), &[("api", "v1")]).await;
+    assert_eq!(outcome, Outcome::Scaled, "{}", message(&outcome));
+    assert_eq!(t.serving("api"), ["v1", "v1", "v1"]);
+    assert_live(&t, &["api-blue-1", "api-blue-2", "api-blue-3"]);
+    let (outcome, _) = t.release(Kind::Scale(1), &[("api", "v1")]).await;
+    assert_eq!(outcome, Outcome::Scaled, "{}", message(&outcome));
+    assert_eq!(t.serving("api"), ["v1"]);
+    assert_live(&t, &["api-blue-1"]);
+    assert_eq!(t.p.store.releases(1).unwrap()[0].strategy, "scale");
+    // On a version whose second instance never gets healthy: the scale-up is undone.
+    let (outcome, _) = t.deploy(Strategy::BlueGreen, &[("api", "v2-bad2")]).await;
+    assert_eq!(outcome, Outcome::Deployed, "{}", message(&outcome));
+    let (outcome, _) = t.release(Kind::Scale(2), &[("api", "v2-bad2")]).await;
+    assert!(
+        matches!(outcome, Outcome::Failed(_)),
+        "{}",
+        message(&outcome)
+    );
+    assert_eq!(t.serving("api"), ["v2-bad2"]);
+    let green = t.p.services["api"].colour("green").unwrap();
+    assert_eq!(green.count(), 1);
+    assert_eq!(green.instances().len(), 1);
 }
