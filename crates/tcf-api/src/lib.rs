@@ -4,6 +4,7 @@
 //! daemon's domain types. Add fields, never rename or remove them. See docs/api.md.
 
 pub mod client;
+pub mod monitor;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +90,12 @@ pub struct ServiceMetrics {
     /// Sum over the service's instances; 100 is one full core.
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    /// Health score 0..100 (docs/monitoring.md) over the window.
+    #[serde(default)]
+    pub health_score: Option<f64>,
+    /// The score's band: excellent, good, warning or critical.
+    #[serde(default)]
+    pub health_band: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -103,6 +103,8 @@ fn metrics_and_dependencies() {
             p99_ms: None,
             cpu_percent: 3.5,
             rss_bytes: 12_345_678,
+            health_score: Some(92.5),
+            health_band: Some("excellent".into()),
         }
     );
     insta::assert_json_snapshot!(

@@ -6,6 +6,7 @@
 
 pub mod backup;
 mod diag;
+pub mod monitor;
 mod raw;
 mod resolve;
 mod socket;
@@ -14,6 +15,7 @@ pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use backup::{BackupConfig, BackupSource, BackupSourceKind, Retention};
 pub use diag::{line_col, render, Diagnostic};
+pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
 pub use resolve::{resolve, MAX_INSTANCES};
 
 use serde::Serialize;
@@ -60,6 +62,8 @@ pub struct Config {
     /// `[backup]`, if the file has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupConfig>,
+    pub monitor: MonitorSettings,
+    pub alerts: AlertSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -25,6 +25,10 @@ pub struct RawFile {
     #[serde(default)]
     pub hooks: RawHooks,
     pub backup: Option<crate::backup::RawBackup>,
+    #[serde(default)]
+    pub monitor: crate::monitor::RawMonitor,
+    #[serde(default)]
+    pub alerts: crate::monitor::RawAlerts,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.

@@ -139,6 +139,12 @@ pub fn resolve(
         .backup
         .as_ref()
         .and_then(|b| crate::backup::resolve_backup(b, base_dir, &dependencies, &mut errors));
+    let monitor = crate::monitor::resolve_monitor(&file.monitor, &mut errors);
+    let alerts = crate::monitor::resolve_alerts(
+        &file.alerts,
+        path.parent().unwrap_or(Path::new("/")),
+        &mut errors,
+    );
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
@@ -155,6 +161,8 @@ pub fn resolve(
         deploy,
         hooks,
         backup,
+        monitor,
+        alerts,
     })
 }
 

@@ -166,6 +166,11 @@ is locked by another backup, verify, restore or prune, 4 verify could not run a 
     /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
     #[command(subcommand)]
     Prod(ProdCommand),
+    /// Metric history: list the series, query one over time
+    #[command(subcommand)]
+    Metrics(crate::monitor_cmd::MetricsCommand),
+    /// Alerts: list, history, silence, unsilence
+    Alerts(crate::monitor_cmd::AlertsArgs),
     /// Write a tcf-platform.toml from docker compose files
     #[command(
         long_about = "Write a commented tcf-platform.toml from docker compose files: services become \
@@ -278,6 +283,15 @@ Asks for confirmation on a terminal; without one it refuses unless --force.\n\
 Exit codes as for deploy."
     )]
     Rollback(RollbackArgs),
+    /// Control and show monitoring: collection, alert evaluation and notifications
+    #[command(
+        long_about = "Control monitoring in the running daemon: --action start|stop collection \
+(add --alerts to start or stop alert evaluation and notifications instead), restart (reopen the \
+history, rebuild rules and notifiers from the config), or status: what is collected, series and \
+bytes on disk, last evaluation, firing and pending alerts, each notifier's last delivery and each \
+service's health score. The choice persists across daemon restarts."
+    )]
+    Monitor(crate::monitor_cmd::MonitorArgs),
     /// Stop the release in progress and revert what it switched (same as `prod deploy --abort`)
     Abort,
     /// Can this version be deployed now? Every check PASS, FAIL or WARN (could not check)

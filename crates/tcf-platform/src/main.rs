@@ -4,6 +4,7 @@
 mod backup_cmd;
 mod cli;
 mod init_cmd;
+mod monitor_cmd;
 mod output;
 
 use anyhow::Context;
@@ -125,6 +126,9 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
+        Command::Prod(ProdCommand::Monitor(args)) => monitor_cmd::monitor(&cli, args).await,
+        Command::Metrics(cmd) => monitor_cmd::metrics(&cli, cmd).await,
+        Command::Alerts(args) => monitor_cmd::alerts(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
         Command::Prod(ProdCommand::Validate(args)) => prod_validate(&cli, args).await,
         Command::Restart(args) => restart(&cli, args).await,

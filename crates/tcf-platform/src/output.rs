@@ -118,7 +118,7 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         "TRAFFIC",
     ];
     if metrics {
-        headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS"]);
+        headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS", "SCORE"]);
     }
     let rows: Vec<Vec<String>> = s
         .services
@@ -161,6 +161,9 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
                     ms(m.p99_ms),
                     format!("{:.1}%", m.cpu_percent),
                     bytes(m.rss_bytes),
+                    m.health_score.map_or("-".into(), |sc| {
+                        format!("{sc:.0} {}", m.health_band.as_deref().unwrap_or(""))
+                    }),
                 ]);
             }
             r
