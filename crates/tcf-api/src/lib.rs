@@ -4,6 +4,7 @@
 //! daemon's domain types. Add fields, never rename or remove them. See docs/api.md.
 
 pub mod client;
+pub mod monitor;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +90,12 @@ pub struct ServiceMetrics {
     /// Sum over the service's instances; 100 is one full core.
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    /// Health score 0..100 (docs/monitoring.md) over the window.
+    #[serde(default)]
+    pub health_score: Option<f64>,
+    /// The score's band: excellent, good, warning or critical.
+    #[serde(default)]
+    pub health_band: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -140,6 +147,15 @@ pub struct Ping {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeployRequest {
     pub version: String,
+    /// Back up every `[backup]` source first (absent: the config's `[deploy] backup`).
+    #[serde(default)]
+    pub backup: Option<bool>,
+    /// Run `prod validate`'s checks first (absent: the config's `[deploy] validate`).
+    #[serde(default)]
+    pub validate: Option<bool>,
+    /// Failed checks only warn (a missing artifact still stops the deploy).
+    #[serde(default)]
+    pub force: bool,
     /// Empty: every service.
     #[serde(default)]
     pub services: Vec<String>,
@@ -188,6 +204,38 @@ pub struct ScaleRequest {
     pub actor: String,
 }
 
+/// `tcf-platform prod validate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ValidateRequest {
+    /// The version to check; absent: each service's serving version.
+    pub version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub check_dependencies: bool,
+    #[serde(default)]
+    pub security_scan: bool,
+}
+
+/// One check of `prod validate` (and of the deploy gate).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateCheck {
+    /// Stable: `VAL-ARTIFACT`, `VAL-LOCK`... (docs/deploys.md).
+    pub id: String,
+    /// `pass`, `fail`, or `warn` (could not check, or worth knowing without blocking).
+    pub state: String,
+    pub service: Option<String>,
+    pub message: String,
+    pub remedy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateReport {
+    /// No check failed.
+    pub ready: bool,
+    pub checks: Vec<ValidateCheck>,
+}
+
 /// `tcf-platform prod abort`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AbortRequest {
@@ -216,6 +264,17 @@ pub struct ProgressLine {
     pub exit_code: Option<u8>,
 }
 
+/// `POST /v1/backup/events`: a backup, verify, restore or prune the CLI ran, for the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupEventRequest {
+    /// `backup.created`, `backup.failed`, `backup.verified`, `backup.verify_failed`,
+    /// `backup.restored`, `backup.restore_failed` or `backup.pruned`.
+    pub kind: String,
+    pub message: String,
+    /// Who ran it (`user@host`).
+    pub actor: String,
+}
+
 /// `GET /v1/releases`: one release, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Release {
@@ -228,6 +287,9 @@ pub struct Release {
     pub reason: Option<String>,
     pub started: String,
     pub duration_s: Option<f64>,
+    /// The backup taken before it started (`prod deploy --backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
 /// `GET /v1/lock`.

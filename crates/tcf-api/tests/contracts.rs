@@ -28,6 +28,7 @@ fn release() {
         reason: Some("hotfix".into()),
         started: "2026-11-25T16:00:00.000Z".into(),
         duration_s: Some(12.5),
+        backup: Some("20261125T160000Z-a1b2".into()),
     });
 }
 
@@ -102,6 +103,8 @@ fn metrics_and_dependencies() {
             p99_ms: None,
             cpu_percent: 3.5,
             rss_bytes: 12_345_678,
+            health_score: Some(92.5),
+            health_band: Some("excellent".into()),
         }
     );
     insta::assert_json_snapshot!(

@@ -4,14 +4,18 @@
 //! everything a running platform depends on (addresses, references between services, cycles).
 //! Every problem is reported with file, line and column and a hint, all at once.
 
+pub mod backup;
 mod diag;
+pub mod monitor;
 mod raw;
 mod resolve;
 mod socket;
 pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
+pub use backup::{BackupConfig, BackupSource, BackupSourceKind, Retention};
 pub use diag::{line_col, render, Diagnostic};
+pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
 pub use resolve::{resolve, MAX_INSTANCES};
 
 use serde::Serialize;
@@ -55,6 +59,11 @@ pub struct Config {
     pub dependencies: BTreeMap<String, Dependency>,
     pub deploy: DeploySettings,
     pub hooks: Hooks,
+    /// `[backup]`, if the file has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupConfig>,
+    pub monitor: MonitorSettings,
+    pub alerts: AlertSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +151,10 @@ pub struct DeploySettings {
         deserialize_with = "units::deserialize_duration"
     )]
     pub lock_ttl: Duration,
+    /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
+    pub validate: bool,
+    /// Back up every `[backup]` source before every deploy (`--backup` for one).
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

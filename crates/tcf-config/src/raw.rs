@@ -24,6 +24,11 @@ pub struct RawFile {
     pub deploy: RawDeploy,
     #[serde(default)]
     pub hooks: RawHooks,
+    pub backup: Option<crate::backup::RawBackup>,
+    #[serde(default)]
+    pub monitor: crate::monitor::RawMonitor,
+    #[serde(default)]
+    pub alerts: crate::monitor::RawAlerts,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.
@@ -43,6 +48,8 @@ pub struct RawDeploy {
     pub sticky: Option<Spanned<String>>,
     pub max_surge: Option<Spanned<u32>>,
     pub lock_ttl: Option<Dur>,
+    pub validate: Option<bool>,
+    pub backup: Option<bool>,
 }
 
 /// `[hooks]`: commands around deploys and rollbacks.

@@ -135,6 +135,16 @@ pub fn resolve(
         post_rollback: file.hooks.post_rollback.clone().filter(|c| !c.is_empty()),
         timeout: file.hooks.timeout.map_or(Duration::from_secs(60), |d| d.0),
     };
+    let backup = file
+        .backup
+        .as_ref()
+        .and_then(|b| crate::backup::resolve_backup(b, base_dir, &dependencies, &mut errors));
+    let monitor = crate::monitor::resolve_monitor(&file.monitor, &mut errors);
+    let alerts = crate::monitor::resolve_alerts(
+        &file.alerts,
+        path.parent().unwrap_or(Path::new("/")),
+        &mut errors,
+    );
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
@@ -150,6 +160,9 @@ pub fn resolve(
         dependencies,
         deploy,
         hooks,
+        backup,
+        monitor,
+        alerts,
     })
 }
 
@@ -243,6 +256,8 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
             None,
             errors,
         ),
+        validate: raw.validate.unwrap_or(true),
+        backup: raw.backup.unwrap_or(false),
     }
 }
 

@@ -6,16 +6,20 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod api_monitor;
+mod backup;
 mod caller;
 mod deploy;
 mod health;
 mod logs;
 mod metrics;
+mod monitor;
 mod platform;
 mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
@@ -157,6 +161,7 @@ pub async fn run(
         })?;
         listeners.push((svc.name.clone(), l));
     }
+    let metrics_listener = monitor::bind_metrics(&config).await?;
     let socket = config.daemon.socket.clone();
     let unclean = socket.exists();
     if let Some(dir) = socket.parent() {
@@ -277,12 +282,15 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
+    let monitor = monitor::start(p.clone(), metrics_listener);
 
     let mut api_shutdown = p.shutdown.subscribe();
+    let router = api::router(p.clone()).merge(api_monitor::router(monitor));
     let api_server = axum::serve(
         api_listener,
-        api::router(p.clone()).into_make_service_with_connect_info::<caller::Peer>(),
+        router.into_make_service_with_connect_info::<caller::Peer>(),
     )
     .with_graceful_shutdown(async move {
         let _ = api_shutdown.wait_for(|s| *s).await;

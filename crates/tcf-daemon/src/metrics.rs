@@ -49,13 +49,33 @@ pub fn service_metrics(svc: &ServiceRuntime) -> ServiceMetrics {
     let snap = svc.proxy.stats().snapshot();
     let (secs, window) = lock(&svc.metrics).compute(now, &snap);
     let (mut cpu, mut rss) = (0.0, 0);
+    // The health score takes the busiest instance's CPU and memory (of its limit or the host).
+    let (mut cpu_max, mut mem_max) = (0.0f64, 0.0f64);
+    let limit = svc
+        .config
+        .docker
+        .as_ref()
+        .and_then(|d| d.memory)
+        .or_else(|| tcf_monitor::host::memory().map(|(_, total)| total));
     for i in svc.instances() {
         let info = i.info();
         if info.pid.is_some() {
             cpu += info.cpu_percent;
             rss += info.rss_bytes;
+            cpu_max = cpu_max.max(info.cpu_percent);
+            if let Some(l) = limit.filter(|l| *l > 0) {
+                mem_max = mem_max.max(info.rss_bytes as f64 / l as f64 * 100.0);
+            }
         }
     }
+    let score = tcf_monitor::health::score(
+        cpu_max,
+        mem_max,
+        window
+            .quantile(0.99)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        window.ratio_5xx() * 100.0,
+    );
     let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
     ServiceMetrics {
         window_s: (secs * 10.0).round() / 10.0,
@@ -66,6 +86,8 @@ pub fn service_metrics(svc: &ServiceRuntime) -> ServiceMetrics {
         p99_ms: window.quantile(0.99).map(ms),
         cpu_percent: (cpu * 10.0).round() / 10.0,
         rss_bytes: rss,
+        health_score: Some(score),
+        health_band: Some(tcf_monitor::health::Band::of(score).as_str().to_string()),
     }
 }
 

@@ -2,15 +2,17 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod audit_cmd;
+mod backup_cmd;
 mod cli;
 mod init_cmd;
+mod monitor_cmd;
 mod output;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
     Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, ScaleArgs, StatusArgs,
+    RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -125,8 +127,12 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Status(args)) => status(&cli, args).await,
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
+        Command::Prod(ProdCommand::Monitor(args)) => monitor_cmd::monitor(&cli, args).await,
+        Command::Metrics(cmd) => monitor_cmd::metrics(&cli, cmd).await,
+        Command::Alerts(args) => monitor_cmd::alerts(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
         Command::Prod(ProdCommand::Audit(args)) => audit_cmd::audit(&cli, args).await,
+        Command::Prod(ProdCommand::Validate(args)) => prod_validate(&cli, args).await,
         Command::Restart(args) => restart(&cli, args).await,
         Command::Scale(args) => scale(&cli, args).await,
         Command::History {
@@ -147,6 +153,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             limit,
             format,
         } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Backup(command) => backup_cmd::run(load_config(&cli)?, command).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
         Command::Init(args) => init_cmd::init(args),
@@ -572,21 +579,26 @@ fn confirm(question: &str) -> bool {
     std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
+/// A request the daemon refused as bad (400) is a usage error: exit 2.
+fn bad_request_is_usage(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api {
+            status: 400,
+            message,
+        } => Failure {
+            code: 2,
+            error: anyhow::anyhow!(message),
+        },
+        other => other.into(),
+    }
+}
+
 /// Print a release's progress as it streams; the exit code comes from its last line.
 async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Format) -> CmdResult {
     let resp = client
         .send("POST", path, Some(body))
         .await
-        .map_err(|e| match e {
-            ClientError::Api {
-                status: 400,
-                message,
-            } => Failure {
-                code: 2,
-                error: anyhow::anyhow!(message),
-            },
-            other => other.into(),
-        })?;
+        .map_err(bad_request_is_usage)?;
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let started = Instant::now();
@@ -672,6 +684,31 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     }
 }
 
+async fn prod_validate(cli: &Cli, args: &ValidateArgs) -> CmdResult {
+    let client = client(cli)?;
+    let report: tcf_api::ValidateReport = client
+        .post(
+            "/v1/validate",
+            &tcf_api::ValidateRequest {
+                version: args.version.clone(),
+                services: args.services.clone(),
+                check_dependencies: args.check_dependencies,
+                security_scan: args.security_scan,
+            },
+        )
+        .await
+        .map_err(bad_request_is_usage)?;
+    match args.format {
+        Format::Json => print_json(&report)?,
+        Format::Table => print_text(&output::validation(&report))?,
+    }
+    Ok(if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn abort(cli: &Cli) -> CmdResult {
     let client = client(cli)?;
     let resp: tcf_api::AbortResponse = client
@@ -749,6 +786,15 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
     }
     let req = tcf_api::DeployRequest {
         version,
+        validate: if args.no_validate {
+            Some(false)
+        } else if args.validate {
+            Some(true)
+        } else {
+            None
+        },
+        force: args.force,
+        backup: args.backup.then_some(true),
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),

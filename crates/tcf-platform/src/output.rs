@@ -118,7 +118,7 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         "TRAFFIC",
     ];
     if metrics {
-        headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS"]);
+        headers.extend(["REQ/S", "5XX/S", "P50", "P99", "CPU", "RSS", "SCORE"]);
     }
     let rows: Vec<Vec<String>> = s
         .services
@@ -161,6 +161,9 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
                     ms(m.p99_ms),
                     format!("{:.1}%", m.cpu_percent),
                     bytes(m.rss_bytes),
+                    m.health_score.map_or("-".into(), |sc| {
+                        format!("{sc:.0} {}", m.health_band.as_deref().unwrap_or(""))
+                    }),
                 ]);
             }
             r
@@ -220,6 +223,36 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
     out
 }
 
+/// `prod validate`: one row per check, failures with their remedy, then the verdict.
+pub fn validation(r: &tcf_api::ValidateReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.state.to_uppercase(),
+                c.id.clone(),
+                c.service.clone().unwrap_or_default(),
+                match &c.remedy {
+                    Some(fix) if c.state != "pass" => format!("{} — {fix}", c.message),
+                    _ => c.message.clone(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(&["STATE", "CHECK", "SERVICE", "DETAIL"], &rows);
+    let failed = r.checks.iter().filter(|c| c.state == "fail").count();
+    let warned = r.checks.iter().filter(|c| c.state == "warn").count();
+    out.push_str(&if r.ready {
+        format!(
+            "\nready to deploy ({warned} warning(s): checks that could not run or worth a look)\n"
+        )
+    } else {
+        format!("\nNOT ready: {failed} check(s) failed\n")
+    });
+    out
+}
+
 pub fn history(releases: &[Release]) -> String {
     let rows: Vec<Vec<String>> = releases
         .iter()
@@ -236,13 +269,14 @@ pub fn history(releases: &[Release]) -> String {
                     .map(|(s, v)| format!("{s}={v}"))
                     .collect::<Vec<_>>()
                     .join(" "),
+                r.backup.clone().unwrap_or_else(|| "-".into()),
                 r.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "STARTED", "STRATEGY", "STATUS", "TOOK", "ACTOR", "VERSIONS", "REASON",
+            "ID", "STARTED", "STRATEGY", "STATUS", "TOOK", "ACTOR", "VERSIONS", "BACKUP", "REASON",
         ],
         &rows,
     )

@@ -510,3 +510,80 @@ fn a_deploy_applies_the_config_file_and_a_rollback_restores_the_spec_it_ran_with
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
 }
+
+#[test]
+fn a_deploy_with_backup_records_it_and_a_failed_backup_starts_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("upload.bin"), b"precious").unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[backup]\nrepository = \"{}\"\n\n[backup.sources.uploads]\nkind = \"directory\"\npath = \"{}\"\n",
+        deploy_config(&[("watch", "\"0s\"")]),
+        repo.path().display(),
+        data.path().display()
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let gateway = listen(&status, "gateway");
+    let load = Load::start(&gateway, 4);
+    let (code, out, lines) = run(
+        &p,
+        &["prod", "deploy", "v2", "--service", "gateway", "--backup"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let backup_step = lines
+        .iter()
+        .position(|l| l["step"] == "backup.done")
+        .expect(&out);
+    let start_step = lines
+        .iter()
+        .position(|l| l["step"] == "deploy.starting")
+        .expect(&out);
+    assert!(
+        backup_step < start_step,
+        "the backup comes before anything starts: {out}"
+    );
+    let history: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
+    let id = history[0]["backup"]
+        .as_str()
+        .expect("the release names its backup")
+        .to_string();
+    let listed = String::from_utf8_lossy(&p.cli(&["backup", "list"]).stdout).to_string();
+    assert!(listed.contains(&id), "{listed}");
+    // Rolling that release back says how to restore its data.
+    let (code, out, lines) = run(&p, &["prod", "rollback", "--service", "gateway"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        lines.iter().any(|l| l["step"] == "rollback.backup"
+            && l["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("backup restore {id}"))),
+        "{out}"
+    );
+    // A backup that fails (its source is gone): exit 1, nothing started.
+    drop(data);
+    let before = p.status().unwrap();
+    // (Without --force, which would only warn; no terminal, so no question is asked.)
+    let o = p.cli(&[
+        "prod",
+        "deploy",
+        "v3",
+        "--service",
+        "tokens",
+        "--backup",
+        "--format",
+        "json",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("the backup failed, nothing started"), "{out}");
+    assert!(!out.contains("deploy.starting"), "{out}");
+    assert_eq!(version_at(&listen(&before, "tokens")), "v1");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(60)), Some(0));
+}

@@ -94,6 +94,8 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE instances ADD COLUMN runtime TEXT NOT NULL DEFAULT 'process';",
     // 3: the service spec (JSON) each release ran with, so a rollback restores it.
     "ALTER TABLE release_services ADD COLUMN spec TEXT;",
+    // 4: the backup taken before a release started (`prod deploy --backup`).
+    "ALTER TABLE releases ADD COLUMN backup TEXT;",
 ];
 
 pub fn now_ms() -> i64 {
@@ -153,6 +155,8 @@ pub struct Release {
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
     pub versions: BTreeMap<String, String>,
+    /// The backup taken before it started, if it took one.
+    pub backup: Option<String>,
 }
 
 /// A lease: who holds a lock, why, and until when (unless renewed).
@@ -510,6 +514,17 @@ impl Store {
         })
     }
 
+    /// Record the backup a release took before it started.
+    pub fn set_release_backup(&self, id: i64, backup: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE releases SET backup = ?2 WHERE id = ?1",
+                params![id, backup],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Set a release's status; the first status after `in_progress` also sets its end, and a
     /// later one (rolled back, say) keeps it: a release's duration is how long it ran.
     pub fn finish_release(&self, id: i64, status: &str) -> Result<()> {
@@ -526,7 +541,7 @@ impl Store {
     pub fn releases(&self, limit: u32) -> Result<Vec<Release>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, strategy, status, actor, reason, started_ms, finished_ms FROM releases
+                "SELECT id, strategy, status, actor, reason, started_ms, finished_ms, backup FROM releases
                  ORDER BY id DESC LIMIT ?1",
             )?;
             let mut releases: Vec<Release> = stmt
@@ -540,6 +555,7 @@ impl Store {
                         started_ms: r.get(5)?,
                         finished_ms: r.get(6)?,
                         versions: BTreeMap::new(),
+                        backup: r.get(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;

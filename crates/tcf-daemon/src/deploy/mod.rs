@@ -50,6 +50,12 @@ pub struct Plan {
     /// current one; a rollback: the one the version ran with). A service not named keeps the
     /// spec of the colour it runs now.
     pub specs: BTreeMap<String, Arc<tcf_config::Service>>,
+    /// Run `prod validate`'s checks before anything starts.
+    pub validate: bool,
+    /// Back up every `[backup]` source (verified by checksums) before anything starts.
+    pub backup: bool,
+    /// Failed checks only warn (a missing artifact still stops the release).
+    pub force: bool,
     pub reason: Option<String>,
     pub actor: String,
     pub lock_wait: Duration,
@@ -333,6 +339,114 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
 }
 
+/// `prod validate`'s checks, as the release's first steps: a failure stops it before anything
+/// starts (with `--force` only a warning, but a missing artifact stops it whatever).
+async fn gate_on_validation(p: &Arc<Platform>, plan: &Plan, rep: &Reporter) -> Result<(), String> {
+    let version = plan.targets.first().map(|(_, v)| v.clone());
+    let opts = crate::validate::Options {
+        version,
+        services: plan.targets.iter().map(|(s, _)| s.clone()).collect(),
+        check_dependencies: false,
+        security_scan: false,
+        in_release: true,
+    };
+    let fresh = crate::validate::load_fresh(p).await;
+    let checks = crate::validate::run(p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    let mut blocking = Vec::new();
+    for c in &checks {
+        use crate::validate::State;
+        let state = match c.state {
+            State::Pass => "PASS",
+            State::Warn => "WARN",
+            State::Fail => "FAIL",
+        };
+        rep.step(
+            "validate.check",
+            c.service.as_deref(),
+            format!(
+                "{} {state}: {}{}",
+                c.id,
+                c.message,
+                c.remedy
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        );
+        if c.state == State::Fail && (!plan.force || c.id == crate::validate::ARTIFACT) {
+            blocking.push(format!(
+                "{}{}: {}",
+                c.id,
+                c.service
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                c.message
+            ));
+        }
+    }
+    if blocking.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "validation failed, nothing started: {}",
+            blocking.join("; ")
+        ))
+    }
+}
+
+/// The pre-deploy backup: every `[backup]` source, verified by checksums, its manifest naming
+/// the release (so retention keeps it while the release is the active or previous one).
+async fn pre_deploy_backup(
+    p: &Arc<Platform>,
+    rep: &Reporter,
+    release: i64,
+) -> Result<String, String> {
+    let Some(config) = p.config.backup.as_ref() else {
+        return Err("--backup needs a [backup] section in the config (docs/backups.md)".into());
+    };
+    let settings =
+        tcf_backup::Settings::from_config(config, &|_| None).map_err(|e| e.to_string())?;
+    rep.step(
+        "backup.started",
+        None,
+        "backing up every [backup] source".to_string(),
+    );
+    let progress = std::sync::Arc::new(BackupProgress {
+        p: p.clone(),
+        tx: rep.tx.clone(),
+        release: Some(release),
+        actor: rep.actor.clone(),
+    });
+    tcf_backup::pre_deploy_backup(settings, release.to_string(), progress)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A backup's progress as the release's progress lines and events.
+struct BackupProgress {
+    p: Arc<Platform>,
+    tx: mpsc::UnboundedSender<ProgressLine>,
+    release: Option<i64>,
+    actor: String,
+}
+
+impl tcf_backup::Progress for BackupProgress {
+    fn step(&self, message: &str) {
+        self.p
+            .event_by(&self.actor, "backup.progress", None, None, message);
+        let _ = self.tx.send(ProgressLine {
+            time: rfc3339(now_ms()),
+            step: "backup.progress".into(),
+            service: None,
+            message: message.to_string(),
+            release: self.release,
+            result: None,
+            exit_code: None,
+        });
+    }
+}
+
 /// Who holds the deploy lock, since when and why, as every refusal names it.
 fn held_by(held: &Lease) -> String {
     format!(
@@ -422,6 +536,44 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         .first()
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+
+    if plan.validate {
+        if let Err(e) = gate_on_validation(p, plan, rep).await {
+            return rep.failed(e).await;
+        }
+    }
+    if plan.backup {
+        match pre_deploy_backup(p, rep, release).await {
+            Ok(id) => {
+                let stored = p
+                    .with_store({
+                        let id = id.clone();
+                        move |s| s.set_release_backup(release, &id)
+                    })
+                    .await;
+                if let Err(e) = stored {
+                    return rep
+                        .failed(format!("cannot record backup {id} on the release: {e}"))
+                        .await;
+                }
+                rep.step(
+                    "backup.done",
+                    None,
+                    format!("backup {id} taken and verified (checksums) before anything started"),
+                );
+            }
+            Err(e) if plan.force => rep.step(
+                "backup.failed",
+                None,
+                format!("the backup failed ({e}); going on because of --force"),
+            ),
+            Err(e) => {
+                return rep
+                    .failed(format!("the backup failed, nothing started: {e}"))
+                    .await
+            }
+        }
+    }
 
     if let Kind::Deploy(_) = plan.kind {
         if let Some(hook) = &p.config.hooks.pre_deploy {
@@ -561,7 +713,15 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             .await;
     }
     if plan.kind == Kind::Rollback {
-        mark_rolled_back(p, &plan.targets, release).await;
+        for (from, backup) in mark_rolled_back(p, &plan.targets, release).await {
+            rep.step(
+                "rollback.backup",
+                None,
+                format!(
+                    "release {from} took backup {backup} before it started; if it changed data, restore it with: tcf-platform backup restore {backup} --force"
+                ),
+            );
+        }
     }
     for s in &switched {
         if let Some(old) = &s.old {
@@ -607,12 +767,18 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
 }
 
 /// The release a rollback went back from is recorded as rolled back (in one store call, off
-/// the runtime threads; a failure is logged: the rollback itself stands).
-async fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
+/// the runtime threads; a failure is logged: the rollback itself stands). Returns the backups
+/// those releases took before they started: their data may need restoring too.
+async fn mark_rolled_back(
+    p: &Platform,
+    targets: &[(String, String)],
+    rollback_release: i64,
+) -> Vec<(i64, String)> {
     let services: Vec<String> = targets.iter().map(|(s, _)| s.clone()).collect();
     let marked = p
         .with_store(move |store| {
             let releases = store.releases(200)?;
+            let mut backups = Vec::new();
             for service in &services {
                 if let Some(from) = releases
                     .iter()
@@ -623,14 +789,19 @@ async fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_r
                     .find(|r| r.versions.contains_key(service))
                 {
                     store.finish_release(from.id, "rolled_back")?;
+                    if let Some(b) = &from.backup {
+                        backups.push((from.id, b.clone()));
+                    }
                 }
             }
-            Ok::<_, tcf_store::StoreError>(())
+            backups.dedup();
+            Ok::<_, tcf_store::StoreError>(backups)
         })
         .await;
-    if let Err(e) = marked {
+    marked.unwrap_or_else(|e| {
         tracing::error!("cannot mark the release rolled back from: {e}");
-    }
+        Vec::new()
+    })
 }
 
 /// Run a hook command with the release in its environment, within the hooks' timeout.
