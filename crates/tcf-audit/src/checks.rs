@@ -99,11 +99,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
         "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
-        "TCF-BAK-001" => Err(
-            "this tcf-platform has no [backup] section in its config yet, so there is no backup \
-             setup to inspect; back up the state directory and the services' data yourself"
-                .to_string(),
-        ),
+        "TCF-BAK-001" | "TCF-BAK-002" | "TCF-BAK-003" => backups(rule, ctx),
         other => Err(format!("no check is wired for {other}")),
     };
     match result {
@@ -428,6 +424,18 @@ fn env_entries<'a>(
 }
 
 fn plaintext_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    let backup = backup_passwords(ctx)
+        .into_iter()
+        .filter(|(_, password, _)| secrets::is_literal_secret(password))
+        .map(|(what, _, location)| {
+            Finding::new(
+                rule,
+                location,
+                format!(
+                    "{what} is written in the config file (value not shown; use ${{secret:NAME}})"
+                ),
+            )
+        });
     env_entries(ctx)
         .filter(|(_, key, value, _)| secrets::is_credential_key(key) && secrets::is_literal_secret(value))
         .map(|(service, key, _, location)| {
@@ -439,6 +447,7 @@ fn plaintext_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
                 ),
             )
         })
+        .chain(backup)
         .collect()
 }
 
@@ -473,6 +482,17 @@ fn url_credentials(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
 }
 
 fn weak_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    let backup = backup_passwords(ctx)
+        .into_iter()
+        .filter(|(_, password, _)| secrets::is_literal_secret(password))
+        .filter_map(|(what, password, location)| {
+            let why = secrets::weakness(password)?;
+            Some(Finding::new(
+                rule,
+                location,
+                format!("{what} is {why} (value not shown)"),
+            ))
+        });
     env_entries(ctx)
         .filter(|(_, key, value, _)| {
             secrets::is_credential_key(key) && secrets::is_literal_secret(value)
@@ -485,6 +505,7 @@ fn weak_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
                 format!("env {key} of service {service} is {why} (value not shown)"),
             ))
         })
+        .chain(backup)
         .collect()
 }
 
@@ -581,6 +602,82 @@ fn secrets_in_files(rule: &'static Rule, config: &Config) -> Vec<Finding> {
         }
     }
     findings
+}
+
+fn backups(rule: &'static Rule, ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
+    let section = || {
+        Location::resource("config [backup]").in_file(
+            &ctx.config.path,
+            line_of(ctx.text, "[backup]", "repository"),
+        )
+    };
+    let Some(backup) = &ctx.config.backup else {
+        return if rule.id == "TCF-BAK-001" {
+            Ok(vec![Finding::new(
+                rule,
+                Location::resource("config [backup]").in_file(&ctx.config.path, None),
+                "the config has no [backup]: nothing is backed up, and no restore has been proven",
+            )])
+        } else {
+            Err("the config has no [backup] to inspect (see TCF-BAK-001)".to_string())
+        };
+    };
+    let finding = match rule.id {
+        "TCF-BAK-001" => backup
+            .sources
+            .is_empty()
+            .then(|| "[backup] has no sources: nothing is backed up".to_string()),
+        "TCF-BAK-002" => backup.recipients.is_empty().then(|| {
+            format!(
+                "[backup] has no recipients: the artifacts in {} are not encrypted",
+                backup.repository.display()
+            )
+        }),
+        _ => backup.schedule.is_none().then(|| {
+            "[backup] has no schedule: backups run only by hand or with a deploy's --backup"
+                .to_string()
+        }),
+    };
+    Ok(finding
+        .map(|detail| Finding::new(rule, section(), detail))
+        .into_iter()
+        .collect())
+}
+
+/// Passwords written into `[backup.sources.NAME]` (or the URL they came from).
+fn backup_passwords<'a>(ctx: &'a Ctx<'a>) -> Vec<(String, &'a str, Location)> {
+    let Some(backup) = &ctx.config.backup else {
+        return Vec::new();
+    };
+    backup
+        .sources
+        .values()
+        .filter_map(|source| {
+            let password = match &source.kind {
+                tcf_config::BackupSourceKind::Postgres { password, .. }
+                | tcf_config::BackupSourceKind::Redis { password, .. } => password.as_deref()?,
+                _ => return None,
+            };
+            let line = line_of(
+                ctx.text,
+                &format!("[backup.sources.{}]", source.name),
+                "password",
+            )
+            .or_else(|| {
+                line_of(
+                    ctx.text,
+                    &format!("[backup.sources.{}]", source.name),
+                    "url",
+                )
+            });
+            let what = format!("backup source {}, password", source.name);
+            Some((
+                what.clone(),
+                password,
+                Location::resource(what).in_file(&ctx.config.path, line),
+            ))
+        })
+        .collect()
 }
 
 fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {

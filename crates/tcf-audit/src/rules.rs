@@ -221,12 +221,28 @@ pub static NO_BACKUPS: Rule = rule(
     "TCF-BAK-001",
     "No backups configured",
     Severity::Medium,
-    "The config's [backup] section: what is backed up, where, and whether restores are verified.",
-    "Configure [backup] (see docs/backups.md) and verify a restore.",
+    "The config's [backup] section: none at all, or one without sources.",
+    "Configure [backup] with a repository and a source for each data store (docs/backups.md), then `tcf-platform backup create` and `backup verify --level restore`.",
+);
+
+pub static BACKUPS_UNENCRYPTED: Rule = rule(
+    "TCF-BAK-002",
+    "Backups not encrypted",
+    Severity::Medium,
+    "[backup] recipients: without them every artifact (database dumps included) is stored in the clear in the repository.",
+    "Set [backup] recipients = [\"age1...\"] (age-keygen -o key.txt) and keep the key away from the repository.",
+);
+
+pub static BACKUPS_UNSCHEDULED: Rule = rule(
+    "TCF-BAK-003",
+    "Backups not scheduled",
+    Severity::Low,
+    "[backup] schedule: without it backups happen only when someone runs `backup create` (or a deploy with --backup).",
+    "Set [backup] schedule = \"0 3 * * *\" (UTC), or run `tcf-platform backup create` from cron.",
 );
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 22] = [
+pub static ALL: [&Rule; 24] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -249,6 +265,8 @@ pub static ALL: [&Rule; 22] = [
     &NO_HEALTH_CHECK,
     &VULNERABLE_DEPENDENCY,
     &NO_BACKUPS,
+    &BACKUPS_UNENCRYPTED,
+    &BACKUPS_UNSCHEDULED,
 ];
 
 pub fn all() -> impl Iterator<Item = &'static Rule> {

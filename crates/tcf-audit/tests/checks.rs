@@ -47,6 +47,17 @@ volumes = ["/var/run/docker.sock:/var/run/docker.sock"]
 path = "/up"
 "#;
 
+/// An insecure [backup]: unencrypted, unscheduled, a literal weak password.
+const INSECURE_BACKUP: &str = r#"
+[backup]
+repository = "backups"
+
+[backup.sources.db]
+kind = "postgres"
+url = "postgres://app@127.0.0.1:5432/"
+password = "admin"
+"#;
+
 const HARDENED: &str = r#"
 [platform]
 name = "hardened"
@@ -70,6 +81,16 @@ listen = "127.0.0.1:18081"
 user = "1000:1000"
 read_only = true
 memory = "256MiB"
+
+[backup]
+repository = "backups"
+recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+schedule = "0 3 * * *"
+
+[backup.sources.db]
+kind = "postgres"
+url = "postgres://app@127.0.0.1:5432/"
+password = "${secret:pg_password}"
 "#;
 
 const OSV: &str = r#"[{"id":"RUSTSEC-2099-0001","summary":"memory corruption in smallvec",
@@ -199,6 +220,7 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
         ("TCF-CTR-004", "service worker".into()),
         ("TCF-CFG-001", "service api".into()),
         ("TCF-CFG-002", "service api".into()),
+        ("TCF-BAK-001", "config [backup]".into()),
         (
             "TCF-DEP-001",
             "crates.io smallvec@1.6.0 (RUSTSEC-2099-0001)".into(),
@@ -241,7 +263,7 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
         "TCF-NET-003",
         "TCF-PROC-001",
         "TCF-API-001",
-        "TCF-BAK-001",
+        "TCF-BAK-002",
     ] {
         let check = report.checks.iter().find(|c| c.rule.id == id).unwrap();
         assert!(
@@ -266,6 +288,33 @@ fn hardened_platform_has_nothing_at_medium_or_above() {
         .find(|c| c.rule.id == "TCF-DEP-001")
         .unwrap();
     assert_eq!(dep.outcome, Outcome::Pass);
+}
+
+#[test]
+fn backup_checks_read_the_backup_section() {
+    let f = fixture(&format!("{INSECURE}{INSECURE_BACKUP}"), true);
+    let report = audit(&f);
+    let found: BTreeSet<_> = ids(&report)
+        .into_iter()
+        .filter(|(id, _)| id.starts_with("TCF-BAK") || *id == "TCF-SEC-001" || *id == "TCF-SEC-003")
+        .collect();
+    let expected: BTreeSet<(&str, String)> = [
+        ("TCF-BAK-002", "config [backup]".to_string()),
+        ("TCF-BAK-003", "config [backup]".to_string()),
+        ("TCF-SEC-001", "backup source db, password".to_string()),
+        ("TCF-SEC-001", "service api, env DB_PASSWORD".to_string()),
+        ("TCF-SEC-003", "backup source db, password".to_string()),
+        ("TCF-SEC-003", "service api, env DB_PASSWORD".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, expected);
+    // Without [backup], its details are not run (nothing to inspect), never passed.
+    let plain = audit(&fixture(INSECURE, true));
+    for id in ["TCF-BAK-002", "TCF-BAK-003"] {
+        let check = plain.checks.iter().find(|c| c.rule.id == id).unwrap();
+        assert!(matches!(check.outcome, Outcome::NotRun { .. }), "{id}");
+    }
 }
 
 #[test]

@@ -75,8 +75,8 @@ fn results() -> Vec<CheckResult> {
             "needs the running daemon (no daemon answers on /srv/tcf/.tcf/tcf.sock)",
         ),
         CheckResult::not_run(
-            &rules::NO_BACKUPS,
-            "this tcf-platform has no [backup] section in its config yet",
+            &rules::BACKUPS_UNENCRYPTED,
+            "the config has no [backup] to inspect (see TCF-BAK-001)",
         ),
     ]
 }

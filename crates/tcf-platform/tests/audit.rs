@@ -109,7 +109,10 @@ fn offline_audit_finds_the_password_and_the_open_state_dir() {
 
     // Fixed: nothing at high or above (the online checks still not run, not failing).
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let hardened = Platform::new(&example_config());
+    let hardened = Platform::new(&format!(
+        "{}\n[backup]\nrepository = \"backups\"\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\nschedule = \"0 3 * * *\"\n\n[backup.sources.state]\nkind = \"directory\"\npath = \"data\"\n",
+        example_config()
+    ));
     std::fs::create_dir_all(hardened.dir.path().join(".tcf")).unwrap();
     std::fs::set_permissions(
         hardened.dir.path().join(".tcf"),
