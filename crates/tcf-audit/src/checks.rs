@@ -90,6 +90,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-FS-003" => config_file_mode(rule, ctx.config),
         "TCF-FS-004" => commands_writable(rule, ctx.config),
         "TCF-FS-005" => hooks_writable(rule, ctx.config),
+        "TCF-FS-006" => backup_repository_mode(rule, ctx.config),
         "TCF-SEC-001" => Ok(plaintext_secrets(rule, ctx)),
         "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
@@ -221,6 +222,49 @@ fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>
         }
     }
     Ok(findings)
+}
+
+fn backup_repository_mode(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {
+    let Some(backup) = &config.backup else {
+        return Err(
+            "the config has no [backup] repository to inspect (see TCF-BAK-001)".to_string(),
+        );
+    };
+    let repo = &backup.repository;
+    let meta = match std::fs::metadata(repo) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the backup repository {} does not exist yet (the first `backup create` makes it)",
+                repo.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", repo.display())),
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o007 == 0 {
+        return Ok(Vec::new());
+    }
+    let encrypted = !backup.recipients.is_empty();
+    Ok(vec![Finding::new(
+        rule,
+        Location::file(repo),
+        format!(
+            "mode {}: {}; the dumps in it are {}",
+            mode_text(mode),
+            who_may(mode & 0o007, true),
+            if encrypted {
+                "encrypted (age)"
+            } else {
+                "NOT encrypted"
+            }
+        ),
+    )
+    .severity(if encrypted && mode & 0o002 == 0 {
+        Severity::Medium
+    } else {
+        Severity::High
+    })])
 }
 
 fn config_file_mode(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, String> {

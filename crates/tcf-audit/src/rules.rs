@@ -77,6 +77,14 @@ pub static HOOK_WRITABLE: Rule = rule(
     "chmod go-w the hook's program and script files and their directory.",
 );
 
+pub static BACKUP_REPOSITORY_MODE: Rule = rule(
+    "TCF-FS-006",
+    "Backup repository open to other users",
+    Severity::High,
+    "The mode of [backup] repository: others who may enter it may read every dump in it (in the clear unless [backup] recipients is set).",
+    "chmod 700 the repository and chown it to the user that runs backups; set [backup] recipients so dumps are encrypted.",
+);
+
 pub static PLAINTEXT_SECRET: Rule = rule(
     "TCF-SEC-001",
     "Plain-text credential in the config",
@@ -242,12 +250,13 @@ pub static BACKUPS_UNSCHEDULED: Rule = rule(
 );
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 24] = [
+pub static ALL: [&Rule; 25] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
     &COMMAND_WRITABLE,
     &HOOK_WRITABLE,
+    &BACKUP_REPOSITORY_MODE,
     &PLAINTEXT_SECRET,
     &URL_CREDENTIALS,
     &WEAK_SECRET,

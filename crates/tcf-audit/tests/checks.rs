@@ -293,12 +293,18 @@ fn hardened_platform_has_nothing_at_medium_or_above() {
 #[test]
 fn backup_checks_read_the_backup_section() {
     let f = fixture(&format!("{INSECURE}{INSECURE_BACKUP}"), true);
+    let repository = f.config.path.parent().unwrap().join("backups");
+    std::fs::create_dir(&repository).unwrap();
+    chmod(&repository, 0o755);
     let report = audit(&f);
     let found: BTreeSet<_> = ids(&report)
         .into_iter()
-        .filter(|(id, _)| id.starts_with("TCF-BAK") || *id == "TCF-SEC-001" || *id == "TCF-SEC-003")
+        .filter(|(id, _)| {
+            id.starts_with("TCF-BAK") || ["TCF-SEC-001", "TCF-SEC-003", "TCF-FS-006"].contains(id)
+        })
         .collect();
     let expected: BTreeSet<(&str, String)> = [
+        ("TCF-FS-006", repository.display().to_string()),
         ("TCF-BAK-002", "config [backup]".to_string()),
         ("TCF-BAK-003", "config [backup]".to_string()),
         ("TCF-SEC-001", "backup source db, password".to_string()),
@@ -311,7 +317,7 @@ fn backup_checks_read_the_backup_section() {
     assert_eq!(found, expected);
     // Without [backup], its details are not run (nothing to inspect), never passed.
     let plain = audit(&fixture(INSECURE, true));
-    for id in ["TCF-BAK-002", "TCF-BAK-003"] {
+    for id in ["TCF-BAK-002", "TCF-BAK-003", "TCF-FS-006"] {
         let check = plain.checks.iter().find(|c| c.rule.id == id).unwrap();
         assert!(matches!(check.outcome, Outcome::NotRun { .. }), "{id}");
     }
