@@ -285,6 +285,7 @@ pub async fn run(
     backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
     let monitor = monitor::start(p.clone(), metrics_listener);
+    let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
     let router = api::router(p.clone()).merge(api_monitor::router(monitor));
@@ -415,6 +416,7 @@ fn assemble(
         warnings: Mutex::new(Vec::new()),
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
+        monitor: std::sync::OnceLock::new(),
     })
 }
 
