@@ -140,6 +140,12 @@ pub struct Ping {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeployRequest {
     pub version: String,
+    /// Run `prod validate`'s checks first (absent: the config's `[deploy] validate`).
+    #[serde(default)]
+    pub validate: Option<bool>,
+    /// Failed checks only warn (a missing artifact still stops the deploy).
+    #[serde(default)]
+    pub force: bool,
     /// Empty: every service.
     #[serde(default)]
     pub services: Vec<String>,
@@ -188,6 +194,38 @@ pub struct ScaleRequest {
     pub actor: String,
 }
 
+/// `tcf-platform prod validate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ValidateRequest {
+    /// The version to check; absent: each service's serving version.
+    pub version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub check_dependencies: bool,
+    #[serde(default)]
+    pub security_scan: bool,
+}
+
+/// One check of `prod validate` (and of the deploy gate).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateCheck {
+    /// Stable: `VAL-ARTIFACT`, `VAL-LOCK`... (docs/deploys.md).
+    pub id: String,
+    /// `pass`, `fail`, or `warn` (could not check, or worth knowing without blocking).
+    pub state: String,
+    pub service: Option<String>,
+    pub message: String,
+    pub remedy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidateReport {
+    /// No check failed.
+    pub ready: bool,
+    pub checks: Vec<ValidateCheck>,
+}
+
 /// `tcf-platform prod abort`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AbortRequest {
@@ -214,6 +252,17 @@ pub struct ProgressLine {
     /// Only on the last line: 0 deployed, 1 failed and reverted, 2 usage or config, 3 lock held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
+}
+
+/// `POST /v1/backup/events`: a backup, verify, restore or prune the CLI ran, for the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupEventRequest {
+    /// `backup.created`, `backup.failed`, `backup.verified`, `backup.verify_failed`,
+    /// `backup.restored`, `backup.restore_failed` or `backup.pruned`.
+    pub kind: String,
+    pub message: String,
+    /// Who ran it (`user@host`).
+    pub actor: String,
 }
 
 /// `GET /v1/releases`: one release, newest first.

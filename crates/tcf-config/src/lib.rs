@@ -4,6 +4,7 @@
 //! everything a running platform depends on (addresses, references between services, cycles).
 //! Every problem is reported with file, line and column and a hint, all at once.
 
+pub mod backup;
 mod diag;
 mod raw;
 mod resolve;
@@ -11,6 +12,7 @@ mod socket;
 pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
+pub use backup::{BackupConfig, BackupSource, BackupSourceKind, Retention};
 pub use diag::{line_col, render, Diagnostic};
 pub use resolve::{resolve, MAX_INSTANCES};
 
@@ -55,6 +57,9 @@ pub struct Config {
     pub dependencies: BTreeMap<String, Dependency>,
     pub deploy: DeploySettings,
     pub hooks: Hooks,
+    /// `[backup]`, if the file has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +147,8 @@ pub struct DeploySettings {
         deserialize_with = "units::deserialize_duration"
     )]
     pub lock_ttl: Duration,
+    /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
+    pub validate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

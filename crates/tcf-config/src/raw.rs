@@ -24,6 +24,7 @@ pub struct RawFile {
     pub deploy: RawDeploy,
     #[serde(default)]
     pub hooks: RawHooks,
+    pub backup: Option<crate::backup::RawBackup>,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.
@@ -43,6 +44,7 @@ pub struct RawDeploy {
     pub sticky: Option<Spanned<String>>,
     pub max_surge: Option<Spanned<u32>>,
     pub lock_ttl: Option<Dur>,
+    pub validate: Option<bool>,
 }
 
 /// `[hooks]`: commands around deploys and rollbacks.

@@ -135,6 +135,10 @@ pub fn resolve(
         post_rollback: file.hooks.post_rollback.clone().filter(|c| !c.is_empty()),
         timeout: file.hooks.timeout.map_or(Duration::from_secs(60), |d| d.0),
     };
+    let backup = file
+        .backup
+        .as_ref()
+        .and_then(|b| crate::backup::resolve_backup(b, base_dir, &dependencies, &mut errors));
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
@@ -150,6 +154,7 @@ pub fn resolve(
         dependencies,
         deploy,
         hooks,
+        backup,
     })
 }
 
@@ -243,6 +248,7 @@ fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::Deplo
             None,
             errors,
         ),
+        validate: raw.validate.unwrap_or(true),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::deploy;
 use crate::logs;
 use crate::metrics::service_metrics;
 use crate::platform::{lock, Platform};
+use crate::validate;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,10 +78,12 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/rollback", post(rollback_handler))
         .route("/v1/restart", post(restart_handler))
         .route("/v1/scale", post(scale_handler))
+        .route("/v1/validate", post(validate_handler))
         .route("/v1/abort", post(abort_handler))
         .route("/v1/releases", get(releases_handler))
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
+        .merge(crate::backup::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError(
@@ -409,6 +412,8 @@ async fn deploy_handler(
             .map(|s| (s, req.version.clone()))
             .collect(),
         specs,
+        validate: req.validate.unwrap_or(fresh.deploy.validate),
+        force: req.force,
         reason: req.reason,
         actor: peer.actor(&req.actor),
         lock_wait: Duration::from_millis(req.lock_wait_ms),
@@ -462,6 +467,8 @@ async fn restart_handler(
     let services = services_in_order(&p, &req.services)?;
     let plan = deploy::Plan {
         kind: deploy::Kind::Restart,
+        validate: false,
+        force: false,
         specs: Default::default(),
         targets: services
             .into_iter()
@@ -503,6 +510,8 @@ async fn scale_handler(
     spec.instances = req.instances;
     let plan = deploy::Plan {
         kind: deploy::Kind::Scale(req.instances),
+        validate: false,
+        force: false,
         targets: vec![(service.clone(), active.version.clone())],
         specs: [(service, Arc::new(spec))].into_iter().collect(),
         reason: req.reason,
@@ -510,6 +519,23 @@ async fn scale_handler(
         lock_wait: Duration::from_millis(req.lock_wait_ms),
     };
     Ok(stream_release(p, plan))
+}
+
+async fn validate_handler(
+    State(p): State<Arc<Platform>>,
+    ApiJson(req): ApiJson<tcf_api::ValidateRequest>,
+) -> Result<Json<tcf_api::ValidateReport>, ApiError> {
+    services_in_order(&p, &req.services)?;
+    let fresh = validate::load_fresh(&p).await;
+    let opts = validate::Options {
+        version: req.version,
+        services: req.services,
+        check_dependencies: req.check_dependencies,
+        security_scan: req.security_scan,
+        in_release: false,
+    };
+    let checks = validate::run(&p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    Ok(Json(validate::report(&checks)))
 }
 
 async fn abort_handler(
@@ -629,6 +655,8 @@ async fn rollback_handler(
     }
     let plan = deploy::Plan {
         kind: deploy::Kind::Rollback,
+        validate: false,
+        force: false,
         targets,
         specs,
         reason: req.reason,

@@ -6,6 +6,7 @@
 //! in-flight requests finish, stop instances in reverse dependency order.
 
 mod api;
+mod backup;
 mod caller;
 mod deploy;
 mod health;
@@ -16,6 +17,7 @@ mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
 pub use health::dependency as probe_dependency;
@@ -277,6 +279,7 @@ pub async fn run(
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
+    backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
 
     let mut api_shutdown = p.shutdown.subscribe();

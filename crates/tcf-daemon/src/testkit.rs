@@ -316,6 +316,8 @@ impl TestPlatform {
         let plan = crate::deploy::Plan {
             kind,
             specs: Default::default(),
+            validate: false,
+            force: false,
             targets: targets
                 .iter()
                 .map(|(s, v)| (s.to_string(), v.to_string()))

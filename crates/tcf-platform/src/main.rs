@@ -1,6 +1,7 @@
 //! `tcf-platform`: the binary edge. Parses the command line, loads the config, and either runs
 //! the daemon (`up`) or talks to it over its API.
 
+mod backup_cmd;
 mod cli;
 mod init_cmd;
 mod output;
@@ -9,7 +10,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
     Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, ScaleArgs, StatusArgs,
+    RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -125,6 +126,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Prod(ProdCommand::Deploy(args)) => deploy(&cli, args).await,
         Command::Prod(ProdCommand::Rollback(args)) => rollback(&cli, args).await,
         Command::Prod(ProdCommand::Abort) => abort(&cli).await,
+        Command::Prod(ProdCommand::Validate(args)) => prod_validate(&cli, args).await,
         Command::Restart(args) => restart(&cli, args).await,
         Command::Scale(args) => scale(&cli, args).await,
         Command::History {
@@ -146,6 +148,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
             limit,
             format,
         } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Backup(command) => backup_cmd::run(load_config(&cli)?, command).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
         Command::Init(args) => init_cmd::init(args),
@@ -580,21 +583,26 @@ fn confirm(question: &str) -> bool {
     std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
+/// A request the daemon refused as bad (400) is a usage error: exit 2.
+fn bad_request_is_usage(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api {
+            status: 400,
+            message,
+        } => Failure {
+            code: 2,
+            error: anyhow::anyhow!(message),
+        },
+        other => other.into(),
+    }
+}
+
 /// Print a release's progress as it streams; the exit code comes from its last line.
 async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Format) -> CmdResult {
     let resp = client
         .send("POST", path, Some(body))
         .await
-        .map_err(|e| match e {
-            ClientError::Api {
-                status: 400,
-                message,
-            } => Failure {
-                code: 2,
-                error: anyhow::anyhow!(message),
-            },
-            other => other.into(),
-        })?;
+        .map_err(bad_request_is_usage)?;
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let started = Instant::now();
@@ -680,6 +688,31 @@ async fn follow_release(client: &Client, path: &str, body: Vec<u8>, format: Form
     }
 }
 
+async fn prod_validate(cli: &Cli, args: &ValidateArgs) -> CmdResult {
+    let client = client(cli)?;
+    let report: tcf_api::ValidateReport = client
+        .post(
+            "/v1/validate",
+            &tcf_api::ValidateRequest {
+                version: args.version.clone(),
+                services: args.services.clone(),
+                check_dependencies: args.check_dependencies,
+                security_scan: args.security_scan,
+            },
+        )
+        .await
+        .map_err(bad_request_is_usage)?;
+    match args.format {
+        Format::Json => print_json(&report)?,
+        Format::Table => print_text(&output::validation(&report))?,
+    }
+    Ok(if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn abort(cli: &Cli) -> CmdResult {
     let client = client(cli)?;
     let resp: tcf_api::AbortResponse = client
@@ -757,6 +790,14 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
     }
     let req = tcf_api::DeployRequest {
         version,
+        validate: if args.no_validate {
+            Some(false)
+        } else if args.validate {
+            Some(true)
+        } else {
+            None
+        },
+        force: args.force,
         services: args.services.clone(),
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),

@@ -220,6 +220,36 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
     out
 }
 
+/// `prod validate`: one row per check, failures with their remedy, then the verdict.
+pub fn validation(r: &tcf_api::ValidateReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.state.to_uppercase(),
+                c.id.clone(),
+                c.service.clone().unwrap_or_default(),
+                match &c.remedy {
+                    Some(fix) if c.state != "pass" => format!("{} — {fix}", c.message),
+                    _ => c.message.clone(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(&["STATE", "CHECK", "SERVICE", "DETAIL"], &rows);
+    let failed = r.checks.iter().filter(|c| c.state == "fail").count();
+    let warned = r.checks.iter().filter(|c| c.state == "warn").count();
+    out.push_str(&if r.ready {
+        format!(
+            "\nready to deploy ({warned} warning(s): checks that could not run or worth a look)\n"
+        )
+    } else {
+        format!("\nNOT ready: {failed} check(s) failed\n")
+    });
+    out
+}
+
 pub fn history(releases: &[Release]) -> String {
     let rows: Vec<Vec<String>> = releases
         .iter()

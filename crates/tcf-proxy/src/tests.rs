@@ -310,6 +310,78 @@ async fn a_weighted_split_keeps_each_client_on_one_colour() {
     assert_eq!(proxy.stats().snapshot().requests, 260);
 }
 
+/// `sticky = "header:X-User"` and `sticky = "client_ip"`: the same key always lands on the
+/// same colour, no cookie is set, and different keys spread over both colours.
+#[tokio::test]
+async fn header_and_client_ip_sticky_modes_keep_a_key_on_one_colour() {
+    let (old, _t1) = upstream("old", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let (new, _t2) = upstream("new", Duration::ZERO, Arc::new(AtomicU32::new(0))).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    let (blue, green) = (
+        Pool::new("blue", "v1", &settings()),
+        Pool::new("green", "v2", &settings()),
+    );
+    blue.set_backends(vec![Backend::new("old", old)]);
+    green.set_backends(vec![Backend::new("new", new)]);
+    let user = hyper::header::HeaderName::from_static("x-user");
+    proxy.set_route(Route {
+        pools: vec![(green.clone(), 50), (blue.clone(), 50)],
+        sticky: Sticky::Header(user),
+    });
+    let (addr, _stop) = start_proxy(proxy.clone()).await;
+    let client: TestClient<HttpConnector, Full<Bytes>> =
+        TestClient::builder(TokioExecutor::new()).build_http();
+    let get = |who: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut req = Request::builder().uri(format!("http://{addr}/"));
+            if let Some(w) = who {
+                req = req.header("x-user", w);
+            }
+            let resp = client
+                .request(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            assert!(
+                resp.headers().get("set-cookie").is_none(),
+                "no cookie in header mode"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).starts_with("new")
+        }
+    };
+    let mut on_new = 0;
+    for u in 0..40 {
+        let first = get(Some(format!("user-{u}"))).await;
+        for _ in 0..3 {
+            assert_eq!(
+                get(Some(format!("user-{u}"))).await,
+                first,
+                "user-{u} moved"
+            );
+        }
+        on_new += first as u32;
+    }
+    assert!(
+        (5..=35).contains(&on_new),
+        "40 users should spread, {on_new} on new"
+    );
+    // Without the header: the client's address decides, always the same for this client.
+    let first = get(None).await;
+    for _ in 0..5 {
+        assert_eq!(get(None).await, first);
+    }
+    // client_ip mode: one client (one address) always on one colour, no cookie.
+    proxy.set_route(Route {
+        pools: vec![(green.clone(), 50), (blue.clone(), 50)],
+        sticky: Sticky::ClientIp,
+    });
+    let first = get(Some("ignored".into())).await;
+    for u in 0..10 {
+        assert_eq!(get(Some(format!("other-{u}"))).await, first);
+    }
+}
+
 #[tokio::test]
 async fn an_upgraded_connection_is_tunnelled_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

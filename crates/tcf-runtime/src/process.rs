@@ -116,6 +116,24 @@ impl Runtime for ProcessRuntime {
         "process"
     }
 
+    /// The program of the release must be there before anything starts.
+    fn check(&self, spec: &InstanceSpec) -> BoxFuture<'_, Result<(), String>> {
+        let program = spec.command.first().cloned().unwrap_or_default();
+        let found = self.resolve_program(&program);
+        Box::pin(async move {
+            match found {
+                Some(path) if is_executable(&path) => Ok(()),
+                Some(path) => Err(format!(
+                    "program {} is not executable (chmod +x it)",
+                    path.display()
+                )),
+                None => Err(format!(
+                    "program {program:?} not found (relative to the config's directory when it has a '/', else beside tcf-platform or in PATH)"
+                )),
+            }
+        })
+    }
+
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>> {
         Box::pin(async move {
             let program_name = spec.command.first().cloned().unwrap_or_default();

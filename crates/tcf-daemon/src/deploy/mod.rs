@@ -50,6 +50,10 @@ pub struct Plan {
     /// current one; a rollback: the one the version ran with). A service not named keeps the
     /// spec of the colour it runs now.
     pub specs: BTreeMap<String, Arc<tcf_config::Service>>,
+    /// Run `prod validate`'s checks before anything starts.
+    pub validate: bool,
+    /// Failed checks only warn (a missing artifact still stops the release).
+    pub force: bool,
     pub reason: Option<String>,
     pub actor: String,
     pub lock_wait: Duration,
@@ -333,6 +337,62 @@ async fn run_inner(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcom
     // `lease` drops here (or while unwinding from a panic): heartbeat stopped, lock released.
 }
 
+/// `prod validate`'s checks, as the release's first steps: a failure stops it before anything
+/// starts (with `--force` only a warning, but a missing artifact stops it whatever).
+async fn gate_on_validation(p: &Arc<Platform>, plan: &Plan, rep: &Reporter) -> Result<(), String> {
+    let version = plan.targets.first().map(|(_, v)| v.clone());
+    let opts = crate::validate::Options {
+        version,
+        services: plan.targets.iter().map(|(s, _)| s.clone()).collect(),
+        check_dependencies: false,
+        security_scan: false,
+        in_release: true,
+    };
+    let fresh = crate::validate::load_fresh(p).await;
+    let checks = crate::validate::run(p, fresh.as_ref().map_err(Clone::clone), &opts).await;
+    let mut blocking = Vec::new();
+    for c in &checks {
+        use crate::validate::State;
+        let state = match c.state {
+            State::Pass => "PASS",
+            State::Warn => "WARN",
+            State::Fail => "FAIL",
+        };
+        rep.step(
+            "validate.check",
+            c.service.as_deref(),
+            format!(
+                "{} {state}: {}{}",
+                c.id,
+                c.message,
+                c.remedy
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        );
+        if c.state == State::Fail && (!plan.force || c.id == crate::validate::ARTIFACT) {
+            blocking.push(format!(
+                "{}{}: {}",
+                c.id,
+                c.service
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                c.message
+            ));
+        }
+    }
+    if blocking.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "validation failed, nothing started: {}",
+            blocking.join("; ")
+        ))
+    }
+}
+
 /// Who holds the deploy lock, since when and why, as every refusal names it.
 fn held_by(held: &Lease) -> String {
     format!(
@@ -422,6 +482,12 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
         .first()
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+
+    if plan.validate {
+        if let Err(e) = gate_on_validation(p, plan, rep).await {
+            return rep.failed(e).await;
+        }
+    }
 
     if let Kind::Deploy(_) = plan.kind {
         if let Some(hook) = &p.config.hooks.pre_deploy {
@@ -561,7 +627,7 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
             .await;
     }
     if plan.kind == Kind::Rollback {
-        mark_rolled_back(p, &plan.targets, release);
+        mark_rolled_back(p, &plan.targets, release).await;
     }
     for s in &switched {
         if let Some(old) = &s.old {
@@ -606,21 +672,30 @@ async fn locked(p: &Arc<Platform>, plan: &Plan, rep: &mut Reporter) -> Outcome {
     }
 }
 
-/// The release a rollback went back from is recorded as rolled back.
-fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
-    let Ok(releases) = p.store.releases(200) else {
-        return;
-    };
-    for (service, _) in targets {
-        if let Some(from) = releases
-            .iter()
-            .filter(|r| {
-                r.id != rollback_release && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
-            })
-            .find(|r| r.versions.contains_key(service))
-        {
-            let _ = p.store.finish_release(from.id, "rolled_back");
-        }
+/// The release a rollback went back from is recorded as rolled back (in one store call, off
+/// the runtime threads; a failure is logged: the rollback itself stands).
+async fn mark_rolled_back(p: &Platform, targets: &[(String, String)], rollback_release: i64) {
+    let services: Vec<String> = targets.iter().map(|(s, _)| s.clone()).collect();
+    let marked = p
+        .with_store(move |store| {
+            let releases = store.releases(200)?;
+            for service in &services {
+                if let Some(from) = releases
+                    .iter()
+                    .filter(|r| {
+                        r.id != rollback_release
+                            && tcf_store::SUCCESSFUL.contains(&r.status.as_str())
+                    })
+                    .find(|r| r.versions.contains_key(service))
+                {
+                    store.finish_release(from.id, "rolled_back")?;
+                }
+            }
+            Ok::<_, tcf_store::StoreError>(())
+        })
+        .await;
+    if let Err(e) = marked {
+        tracing::error!("cannot mark the release rolled back from: {e}");
     }
 }
 

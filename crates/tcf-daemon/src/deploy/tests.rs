@@ -204,6 +204,8 @@ async fn releases_stay_one_at_a_time_even_when_the_lock_is_released_by_hand() {
         let plan = Plan {
             kind: Kind::Deploy(Strategy::BlueGreen),
             specs: Default::default(),
+            validate: false,
+            force: false,
             targets: vec![("other".into(), "v9".into())],
             reason: None,
             actor: "second".into(),

@@ -1,0 +1,402 @@
+//! `tcf-platform backup …` as a user runs it: the real binary against a config with a real
+//! Redis (started here) and a directory; create, list, verify, restore, prune, and the exit
+//! codes the help promises.
+
+mod common;
+
+use assert_cmd::Command;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn tcf(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("tcf-platform")
+        .unwrap()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn backup_commands_end_to_end() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = Server(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)"),
+    );
+    let start = Instant::now();
+    while redis_cli(port, &["PING"]) != "PONG" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..50 {
+        redis_cli(port, &["SET", &format!("k{i}"), &format!("v{i}")]);
+    }
+    let uploads = dir.path().join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    std::fs::write(uploads.join("a.txt"), "original").unwrap();
+    let config = dir.path().join("tcf-platform.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[platform]
+name = "backuptest"
+
+[dependencies.redis]
+kind = "redis"
+address = "127.0.0.1:{port}"
+
+[services.web]
+command = ["sleep", "1000"]
+version = "v1"
+listen = "127.0.0.1:1"
+depends_on = ["redis"]
+
+[backup]
+repository = "repo"
+retention = {{ keep_last = 1 }}
+
+[backup.sources.cache]
+kind = "redis"
+dependency = "redis"
+
+[backup.sources.uploads]
+kind = "directory"
+path = "uploads"
+"#
+        ),
+    )
+    .unwrap();
+
+    let out = tcf(&config, &["backup", "create", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["sources"], serde_json::json!(["cache", "uploads"]));
+
+    let out = tcf(&config, &["backup", "list", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["last_verify"]["ok"], true);
+    assert_eq!(listed[0]["last_verify"]["level"], "checksums");
+
+    // Another writer holds the repository: exit 3, naming it.
+    let lock_file = std::fs::File::open(dir.path().join("repo/lock")).unwrap();
+    let held =
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let out = tcf(&config, &["backup", "create"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("is in use by another backup"),
+        "{}",
+        text(&out)
+    );
+    drop(held);
+
+    let out = tcf(&config, &["backup", "verify", &id, "--level", "restore"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("(verify --level restore): ok"),
+        "{}",
+        text(&out)
+    );
+
+    // Change the data, then restore: without a terminal it needs --force.
+    redis_cli(port, &["FLUSHALL"]);
+    std::fs::write(uploads.join("a.txt"), "changed").unwrap();
+    let out = tcf(&config, &["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    let out = tcf(&config, &["backup", "restore", &id, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("recovery point"), "{}", text(&out));
+    assert_eq!(redis_cli(port, &["DBSIZE"]), "50");
+    assert_eq!(redis_cli(port, &["GET", "k7"]), "v7");
+    assert_eq!(
+        std::fs::read_to_string(uploads.join("a.txt")).unwrap(),
+        "original"
+    );
+
+    // keep_last = 1: the recovery point (newest, verified) stays; the dry run names the
+    // original as the one that would go and removes nothing.
+    let out = tcf(
+        &config,
+        &["backup", "prune", "--dry-run", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions = pruned["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2, "{pruned}");
+    assert_eq!(
+        decisions[0]["reasons"],
+        serde_json::json!(["last", "newest verified"]),
+        "{pruned}"
+    );
+    assert_eq!(decisions[1]["id"], serde_json::json!(id), "{pruned}");
+    assert_eq!(decisions[1]["keep"], serde_json::json!(false), "{pruned}");
+    let out = tcf(&config, &["backup", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "a dry run removes nothing"
+    );
+
+    // A damaged artifact: verify exits 1 and names it.
+    let repo = dir.path().join("repo/backups").join(&id);
+    let art = std::fs::read_dir(&repo)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".rdb.zst"))
+        .unwrap();
+    let mut bytes = std::fs::read(&art).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&art, bytes).unwrap();
+    let out = tcf(&config, &["backup", "verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAILED  cache.dump.rdb.zst"),
+        "{}",
+        text(&out)
+    );
+
+    // Unknown backup, unknown source: errors that say what to do.
+    let out = tcf(&config, &["backup", "verify", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("backup list"), "{}", text(&out));
+    let out = tcf(&config, &["backup", "create", "--source", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn a_config_without_backup_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tcf-platform.toml");
+    std::fs::write(&config, "[platform]\nname = \"x\"\n").unwrap();
+    let out = tcf(&config, &["backup", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("has no [backup] section"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// With a daemon running: its `[backup] schedule` takes backups (trigger `schedule`), and the
+/// CLI's backup commands are recorded in its audit trail with the user who ran them.
+#[test]
+fn the_daemon_runs_the_schedule_and_records_backup_events() {
+    let mut p = common::Platform::new(
+        "[platform]\nname = \"sched\"\n\n[backup]\nrepository = \"repo\"\nschedule = \"* * * * *\"\n\n[backup.sources.files]\nkind = \"directory\"\npath = \"files\"\n",
+    );
+    std::fs::create_dir(p.dir.path().join("files")).unwrap();
+    std::fs::write(p.dir.path().join("files/a"), "a").unwrap();
+    p.up();
+    let events = |p: &common::Platform| -> Option<Vec<serde_json::Value>> {
+        let out = p.cli(&["events", "--limit", "200", "--format", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let start = Instant::now();
+    while events(&p).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not start: {}",
+            std::fs::read_to_string(p.daemon_log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = p.cli(&["backup", "create", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recorded = events(&p).unwrap();
+    let created = recorded
+        .iter()
+        .find(|e| e["kind"] == "backup.created" && e["message"].as_str().unwrap().contains(&id))
+        .unwrap_or_else(|| panic!("no backup.created event for {id}: {recorded:?}"));
+    assert!(
+        created["actor"].as_str().unwrap().contains('@'),
+        "{created}"
+    );
+
+    // "* * * * *": the next minute boundary (at most a minute away) runs a scheduled backup.
+    let start = Instant::now();
+    loop {
+        let recorded = events(&p).unwrap();
+        if let Some(e) = recorded.iter().find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("scheduled backup")
+        }) {
+            assert_eq!(e["kind"], "backup.created", "{e}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no scheduled backup within 90 s: {recorded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = p.cli(&["backup", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["trigger"] == "schedule"),
+        "{listed}"
+    );
+}
+
+/// `backup restore` refuses while a service that depends on the source runs, naming it.
+#[test]
+fn restore_refuses_while_services_using_the_source_run() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let _redis = Server(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(redis_dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)"),
+    );
+    let start = Instant::now();
+    while redis_cli(port, &["PING"]) != "PONG" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    redis_cli(port, &["SET", "k", "v"]);
+    let listen = common::free_port();
+    let mut p = common::Platform::new(&format!(
+        r#"
+[platform]
+name = "restoreguard"
+
+[dependencies.cache]
+kind = "redis"
+address = "127.0.0.1:{port}"
+
+[services.api]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{listen}"
+depends_on = ["cache"]
+
+[backup]
+repository = "repo"
+
+[backup.sources.sessions]
+kind = "redis"
+dependency = "cache"
+"#
+    ));
+    let out = p.cli(&["backup", "create"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.cli(&["backup", "list", "--format", "json"]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.up();
+    p.wait_for("api running", Duration::from_secs(60), |s| {
+        s["services"][0]["instances"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty())
+    });
+    let out = p.cli(&["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("api use sessions and are running"),
+        "{}",
+        text(&out)
+    );
+    // With --force it goes ahead.
+    redis_cli(port, &["SET", "k", "changed"]);
+    let out = p.cli(&["backup", "restore", &id, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(redis_cli(port, &["GET", "k"]), "v");
+}
