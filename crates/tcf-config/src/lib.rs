@@ -261,6 +261,12 @@ pub struct ProxyLimits {
         deserialize_with = "units::deserialize_duration"
     )]
     pub tunnel_idle_timeout: Duration,
+    /// Write a JSON line per request to `state_dir/logs/access-NAME.log`.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Keep the query string in the access log's paths.
+    #[serde(default)]
+    pub access_log_query: bool,
 }
 
 /// What the proxy does with a request header whose name holds an underscore.

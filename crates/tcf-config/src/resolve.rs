@@ -429,6 +429,8 @@ fn overlay_proxy(base: RawProxyLimits, over: RawProxyLimits) -> RawProxyLimits {
             .headers_with_underscores
             .or(base.headers_with_underscores),
         tunnel_idle_timeout: over.tunnel_idle_timeout.or(base.tunnel_idle_timeout),
+        access_log: over.access_log.or(base.access_log),
+        access_log_query: over.access_log_query.or(base.access_log_query),
     }
 }
 
@@ -941,6 +943,8 @@ fn resolve_proxy_limits(
         max_request_line,
         headers_with_underscores,
         tunnel_idle_timeout,
+        access_log: raw.access_log.unwrap_or(false),
+        access_log_query: raw.access_log_query.unwrap_or(false),
     })
 }
 
@@ -1218,6 +1222,14 @@ listen = "127.0.0.1:9002"
         );
         assert_eq!(a.headers_with_underscores, UnderscoreHeaders::Drop);
         assert_eq!(c.services["b"].proxy.max_header_size, 32 << 10);
+        // The access log is off unless asked for, and `[defaults.proxy]` asks for every service.
+        assert!(!a.access_log && !c.services["b"].proxy.access_log);
+        let logged = config(
+            &TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy]\naccess_log = true"),
+        )
+        .unwrap();
+        assert!(logged.services.values().all(|s| s.proxy.access_log));
+        assert!(!logged.services["a"].proxy.access_log_query);
         let plain =
             config(&TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy.x]")).unwrap_err();
         assert!(

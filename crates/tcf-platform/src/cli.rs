@@ -124,6 +124,10 @@ in the config file to keep it for the next deploy and the next `up`."
         /// Start each line with the time it was written (RFC 3339, UTC)
         #[arg(long, short = 't')]
         timestamps: bool,
+        /// Show the service's proxy access log instead (JSON lines; `[services.NAME.proxy]
+        /// access_log = true` turns it on)
+        #[arg(long)]
+        access: bool,
     },
     /// Show the audit trail: every state change, oldest first
     Events {
