@@ -7,8 +7,10 @@
 pub mod backup;
 mod diag;
 pub mod monitor;
+mod overlay;
 mod raw;
 mod resolve;
+mod service;
 mod socket;
 pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
