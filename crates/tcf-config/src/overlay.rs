@@ -1,7 +1,5 @@
 //! `[environments.NAME]` overlays: an environment's keys laid over the file's, key by key.
 
-//! From the file as written to the effective [`Config`]: overlay, defaults, checks.
-
 use crate::raw::*;
 use crate::Diagnostic;
 

@@ -1,8 +1,6 @@
 //! One `[services.NAME]` table resolved: defaults filled in, every key checked, with its
 //! proxy limits and Docker settings.
 
-//! From the file as written to the effective [`Config`]: overlay, defaults, checks.
-
 use crate::overlay::{overlay_health, overlay_proxy};
 use crate::raw::*;
 use crate::resolve::*;
