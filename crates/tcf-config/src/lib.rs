@@ -7,8 +7,10 @@
 pub mod backup;
 mod diag;
 pub mod monitor;
+mod overlay;
 mod raw;
 mod resolve;
+mod service;
 mod socket;
 pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
@@ -261,6 +263,12 @@ pub struct ProxyLimits {
         deserialize_with = "units::deserialize_duration"
     )]
     pub tunnel_idle_timeout: Duration,
+    /// Write a JSON line per request to `state_dir/logs/access-NAME.log`.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Keep the query string in the access log's paths.
+    #[serde(default)]
+    pub access_log_query: bool,
 }
 
 /// What the proxy does with a request header whose name holds an underscore.

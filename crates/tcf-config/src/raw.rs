@@ -118,6 +118,10 @@ pub struct RawProxyLimits {
     pub headers_with_underscores: Option<Spanned<String>>,
     /// An upgraded connection (WebSocket) idle this long is closed.
     pub tunnel_idle_timeout: Option<Dur>,
+    /// A JSON line per request in `state_dir/logs/access-NAME.log` (off by default).
+    pub access_log: Option<bool>,
+    /// Keep the query string in the access log's paths (off: it may carry tokens).
+    pub access_log_query: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

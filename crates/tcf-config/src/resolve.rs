@@ -1,20 +1,18 @@
 //! From the file as written to the effective [`Config`]: overlay, defaults, checks.
 
+use crate::overlay::*;
 use crate::raw::*;
-use crate::units::ByteSize;
-use crate::{
-    Config, Daemon, Dependency, DependencyKind, Diagnostic, Health, Platform, Probe, ProxyLimits,
-    RuntimeKind, Service, UnderscoreHeaders,
-};
+use crate::service::*;
+use crate::{Config, Daemon, Dependency, DependencyKind, Diagnostic, Platform};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
-const KEYS_HINT: &str = "check the spelling; docs/configuration.md lists every key";
+pub(crate) const KEYS_HINT: &str = "check the spelling; docs/configuration.md lists every key";
 /// The longest path a Unix socket address can hold on Linux (sun_path minus the NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// Resolve the text of a config file at `path` (absolute) into the effective config.
 pub fn resolve(
@@ -166,7 +164,10 @@ pub fn resolve(
     })
 }
 
-fn resolve_deploy(raw: &RawDeploy, errors: &mut Vec<Diagnostic>) -> crate::DeploySettings {
+pub(crate) fn resolve_deploy(
+    raw: &RawDeploy,
+    errors: &mut Vec<Diagnostic>,
+) -> crate::DeploySettings {
     use crate::{StickyBy, Strategy};
     let strategy = match &raw.strategy {
         None => Strategy::BlueGreen,
@@ -312,189 +313,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn apply_environment(file: &mut RawFile, env_name: &str, errors: &mut Vec<Diagnostic>) {
-    let Some(key) = file
-        .environments
-        .keys()
-        .find(|k| k.get_ref() == env_name)
-        .cloned()
-    else {
-        let known: Vec<&str> = file
-            .environments
-            .keys()
-            .map(|k| k.get_ref().as_str())
-            .collect();
-        errors.push(
-            Diagnostic::new(format!("unknown environment {env_name:?}"), None).hint(
-                if known.is_empty() {
-                    "this file has no [environments.NAME] tables".to_string()
-                } else {
-                    format!("known environments: {}", known.join(", "))
-                },
-            ),
-        );
-        return;
-    };
-    let Some(overlay) = file.environments.remove(&key) else {
-        return;
-    };
-    if let Some(p) = overlay.platform {
-        if let Some(name) = p.name {
-            file.platform.name = name;
-        }
-        if p.state_dir.is_some() {
-            file.platform.state_dir = p.state_dir;
-        }
-    }
-    if let Some(d) = overlay.defaults {
-        let base = std::mem::take(&mut file.defaults);
-        file.defaults = overlay_defaults(base, d);
-    }
-    for (name, over) in overlay.services {
-        match file
-            .services
-            .keys()
-            .find(|k| k.get_ref() == name.get_ref())
-            .cloned()
-        {
-            Some(k) => {
-                let base = file.services.remove(&k).unwrap_or_default();
-                file.services.insert(k, overlay_service(base, over));
-            }
-            None => errors.push(
-                Diagnostic::new(
-                    format!(
-                        "environment {env_name:?} overrides unknown service {:?}",
-                        name.get_ref()
-                    ),
-                    Some(name.span()),
-                )
-                .hint("an environment can only change services defined in [services]"),
-            ),
-        }
-    }
-    for (name, over) in overlay.dependencies {
-        match file
-            .dependencies
-            .keys()
-            .find(|k| k.get_ref() == name.get_ref())
-            .cloned()
-        {
-            Some(k) => {
-                let base = file.dependencies.remove(&k).unwrap_or_default();
-                file.dependencies.insert(
-                    k,
-                    RawDependency {
-                        kind: over.kind.or(base.kind),
-                        address: over.address.or(base.address),
-                        url: over.url.or(base.url),
-                        interval: over.interval.or(base.interval),
-                        timeout: over.timeout.or(base.timeout),
-                    },
-                );
-            }
-            None => errors.push(
-                Diagnostic::new(
-                    format!(
-                        "environment {env_name:?} overrides unknown dependency {:?}",
-                        name.get_ref()
-                    ),
-                    Some(name.span()),
-                )
-                .hint("an environment can only change dependencies defined in [dependencies]"),
-            ),
-        }
-    }
-}
-
-fn overlay_health(base: RawHealth, over: RawHealth) -> RawHealth {
-    RawHealth {
-        probe: over.probe.or(base.probe),
-        path: over.path.or(base.path),
-        interval: over.interval.or(base.interval),
-        timeout: over.timeout.or(base.timeout),
-        healthy_threshold: over.healthy_threshold.or(base.healthy_threshold),
-        unhealthy_threshold: over.unhealthy_threshold.or(base.unhealthy_threshold),
-        start_period: over.start_period.or(base.start_period),
-        deadline: over.deadline.or(base.deadline),
-    }
-}
-
-fn overlay_proxy(base: RawProxyLimits, over: RawProxyLimits) -> RawProxyLimits {
-    RawProxyLimits {
-        max_header_size: over.max_header_size.or(base.max_header_size),
-        max_headers: over.max_headers.or(base.max_headers),
-        max_request_line: over.max_request_line.or(base.max_request_line),
-        headers_with_underscores: over
-            .headers_with_underscores
-            .or(base.headers_with_underscores),
-        tunnel_idle_timeout: over.tunnel_idle_timeout.or(base.tunnel_idle_timeout),
-    }
-}
-
-fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefaults {
-    let mut env = base.env;
-    env.extend(over.env);
-    RawDefaults {
-        runtime: over.runtime.or(base.runtime),
-        instances: over.instances.or(base.instances),
-        stop_timeout: over.stop_timeout.or(base.stop_timeout),
-        env,
-        health: overlay_health(base.health, over.health),
-        max_request_body: over.max_request_body.or(base.max_request_body),
-        upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
-        connect_timeout: over.connect_timeout.or(base.connect_timeout),
-        log_max_size: over.log_max_size.or(base.log_max_size),
-        proxy: overlay_proxy(base.proxy, over.proxy),
-        image: over.image.or(base.image),
-        container_port: over.container_port.or(base.container_port),
-        entrypoint: over.entrypoint.or(base.entrypoint),
-        memory: over.memory.or(base.memory),
-        cpus: over.cpus.or(base.cpus),
-        user: over.user.or(base.user),
-        read_only: over.read_only.or(base.read_only),
-        volumes: over.volumes.or(base.volumes),
-        network: over.network.or(base.network),
-        pull: over.pull.or(base.pull),
-    }
-}
-
-fn overlay_service(base: RawService, over: RawService) -> RawService {
-    let mut env = base.env;
-    env.extend(over.env);
-    RawService {
-        runtime: over.runtime.or(base.runtime),
-        command: over.command.or(base.command),
-        version: over.version.or(base.version),
-        listen: over.listen.or(base.listen),
-        instances: over.instances.or(base.instances),
-        env,
-        depends_on: if over.depends_on.is_empty() {
-            base.depends_on
-        } else {
-            over.depends_on
-        },
-        health: overlay_health(base.health, over.health),
-        stop_timeout: over.stop_timeout.or(base.stop_timeout),
-        max_request_body: over.max_request_body.or(base.max_request_body),
-        upstream_timeout: over.upstream_timeout.or(base.upstream_timeout),
-        connect_timeout: over.connect_timeout.or(base.connect_timeout),
-        log_max_size: over.log_max_size.or(base.log_max_size),
-        proxy: overlay_proxy(base.proxy, over.proxy),
-        image: over.image.or(base.image),
-        container_port: over.container_port.or(base.container_port),
-        entrypoint: over.entrypoint.or(base.entrypoint),
-        memory: over.memory.or(base.memory),
-        cpus: over.cpus.or(base.cpus),
-        user: over.user.or(base.user),
-        read_only: over.read_only.or(base.read_only),
-        volumes: over.volumes.or(base.volumes),
-        network: over.network.or(base.network),
-        pull: over.pull.or(base.pull),
-    }
-}
-
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -505,7 +324,7 @@ fn valid_name(name: &str) -> bool {
 pub const MAX_INSTANCES: u32 = 256;
 
 /// A duration above `max` is refused: a stop that may take hours holds up `down` as long.
-fn at_most(
+pub(crate) fn at_most(
     value: Duration,
     max: Duration,
     what: &str,
@@ -532,7 +351,7 @@ fn at_most(
 
 /// A duration below `min` is refused: a `0s` probe interval or lock TTL would make the daemon
 /// spin in a loop.
-fn at_least(
+pub(crate) fn at_least(
     value: Duration,
     min: Duration,
     what: &str,
@@ -557,7 +376,11 @@ fn at_least(
     value
 }
 
-fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnostic>) -> Option<u32> {
+pub(crate) fn at_least_one(
+    v: &Option<Spanned<u32>>,
+    what: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<u32> {
     match v {
         Some(s) if *s.get_ref() == 0 => {
             errors.push(
@@ -569,379 +392,6 @@ fn at_least_one(v: &Option<Spanned<u32>>, what: &str, errors: &mut Vec<Diagnosti
         Some(s) => Some(*s.get_ref()),
         None => None,
     }
-}
-
-fn resolve_service(
-    key: &Spanned<String>,
-    raw: &RawService,
-    defaults: &RawDefaults,
-    known: &[String],
-    platform_name: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<Service> {
-    let name = key.get_ref().clone();
-    let before = errors.len();
-    if !valid_name(&name) {
-        errors.push(
-            Diagnostic::new(format!("invalid service name {name:?}"), Some(key.span()))
-                .hint("use letters, digits, '-' and '_' only"),
-        );
-    }
-    let runtime_value = raw.runtime.as_ref().or(defaults.runtime.as_ref());
-    let runtime = match runtime_value.map(|r| (r.get_ref().as_str(), r.span())) {
-        None | Some(("process", _)) => RuntimeKind::Process,
-        Some(("docker", _)) => RuntimeKind::Docker,
-        Some((other, span)) => {
-            errors.push(
-                Diagnostic::new(
-                    format!("unknown runtime {other:?} for service {name:?}"),
-                    Some(span),
-                )
-                .hint("use runtime = \"process\" (the default) or \"docker\""),
-            );
-            RuntimeKind::Process
-        }
-    };
-    let docker = if runtime == RuntimeKind::Docker {
-        let d = defaults;
-        let effective = RawService {
-            image: raw.image.clone().or_else(|| d.image.clone()),
-            container_port: raw
-                .container_port
-                .clone()
-                .or_else(|| d.container_port.clone()),
-            entrypoint: raw.entrypoint.clone().or_else(|| d.entrypoint.clone()),
-            memory: raw.memory.or(d.memory),
-            cpus: raw.cpus.clone().or_else(|| d.cpus.clone()),
-            user: raw.user.clone().or_else(|| d.user.clone()),
-            read_only: raw.read_only.or(d.read_only),
-            volumes: raw.volumes.clone().or_else(|| d.volumes.clone()),
-            network: raw.network.clone().or_else(|| d.network.clone()),
-            pull: raw.pull.clone().or_else(|| d.pull.clone()),
-            ..Default::default()
-        };
-        resolve_docker(key, &effective, platform_name, errors)
-    } else {
-        None
-    };
-    let command = match &raw.command {
-        // A container's command is optional: the image's CMD runs.
-        None if runtime == RuntimeKind::Docker => vec![],
-        Some(c) if runtime == RuntimeKind::Docker => c.get_ref().clone(),
-        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
-            errors.push(
-                Diagnostic::new(format!("service {name:?} has an empty command"), Some(c.span()))
-                    .hint("command is the program and its arguments, such as [\"tcf-demo\", \"--port-env\", \"PORT\"]"),
-            );
-            vec![]
-        }
-        Some(c) => c.get_ref().clone(),
-        None => {
-            errors.push(
-                Diagnostic::new(format!("service {name:?} has no command"), Some(key.span()))
-                    .hint("add command = [\"program\", \"arg\", ...]; {version}, {service} and {instance} are replaced"),
-            );
-            vec![]
-        }
-    };
-    let version = match &raw.version {
-        Some(v) if v.get_ref().trim().is_empty() => {
-            errors.push(
-                Diagnostic::new("version must not be empty", Some(v.span()))
-                    .hint("set version = \"v1\""),
-            );
-            String::new()
-        }
-        Some(v) => {
-            if let Err(e) = crate::check_version(v.get_ref()) {
-                errors.push(
-                    Diagnostic::new(e, Some(v.span())).hint("write it as \"v1\" or \"1.2.3\""),
-                );
-            }
-            v.get_ref().clone()
-        }
-        None => {
-            errors.push(
-                Diagnostic::new(format!("service {name:?} has no version"), Some(key.span())).hint(
-                    "add version = \"v1\": the version `up` starts when nothing was deployed yet",
-                ),
-            );
-            String::new()
-        }
-    };
-    let listen = match &raw.listen {
-        Some(l) => match l.get_ref().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(
-                    Diagnostic::new(format!("invalid listen address {:?}", l.get_ref()), Some(l.span()))
-                        .hint("write an IP address and a port, such as \"127.0.0.1:3000\" or \"0.0.0.0:8080\""),
-                );
-                None
-            }
-        },
-        None => {
-            errors.push(
-                Diagnostic::new(
-                    format!("service {name:?} has no listen address"),
-                    Some(key.span()),
-                )
-                .hint("add listen = \"127.0.0.1:PORT\": the public address our proxy serves"),
-            );
-            None
-        }
-    };
-    let instances = raw.instances.clone().or_else(|| defaults.instances.clone());
-    let instances = at_least_one(&instances, "instances", errors).unwrap_or(1);
-    if instances > MAX_INSTANCES {
-        errors.push(
-            Diagnostic::new(
-                format!("instances = {instances} is more than one platform runs ({MAX_INSTANCES} per service)"),
-                raw.instances.as_ref().map(|i| i.span()).or(Some(key.span())),
-            )
-            .hint("run fewer, larger instances, or spread the service over a Swarm"),
-        );
-    }
-    for (var, _) in raw.env.iter().chain(defaults.env.iter()) {
-        if var == "PORT" || var.starts_with("TCF_") {
-            errors.push(
-                Diagnostic::new(
-                    format!("env {var} is set by the platform for every instance and would be overridden"),
-                    Some(key.span()),
-                )
-                .hint("use another name; PORT is the instance's own port, TCF_SERVICE/TCF_VERSION/TCF_INSTANCE say which instance it is"),
-            );
-        }
-    }
-    for dep in &raw.depends_on {
-        let d = dep.get_ref();
-        if d == &name {
-            errors.push(
-                Diagnostic::new(
-                    format!("service {name:?} depends on itself"),
-                    Some(dep.span()),
-                )
-                .hint("remove it from depends_on"),
-            );
-        } else if !known.iter().any(|k| k == d) {
-            errors.push(
-                Diagnostic::new(
-                    format!("service {name:?} depends on unknown {d:?}"),
-                    Some(dep.span()),
-                )
-                .hint(if known.is_empty() {
-                    "define it under [services] or [dependencies]".to_string()
-                } else {
-                    format!("known services and dependencies: {}", known.join(", "))
-                }),
-            );
-        }
-    }
-    let h = overlay_health(defaults.health.clone(), raw.health.clone());
-    let probe = match h.probe.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-        None | Some(("http", _)) => {
-            let path = h.path.clone().unwrap_or_else(|| "/health".to_string());
-            if !path.starts_with('/') {
-                errors.push(
-                    Diagnostic::new(
-                        format!("health path {path:?} must start with '/'"),
-                        Some(key.span()),
-                    )
-                    .hint("write it as \"/health\""),
-                );
-            }
-            Probe::Http { path }
-        }
-        Some(("tcp", _)) => Probe::Tcp,
-        Some((other, span)) => {
-            errors.push(
-                Diagnostic::new(format!("unknown health probe {other:?}"), Some(span))
-                    .hint("use probe = \"http\" (GET path, 2xx passes) or probe = \"tcp\" (connect passes)"),
-            );
-            Probe::Tcp
-        }
-    };
-    let health = Health {
-        probe,
-        interval: at_least(
-            h.interval.map_or(Duration::from_secs(1), |d| d.0),
-            Duration::from_millis(50),
-            &format!("services.{}.health.interval", key.get_ref()),
-            Some(key.span()),
-            errors,
-        ),
-        timeout: at_least(
-            h.timeout.map_or(Duration::from_secs(2), |d| d.0),
-            Duration::from_millis(10),
-            &format!("services.{}.health.timeout", key.get_ref()),
-            Some(key.span()),
-            errors,
-        ),
-        healthy_threshold: at_least_one(&h.healthy_threshold, "healthy_threshold", errors)
-            .unwrap_or(1),
-        unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
-            .unwrap_or(3),
-        start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
-        deadline: h.deadline.map_or(Duration::from_secs(30), |d| d.0),
-    };
-    let mut env = defaults.env.clone();
-    env.extend(raw.env.clone());
-    if errors.len() > before {
-        return None;
-    }
-    let name_for_proxy = name.clone();
-    Some(Service {
-        name,
-        runtime,
-        command,
-        version,
-        listen: listen?,
-        instances,
-        env,
-        depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
-        health,
-        stop_timeout: at_most(
-            raw.stop_timeout
-                .or(defaults.stop_timeout)
-                .map_or(Duration::from_secs(10), |d| d.0),
-            Duration::from_secs(3600),
-            &format!("services.{}.stop_timeout", key.get_ref()),
-            Some(key.span()),
-            errors,
-        ),
-        max_request_body: raw
-            .max_request_body
-            .or(defaults.max_request_body)
-            .map_or(16 << 20, |b| b.0),
-        upstream_timeout: at_least(
-            raw.upstream_timeout
-                .or(defaults.upstream_timeout)
-                .map_or(Duration::from_secs(60), |d| d.0),
-            Duration::from_millis(1),
-            &format!("services.{}.upstream_timeout", key.get_ref()),
-            Some(key.span()),
-            errors,
-        ),
-        connect_timeout: raw
-            .connect_timeout
-            .or(defaults.connect_timeout)
-            .map_or(Duration::from_secs(5), |d| d.0),
-        log_max_size: {
-            let size = raw
-                .log_max_size
-                .or(defaults.log_max_size)
-                .map_or(10 << 20, |b| b.0);
-            if !(4 << 10..=100 << 30).contains(&size) {
-                errors.push(
-                    Diagnostic::new(
-                        format!("services.{}.log_max_size = {size} bytes is out of range", key.get_ref()),
-                        Some(key.span()),
-                    )
-                    .hint("use between \"4KiB\" and \"100GiB\" (each instance keeps its log and one rotated file)"),
-                );
-            }
-            size
-        },
-        proxy: resolve_proxy_limits(
-            &name_for_proxy,
-            &overlay_proxy(defaults.proxy.clone(), raw.proxy.clone()),
-            errors,
-        )?,
-        docker,
-    })
-}
-
-/// `[services.NAME.proxy]` over `[defaults.proxy]`, with nginx-like defaults and bounds that
-/// keep the proxy safe (hyper cannot take a request line of 64 KiB or more).
-fn resolve_proxy_limits(
-    service: &str,
-    raw: &RawProxyLimits,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<ProxyLimits> {
-    let before = errors.len();
-    let mut bytes = |v: Option<ByteSize>, key: &str, default: u64, min: u64, max: u64| {
-        let n = v.map_or(default, |b| b.0);
-        if !(min..=max).contains(&n) {
-            errors.push(
-                Diagnostic::new(
-                    format!(
-                        "proxy.{key} of service {service:?} is {n} bytes, outside {min}..={max}"
-                    ),
-                    None,
-                )
-                .hint(format!("the default is {default} bytes")),
-            );
-        }
-        n
-    };
-    let max_header_size = bytes(
-        raw.max_header_size,
-        "max_header_size",
-        32 << 10,
-        1 << 10,
-        1 << 20,
-    );
-    let max_request_line = bytes(
-        raw.max_request_line,
-        "max_request_line",
-        8 << 10,
-        256,
-        60 << 10,
-    );
-    let max_headers = match &raw.max_headers {
-        Some(n) if !(1..=1000).contains(n.get_ref()) => {
-            errors.push(
-                Diagnostic::new(
-                    "proxy.max_headers must be between 1 and 1000",
-                    Some(n.span()),
-                )
-                .hint("the default is 100 (more costs an allocation per request head)"),
-            );
-            100
-        }
-        Some(n) => *n.get_ref(),
-        None => 100,
-    };
-    let headers_with_underscores = match raw
-        .headers_with_underscores
-        .as_ref()
-        .map(|v| (v.get_ref().as_str(), v.span()))
-    {
-        None | Some(("forward", _)) => UnderscoreHeaders::Forward,
-        Some(("drop", _)) => UnderscoreHeaders::Drop,
-        Some(("refuse", _)) => UnderscoreHeaders::Refuse,
-        Some((other, span)) => {
-            errors.push(
-                Diagnostic::new(
-                    format!("unknown headers_with_underscores {other:?}"),
-                    Some(span),
-                )
-                .hint("use \"forward\" (the default), \"drop\" or \"refuse\""),
-            );
-            UnderscoreHeaders::Forward
-        }
-    };
-    let tunnel_idle_timeout = raw
-        .tunnel_idle_timeout
-        .map_or(Duration::from_secs(300), |d| d.0);
-    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&tunnel_idle_timeout) {
-        errors.push(
-            Diagnostic::new(
-                format!(
-                    "proxy.tunnel_idle_timeout of service {service:?} must be between 1s and 24h"
-                ),
-                None,
-            )
-            .hint("the default is \"5m\""),
-        );
-    }
-    (errors.len() == before).then_some(ProxyLimits {
-        max_header_size,
-        max_headers,
-        max_request_line,
-        headers_with_underscores,
-        tunnel_idle_timeout,
-    })
 }
 
 fn resolve_dependency(
@@ -1103,77 +553,10 @@ fn check_cycles(file: &RawFile, errors: &mut Vec<Diagnostic>) {
     }
 }
 
-fn resolve_docker(
-    key: &Spanned<String>,
-    raw: &RawService,
-    platform: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<crate::DockerSettings> {
-    let name = key.get_ref();
-    let image = match &raw.image {
-        Some(i) if !i.get_ref().trim().is_empty() => i.get_ref().clone(),
-        _ => {
-            errors.push(
-                Diagnostic::new(
-                    format!("service {name:?} runs in Docker but has no image"),
-                    Some(key.span()),
-                )
-                .hint("add image = \"tcf/NAME:{version}\""),
-            );
-            return None;
-        }
-    };
-    let Some(port) = &raw.container_port else {
-        errors.push(
-            Diagnostic::new(
-                format!("service {name:?} runs in Docker but has no container_port"),
-                Some(key.span()),
-            )
-            .hint(
-                "add container_port = 8080: the port the service listens on inside its container",
-            ),
-        );
-        return None;
-    };
-    if let Some(c) = &raw.cpus {
-        if *c.get_ref() <= 0.0 {
-            errors.push(
-                Diagnostic::new("cpus must be more than 0", Some(c.span()))
-                    .hint("for example cpus = 0.5"),
-            );
-        }
-    }
-    let pull_missing = match raw.pull.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-        None | Some(("never", _)) => false,
-        Some(("missing", _)) => true,
-        Some((other, span)) => {
-            errors.push(
-                Diagnostic::new(format!("unknown pull policy {other:?}"), Some(span))
-                    .hint("use pull = \"never\" (images are built locally) or \"missing\""),
-            );
-            false
-        }
-    };
-    Some(crate::DockerSettings {
-        image,
-        container_port: *port.get_ref(),
-        entrypoint: raw.entrypoint.clone(),
-        memory: raw.memory.map(|m| m.0),
-        cpus: raw.cpus.as_ref().map(|c| *c.get_ref()),
-        user: raw.user.clone(),
-        read_only: raw.read_only.unwrap_or(false),
-        volumes: raw.volumes.clone().unwrap_or_default(),
-        network: raw
-            .network
-            .clone()
-            .unwrap_or_else(|| format!("tcf-{platform}")),
-        pull_missing,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::UnderscoreHeaders;
 
     #[test]
     fn suggests_the_nearest_key() {
@@ -1218,6 +601,14 @@ listen = "127.0.0.1:9002"
         );
         assert_eq!(a.headers_with_underscores, UnderscoreHeaders::Drop);
         assert_eq!(c.services["b"].proxy.max_header_size, 32 << 10);
+        // The access log is off unless asked for, and `[defaults.proxy]` asks for every service.
+        assert!(!a.access_log && !c.services["b"].proxy.access_log);
+        let logged = config(
+            &TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy]\naccess_log = true"),
+        )
+        .unwrap();
+        assert!(logged.services.values().all(|s| s.proxy.access_log));
+        assert!(!logged.services["a"].proxy.access_log_query);
         let plain =
             config(&TWO_SERVICES.replace("[defaults.proxy]", "[defaults.proxy.x]")).unwrap_err();
         assert!(

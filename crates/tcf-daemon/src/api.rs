@@ -270,6 +270,9 @@ struct LogsQuery {
     #[serde(default)]
     timestamps: bool,
     tail: Option<usize>,
+    /// The service's access log instead of its instances' logs.
+    #[serde(default)]
+    access: bool,
 }
 
 async fn logs_handler(
@@ -284,10 +287,24 @@ async fn logs_handler(
             format!("no service {service:?}; services: {}", known.join(", ")),
         ));
     };
-    let ids: Vec<String> = svc.instances().iter().map(|i| i.id.clone()).collect();
+    let files = if q.access {
+        // Its lines are JSON with their own time: shown as written, with no prefix.
+        let path = crate::access_log_path(&p.config.platform.state_dir, &service);
+        vec![(None, path)]
+    } else {
+        svc.instances()
+            .iter()
+            .map(|i| {
+                (
+                    Some(i.id.clone()),
+                    p.logs_dir().join(format!("{}.log", i.id)),
+                )
+            })
+            .collect()
+    };
     let body = logs::stream(
         p.clone(),
-        ids,
+        files,
         q.tail.unwrap_or(100),
         q.follow,
         q.timestamps,

@@ -285,6 +285,7 @@ pub async fn run(
     backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
     let monitor = monitor::start(p.clone(), metrics_listener);
+    let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
     let router = api::router(p.clone()).merge(api_monitor::router(monitor));
@@ -355,7 +356,7 @@ fn assemble(
 ) -> Arc<Platform> {
     let mut services = BTreeMap::new();
     for (name, cfg) in &config.services {
-        let proxy = ServiceProxy::new(
+        let proxy = ServiceProxy::with_access_log(
             name.clone(),
             Settings {
                 max_request_body: cfg.max_request_body,
@@ -364,6 +365,7 @@ fn assemble(
                 limits: proxy_limits(&cfg.proxy),
                 tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
             },
+            access_log(&config.platform.state_dir, cfg),
         );
         let version = active
             .get(name)
@@ -415,6 +417,7 @@ fn assemble(
         warnings: Mutex::new(Vec::new()),
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
+        monitor: std::sync::OnceLock::new(),
     })
 }
 
@@ -566,6 +569,45 @@ fn record_initial_release(p: &Platform, active: &BTreeMap<String, String>) {
 }
 
 /// A service's `[proxy]` limits as the proxy takes them.
+/// The service's access log when its config asks for one: `state_dir/logs/access-NAME.log`,
+/// capped at the service's `log_max_size` like its instances' logs.
+fn access_log(
+    state_dir: &std::path::Path,
+    cfg: &tcf_config::Service,
+) -> Option<tcf_proxy::AccessLog> {
+    if !cfg.proxy.access_log {
+        return None;
+    }
+    let path = access_log_path(state_dir, &cfg.name);
+    let opened =
+        tcf_runtime::logfile::CappedLog::open(&path, cfg.log_max_size).and_then(|mut file| {
+            tcf_proxy::AccessLog::start(
+                &cfg.name,
+                tcf_proxy::access_log::DEFAULT_QUEUE,
+                tcf_proxy::AccessLogOptions {
+                    with_query: cfg.proxy.access_log_query,
+                },
+                Box::new(move |bytes: &[u8]| file.write(bytes)),
+            )
+        });
+    match opened {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::error!(
+                service = %cfg.name,
+                "cannot open the access log {}: {e}; the service runs without it (check the state directory's permissions and free space)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Where a service's access log is written.
+pub fn access_log_path(state_dir: &std::path::Path, service: &str) -> PathBuf {
+    state_dir.join("logs").join(format!("access-{service}.log"))
+}
+
 fn proxy_limits(cfg: &tcf_config::ProxyLimits) -> tcf_proxy::RequestLimits {
     tcf_proxy::RequestLimits {
         max_header_bytes: cfg.max_header_size as usize,

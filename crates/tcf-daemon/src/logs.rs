@@ -107,22 +107,17 @@ fn read_new(path: &Path, cursor: &mut Cursor) -> Vec<String> {
     lines
 }
 
+/// The last `tail` lines of each file, then (with `follow`) what is appended; each line
+/// prefixed with its file's name if it has one (an instance's log; the access log has none).
 pub fn stream(
     p: Arc<Platform>,
-    instances: Vec<String>,
+    files: Vec<(Option<String>, PathBuf)>,
     tail: usize,
     follow: bool,
     timestamps: bool,
 ) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let files: Vec<(String, PathBuf)> = instances
-        .into_iter()
-        .map(|id| {
-            let path = p.logs_dir().join(format!("{id}.log"));
-            (id, path)
-        })
-        .collect();
-    let render = move |id: &str, lines: &[String]| -> String {
+    let render = move |id: &Option<String>, lines: &[String]| -> String {
         lines
             .iter()
             .map(|l| {
@@ -131,7 +126,10 @@ pub fn stream(
                 } else {
                     strip_stamp(l)
                 };
-                format!("{id} | {l}\n")
+                match id {
+                    Some(id) => format!("{id} | {l}\n"),
+                    None => format!("{l}\n"),
+                }
             })
             .collect()
     };

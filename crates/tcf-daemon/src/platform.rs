@@ -514,6 +514,8 @@ pub struct Platform {
     pub started: Instant,
     /// What release is running right now, if any (for status).
     pub deploying: Mutex<Option<String>>,
+    /// The monitor, once started (alerts for `prod validate`).
+    pub monitor: std::sync::OnceLock<Arc<crate::monitor::MonitorService>>,
     /// Set by `prod abort` to who asked: the running release stops and reverts.
     pub abort: Mutex<Option<String>>,
     /// Held by the release that runs: one at a time in this daemon, whatever the lease says.

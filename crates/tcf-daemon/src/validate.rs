@@ -162,15 +162,7 @@ pub async fn run(p: &Arc<Platform>, fresh: Result<&Config, String>, opts: &Optio
     if !opts.in_release {
         checks.extend(platform_state(p, &names).await);
     }
-    checks.push(
-        Check::new(
-            ALERTS,
-            State::Warn,
-            None,
-            "could not check for firing critical alerts: this build has no alert rules".into(),
-        )
-        .remedy("see `tcf-platform status` for unhealthy services meanwhile"),
-    );
+    checks.push(alerts(p));
     checks.push(hook(p));
     if opts.check_dependencies {
         checks.extend(dependencies(p, &names).await);
@@ -425,6 +417,59 @@ async fn platform_state(p: &Arc<Platform>, names: &[String]) -> Vec<Check> {
         )),
     }
     checks
+}
+
+/// Firing critical alerts (not silenced) say the platform is not in a state to deploy into.
+fn alerts(p: &Platform) -> Check {
+    let Some(service) = p.monitor.get() else {
+        return Check::new(
+            ALERTS,
+            State::Warn,
+            None,
+            "could not check alerts: the monitor is not running".into(),
+        );
+    };
+    let guard = lock(&service.monitor);
+    let Some(m) = guard.as_ref() else {
+        return Check::new(
+            ALERTS,
+            State::Warn,
+            None,
+            "could not check alerts: the metric history could not be opened".into(),
+        )
+        .remedy("see `tcf-platform prod monitor --action status`");
+    };
+    if !service.control().alerts {
+        return Check::new(
+            ALERTS,
+            State::Warn,
+            None,
+            "could not check alerts: alert evaluation is stopped".into(),
+        )
+        .remedy("`tcf-platform prod monitor --action start --alerts`");
+    }
+    let now = tcf_monitor::now_ms();
+    let firing: Vec<String> = m
+        .active_alerts()
+        .into_iter()
+        .filter(|a| {
+            a.state == tcf_monitor::rules::State::Firing
+                && a.severity == tcf_monitor::rules::Severity::Critical
+                && !m.silenced(&a.labels, now)
+        })
+        .map(|a| format!("{} ({})", a.rule, a.summary))
+        .collect();
+    if firing.is_empty() {
+        Check::new(ALERTS, State::Pass, None, "no critical alert firing".into())
+    } else {
+        Check::new(
+            ALERTS,
+            State::Fail,
+            None,
+            format!("critical alert(s) firing: {}", firing.join("; ")),
+        )
+        .remedy("deal with them first (`tcf-platform alerts`), or silence one you accept")
+    }
 }
 
 fn hook(p: &Platform) -> Check {

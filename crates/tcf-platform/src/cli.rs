@@ -124,6 +124,10 @@ in the config file to keep it for the next deploy and the next `up`."
         /// Start each line with the time it was written (RFC 3339, UTC)
         #[arg(long, short = 't')]
         timestamps: bool,
+        /// Show the service's proxy access log instead (JSON lines; `[services.NAME.proxy]
+        /// access_log = true` turns it on)
+        #[arg(long)]
+        access: bool,
     },
     /// Show the audit trail: every state change, oldest first
     Events {
@@ -163,7 +167,7 @@ Exit codes: 0 success, 1 failed (verify: damage found), 2 usage or config error,
 is locked by another backup, verify, restore or prune, 4 verify could not run a check (not proven)."
     )]
     Backup(BackupCommand),
-    /// Production operations: status (deploy, rollback, audit, validate and monitor follow)
+    /// Production operations: status, deploy, rollback, abort, validate, monitor
     #[command(subcommand)]
     Prod(ProdCommand),
     /// Metric history: list the series, query one over time

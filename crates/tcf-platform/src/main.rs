@@ -147,7 +147,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
             follow,
             tail,
             timestamps,
-        } => logs(&cli, service, *follow, *tail, *timestamps).await,
+            access,
+        } => logs(&cli, service, *follow, *tail, *timestamps, *access).await,
         Command::Events {
             service,
             limit,
@@ -409,9 +410,18 @@ async fn status(cli: &Cli, args: &StatusArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(cli: &Cli, service: &str, follow: bool, tail: usize, timestamps: bool) -> CmdResult {
+async fn logs(
+    cli: &Cli,
+    service: &str,
+    follow: bool,
+    tail: usize,
+    timestamps: bool,
+    access: bool,
+) -> CmdResult {
     let client = client(cli)?;
-    let path = format!("/v1/logs/{service}?tail={tail}&follow={follow}&timestamps={timestamps}");
+    let path = format!(
+        "/v1/logs/{service}?tail={tail}&follow={follow}&timestamps={timestamps}&access={access}"
+    );
     let resp = client.send("GET", &path, None).await?;
     let mut body = resp.into_body();
     let mut out = std::io::stdout();

@@ -538,3 +538,72 @@ fn a_store_lost_while_the_daemon_was_down_is_no_first_start() {
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn the_access_log_is_written_for_the_services_that_ask_for_it_only() {
+    let config = example_config().replace(
+        "[services.personas]",
+        "[services.gateway.proxy]\naccess_log = true\n\n[services.personas]",
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    let status = p.wait_for("all healthy", START, all_healthy);
+    let gateway = listen_of(&status, "gateway");
+    let personas = listen_of(&status, "personas");
+    for _ in 0..3 {
+        assert_eq!(http_get(&gateway, "/hello?token=secret").unwrap().0, 200);
+        assert_eq!(http_get(&personas, "/hello").unwrap().0, 200);
+    }
+    let mut lines: Vec<Value> = Vec::new();
+    common::wait_until("three access log lines", Duration::from_secs(10), || {
+        let out = p.cli(&["logs", "gateway", "--access"]);
+        assert!(out.status.success(), "{out:?}");
+        lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        lines.len() >= 3
+    });
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["service"], "gateway");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/hello", "no query string: {line}");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["by_proxy"], false);
+        assert_eq!(line["error"], Value::Null);
+        assert_eq!(line["colour"], "blue");
+        assert_eq!(line["version"], "v1");
+        assert!(
+            line["upstream"]
+                .as_str()
+                .unwrap()
+                .starts_with("gateway-blue-"),
+            "{line}"
+        );
+        assert!(line["bytes"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+        assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        humantime::parse_rfc3339(line["time"].as_str().unwrap()).unwrap();
+    }
+    // Off by default: the service that did not ask for one has no file.
+    let logs = p.dir.path().join(".tcf/logs");
+    assert!(logs.join("access-gateway.log").exists());
+    assert!(!logs.join("access-personas.log").exists());
+    let out = p.cli(&["logs", "personas", "--access"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
+
+fn listen_of(status: &Value, service: &str) -> String {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap()["listen"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

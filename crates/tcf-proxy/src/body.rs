@@ -13,10 +13,21 @@ pub struct Streamed {
     pub(crate) pool: Arc<Pool>,
     /// The client connection this body goes to: busy until the body is done.
     pub(crate) client: Option<Arc<ClientConn>>,
+    /// Body bytes handed to the client so far.
+    pub(crate) sent: u64,
+    /// The request's access log line (when the log is on) and when the request came.
+    pub(crate) access: Option<(access_log::Line, Instant)>,
 }
 
 impl Drop for Streamed {
     fn drop(&mut self) {
+        if let Some((mut line, started)) = self.access.take() {
+            // Still connected upstream: the client left (or stalled) before the end.
+            if self.conn.is_some() && line.error.is_none() {
+                line.error = Some("unfinished");
+            }
+            line.finish_since(self.sent, started);
+        }
         if let Some(client) = &self.client {
             client.streaming.store(false, Ordering::Relaxed);
             client.busy.store(false, Ordering::Relaxed);
@@ -46,6 +57,9 @@ impl Streamed {
             "the upstream's answer broke off in its body: {e}"
         );
         self.pool.stats.record_broken();
+        if let Some((line, _)) = &mut self.access {
+            line.error = Some("upstream_broke_off");
+        }
         if let Some(client) = &self.client {
             client.proxy.stats.record_broken();
         }
@@ -96,6 +110,7 @@ impl Body for Streamed {
         loop {
             match this.take_buffered() {
                 Ok(Decoded::Data(data)) => {
+                    this.sent += data.len() as u64;
                     if let Some(client) = &this.client {
                         client.progress.store(true, Ordering::Relaxed);
                     }

@@ -5,6 +5,8 @@
 use super::*;
 
 impl ServiceProxy {
+    // Called once, from `handle`: a struct to bundle these would only be moved apart again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn forward(
         &self,
         pool: &Arc<Pool>,
@@ -13,6 +15,7 @@ impl ServiceProxy {
         replaced_host: Option<HeaderValue>,
         client_ip: &HeaderValue,
         started: Instant,
+        upstream: &mut Option<Arc<Backend>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let limit = self.settings.max_request_body;
         if content_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -80,7 +83,10 @@ impl ServiceProxy {
                         tried = Some(backend);
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        *upstream = Some(backend);
+                        return Err(e);
+                    }
                 },
             };
             // The head is written into the connection's own buffer (no allocation once it has
@@ -108,19 +114,23 @@ impl ServiceProxy {
             let deadline = started + self.settings.upstream_timeout;
             let result = deadline::until(deadline, exchange).await;
             conn.out = head;
+            let addr = backend.addr;
             match result {
-                Err(_) => {
-                    return Err(ProxyError::Timeout(
-                        backend.addr,
-                        self.settings.upstream_timeout,
-                    ))
-                }
+                // A reused connection the server closed meanwhile: take another one.
+                Ok(Err(Failure::NotSent(_))) if conn.reused => continue,
+                Ok(Err(Failure::Unanswered(_))) if conn.reused && repeatable => continue,
+                _ => {}
+            }
+            // This instance answered, or failed to: the request ends here.
+            *upstream = Some(backend);
+            return match result {
+                Err(_) => Err(ProxyError::Timeout(addr, self.settings.upstream_timeout)),
                 Ok(Ok(answer)) => {
                     // Still there: the upstream answered before taking all of it.
                     if let Some(rest) = body.take() {
                         drain_in_background(rest, limit, self.settings.upstream_timeout);
                     }
-                    return respond(
+                    respond(
                         answer,
                         conn,
                         guard,
@@ -128,19 +138,14 @@ impl ServiceProxy {
                         client_upgrade,
                         upgrade.is_some(),
                         self.settings.tunnel_idle_timeout,
-                    );
+                    )
                 }
-                // A reused connection the server closed meanwhile: take another one.
-                Ok(Err(Failure::NotSent(_))) if conn.reused => continue,
-                Ok(Err(Failure::Unanswered(_))) if conn.reused && repeatable => continue,
                 Ok(Err(Failure::NotSent(e) | Failure::Unanswered(e))) => {
-                    return Err(ProxyError::Upstream(backend.addr, e.to_string()))
+                    Err(ProxyError::Upstream(addr, e.to_string()))
                 }
-                Ok(Err(Failure::Proxy(e))) => return Err(e),
-                Ok(Err(Failure::Io(e))) => {
-                    return Err(ProxyError::Upstream(backend.addr, e.to_string()))
-                }
-            }
+                Ok(Err(Failure::Proxy(e))) => Err(e),
+                Ok(Err(Failure::Io(e))) => Err(ProxyError::Upstream(addr, e.to_string())),
+            };
         }
         Err(ProxyError::Upstream(
             tried.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |b| b.addr),
@@ -378,6 +383,8 @@ pub(crate) fn respond(
             _guard: guard,
             pool: pool.clone(),
             client: None,
+            sent: 0,
+            access: None,
         })),
     };
     let mut resp = Response::new(body);

@@ -4,6 +4,7 @@
 //! backends live in an [`ArcSwap`]; a request loads the route once and keeps it, so swapping the
 //! table never breaks a request in flight. Counters are relaxed atomics.
 
+pub mod access_log;
 mod body;
 mod checks;
 mod deadline;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use upstream::{Chunked, Conn, Decoded, Framing, ReadError};
 
+pub use access_log::{AccessLog, AccessLogOptions};
 pub use body::Streamed;
 pub use pool::{Backend, Pool};
 pub use route::{Route, Sticky, STICKY_COOKIE};
@@ -162,6 +164,22 @@ impl ProxyError {
         }
     }
 
+    /// The access log's name for what went wrong.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoBackend(_) => "no_backend",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::Connect(..) => "connect",
+            ProxyError::Timeout(..) => "timeout",
+            ProxyError::Upstream(..) => "upstream",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::RequestLineTooLong(_) => "request_line_too_long",
+            ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::RequestTimeout(_) => "request_timeout",
+        }
+    }
+
     /// What the client is told: the whole story for its own mistakes, nothing about our
     /// internals (instance addresses) for the upstream's.
     fn public_message(&self) -> String {
@@ -189,17 +207,33 @@ pub struct ServiceProxy {
     warm: ArcSwap<Vec<std::sync::Weak<Pool>>>,
     settings: Settings,
     stats: Stats,
+    /// Off (`None`) unless the service asks for it.
+    access_log: Option<AccessLog>,
 }
 
 impl ServiceProxy {
     pub fn new(name: impl Into<String>, settings: Settings) -> Arc<ServiceProxy> {
+        ServiceProxy::with_access_log(name, settings, None)
+    }
+
+    /// A proxy that writes a line per request to `access_log`.
+    pub fn with_access_log(
+        name: impl Into<String>,
+        settings: Settings,
+        access_log: Option<AccessLog>,
+    ) -> Arc<ServiceProxy> {
         Arc::new(ServiceProxy {
             name: name.into(),
             route: ArcSwap::from_pointee(Route::default()),
             warm: ArcSwap::from_pointee(Vec::new()),
             settings,
             stats: Stats::default(),
+            access_log,
         })
+    }
+
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -292,6 +326,13 @@ impl ServiceProxy {
         // The route is loaded once: a switch never changes where this request goes.
         let route = self.route.load_full();
         let (parts, body) = req.into_parts();
+        // Off, the access log costs this check and the one at the end.
+        let mut line = self
+            .access_log
+            .as_ref()
+            .map(|log| log.begin(&self.name, &parts.method, &parts.uri, client_addr));
+        // The instance that answered (or failed to): moved out of `forward`, never cloned.
+        let mut upstream = None;
         let (mut pool, mut new_cookie) = (None, None);
         let result = match checks::check_request(&parts, &self.settings.limits) {
             Err(e) => Err(e),
@@ -301,8 +342,16 @@ impl ServiceProxy {
                 pool = route.choose(key).cloned();
                 match &pool {
                     Some(pool) => {
-                        self.forward(pool, parts, body, replaced_host, client_ip, started)
-                            .await
+                        self.forward(
+                            pool,
+                            parts,
+                            body,
+                            replaced_host,
+                            client_ip,
+                            started,
+                            &mut upstream,
+                        )
+                        .await
                     }
                     None => Err(ProxyError::NoBackend(self.name.clone())),
                 }
@@ -312,6 +361,9 @@ impl ServiceProxy {
             Ok(resp) => (resp, false),
             Err(e) => {
                 tracing::debug!(service = %self.name, "proxy error: {e}");
+                if let Some(line) = &mut line {
+                    line.error = Some(e.kind());
+                }
                 let mut resp = error_response(e.status(), &e.public_message());
                 if e.closes_connection() {
                     resp.headers_mut()
@@ -335,6 +387,16 @@ impl ServiceProxy {
         }
         if let Some(cookie) = new_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        if let Some(mut line) = line {
+            line.answered(status, by_proxy, pool.as_deref(), upstream.as_deref());
+            match resp.body_mut() {
+                // Logged when its last byte went out (or it stopped): body.rs.
+                Either::Left(streamed) => streamed.access = Some((line, started)),
+                Either::Right(full) => {
+                    line.finish(full.size_hint().exact().unwrap_or(0), elapsed);
+                }
+            }
         }
         resp
     }

@@ -7,6 +7,7 @@ use hyper_util::client::legacy::Client as TestClient;
 use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::AtomicU32;
 
+mod access_log;
 mod allocations;
 mod conformance;
 mod early_answers;
@@ -846,7 +847,7 @@ async fn closing_upstream() -> (SocketAddr, Arc<tokio::sync::Notify>) {
 }
 
 /// Wait until `condition` holds, for at most five seconds.
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+pub(crate) async fn wait_for(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !condition() {
         assert!(Instant::now() < deadline, "{what}: not within 5 s");

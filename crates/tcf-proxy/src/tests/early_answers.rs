@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A service that answers 401 as soon as it has a request head, without reading the body, and
 /// closes: with the body unread, the kernel resets the connection, as many real services do.
-async fn early_answer_service() -> SocketAddr {
+pub(crate) async fn early_answer_service() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -32,7 +32,7 @@ async fn early_answer_service() -> SocketAddr {
 }
 
 /// A proxy whose body limit and timeouts leave room for the 16 MB uploads.
-async fn roomy_proxy_to(upstream: SocketAddr) -> (SocketAddr, Arc<ServiceProxy>) {
+pub(crate) async fn roomy_proxy_to(upstream: SocketAddr) -> (SocketAddr, Arc<ServiceProxy>) {
     let proxy = ServiceProxy::new(
         "svc",
         Settings {
@@ -48,7 +48,7 @@ async fn roomy_proxy_to(upstream: SocketAddr) -> (SocketAddr, Arc<ServiceProxy>)
     (addr, proxy)
 }
 
-async fn upload(addr: SocketAddr, size: usize) -> (u16, String, bool) {
+pub(crate) async fn upload(addr: SocketAddr, size: usize) -> (u16, String, bool) {
     let client: TestClient<HttpConnector, Full<Bytes>> =
         TestClient::builder(TokioExecutor::new()).build_http();
     let req = Request::post(format!("http://{addr}/upload"))
