@@ -167,7 +167,7 @@ Exit codes: 0 success, 1 failed (verify: damage found), 2 usage or config error,
 is locked by another backup, verify, restore or prune, 4 verify could not run a check (not proven)."
     )]
     Backup(BackupCommand),
-    /// Production operations: status, deploy, rollback, abort, validate, monitor
+    /// Production operations: status, deploy, rollback, abort, validate, monitor, audit
     #[command(subcommand)]
     Prod(ProdCommand),
     /// Metric history: list the series, query one over time
