@@ -168,15 +168,79 @@ pub async fn run(p: &Arc<Platform>, fresh: Result<&Config, String>, opts: &Optio
         checks.extend(dependencies(p, &names).await);
     }
     if opts.security_scan {
-        checks.push(
-            Check::new(
+        checks.extend(security(fresh, &names));
+    }
+    checks
+}
+
+/// The audit's checks that concern a release (its secrets, its container's privileges, its
+/// lockfile's advisories), as validate checks: high and critical findings fail, lower ones warn,
+/// a check that could not run warns with why. Values are never shown, only where they are.
+fn security(fresh: &Config, names: &[String]) -> Vec<Check> {
+    const RELEASE_RULES: &[&str] = &[
+        "TCF-SEC-001",
+        "TCF-SEC-003",
+        "TCF-CTR-001",
+        "TCF-CTR-002",
+        "TCF-CTR-003",
+        "TCF-CTR-004",
+        "TCF-DEP-001",
+    ];
+    let rules: Vec<&'static tcf_audit::Rule> = RELEASE_RULES
+        .iter()
+        .filter_map(|id| tcf_audit::rules::find(id))
+        .collect();
+    let inputs = tcf_audit::Inputs {
+        config: fresh,
+        live: Err("a release's checks look at its config and files".into()),
+        advisories: None,
+        comprehensive: false,
+    };
+    let concerns = |resource: &str| {
+        names.is_empty()
+            || names
+                .iter()
+                .any(|n| resource.contains(&format!("service {n}")))
+    };
+    let mut checks = Vec::new();
+    for result in tcf_audit::checks::run(&inputs, &rules) {
+        match result.findings {
+            Err(why) => checks.push(Check::new(
                 SECURITY,
                 State::Warn,
                 None,
-                "the security scan could not run: `prod audit` is not in this build".into(),
-            )
-            .remedy("review the release's env for plain-text secrets by hand"),
-        );
+                format!("{} could not run: {why}", result.rule.id),
+            )),
+            Ok(findings) => {
+                for f in findings.iter().filter(|f| concerns(&f.location.resource)) {
+                    let state = if f.severity >= tcf_audit::Severity::High {
+                        State::Fail
+                    } else {
+                        State::Warn
+                    };
+                    checks.push(
+                        Check::new(
+                            SECURITY,
+                            state,
+                            None,
+                            format!(
+                                "{} {}: {} ({})",
+                                f.rule_id, f.title, f.location.resource, f.detail
+                            ),
+                        )
+                        .remedy(f.remediation.clone()),
+                    );
+                }
+            }
+        }
+    }
+    if !checks.iter().any(|c| c.state != State::Pass) {
+        checks.push(Check::new(
+            SECURITY,
+            State::Pass,
+            None,
+            format!("{} security checks found nothing", rules.len()),
+        ));
     }
     checks
 }

@@ -101,6 +101,39 @@ fn validate_passes_on_the_healthy_example_and_names_what_fails() {
     b.sort();
     assert_eq!(a, b, "no instance started or stopped");
 
+    // A release that puts a plain-text password in its env: the security scan fails it,
+    // naming where, never the value.
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    let leaky = good.replace(
+        "[services.tokens]\n",
+        "[services.tokens]\nenv = { DB_PASSWORD = \"hunter2-Secret\" }\n",
+    );
+    assert_ne!(leaky, good);
+    std::fs::write(&p.config, &leaky).unwrap();
+    let out = p.cli(&[
+        "prod",
+        "validate",
+        "--security-scan",
+        "--service",
+        "tokens",
+        "--format",
+        "json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        failed(&report).contains(&"VAL-SECURITY".to_string()),
+        "{report:#}"
+    );
+    assert!(
+        text.contains("DB_PASSWORD") && !text.contains("hunter2"),
+        "{text}"
+    );
+    std::fs::write(&p.config, &good).unwrap();
+    let (code, report) = validate(&p, &["--security-scan", "--service", "tokens"]);
+    assert_eq!(code, 0, "{report:#}");
+
     // A dependency that does not answer its protocol.
     let (code, report) = validate(&p, &["--check-dependencies"]);
     assert_eq!(code, 1);
