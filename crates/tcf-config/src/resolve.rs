@@ -4,6 +4,7 @@ use crate::overlay::*;
 use crate::raw::*;
 use crate::service::*;
 use crate::{Config, Daemon, Dependency, DependencyKind, Diagnostic, Platform};
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +21,7 @@ pub fn resolve(
     source: &str,
     environment: Option<&str>,
 ) -> Result<Config, Vec<Diagnostic>> {
-    let mut file: RawFile = toml::from_str(source).map_err(|e| vec![parse_diagnostic(&e)])?;
+    let mut file: RawFile = toml::from_str(source).map_err(|e| every_error(source, &e))?;
     let mut errors = Vec::new();
 
     if let Some(env_name) = environment {
@@ -260,6 +261,43 @@ pub(crate) fn resolve_deploy(
         validate: raw.validate.unwrap_or(true),
         backup: raw.backup.unwrap_or(false),
     }
+}
+
+/// serde stops at the first wrong value, but every error is reported at once: when the file is
+/// TOML (else its syntax error alone is the answer), each service and dependency table is read
+/// on its own, spans kept, and what each of them finds is added.
+fn every_error(source: &str, first: &toml::de::Error) -> Vec<Diagnostic> {
+    let mut out = vec![parse_diagnostic(first)];
+    let Ok(doc) = toml::de::DeTable::parse(source) else {
+        return out;
+    };
+    let mut add = |e: toml::de::Error| {
+        let d = parse_diagnostic(&e);
+        if !out
+            .iter()
+            .any(|o| o.span == d.span && o.message == d.message)
+        {
+            out.push(d);
+        }
+    };
+    for (section, value) in doc.get_ref().iter() {
+        let toml::de::DeValue::Table(entries) = value.get_ref() else {
+            continue;
+        };
+        for entry in entries.values() {
+            let each = toml::de::ValueDeserializer::from(entry.clone());
+            let read = match &**section.get_ref() {
+                "services" => RawService::deserialize(each).map(drop),
+                "dependencies" => RawDependency::deserialize(each).map(drop),
+                _ => continue,
+            };
+            if let Err(e) = read {
+                add(e);
+            }
+        }
+    }
+    out.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+    out
 }
 
 fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {
@@ -689,5 +727,25 @@ listen = "127.0.0.1:9002"
         let huge = format!("{SERVICE}upstream_timeout = \"400000000d\"\n");
         let e = errors_of(&huge);
         assert!(e.iter().any(|m| m.contains("365 days")), "{e:?}");
+    }
+
+    #[test]
+    fn type_errors_in_several_tables_are_reported_together() {
+        let text = "[platform]\nname = \"t\"\n\
+            [services.api]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18080\"\ninstances = \"two\"\n\
+            [services.db]\ncommand = [\"x\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:18081\"\nstop_timeout = 5\n\
+            [dependencies.pg]\nkind = \"postgres\"\naddress = 5432\n";
+        let e = match resolve(std::path::Path::new("/tmp/t.toml"), text, None) {
+            Err(d) => d,
+            Ok(_) => panic!("accepted"),
+        };
+        assert_eq!(e.len(), 3, "{e:#?}");
+        let spans: Vec<usize> = e.iter().map(|d| d.span.clone().unwrap().start).collect();
+        let mut sorted = spans.clone();
+        sorted.sort();
+        assert_eq!(spans, sorted, "in file order");
+        assert!(text[spans[0]..].starts_with("\"two\""), "{e:#?}");
+        assert!(text[spans[1]..].starts_with('5'), "{e:#?}");
+        assert!(text[spans[2]..].starts_with("5432"), "{e:#?}");
     }
 }
