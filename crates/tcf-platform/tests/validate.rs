@@ -49,12 +49,17 @@ fn shape(report: &Value) -> Value {
 
 #[test]
 fn validate_passes_on_the_healthy_example_and_names_what_fails() {
-    // The example's programs live under releases/VERSION/ so a version can be missing.
+    // The example's programs live under releases/VERSION/ so a version can be missing; a real
+    // PostgreSQL is a dependency (no service waits for it, so the test can stop it).
+    let mut pg = common::postgres::Postgres::start();
     let demo = bin().with_file_name("tcf-demo");
     let config = deploy_config(&[]).replace(
         "command = [\"tcf-demo\"]",
         "command = [\"./releases/{version}/tcf-demo\"]",
-    ) + "\n[dependencies.pg]\nkind = \"postgres\"\naddress = \"127.0.0.1:1\"\n";
+    ) + &format!(
+        "\n[dependencies.pg]\nkind = \"postgres\"\naddress = \"127.0.0.1:{}\"\n",
+        pg.port
+    );
     let mut p = Platform::new(&config);
     for v in ["v1", "v2", "v2-slow"] {
         let dir = p.dir.path().join("releases").join(v);
@@ -134,7 +139,21 @@ fn validate_passes_on_the_healthy_example_and_names_what_fails() {
     let (code, report) = validate(&p, &["--security-scan", "--service", "tokens"]);
     assert_eq!(code, 0, "{report:#}");
 
-    // A dependency that does not answer its protocol.
+    // The dependency answers its protocol, timed; stopped, it fails the check.
+    let (code, report) = validate(&p, &["--check-dependencies"]);
+    assert_eq!(code, 0, "{report:#}");
+    let dep = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "VAL-DEPENDENCY")
+        .unwrap()
+        .clone();
+    assert!(
+        dep["message"].as_str().unwrap().contains("answers in"),
+        "{dep}"
+    );
+    pg.stop();
     let (code, report) = validate(&p, &["--check-dependencies"]);
     assert_eq!(code, 1);
     assert_eq!(failed(&report), ["VAL-DEPENDENCY"], "{report:#}");

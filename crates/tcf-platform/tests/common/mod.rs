@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod load;
+pub mod postgres;
 pub mod sequence;
 
 use serde_json::Value;
