@@ -50,15 +50,14 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-#[test]
-fn backup_commands_end_to_end() {
+/// A real redis-server on a free loopback port with its files in `dir`, answering PING.
+fn start_redis(dir: &Path) -> (Server, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let _redis = Server(
+    let server = Server(
         std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -71,7 +70,7 @@ fn backup_commands_end_to_end() {
                 "no",
                 "--dir",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test installs it)"),
@@ -84,6 +83,13 @@ fn backup_commands_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, port)
+}
+
+#[test]
+fn backup_commands_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, port) = start_redis(dir.path());
     for i in 0..50 {
         redis_cli(port, &["SET", &format!("k{i}"), &format!("v{i}")]);
     }
@@ -317,38 +323,8 @@ fn the_daemon_runs_the_schedule_and_records_backup_events() {
 /// `backup restore` refuses while a service that depends on the source runs, naming it.
 #[test]
 fn restore_refuses_while_services_using_the_source_run() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let redis_dir = tempfile::tempdir().unwrap();
-    let _redis = Server(
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(redis_dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)"),
-    );
-    let start = Instant::now();
-    while redis_cli(port, &["PING"]) != "PONG" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "redis did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_redis, port) = start_redis(redis_dir.path());
     redis_cli(port, &["SET", "k", "v"]);
     let listen = common::free_port();
     let mut p = common::Platform::new(&format!(
