@@ -46,6 +46,42 @@ pub struct ServiceStatus {
     /// next deploy of it applies the file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub config_changed: bool,
+    /// Present while the service is in maintenance (every request answered 503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// A service taken out of service: its proxy answers every request 503 with `Retry-After`,
+/// its instances keep running.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Maintenance {
+    pub retry_after_s: u32,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub since: String,
+    /// Who put it there.
+    pub by: String,
+}
+
+/// `POST /v1/maintenance`: put services in maintenance (`on`) or back in service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MaintenanceRequest {
+    pub services: Vec<String>,
+    pub on: bool,
+    /// What clients are told to wait (seconds); default 60.
+    #[serde(default)]
+    pub retry_after_s: Option<u32>,
+    #[serde(default)]
+    pub reason: String,
+    /// Who asks (`user@host`); the daemon records the caller it identified.
+    #[serde(default)]
+    pub actor: String,
+}
+
+/// The answer to `POST /v1/maintenance`: the services whose state changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MaintenanceResponse {
+    pub changed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -23,6 +23,8 @@ pub const BUILTIN_ALERT_RULES: &[&str] = &[
     "disk_full",
     "dependency_down",
     "crashloop",
+    "backup_failed",
+    "restore_verify_stale",
     "certificate_expiring",
     "certificate_expiring_soon",
 ];

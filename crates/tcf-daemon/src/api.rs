@@ -19,7 +19,7 @@ use tcf_api::{
     DependencyStatus, DownResponse, ErrorBody, Event, InstanceStatus, Ping, ServiceStatus, Status,
 };
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -84,6 +84,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
         .merge(crate::backup::routes())
+        .merge(crate::maintenance::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError(
@@ -159,6 +160,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 instances,
                 metrics: with_metrics.then(|| service_metrics(svc)),
                 config_changed: false,
+                maintenance: lock(&svc.maintenance).clone(),
             }
         })
         .collect();
@@ -332,7 +334,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// The services a request names (all when none), checked and in dependency order.
-fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiError> {
+pub(crate) fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<String>, ApiError> {
     for s in named {
         if !p.services.contains_key(s) {
             let known: Vec<&str> = p.services.keys().map(String::as_str).collect();

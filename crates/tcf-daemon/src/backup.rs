@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tcf_api::{BackupEventRequest, ErrorBody};
 
@@ -62,6 +63,7 @@ pub fn spawn_scheduler(p: Arc<Platform>) {
             let settings = match tcf_backup::Settings::from_config(&config, &|_| None) {
                 Ok(s) => s,
                 Err(e) => {
+                    p.scheduled_backup_failures.fetch_add(1, Ordering::Relaxed);
                     p.event(
                         "backup.failed",
                         None,
@@ -79,30 +81,40 @@ pub fn spawn_scheduler(p: Arc<Platform>) {
                 )
             })
             .await;
+            let failures = &p.scheduled_backup_failures;
             match result {
-                Ok(Ok(m)) => p.event(
-                    "backup.created",
-                    None,
-                    None,
-                    format!(
-                        "scheduled backup {} ({} artifacts, {} bytes)",
-                        m.id,
-                        m.artifacts.len(),
-                        m.total_size()
-                    ),
-                ),
-                Ok(Err(e)) => p.event(
-                    "backup.failed",
-                    None,
-                    None,
-                    format!("scheduled backup: {e}"),
-                ),
-                Err(e) => p.event(
-                    "backup.failed",
-                    None,
-                    None,
-                    format!("scheduled backup task: {e}"),
-                ),
+                Ok(Ok(m)) => {
+                    failures.store(0, Ordering::Relaxed);
+                    p.event(
+                        "backup.created",
+                        None,
+                        None,
+                        format!(
+                            "scheduled backup {} ({} artifacts, {} bytes)",
+                            m.id,
+                            m.artifacts.len(),
+                            m.total_size()
+                        ),
+                    )
+                }
+                Ok(Err(e)) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    p.event(
+                        "backup.failed",
+                        None,
+                        None,
+                        format!("scheduled backup: {e}"),
+                    )
+                }
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    p.event(
+                        "backup.failed",
+                        None,
+                        None,
+                        format!("scheduled backup task: {e}"),
+                    )
+                }
             }
         }
     });
@@ -130,4 +142,55 @@ async fn record_event(
     // The Unix user of the caller is the actor; the client's claim is only detail.
     p.event_by(&peer.actor(&req.actor), &req.kind, None, None, req.message);
     Ok(Json(serde_json::json!({ "recorded": true })))
+}
+
+/// The backups as the monitor's `backup` series see them: read from the repository (a listing
+/// of manifests: the caller does it every few minutes, off the async threads). None without
+/// `[backup]`, or when the repository cannot be read (the error is the answer's second part).
+pub fn backup_tick(p: &Platform, now_ms: i64) -> (Option<tcf_monitor::BackupTick>, Option<String>) {
+    let Some(config) = &p.config.backup else {
+        return (None, None);
+    };
+    let failures = p.scheduled_backup_failures.load(Ordering::Relaxed);
+    let facts = tcf_backup::Settings::from_config(config, &|_| None)
+        .map_err(|e| e.to_string())
+        .and_then(|settings| {
+            let backups = tcf_backup::Backups::new(settings);
+            let listed = backups.repository().list().map_err(|e| e.to_string())?;
+            let times: Vec<i64> = listed
+                .iter()
+                .filter_map(|l| l.manifest.as_ref().ok())
+                .filter_map(|m| tcf_backup::time::parse_rfc3339_ms(&m.time))
+                .collect();
+            let verified = backups
+                .last_passed_verify(tcf_backup::Level::Restore)
+                .map_err(|e| e.to_string())?
+                .and_then(|t| tcf_backup::time::parse_rfc3339_ms(&t));
+            Ok((
+                times.iter().max().copied(),
+                times.iter().min().copied(),
+                verified,
+            ))
+        });
+    const HOUR_MS: f64 = 3_600_000.0;
+    match facts {
+        Ok((newest, oldest, verified)) => (
+            Some(tcf_monitor::BackupTick {
+                scheduled_failures: failures,
+                newest_age_hours: newest.map(|t| (now_ms - t).max(0) as f64 / HOUR_MS),
+                restore_verify_age_days: verified
+                    .or(oldest)
+                    .map(|t| (now_ms - t).max(0) as f64 / HOUR_MS / 24.0),
+            }),
+            None,
+        ),
+        // The failures still count: they are this daemon's own knowledge.
+        Err(e) => (
+            Some(tcf_monitor::BackupTick {
+                scheduled_failures: failures,
+                ..Default::default()
+            }),
+            Some(e),
+        ),
+    }
 }

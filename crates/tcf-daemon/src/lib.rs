@@ -12,6 +12,7 @@ mod caller;
 mod deploy;
 mod health;
 mod logs;
+mod maintenance;
 mod metrics;
 mod monitor;
 mod platform;
@@ -415,6 +416,7 @@ fn assemble(
         started: Instant::now(),
         deploying: Mutex::new(None),
         warnings: Mutex::new(Vec::new()),
+        scheduled_backup_failures: std::sync::atomic::AtomicU32::new(0),
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
         monitor: std::sync::OnceLock::new(),

@@ -283,7 +283,12 @@ struct Carry {
     host_cpu: Option<(u64, u64)>,
     /// Container cgroup CPU time by instance, for CPU %.
     cgroup_cpu: BTreeMap<String, (Instant, u64)>,
+    /// The repository's facts, read every BACKUP_EVERY (a listing of manifests is not free).
+    backup: Option<(Instant, Option<tcf_monitor::BackupTick>)>,
 }
+
+/// How often the backup repository is read for the `backup` series.
+const BACKUP_EVERY: Duration = Duration::from_secs(300);
 
 async fn run(svc: Arc<MonitorService>) {
     let p = svc.platform.clone();
@@ -413,6 +418,8 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
                     name: c.name.clone(),
                     version: c.version.clone(),
                     requests: snap.requests,
+                    responses_2xx: snap.responses_2xx,
+                    responses_4xx: snap.responses_4xx,
                     responses_5xx: snap.responses_5xx,
                     proxy_errors: snap.proxy_errors,
                     broken_responses: snap.broken_responses,
@@ -494,6 +501,7 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
         _ => None,
     };
     carry.host_cpu = cpu_now;
+    let backup = backup_facts(p, carry, at_ms).await;
     Tick {
         at_ms,
         services,
@@ -505,5 +513,37 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
             disk: host::disk(&p.config.platform.state_dir),
             network: host::network(),
         },
+        backup,
     }
+}
+
+/// The `backup` series' input: the repository as last read, with this moment's count of failed
+/// scheduled runs (which change between reads).
+async fn backup_facts(
+    p: &Arc<Platform>,
+    carry: &mut Carry,
+    at_ms: i64,
+) -> Option<tcf_monitor::BackupTick> {
+    p.config.backup.as_ref()?;
+    let stale = carry
+        .backup
+        .as_ref()
+        .is_none_or(|(read, _)| read.elapsed() >= BACKUP_EVERY);
+    if stale {
+        let platform = p.clone();
+        let read =
+            tokio::task::spawn_blocking(move || crate::backup::backup_tick(&platform, at_ms))
+                .await
+                .unwrap_or((None, Some("the repository read panicked".into())));
+        if let Some(e) = read.1 {
+            tracing::warn!("monitor: cannot read the backup repository: {e}");
+        }
+        carry.backup = Some((Instant::now(), read.0));
+    }
+    let (_, facts) = carry.backup.as_ref()?;
+    let mut facts = facts.clone()?;
+    facts.scheduled_failures = p
+        .scheduled_backup_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Some(facts)
 }

@@ -274,6 +274,8 @@ pub struct ServiceRuntime {
     /// True while at least one instance that takes traffic is in the proxy's pool.
     pub healthy: watch::Sender<bool>,
     pub metrics: Mutex<MetricsWindow>,
+    /// Set while the proxy answers 503 for maintenance (crate::maintenance).
+    pub maintenance: Mutex<Option<tcf_api::Maintenance>>,
 }
 
 impl ServiceRuntime {
@@ -286,6 +288,7 @@ impl ServiceRuntime {
             traffic: Mutex::new(Traffic::default()),
             healthy: watch::channel(false).0,
             metrics: Mutex::new(Default::default()),
+            maintenance: Mutex::new(None),
         }
     }
 
@@ -522,6 +525,8 @@ pub struct Platform {
     pub release_slot: tokio::sync::Mutex<()>,
     /// Problems an operator must see in `status` (a state store that was deleted, say).
     pub warnings: Mutex<Vec<String>>,
+    /// Scheduled backups that failed in a row (the `backup_failed` alert watches it).
+    pub scheduled_backup_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Platform {

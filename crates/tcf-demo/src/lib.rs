@@ -11,6 +11,7 @@
 //! - `DEMO_ERROR_RATE=0.3`: answer that share of requests (not /health) with 500
 //! - `DEMO_LATENCY_MS=N`: add N ms to every answer (not /health)
 //! - `DEMO_HOLD_MS=N`, or `?hold_ms=N` on one request: hold the request open N ms
+//! - `?status=N` on one request: answer it with status N (a 404, say, for status counters)
 //!
 //! A version name can carry the same faults, so a deploy can pick them per release:
 //! `unhealthy` in the version fails health, `errors` answers every request with 500 (or
@@ -74,13 +75,16 @@ impl Knobs {
     }
 }
 
-fn query_ms(query: Option<&str>, key: &str) -> Option<Duration> {
+fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
-        .map(Duration::from_millis)
+}
+
+fn query_ms(query: Option<&str>, key: &str) -> Option<Duration> {
+    query_u64(query, key).map(Duration::from_millis)
 }
 
 fn json_escape(s: &str) -> String {
@@ -126,6 +130,11 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     );
     if failing {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    } else if let Some(asked) = query_u64(req.uri().query(), "status")
+        .and_then(|n| u16::try_from(n).ok())
+        .and_then(|n| StatusCode::from_u16(n).ok())
+    {
+        *resp.status_mut() = asked;
     }
     resp
 }

@@ -72,6 +72,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     name: "blue".into(),
                     version: "v1".into(),
                     requests: requests[s],
+                    responses_2xx: requests[s] - errors[s],
+                    responses_4xx: 0,
                     responses_5xx: errors[s],
                     proxy_errors: 0,
                     broken_responses: 0,
@@ -94,6 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disk: Some((50_000_000_000, 100_000_000_000)),
                 network: Some(net),
             },
+            backup: None,
         };
         if let Some(e) = m.ingest(tick, true).write_error {
             return Err(e.into());

@@ -37,6 +37,8 @@ pub struct ColourTick {
     pub name: String,
     pub version: String,
     pub requests: u64,
+    pub responses_2xx: u64,
+    pub responses_4xx: u64,
     pub responses_5xx: u64,
     pub proxy_errors: u64,
     /// Answers that broke off after their head (also counted in `responses_5xx`).
@@ -85,6 +87,18 @@ pub struct HostTick {
     pub network: Option<(u64, u64)>,
 }
 
+/// The state of the backups, when `[backup]` is configured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackupTick {
+    /// Scheduled backups that failed in a row since the last one that succeeded.
+    pub scheduled_failures: u32,
+    /// Hours since the newest completed backup; None without one.
+    pub newest_age_hours: Option<f64>,
+    /// Days since a restore-verify last passed (never passed: since the oldest backup, the
+    /// time one could have been run); None without backups.
+    pub restore_verify_age_days: Option<f64>,
+}
+
 /// Everything read at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Tick {
@@ -92,6 +106,7 @@ pub struct Tick {
     pub services: Vec<ServiceTick>,
     pub dependencies: Vec<DependencyTick>,
     pub host: HostTick,
+    pub backup: Option<BackupTick>,
 }
 
 /// One transition as `alerts history` shows it.
@@ -305,7 +320,8 @@ impl Monitor {
             // Counter deltas need the previous tick (not after a restart's first tick).
             if let (Some(prev), Some(secs)) = (prev, secs) {
                 let before = prev.services.iter().find(|s| s.name == svc.name);
-                let (mut req, mut e5, mut pe, mut broken) = (0u64, 0u64, 0u64, 0u64);
+                let (mut req, mut ok, mut e4, mut e5, mut pe, mut broken) =
+                    (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
                 let mut hist = vec![0u64; latency::BUCKETS];
                 for c in &svc.colours {
                     let b = before.and_then(|s| {
@@ -331,6 +347,14 @@ impl Monitor {
                     }
                     gauge(key(name, "requests", Some(&c.name)), r as f64);
                     gauge(key(name, "errors_5xx", Some(&c.name)), e as f64);
+                    let (r2, r4) = (
+                        delta(c.responses_2xx, b.responses_2xx),
+                        delta(c.responses_4xx, b.responses_4xx),
+                    );
+                    gauge(key(name, "responses_2xx", Some(&c.name)), r2 as f64);
+                    gauge(key(name, "responses_4xx", Some(&c.name)), r4 as f64);
+                    ok += r2;
+                    e4 += r4;
                     req += r;
                     e5 += e;
                     pe += p;
@@ -338,6 +362,8 @@ impl Monitor {
                 }
                 gauge(key(name, "requests", None), req as f64);
                 gauge(key(name, "requests_per_s", None), req as f64 / secs);
+                gauge(key(name, "responses_2xx", None), ok as f64);
+                gauge(key(name, "responses_4xx", None), e4 as f64);
                 gauge(key(name, "errors_5xx", None), e5 as f64);
                 gauge(key(name, "proxy_errors", None), pe as f64);
                 gauge(key(name, "broken_responses", None), broken as f64);
@@ -409,6 +435,18 @@ impl Monitor {
             }
         }
         let h = &tick.host;
+        if let Some(b) = &tick.backup {
+            gauge(
+                key("backup", "backup_failures", None),
+                f64::from(b.scheduled_failures),
+            );
+            if let Some(h) = b.newest_age_hours {
+                gauge(key("backup", "backup_age_hours", None), h);
+            }
+            if let Some(d) = b.restore_verify_age_days {
+                gauge(key("backup", "restore_verify_age_days", None), d);
+            }
+        }
         if let Some(c) = h.cpu_percent {
             gauge(key("host", "host_cpu_percent", None), c);
         }
@@ -659,6 +697,8 @@ mod tests {
                     name: "blue".into(),
                     version: "v1".into(),
                     requests,
+                    responses_2xx: requests - errors,
+                    responses_4xx: 0,
                     responses_5xx: errors,
                     proxy_errors: 0,
                     broken_responses: 0,
@@ -687,7 +727,44 @@ mod tests {
                 memory: Some((1 << 30, 4 << 30)),
                 ..Default::default()
             },
+            backup: None,
         }
+    }
+
+    #[test]
+    fn backup_failures_and_a_stale_restore_verify_raise_the_builtin_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = build_rules(&BTreeMap::new()).unwrap();
+        let mut m = Monitor::open(dir.path(), Retention::default(), rules).unwrap();
+        let with_backup = |at_s: i64, failures: u32, verify_days: f64| {
+            let mut t = tick(at_s, 0, 0);
+            t.backup = Some(BackupTick {
+                scheduled_failures: failures,
+                newest_age_hours: Some(2.0),
+                restore_verify_age_days: Some(verify_days),
+            });
+            t
+        };
+        let firing = |m: &Monitor| {
+            let mut names: Vec<String> = m
+                .active_alerts()
+                .into_iter()
+                .filter(|a| a.state == State::Firing && a.target == "backup")
+                .map(|a| a.rule)
+                .collect();
+            names.sort();
+            names
+        };
+        m.ingest(with_backup(0, 0, 1.0), true);
+        assert!(firing(&m).is_empty());
+        m.ingest(with_backup(5, 1, 8.5), true);
+        assert_eq!(firing(&m), ["backup_failed", "restore_verify_stale"]);
+        let l = m.latest();
+        assert_eq!(l[&("backup".into(), "backup_failures".into())], 1.0);
+        assert_eq!(l[&("backup".into(), "backup_age_hours".into())], 2.0);
+        // A successful run and a fresh restore-verify resolve both.
+        m.ingest(with_backup(10, 0, 0.1), true);
+        assert!(firing(&m).is_empty());
     }
 
     #[test]
@@ -718,6 +795,8 @@ mod tests {
         let l = m.latest();
         assert_eq!(l[&("gateway".into(), "requests_per_s".into())], 20.0);
         assert_eq!(l[&("gateway".into(), "error_ratio_5xx".into())], 0.2);
+        assert_eq!(l[&("gateway".into(), "responses_2xx".into())], 80.0);
+        assert_eq!(l[&("gateway".into(), "responses_4xx".into())], 0.0);
         assert_eq!(l[&("gateway".into(), "memory_percent".into())], 50.0);
         // score: 0.3·80 + 0.3·50 + 0.2·(100 − p99/10) + 0.2·(100 − 100)
         let h = &m.health()["gateway"];

@@ -13,7 +13,7 @@ pub mod rules;
 pub mod store;
 pub mod tls;
 
-pub use collect::{Monitor, MonitorError};
+pub use collect::{BackupTick, Monitor, MonitorError};
 pub use store::{Agg, Retention, SeriesStore, StoreError, Value};
 
 /// Milliseconds since the Unix epoch, the store's and the rules' clock.

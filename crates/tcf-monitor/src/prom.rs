@@ -96,6 +96,16 @@ pub fn render(
         "counter",
         "Requests the proxy answered, by service, colour and version.",
     );
+    let mut r2 = Family::new(
+        "tcf_responses_2xx_total",
+        "counter",
+        "Responses with a 2xx status.",
+    );
+    let mut r4 = Family::new(
+        "tcf_responses_4xx_total",
+        "counter",
+        "Responses with a 4xx status.",
+    );
     let mut e5 = Family::new(
         "tcf_responses_5xx_total",
         "counter",
@@ -217,6 +227,8 @@ pub fn render(
                     ("version", c.version.as_str()),
                 ];
                 requests.add(&l, c.requests as f64);
+                r2.add(&l, c.responses_2xx as f64);
+                r4.add(&l, c.responses_4xx as f64);
                 e5.add(&l, c.responses_5xx as f64);
                 pe.add(&l, c.proxy_errors as f64);
                 broken.add(&l, c.broken_responses as f64);
@@ -309,6 +321,8 @@ pub fn render(
     let mut out = String::new();
     for f in [
         &requests,
+        &r2,
+        &r4,
         &e5,
         &pe,
         &broken,
@@ -360,6 +374,8 @@ mod tests {
                     name: "blue".into(),
                     version: "v1".into(),
                     requests: 4,
+                    responses_2xx: 3,
+                    responses_4xx: 0,
                     responses_5xx: 1,
                     proxy_errors: 0,
                     broken_responses: 0,
@@ -376,6 +392,10 @@ mod tests {
         assert!(text.contains(
             "tcf_requests_total{service=\"gate\\\"way\\\\\\n\",colour=\"blue\",version=\"v1\"} 4"
         ));
+        assert!(text.contains(
+            "tcf_responses_2xx_total{service=\"gate\\\"way\\\\\\n\",colour=\"blue\",version=\"v1\"} 3"
+        ));
+        assert!(text.contains("# TYPE tcf_responses_4xx_total counter"));
         assert!(text.contains("le=\"0.001\"} 0"), "{text}");
         assert!(text.contains("le=\"0.0025\"} 3"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 4"));

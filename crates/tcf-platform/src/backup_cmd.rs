@@ -387,6 +387,9 @@ async fn verify(
     }))
 }
 
+/// What clients of a service in maintenance during a restore are told to wait.
+const MAINTENANCE_RETRY_AFTER_S: u32 = 30;
+
 /// Services that use a source: those whose `depends_on` names the source's dependency.
 fn services_using(config: &Config, source: &str) -> Vec<String> {
     let Some(dep) = config
@@ -446,26 +449,27 @@ async fn restore(
         .collect();
     users.sort();
     users.dedup();
+    // Running services that use what is restored answer 503 while it writes (maintenance),
+    // rather than read and write data being replaced under them.
     let busy = running(&config, &users).await;
+    let in_maintenance = if busy.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} (using {}) will answer 503 while it writes",
+            busy.join(", "),
+            sources.join(", ")
+        )
+    };
     if !force {
-        if !busy.is_empty() {
-            return Err(failure(
-                1,
-                anyhow!(
-                    "{} use {} and are running: a restore replaces their data under them\nhint: stop them first, or pass --force (their database connections are ended during the swap)",
-                    busy.join(", "),
-                    sources.join(", ")
-                ),
-            ));
-        }
         if !std::io::stdin().is_terminal() {
             return Err(failure(
                 2,
-                anyhow!("refusing to restore without a terminal to confirm on; pass --force"),
+                anyhow!("refusing to restore without a terminal to confirm on{in_maintenance}; pass --force"),
             ));
         }
         if !confirm(&format!(
-            "Replace the live data of {} with backup {id} (a recovery point is taken first)?",
+            "Replace the live data of {} with backup {id} (a recovery point is taken first{in_maintenance})?",
             sources.join(", ")
         )) {
             eprintln!("not restored");
@@ -473,8 +477,36 @@ async fn restore(
         }
     }
     let ids = identities(&config, identity)?;
+    let daemon = tcf_api::Client::new(config.daemon.socket.clone());
+    let reason = format!("restoring backup {id}");
+    if !busy.is_empty() {
+        crate::set_maintenance(&daemon, &busy, Some(MAINTENANCE_RETRY_AFTER_S), &reason)
+            .await
+            .map_err(|e| {
+                failure(
+                    1,
+                    e.context(format!(
+                        "cannot put {} in maintenance; nothing was restored",
+                        busy.join(", ")
+                    )),
+                )
+            })?;
+        progress.step(&format!(
+            "{} in maintenance (503) while the restore writes",
+            busy.join(", ")
+        ));
+    }
     let result =
         blocking(move || backups.restore(&id, source.as_deref(), &ids, progress.as_ref())).await;
+    if !busy.is_empty() {
+        if let Err(e) = crate::set_maintenance(&daemon, &busy, None, &reason).await {
+            eprintln!(
+                "warning: {} are still in maintenance: {e:#}\nhint: tcf-platform maintenance off {}",
+                busy.join(", "),
+                busy.join(" ")
+            );
+        }
+    }
     match result {
         Ok(report) => {
             record_event(

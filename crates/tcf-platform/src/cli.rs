@@ -156,6 +156,17 @@ in the config file to keep it for the next deploy and the next `up`."
     /// Show or release the deploy lock
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Take services out of service (503 with Retry-After) while their instances keep running
+    #[command(
+        subcommand,
+        long_about = "Put services in maintenance: their public address answers every request \
+503 Service Unavailable with a Retry-After header, while their instances keep running and \
+deploys, health checks and monitoring go on. `backup restore` does this by itself for the \
+services that use what it restores, for as long as it writes. Every change is an event naming who \
+made it; `status` shows who put a service in maintenance, when and why. Not kept across a \
+daemon restart."
+    )]
+    Maintenance(MaintenanceCommand),
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -434,6 +445,30 @@ pub struct RollbackArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Answer every request of these services 503 with Retry-After
+    On {
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// What clients are told to wait before retrying
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        retry_after: std::time::Duration,
+        /// Why, for the event and `status`
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Serve these services again
+    Off {
+        #[arg(required = true)]
+        services: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,8 +11,8 @@ mod output;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
+    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, MaintenanceCommand, ProdCommand,
+    RestartArgs, RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -142,6 +142,18 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => history(&cli, service.as_deref(), *limit, *format).await,
         Command::Lock(LockCommand::Status { format }) => lock_status(&cli, *format).await,
         Command::Lock(LockCommand::Release { force }) => lock_release(&cli, *force).await,
+        Command::Maintenance(MaintenanceCommand::On {
+            services,
+            retry_after,
+            reason,
+            format,
+        }) => {
+            let seconds = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+            maintenance(&cli, services, Some(seconds), reason, *format).await
+        }
+        Command::Maintenance(MaintenanceCommand::Off { services, format }) => {
+            maintenance(&cli, services, None, "", *format).await
+        }
         Command::Logs {
             service,
             follow,
@@ -899,6 +911,55 @@ async fn lock_status(cli: &Cli, format: Format) -> CmdResult {
         ))?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `maintenance on` (with a Retry-After) or `off` (without).
+async fn maintenance(
+    cli: &Cli,
+    services: &[String],
+    retry_after_s: Option<u32>,
+    reason: &str,
+    format: Format,
+) -> CmdResult {
+    let on = retry_after_s.is_some();
+    let answer = set_maintenance(&client(cli)?, services, retry_after_s, reason).await?;
+    match format {
+        Format::Json => print_json(&answer)?,
+        Format::Table => {
+            let state = if on {
+                "in maintenance"
+            } else {
+                "back in service"
+            };
+            let text = match answer.changed.as_slice() {
+                [] => format!("no change: {} already {state}\n", services.join(", ")),
+                changed => format!("{}: {state}\n", changed.join(", ")),
+            };
+            print_text(&text)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ask the daemon to put `services` in maintenance (`Some(retry after)`) or back in service.
+pub(crate) async fn set_maintenance(
+    client: &Client,
+    services: &[String],
+    retry_after_s: Option<u32>,
+    reason: &str,
+) -> anyhow::Result<tcf_api::MaintenanceResponse> {
+    Ok(client
+        .post(
+            "/v1/maintenance",
+            &tcf_api::MaintenanceRequest {
+                services: services.to_vec(),
+                on: retry_after_s.is_some(),
+                retry_after_s,
+                reason: reason.to_string(),
+                actor: actor(),
+            },
+        )
+        .await?)
 }
 
 async fn lock_release(cli: &Cli, force: bool) -> CmdResult {

@@ -106,6 +106,19 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
             changed.join(", ")
         ));
     }
+    for svc in &s.services {
+        if let Some(m) = &svc.maintenance {
+            let why = if m.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", m.reason)
+            };
+            out.push_str(&format!(
+                "{} is in maintenance (503, Retry-After {} s) since {} by {}{why}\n\n",
+                svc.name, m.retry_after_s, m.since, m.by
+            ));
+        }
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }

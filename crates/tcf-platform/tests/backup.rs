@@ -252,7 +252,7 @@ fn a_config_without_backup_is_a_usage_error() {
 #[test]
 fn the_daemon_runs_the_schedule_and_records_backup_events() {
     let mut p = common::Platform::new(
-        "[platform]\nname = \"sched\"\n\n[backup]\nrepository = \"repo\"\nschedule = \"* * * * *\"\n\n[backup.sources.files]\nkind = \"directory\"\npath = \"files\"\n",
+        "[platform]\nname = \"sched\"\n\n[monitor]\ninterval = \"1s\"\n\n[backup]\nrepository = \"repo\"\nschedule = \"* * * * *\"\n\n[backup.sources.files]\nkind = \"directory\"\npath = \"files\"\n",
     );
     std::fs::create_dir(p.dir.path().join("files")).unwrap();
     std::fs::write(p.dir.path().join("files/a"), "a").unwrap();
@@ -318,11 +318,64 @@ fn the_daemon_runs_the_schedule_and_records_backup_events() {
             .any(|b| b["trigger"] == "schedule"),
         "{listed}"
     );
+
+    // The source goes away: the next scheduled run fails, and the built-in `backup_failed`
+    // alert fires on the monitor's `backup` series.
+    std::fs::remove_dir_all(p.dir.path().join("files")).unwrap();
+    let start = Instant::now();
+    loop {
+        let out = p.cli(&["alerts", "list", "--format", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let alerts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let firing = alerts["alerts"].as_array().unwrap().iter().any(|a| {
+            a["rule"] == "backup_failed" && a["state"] == "firing" && a["service"] == "backup"
+        });
+        if firing {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(100),
+            "backup_failed did not fire: {alerts:#}\n{:?}",
+            events(&p)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(events(&p)
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "backup.failed"
+            && e["message"].as_str().unwrap().starts_with("scheduled backup")));
 }
 
-/// `backup restore` refuses while a service that depends on the source runs, naming it.
+/// The raw answer of the proxy to one request (head and body).
+fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn events_of(p: &common::Platform, kind: &str) -> Vec<serde_json::Value> {
+    let out = p.cli(&["events", "--limit", "200", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// `maintenance on|off` by hand, and `backup restore` putting the services that use the source
+/// in maintenance while it writes (503 with Retry-After; the instances keep running).
 #[test]
-fn restore_refuses_while_services_using_the_source_run() {
+fn restore_puts_the_services_using_the_source_in_maintenance_while_it_writes() {
     let redis_dir = tempfile::tempdir().unwrap();
     let (_redis, port) = start_redis(redis_dir.path());
     redis_cli(port, &["SET", "k", "v"]);
@@ -358,21 +411,82 @@ dependency = "cache"
         .unwrap()
         .to_string();
     p.up();
-    p.wait_for("api running", Duration::from_secs(60), |s| {
-        s["services"][0]["instances"]
-            .as_array()
-            .is_some_and(|i| !i.is_empty())
-    });
-    let out = p.cli(&["backup", "restore", &id]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    p.wait_for("api healthy", Duration::from_secs(60), common::all_healthy);
+    let addr = format!("127.0.0.1:{listen}");
+    let pid = p.status().unwrap()["services"][0]["instances"][0]["pid"].clone();
+
+    // By hand: 503 with Retry-After from the proxy, shown in status, then served again.
+    let out = p.cli(&[
+        "maintenance",
+        "on",
+        "api",
+        "--retry-after",
+        "90s",
+        "--reason",
+        "disk swap",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("api: in maintenance"), "{}", text(&out));
+    let answer = raw_get(&addr, "/work");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
-        text(&out).contains("api use sessions and are running"),
+        answer.to_ascii_lowercase().contains("retry-after: 90\r\n"),
+        "{answer}"
+    );
+    let status = p.status().unwrap();
+    let m = &status["services"][0]["maintenance"];
+    assert_eq!(
+        (m["retry_after_s"].as_u64(), m["reason"].as_str()),
+        (Some(90), Some("disk swap")),
+        "{status}"
+    );
+    assert_eq!(status["services"][0]["instances"][0]["pid"], pid);
+    let table = text(&p.cli(&["status"]));
+    assert!(table.contains("api is in maintenance"), "{table}");
+    let out = p.cli(&["maintenance", "off", "api", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["changed"],
+        serde_json::json!(["api"])
+    );
+    assert!(raw_get(&addr, "/work").starts_with("HTTP/1.1 200"));
+    assert!(p.status().unwrap()["services"][0]["maintenance"].is_null());
+    let out = p.cli(&["maintenance", "on", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no service \"nosuch\""),
         "{}",
         text(&out)
     );
-    // With --force it goes ahead.
+
+    // A restore without a terminal needs --force, and says what it would do to api.
+    let out = p.cli(&["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("api (using sessions) will answer 503 while it writes"),
+        "{}",
+        text(&out)
+    );
+    // With --force: api in maintenance during the restore, served again after it.
     redis_cli(port, &["SET", "k", "changed"]);
     let out = p.cli(&["backup", "restore", &id, "--force"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(redis_cli(port, &["GET", "k"]), "v");
+    assert!(raw_get(&addr, "/work").starts_with("HTTP/1.1 200"));
+    let on = events_of(&p, "service.maintenance_on");
+    let off = events_of(&p, "service.maintenance_off");
+    assert_eq!((on.len(), off.len()), (2, 2), "{on:?} {off:?}");
+    // Oldest first: the restore's pair comes second.
+    assert!(
+        on[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("restoring backup {id}")),
+        "{on:?}"
+    );
+    assert!(on[1]["id"].as_i64() < off[1]["id"].as_i64());
+    assert_eq!(
+        p.status().unwrap()["services"][0]["instances"][0]["pid"],
+        pid
+    );
 }

@@ -372,6 +372,8 @@ ca_file = "{ca}"
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let _ = http_get(&addr, "/work");
+                // Some client errors, so the 4xx counters have something to count.
+                let _ = http_get(&addr, "/missing?status=404");
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -401,11 +403,23 @@ ca_file = "{ca}"
 
     // --- Prometheus: promtool accepts /metrics, a real Prometheus scrapes it.
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let exposition = wait_until("requests in /metrics", Duration::from_secs(30), || {
+    // The api's answers by status class, summed over its colours.
+    let counted = |exposition: &str, family: &str| -> f64 {
+        exposition
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{service=\"api\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let exposition = wait_until("2xx and 4xx in /metrics", Duration::from_secs(30), || {
         let (code, body) = http_get(&metrics_addr, "/metrics").ok()?;
-        (code == 200 && body.contains("tcf_requests_total{service=\"api\"")).then_some(body)
+        (code == 200
+            && counted(&body, "tcf_responses_2xx_total") > 0.0
+            && counted(&body, "tcf_responses_4xx_total") > 0.0)
+            .then_some(body)
     });
     assert!(exposition.contains("# TYPE tcf_request_duration_seconds histogram"));
+    assert!(exposition.contains("tcf_requests_total{service=\"api\""));
     let mut promtool = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

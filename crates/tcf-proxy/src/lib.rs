@@ -147,12 +147,17 @@ pub enum ProxyError {
     NotImplemented(String),
     #[error("the request body did not start within {0:?}")]
     RequestTimeout(Duration),
+    /// The operator took the service out of service for a while (a restore writing its data).
+    #[error("the service is in maintenance; retry in {0} s")]
+    Maintenance(u32),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend(_) | ProxyError::Maintenance(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Connect(..) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
@@ -177,6 +182,7 @@ impl ProxyError {
             ProxyError::RequestLineTooLong(_) => "request_line_too_long",
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::RequestTimeout(_) => "request_timeout",
+            ProxyError::Maintenance(_) => "maintenance",
         }
     }
 
@@ -209,6 +215,9 @@ pub struct ServiceProxy {
     stats: Stats,
     /// Off (`None`) unless the service asks for it.
     access_log: Option<AccessLog>,
+    /// While non-zero, every request is answered 503 with this `Retry-After` (seconds): one
+    /// relaxed load per request.
+    maintenance: std::sync::atomic::AtomicU32,
 }
 
 impl ServiceProxy {
@@ -229,6 +238,7 @@ impl ServiceProxy {
             settings,
             stats: Stats::default(),
             access_log,
+            maintenance: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -246,6 +256,26 @@ impl ServiceProxy {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Answer every request 503 with `Retry-After` (rounded up to whole seconds, at least 1)
+    /// until called with `None`. The route and the instances are left as they are.
+    pub fn set_maintenance(&self, retry_after: Option<Duration>) {
+        let seconds = retry_after.map_or(0, |d| {
+            u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        });
+        self.maintenance
+            .store(seconds, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `Retry-After` in seconds while the service is in maintenance.
+    pub fn maintenance(&self) -> Option<u32> {
+        match self.maintenance.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
     }
 
     pub fn route(&self) -> Arc<Route> {
@@ -334,9 +364,11 @@ impl ServiceProxy {
         // The instance that answered (or failed to): moved out of `forward`, never cloned.
         let mut upstream = None;
         let (mut pool, mut new_cookie) = (None, None);
-        let result = match checks::check_request(&parts, &self.settings.limits) {
-            Err(e) => Err(e),
-            Ok(replaced_host) => {
+        let checked = checks::check_request(&parts, &self.settings.limits);
+        let result = match (checked, self.maintenance()) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(seconds)) => Err(ProxyError::Maintenance(seconds)),
+            (Ok(replaced_host), None) => {
                 let (key, cookie) = sticky_key(&route, &parts.headers, client_addr);
                 new_cookie = cookie;
                 pool = route.choose(key).cloned();
@@ -368,6 +400,10 @@ impl ServiceProxy {
                 if e.closes_connection() {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                if let ProxyError::Maintenance(seconds) = e {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
                 }
                 if let ProxyError::MethodNotAllowed(_) = e {
                     // RFC 9110 §15.5.6: a 405 says what is allowed; CONNECT and TRACE never are.

@@ -24,6 +24,8 @@ pub struct Stats {
 #[repr(align(128))]
 struct Shard {
     requests: AtomicU64,
+    responses_2xx: AtomicU64,
+    responses_4xx: AtomicU64,
     /// Responses with status >= 500, whoever made them.
     responses_5xx: AtomicU64,
     /// Responses the proxy made itself because it could not get one from upstream.
@@ -37,6 +39,8 @@ impl Default for Shard {
     fn default() -> Self {
         Shard {
             requests: AtomicU64::new(0),
+            responses_2xx: AtomicU64::new(0),
+            responses_4xx: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
             broken_responses: AtomicU64::new(0),
@@ -94,8 +98,15 @@ impl Stats {
     pub fn record(&self, status: u16, latency: Duration, by_proxy: bool) {
         let shard = self.local_shard();
         shard.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            shard.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        // At most one more add per request, on the shard's own cache lines.
+        let class = match status {
+            200..=299 => Some(&shard.responses_2xx),
+            400..=499 => Some(&shard.responses_4xx),
+            500.. => Some(&shard.responses_5xx),
+            _ => None,
+        };
+        if let Some(counter) = class {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         if by_proxy {
             shard.proxy_errors.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +127,8 @@ impl Stats {
         let mut snap = Snapshot::empty();
         for shard in self.shards.iter().filter_map(|s| s.get()) {
             snap.requests += shard.requests.load(Ordering::Relaxed);
+            snap.responses_2xx += shard.responses_2xx.load(Ordering::Relaxed);
+            snap.responses_4xx += shard.responses_4xx.load(Ordering::Relaxed);
             snap.responses_5xx += shard.responses_5xx.load(Ordering::Relaxed);
             snap.proxy_errors += shard.proxy_errors.load(Ordering::Relaxed);
             snap.broken_responses += shard.broken_responses.load(Ordering::Relaxed);
@@ -131,6 +144,8 @@ impl Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub requests: u64,
+    pub responses_2xx: u64,
+    pub responses_4xx: u64,
     pub responses_5xx: u64,
     pub proxy_errors: u64,
     /// Answers that broke off after their head; also counted in `responses_5xx`.
@@ -142,6 +157,8 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             requests: 0,
+            responses_2xx: 0,
+            responses_4xx: 0,
             responses_5xx: 0,
             proxy_errors: 0,
             broken_responses: 0,
@@ -153,6 +170,8 @@ impl Snapshot {
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
             requests: self.requests.saturating_sub(earlier.requests),
+            responses_2xx: self.responses_2xx.saturating_sub(earlier.responses_2xx),
+            responses_4xx: self.responses_4xx.saturating_sub(earlier.responses_4xx),
             responses_5xx: self.responses_5xx.saturating_sub(earlier.responses_5xx),
             proxy_errors: self.proxy_errors.saturating_sub(earlier.proxy_errors),
             broken_responses: self
@@ -277,5 +296,20 @@ mod tests {
         assert!(p99 >= Duration::from_millis(100), "{p99:?}");
         assert!((w.ratio_5xx() - 0.02).abs() < 1e-9);
         assert_eq!(Snapshot::empty().quantile(0.5), None);
+    }
+
+    #[test]
+    fn responses_are_counted_by_status_class() {
+        let s = Stats::default();
+        for status in [200, 204, 301, 404, 429, 500, 503] {
+            s.record(status, Duration::from_millis(1), false);
+        }
+        s.record_broken();
+        let snap = s.snapshot();
+        assert_eq!(snap.requests, 7);
+        assert_eq!(snap.responses_2xx, 2);
+        assert_eq!(snap.responses_4xx, 2);
+        // A broken answer counts as a 5xx; a 3xx is in no class counted.
+        assert_eq!(snap.responses_5xx, 3);
     }
 }

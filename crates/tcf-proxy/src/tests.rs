@@ -169,6 +169,30 @@ async fn maps_failures_to_the_right_status() {
 }
 
 #[tokio::test]
+async fn maintenance_answers_503_with_retry_after_and_leaves_the_route_alone() {
+    let hits = Arc::new(AtomicU32::new(0));
+    let (up, _t) = upstream("a", Duration::ZERO, hits.clone()).await;
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(vec![Backend::new("a", up)]));
+    let (addr, _stop) = start_proxy(proxy.clone()).await;
+    proxy.set_maintenance(Some(Duration::from_millis(1500)));
+    assert_eq!(proxy.maintenance(), Some(2));
+    let client: TestClient<HttpConnector, Full<Bytes>> =
+        TestClient::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(format!("http://{addr}/x").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+    assert!(resp.headers().contains_key(PROXY_ERROR_HEADER));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the instance was not asked");
+    proxy.set_maintenance(None);
+    assert_eq!(get(addr, "/x", None).await.0, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_retried_on_another_backend() {
     let dead = TcpListener::bind("127.0.0.1:0")
         .await
