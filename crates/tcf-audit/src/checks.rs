@@ -100,7 +100,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
         "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
-        "TCF-BAK-001" | "TCF-BAK-002" | "TCF-BAK-003" => backups(rule, ctx),
+        "TCF-BAK-001" | "TCF-BAK-002" | "TCF-BAK-003" | "TCF-BAK-004" => backups(rule, ctx),
         other => Err(format!("no check is wired for {other}")),
     };
     match result {
@@ -481,15 +481,19 @@ fn plaintext_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
             )
         });
     env_entries(ctx)
-        .filter(|(_, key, value, _)| secrets::is_credential_key(key) && secrets::is_literal_secret(value))
-        .map(|(service, key, _, location)| {
-            Finding::new(
+        .filter_map(|(service, key, value, location)| {
+            let why = if secrets::is_credential_key(key) && secrets::is_literal_secret(value) {
+                "credential keyword in the key"
+            } else {
+                secrets::secret_shaped(value)?
+            };
+            Some(Finding::new(
                 rule,
                 location,
                 format!(
-                    "env {key} of service {service} holds a literal credential in the config file (value not shown; rule: credential keyword in the key)"
+                    "env {key} of service {service} holds a literal credential in the config file (value not shown; rule: {why})"
                 ),
-            )
+            ))
         })
         .chain(backup)
         .collect()
@@ -631,7 +635,7 @@ fn secrets_in_files(rule: &'static Rule, config: &Config) -> Vec<Finding> {
                     } else if secrets::url_with_password(value).is_some() {
                         Some("URL with a password")
                     } else {
-                        None
+                        secrets::secret_shaped(value)
                     };
                 if let Some(why) = rule_hit {
                     let line_no = number as u32 + 1;
@@ -677,6 +681,7 @@ fn backups(rule: &'static Rule, ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
                 backup.repository.display()
             )
         }),
+        "TCF-BAK-004" => restore_not_proven(backup)?,
         _ => backup.schedule.is_none().then(|| {
             "[backup] has no schedule: backups run only by hand or with a deploy's --backup"
                 .to_string()
@@ -686,6 +691,39 @@ fn backups(rule: &'static Rule, ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
         .map(|detail| Finding::new(rule, section(), detail))
         .into_iter()
         .collect())
+}
+
+/// How many days a restore-verify stays recent enough (the monitor's restore_verify_stale too).
+const RESTORE_PROOF_DAYS: i64 = 7;
+
+/// Why no backup counts as proven restorable, if so: read from the repository (a listing of
+/// manifests and their verify records; no key and no server needed).
+fn restore_not_proven(backup: &tcf_config::BackupConfig) -> Result<Option<String>, String> {
+    let settings = tcf_backup::Settings::from_config(backup, &|_| None)
+        .map_err(|e| format!("cannot read [backup]: {e}"))?;
+    let backups = tcf_backup::Backups::new(settings);
+    let last = backups
+        .last_passed_verify(tcf_backup::Level::Restore)
+        .map_err(|e| {
+            format!(
+                "cannot read the repository {}: {e}",
+                backup.repository.display()
+            )
+        })?;
+    let Some(last) = last else {
+        return Ok(Some(format!(
+            "no backup in {} ever passed `backup verify --level restore`",
+            backup.repository.display()
+        )));
+    };
+    let at = tcf_backup::time::parse_rfc3339_ms(&last)
+        .ok_or_else(|| format!("the repository records a verify time {last:?} it cannot read"))?;
+    let days = (tcf_backup::time::now_unix_ms() - at) / 86_400_000;
+    Ok((days >= RESTORE_PROOF_DAYS).then(|| {
+        format!(
+            "the last backup that passed a restore-verify was verified {days} days ago ({last})"
+        )
+    }))
 }
 
 /// Passwords written into `[backup.sources.NAME]` (or the URL they came from).

@@ -249,8 +249,16 @@ pub static BACKUPS_UNSCHEDULED: Rule = rule(
     "Set [backup] schedule = \"0 3 * * *\" (UTC), or run `tcf-platform backup create` from cron.",
 );
 
+pub static RESTORE_NOT_PROVEN: Rule = rule(
+    "TCF-BAK-004",
+    "No backup proven restorable recently",
+    Severity::Medium,
+    "The backup repository: no backup passed `backup verify --level restore` in the last 7 days (or none ever did). A backup that was never restored is a hope, not a backup.",
+    "Run `tcf-platform backup verify ID --level restore` on the newest backup, and schedule it (the monitor's restore_verify_stale alert watches the same age).",
+);
+
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 25] = [
+pub static ALL: [&Rule; 26] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -276,6 +284,7 @@ pub static ALL: [&Rule; 25] = [
     &NO_BACKUPS,
     &BACKUPS_UNENCRYPTED,
     &BACKUPS_UNSCHEDULED,
+    &RESTORE_NOT_PROVEN,
 ];
 
 pub fn all() -> impl Iterator<Item = &'static Rule> {

@@ -139,6 +139,82 @@ pub fn weakness(value: &str) -> Option<&'static str> {
     }
 }
 
+/// Token formats whose prefix says what they are (the prefix must be followed by at least 16
+/// more characters).
+const TOKEN_PREFIXES: &[(&str, &str)] = &[
+    ("AKIA", "an AWS access key id"),
+    ("ASIA", "an AWS temporary access key id"),
+    ("ghp_", "a GitHub token"),
+    ("gho_", "a GitHub token"),
+    ("ghs_", "a GitHub token"),
+    ("github_pat_", "a GitHub token"),
+    ("glpat-", "a GitLab token"),
+    ("sk_live_", "a Stripe secret key"),
+    ("rk_live_", "a Stripe secret key"),
+    ("xoxb-", "a Slack token"),
+    ("xoxp-", "a Slack token"),
+    ("sk-", "an API secret key"),
+    ("tcfp_", "a TCF Platform API token"),
+    ("AGE-SECRET-KEY-1", "an age identity"),
+];
+
+/// Bits per character of `s` (Shannon entropy over its characters).
+fn entropy(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let n = s.chars().count() as f64;
+    counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Why a value looks like a secret whatever its key is called — a known token format, a PEM
+/// private key, or a long random-looking string (as gitleaks' generic rule does) — without
+/// repeating it. None for references, paths, URLs, UUIDs and digests.
+pub fn secret_shaped(value: &str) -> Option<&'static str> {
+    let v = value.trim();
+    if v.contains("PRIVATE KEY-----") {
+        return Some("a PEM private key");
+    }
+    if v.starts_with("${") || v.contains(char::is_whitespace) {
+        return None;
+    }
+    for (prefix, what) in TOKEN_PREFIXES {
+        if v.len() >= prefix.len() + 16
+            && v.starts_with(prefix)
+            && v[prefix.len()..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
+            return Some(what);
+        }
+    }
+    if v.len() < 24 || v.contains("://") || v.starts_with('/') || v.contains(':') {
+        return None;
+    }
+    let token_chars = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+/=_-.".contains(c));
+    let mixed = v.chars().any(|c| c.is_ascii_digit()) && v.chars().any(|c| c.is_ascii_alphabetic());
+    if !token_chars || !mixed {
+        return None;
+    }
+    let hex = v.chars().all(|c| c.is_ascii_hexdigit());
+    // Random hex tops out at 4 bits a character, base64 at 6: each has its own bar.
+    let random = if hex {
+        v.len() >= 32 && entropy(v) >= 3.0
+    } else {
+        entropy(v) >= 4.0
+    };
+    random.then_some("a long random-looking value (high entropy)")
+}
+
 /// `scheme://user:password@host…` with a non-empty password: the user, if any, for the
 /// message (never the password).
 pub fn url_with_password(value: &str) -> Option<String> {
@@ -230,6 +306,50 @@ mod tests {
         assert_eq!(weakness("abc12"), Some("shorter than 8 characters"));
         assert_eq!(weakness("aaaaaaaaaaaa"), Some("one character repeated"));
         assert_eq!(weakness("v9#Lq2!xPz7w"), None);
+    }
+
+    #[test]
+    fn secret_shaped_values_true_positives() {
+        for (value, why) in [
+            ("AKIAIOSFODNN7EXAMPLE1234", "an AWS access key id"),
+            ("ghp_16C7e42F292c6912E7710c838347Ae178B4a", "a GitHub token"),
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "a Stripe secret key"),
+            (
+                "tcfp_q7V2mR9xL4kP8sT1wZ6yB3nC5dF0gH2j",
+                "a TCF Platform API token",
+            ),
+            ("-----BEGIN RSA PRIVATE KEY-----\nMIIE", "a PEM private key"),
+            (
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "a long random-looking value (high entropy)",
+            ),
+            (
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "a long random-looking value (high entropy)",
+            ),
+        ] {
+            assert_eq!(secret_shaped(value), Some(why), "{value}");
+        }
+    }
+
+    #[test]
+    fn secret_shaped_values_false_positives() {
+        for value in [
+            "",
+            "${secret:stripe}",
+            "production",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "/var/lib/tcf-platform/state/instance-logs",
+            "https://api.example.com/v1/hooks/incoming",
+            "info,tcf_daemon=debug,hyper=warn",
+            "tcf_gateway_production_replica",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "com.example.service.gateway.v2",
+            "the quick brown fox jumps over it",
+        ] {
+            assert_eq!(secret_shaped(value), None, "{value}");
+        }
     }
 
     #[test]

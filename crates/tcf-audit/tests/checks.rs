@@ -307,6 +307,8 @@ fn backup_checks_read_the_backup_section() {
         ("TCF-FS-006", repository.display().to_string()),
         ("TCF-BAK-002", "config [backup]".to_string()),
         ("TCF-BAK-003", "config [backup]".to_string()),
+        // An empty repository: nothing ever passed a restore-verify.
+        ("TCF-BAK-004", "config [backup]".to_string()),
         ("TCF-SEC-001", "backup source db, password".to_string()),
         ("TCF-SEC-001", "service api, env DB_PASSWORD".to_string()),
         ("TCF-SEC-003", "backup source db, password".to_string()),
@@ -317,7 +319,7 @@ fn backup_checks_read_the_backup_section() {
     assert_eq!(found, expected);
     // Without [backup], its details are not run (nothing to inspect), never passed.
     let plain = audit(&fixture(INSECURE, true));
-    for id in ["TCF-BAK-002", "TCF-BAK-003", "TCF-FS-006"] {
+    for id in ["TCF-BAK-002", "TCF-BAK-003", "TCF-BAK-004", "TCF-FS-006"] {
         let check = plain.checks.iter().find(|c| c.rule.id == id).unwrap();
         assert!(matches!(check.outcome, Outcome::NotRun { .. }), "{id}");
     }

@@ -91,9 +91,15 @@ impl Repository {
         self.root.join(BACKUPS).join(id)
     }
 
-    /// Create the repository's directories if they do not exist yet.
+    /// Create the repository's directories if they do not exist yet: 0700, as dumps are
+    /// readable data even when encrypted (names, sizes, times). An existing directory keeps
+    /// the mode its operator gave it (`prod audit` reports one open to others).
     pub fn ensure(&self) -> Result<()> {
-        fs::create_dir_all(self.root.join(BACKUPS))
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.root.join(BACKUPS))
             .context(|| format!("creating the backup repository {}", self.root.display()))
     }
 

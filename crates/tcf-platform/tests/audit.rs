@@ -109,16 +109,54 @@ fn offline_audit_finds_the_password_and_the_open_state_dir() {
 
     // Fixed: nothing at high or above (the online checks still not run, not failing).
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Encrypted backups, with the identity at hand so a restore-verify can run.
+    let identity = age::x25519::Identity::generate();
     let hardened = Platform::new(&format!(
-        "{}\n[backup]\nrepository = \"backups\"\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\nschedule = \"0 3 * * *\"\n\n[backup.sources.state]\nkind = \"directory\"\npath = \"data\"\n",
-        example_config()
+        "{}\n[backup]\nrepository = \"backups\"\nrecipients = [\"{}\"]\nidentity = \"backup-key.txt\"\nschedule = \"0 3 * * *\"\n\n[backup.sources.state]\nkind = \"directory\"\npath = \"data\"\n",
+        example_config(),
+        identity.to_public()
     ));
+    {
+        use age::secrecy::ExposeSecret;
+        let key = hardened.dir.path().join("backup-key.txt");
+        std::fs::write(&key, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     std::fs::create_dir_all(hardened.dir.path().join(".tcf")).unwrap();
     std::fs::set_permissions(
         hardened.dir.path().join(".tcf"),
         std::fs::Permissions::from_mode(0o700),
     )
     .unwrap();
+    // Backups proven restorable (TCF-BAK-004): one taken and restore-verified.
+    std::fs::create_dir_all(hardened.dir.path().join("data")).unwrap();
+    std::fs::write(hardened.dir.path().join("data/a"), "a").unwrap();
+    let out = hardened.cli(&[
+        "prod",
+        "audit",
+        "--format",
+        "json",
+        "--check",
+        "TCF-BAK-004",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(finding(&report, "TCF-BAK-004").is_some(), "{report:#}");
+    let created = hardened.cli(&["backup", "create", "--format", "json"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let id = serde_json::from_slice::<Value>(&created.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verified = hardened.cli(&["backup", "verify", &id, "--level", "restore"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
     let out = hardened.cli(&["prod", "audit", "--format", "json", "--fail-on", "medium"]);
     assert_eq!(
         out.status.code(),

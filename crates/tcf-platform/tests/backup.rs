@@ -344,7 +344,10 @@ fn the_daemon_runs_the_schedule_and_records_backup_events() {
         .unwrap()
         .iter()
         .any(|e| e["kind"] == "backup.failed"
-            && e["message"].as_str().unwrap().starts_with("scheduled backup")));
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("scheduled backup")));
 }
 
 /// The raw answer of the proxy to one request (head and body).
