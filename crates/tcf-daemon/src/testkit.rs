@@ -265,6 +265,7 @@ impl TestPlatform {
             runtime.clone(),
             None,
             BTreeMap::new(),
+            BTreeMap::new(),
             &BTreeMap::new(),
         );
         crate::record_initial_release(&p, &BTreeMap::new());

@@ -11,6 +11,7 @@
 //! - `DEMO_ERROR_RATE=0.3`: answer that share of requests (not /health) with 500
 //! - `DEMO_LATENCY_MS=N`: add N ms to every answer (not /health)
 //! - `DEMO_HOLD_MS=N`, or `?hold_ms=N` on one request: hold the request open N ms
+//! - `?say=WORD` on a request: write WORD as a line to stdout (to follow output into the log)
 //!
 //! A version name can carry the same faults, so a deploy can pick them per release:
 //! `unhealthy` in the version fails health, `errors` answers every request with 500 (or
@@ -104,6 +105,13 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/echo" && req.headers().contains_key("upgrade") {
         return echo_upgrade(req);
+    }
+    if let Some((_, word)) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "say")
+    }) {
+        println!("{word}");
     }
     let hold = query_ms(req.uri().query(), "hold_ms").unwrap_or(knobs.hold);
     let wait = knobs.latency + hold;

@@ -156,6 +156,16 @@ in the config file to keep it for the next deploy and the next `up`."
     /// Show or release the deploy lock
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Restart or upgrade the daemon itself without dropping a request
+    #[command(
+        subcommand,
+        long_about = "Replace the running daemon by a new process without closing a public \
+listener: the new daemon receives the listening sockets, adopts every instance (same pids) and \
+accepts once its routes are ready; the old one finishes its in-flight requests and exits. If the \
+new daemon fails to start, the old one keeps serving and the command says why (exit 1). See \
+docs/running.md."
+    )]
+    Daemon(DaemonCommand),
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -434,6 +444,23 @@ pub struct RollbackArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Hand the running daemon over to a new process of the same binary
+    Restart {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Hand the running daemon over to a new binary (a newer tcf-platform)
+    Upgrade {
+        /// The new tcf-platform binary
+        #[arg(long)]
+        binary: std::path::PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

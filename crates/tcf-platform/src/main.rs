@@ -11,8 +11,8 @@ mod output;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, ProdCommand, RestartArgs,
-    RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
+    Cli, Command, ConfigCommand, DaemonCommand, DeployArgs, Format, LockCommand, ProdCommand,
+    RestartArgs, RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -50,6 +50,17 @@ impl From<ClientError> for Failure {
 type CmdResult = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
+    // The daemon runs this binary as each process instance's log shim (no command line).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == tcf_daemon::LOG_SHIM_ARG) {
+        return match tcf_daemon::run_log_shim(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: tcf-platform log shim: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -142,6 +153,12 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => history(&cli, service.as_deref(), *limit, *format).await,
         Command::Lock(LockCommand::Status { format }) => lock_status(&cli, *format).await,
         Command::Lock(LockCommand::Release { force }) => lock_release(&cli, *force).await,
+        Command::Daemon(DaemonCommand::Restart { format }) => {
+            daemon_handover(&cli, None, *format).await
+        }
+        Command::Daemon(DaemonCommand::Upgrade { binary, format }) => {
+            daemon_handover(&cli, Some(binary), *format).await
+        }
         Command::Logs {
             service,
             follow,
@@ -896,6 +913,32 @@ async fn lock_status(cli: &Cli, format: Format) -> CmdResult {
             l.acquired.unwrap_or_default(),
             l.heartbeat.unwrap_or_default(),
             l.expires.unwrap_or_default()
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `daemon restart` / `daemon upgrade`: the daemon answers once the new one serves.
+async fn daemon_handover(cli: &Cli, binary: Option<&std::path::Path>, format: Format) -> CmdResult {
+    let binary = match binary {
+        Some(b) => Some(
+            std::path::absolute(b)
+                .with_context(|| format!("cannot resolve {}", b.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // Taking over waits for the adopted instances' first health probe: allow for it.
+    let client = client(cli)?.with_timeouts(Duration::from_secs(5), Duration::from_secs(300));
+    let done: tcf_api::HandoverResponse = client
+        .post("/v1/daemon/handover", &tcf_api::HandoverRequest { binary })
+        .await?;
+    match format {
+        Format::Json => print_json(&done)?,
+        Format::Table => print_text(&format!(
+            "daemon pid {} took over from pid {} ({}); the old daemon is finishing its requests and exits\n",
+            done.new_pid, done.old_pid, done.binary
         ))?,
     }
     Ok(ExitCode::SUCCESS)

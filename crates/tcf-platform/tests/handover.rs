@@ -1,0 +1,216 @@
+//! Restarting and upgrading the daemon itself under load: the listeners are handed over to the
+//! new process, the instances are adopted, and no request fails.
+
+mod common;
+
+use common::load::Load;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(60);
+
+/// Each instance's id with its pid.
+fn instance_pids(status: &Value) -> BTreeMap<String, u64> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().iter())
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn listen_of(status: &Value, service: &str) -> String {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap()["listen"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every daemon a test started (the first is the test's child; the others were started by
+/// their predecessors): SIGKILLed at the end if still alive, so a failed test leaves none.
+struct Daemons(Vec<u32>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if alive(*pid) {
+                kill9(*pid);
+            }
+        }
+    }
+}
+
+fn daemon_pid(p: &Platform) -> u32 {
+    let out = p.cli(&["status", "--format", "json"]);
+    assert!(out.status.success());
+    std::fs::read_to_string(p.dir.path().join(".tcf/daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Run `daemon ARGS`; returns the new daemon's pid once the old one is gone.
+fn hand_over(p: &Platform, daemons: &mut Daemons, args: &[&str]) -> u32 {
+    let old = daemon_pid(p);
+    let mut full = vec!["daemon"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--format", "json"]);
+    let out = p.cli(&full);
+    assert!(
+        out.status.success(),
+        "daemon {args:?} failed: {}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(p.daemon_log()).unwrap_or_default()
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["old_pid"], old);
+    let new = answer["new_pid"].as_u64().unwrap() as u32;
+    assert_ne!(new, old);
+    daemons.0.push(new);
+    wait_until("the old daemon to drain and exit", START, || !alive(old));
+    assert_eq!(daemon_pid(p), new);
+    new
+}
+
+#[test]
+fn restarts_and_an_upgrade_under_load_fail_no_request_and_keep_every_instance() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    let mut daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
+    let before = p.wait_for("all healthy", START, all_healthy);
+    let pids = instance_pids(&before);
+    let gateway = listen_of(&before, "gateway");
+    let personas = listen_of(&before, "personas");
+
+    let load = Load::start(&gateway, 16);
+    let other_load = Load::start(&personas, 4);
+    // A request held open across the first restart: the old daemon finishes it.
+    let held = {
+        let addr = gateway.clone();
+        std::thread::spawn(move || http_get(&addr, "/held?hold_ms=3000"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        hand_over(&p, &mut daemons, &["restart"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // An upgrade to a copy of the binary (beside it, where the demo service is found too).
+    let copy = bin().with_file_name(format!("tcf-platform-upgrade-{}", std::process::id()));
+    std::fs::copy(bin(), &copy).unwrap();
+    let _remove_copy = RemoveFile(copy.clone());
+    hand_over(
+        &p,
+        &mut daemons,
+        &["upgrade", "--binary", copy.to_str().unwrap()],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (code, body) = held.join().unwrap().expect("the held request");
+    assert_eq!(code, 200, "{body}");
+    let report = load.stop();
+    let other = other_load.stop();
+    for (name, r) in [("gateway", &report), ("personas", &other)] {
+        assert!(
+            r.errors.is_empty(),
+            "{name}: connection errors: {:?}",
+            r.errors
+        );
+        assert!(!r.samples.is_empty(), "{name}: no requests were made");
+        let failed: Vec<_> = r.samples.iter().filter(|s| s.status / 100 != 2).collect();
+        assert!(
+            failed.is_empty(),
+            "{name}: {} of {} requests failed, e.g. {:?}",
+            failed.len(),
+            r.samples.len(),
+            failed.first()
+        );
+    }
+    let after = p.wait_for("all healthy after the upgrade", START, all_healthy);
+    assert_eq!(instance_pids(&after), pids, "instances were replaced");
+
+    // The trail is continuous in the one store: each takeover and each release kept.
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "2000"])
+            .stdout,
+    )
+    .unwrap();
+    let took_over = events
+        .iter()
+        .filter(|e| e["kind"] == "daemon.took_over")
+        .count();
+    assert_eq!(took_over, 6, "five restarts and one upgrade");
+
+    assert!(p.cli(&["down"]).status.success());
+    let last = *daemons.0.last().unwrap();
+    wait_until("the last daemon to stop", START, || !alive(last));
+    for pid in pids.values() {
+        assert!(!alive(*pid as u32), "pid {pid} still alive after down");
+    }
+}
+
+#[test]
+fn a_new_daemon_that_fails_to_start_leaves_the_old_one_serving() {
+    let mut p = Platform::new(&example_config());
+    p.up();
+    let _daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
+    let before = p.wait_for("all healthy", START, all_healthy);
+    let gateway = listen_of(&before, "gateway");
+    let old = daemon_pid(&p);
+
+    // A "binary" that exits at once, before it could take anything over.
+    let broken = p.dir.path().join("broken-tcf-platform");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = p.cli(&["daemon", "upgrade", "--binary", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exited before taking over"), "{err}");
+    assert!(err.contains("keeps serving") || alive(old), "{err}");
+
+    // A file that is not executable is refused before anything starts.
+    let not_exec = p.dir.path().join("not-executable");
+    std::fs::write(&not_exec, "").unwrap();
+    let out = p.cli(&["daemon", "upgrade", "--binary", not_exec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an executable"));
+
+    // The old daemon still serves, records and supervises.
+    assert_eq!(daemon_pid(&p), old);
+    let (code, _) = http_get(&gateway, "/still-here").unwrap();
+    assert_eq!(code, 200);
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "500"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "daemon.handover_failed"));
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
+
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
