@@ -144,6 +144,25 @@ pub struct HandoverResponse {
     pub binary: String,
 }
 
+/// `POST /v1/reload`: what the config file changed, applied by the daemon that took over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadResponse {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub scaled: Vec<ScaleChange>,
+    /// Services whose settings changed: switched blue-green to instances with the new ones.
+    pub changed: Vec<String>,
+    pub old_pid: u32,
+    pub new_pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleChange {
+    pub service: String,
+    pub from: u32,
+    pub to: u32,
+}
+
 /// `POST /v1/down`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DownResponse {

@@ -598,7 +598,143 @@ fn send_listeners(conn: &mut UnixStream, p: &Platform, kit: &Kit) -> std::io::Re
 pub fn router(p: Arc<Platform>, kit: Arc<Kit>) -> axum::Router {
     axum::Router::new()
         .route("/v1/daemon/handover", axum::routing::post(handover_route))
+        .route("/v1/reload", axum::routing::post(reload_route))
         .with_state((p, kit))
+}
+
+/// Why a reload changed nothing.
+pub enum ReloadError {
+    /// The config file does not validate.
+    Invalid(String),
+    /// The new daemon did not take over.
+    Handover(String),
+}
+
+/// `reload` and SIGHUP: validate the config file, say what it changes, and hand over to a new
+/// daemon (same binary) that runs it: new services start, removed ones are stopped once this
+/// daemon drained them, and a changed service is scaled or switched blue-green by the release
+/// control loop (`apply_config_changes`). An invalid file is refused and changes nothing.
+pub async fn reload(
+    p: Arc<Platform>,
+    kit: Arc<Kit>,
+    actor: String,
+) -> Result<tcf_api::ReloadResponse, ReloadError> {
+    let path = p.config.path.clone();
+    let environment = p.config.environment.clone();
+    let fresh =
+        tokio::task::spawn_blocking(move || tcf_config::load(&path, environment.as_deref()))
+            .await
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?
+            .map_err(|e| {
+                ReloadError::Invalid(format!(
+                    "the config file does not validate; nothing was changed:\n{e}"
+                ))
+            })?;
+    let mut summary = tcf_api::ReloadResponse::default();
+    for (name, svc) in &p.services {
+        let Some(new) = fresh.services.get(name) else {
+            summary.removed.push(name.clone());
+            continue;
+        };
+        let Some(active) = svc.active_colour() else {
+            continue;
+        };
+        let running = active.current_spec();
+        if running.instances != new.instances {
+            summary.scaled.push(tcf_api::ScaleChange {
+                service: name.clone(),
+                from: running.instances,
+                to: new.instances,
+            });
+        }
+        let mut as_running = (*running).clone();
+        as_running.instances = new.instances;
+        if serde_json::to_value(&as_running).ok() != serde_json::to_value(new).ok() {
+            summary.changed.push(name.clone());
+        }
+    }
+    summary.added = fresh
+        .services
+        .keys()
+        .filter(|n| !p.services.contains_key(*n))
+        .cloned()
+        .collect();
+    p.event_by(
+        &actor,
+        "reload.requested",
+        None,
+        None,
+        format!("reload: {}", describe(&summary)),
+    );
+    let done = hand_over(p, kit, None, actor)
+        .await
+        .map_err(ReloadError::Handover)?;
+    summary.old_pid = done.old_pid;
+    summary.new_pid = done.new_pid;
+    Ok(summary)
+}
+
+/// One line for a reload's changes.
+pub fn describe(r: &tcf_api::ReloadResponse) -> String {
+    let mut parts = Vec::new();
+    if !r.added.is_empty() {
+        parts.push(format!("added {}", r.added.join(", ")));
+    }
+    if !r.removed.is_empty() {
+        parts.push(format!("removed {}", r.removed.join(", ")));
+    }
+    for s in &r.scaled {
+        parts.push(format!("{} scaled {} -> {}", s.service, s.from, s.to));
+    }
+    if !r.changed.is_empty() {
+        parts.push(format!("changed {} (blue-green)", r.changed.join(", ")));
+    }
+    if parts.is_empty() {
+        "no service changes".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+async fn reload_route(
+    axum::extract::State((p, kit)): axum::extract::State<(Arc<Platform>, Arc<Kit>)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<crate::caller::Peer>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match reload(p, kit, peer.user()).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(ReloadError::Invalid(error)) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(tcf_api::ErrorBody { error }),
+        )
+            .into_response(),
+        Err(ReloadError::Handover(error)) => (
+            axum::http::StatusCode::CONFLICT,
+            axum::Json(tcf_api::ErrorBody { error }),
+        )
+            .into_response(),
+    }
+}
+
+/// SIGHUP reloads, as `tcf-platform reload` does; the outcome goes to the daemon's log.
+pub fn reload_on_sighup(p: Arc<Platform>, kit: Arc<Kit>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload(p.clone(), kit.clone(), "SIGHUP".into()).await {
+                Ok(r) => tracing::info!(
+                    "SIGHUP: reloaded ({}); daemon pid {} took over",
+                    describe(&r),
+                    r.new_pid
+                ),
+                Err(ReloadError::Invalid(e)) | Err(ReloadError::Handover(e)) => {
+                    tracing::error!("SIGHUP: reload refused: {e}")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn handover_route(

@@ -238,6 +238,8 @@ async fn run_daemon(
         };
         listeners.push((svc.name.clone(), l));
     }
+    // A service the config no longer has: its address closes here (the old daemon drained it).
+    drop(handed);
     let metrics_handed = inherited
         .as_mut()
         .and_then(|i| i.metrics.take())
@@ -287,6 +289,7 @@ async fn run_daemon(
         daemon_lock,
     ));
     api_std.set_nonblocking(true).map_err(socket_err)?;
+    let sighup = kit.clone();
     let api_listener = tokio::net::UnixListener::from_std(api_std).map_err(socket_err)?;
     let metrics_listener = match metrics_listener {
         Some(l) => {
@@ -328,14 +331,24 @@ async fn run_daemon(
             }
         }
     }
-    let left_processes = left_processes(&config, &store, runtime.as_ref(), &active);
+    // Taking over, the colours run what runs (the specs their release recorded); what the
+    // config file changed since is then applied as releases (`apply_config_changes`).
+    let running_specs = if inherited.is_some() {
+        recorded_specs(&config, &store, &active)
+    } else {
+        BTreeMap::new()
+    };
+    let left_processes = left_processes(&config, &store, runtime.as_ref(), &active, &running_specs);
     let p = assemble(
         config,
         store,
         runtime,
         docker.clone(),
-        adoptable,
-        left_processes,
+        Adoptable {
+            containers: adoptable,
+            processes: left_processes,
+            running_specs: running_specs.clone(),
+        },
         &active,
     );
 
@@ -354,7 +367,7 @@ async fn run_daemon(
             }
         ),
     );
-    recover(&p).await;
+    recover(&p, inherited.as_ref().map(|i| i.old_pid)).await;
     if !store_existed {
         recover_without_store(&p).await;
     }
@@ -419,6 +432,9 @@ async fn run_daemon(
         if let Err(e) = i.ready() {
             tracing::warn!("cannot tell the old daemon this one is ready: {e}");
         }
+        if !running_specs.is_empty() {
+            tokio::spawn(apply_config_changes(p.clone(), running_specs.clone()));
+        }
         p.event(
             "daemon.took_over",
             None,
@@ -436,6 +452,9 @@ async fn run_daemon(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
+    if let Err(e) = handover::reload_on_sighup(p.clone(), sighup) {
+        tracing::warn!("cannot handle SIGHUP (reload with `tcf-platform reload`): {e}");
+    }
     let router = api::router(p.clone())
         .merge(api_monitor::router(monitor))
         .merge(handover::router(p.clone(), kit.clone()));
@@ -526,6 +545,17 @@ fn bind_api_socket(
     Ok(listener)
 }
 
+/// What a starting daemon found running that it takes over, and the specs it runs with.
+#[derive(Default)]
+struct Adoptable {
+    /// Containers of the active release, by instance id.
+    containers: BTreeMap<String, tcf_docker::Found>,
+    /// Process instances of the active release, by instance id.
+    processes: BTreeMap<String, LeftProcess>,
+    /// Taking over: each service's spec as its release recorded it.
+    running_specs: BTreeMap<String, tcf_config::Service>,
+}
+
 /// The live state for `config`: each service with its proxy and the colour it starts in (the
 /// colour of its adopted containers, else blue), each dependency, and the event writer.
 fn assemble(
@@ -533,10 +563,14 @@ fn assemble(
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
     docker: Option<Arc<tcf_docker::DockerRuntime>>,
-    adoptable: BTreeMap<String, tcf_docker::Found>,
-    left_processes: BTreeMap<String, LeftProcess>,
+    adoptable: Adoptable,
     active: &BTreeMap<String, String>,
 ) -> Arc<Platform> {
+    let Adoptable {
+        containers: adoptable,
+        processes: left_processes,
+        running_specs,
+    } = adoptable;
     let mut services = BTreeMap::new();
     for (name, cfg) in &config.services {
         let proxy = ServiceProxy::with_access_log(
@@ -572,7 +606,8 @@ fn assemble(
             })
             .unwrap_or_else(|| "blue".to_string());
         let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version, Arc::new(cfg.clone()));
+        let spec = running_specs.get(name).unwrap_or(cfg);
+        svc.add_colour(colour, &version, Arc::new(spec.clone()));
         svc.set_traffic(vec![(colour.to_string(), 100)]);
         services.insert(name.clone(), svc);
     }
@@ -636,7 +671,7 @@ fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
 /// record is cleaned up by the runtime that started it: processes by their group here;
 /// containers were already adopted or removed by label, and their init is a process-group
 /// leader too, so the process clean-up must never see them.
-async fn recover(p: &Arc<Platform>) {
+async fn recover(p: &Arc<Platform>, old_daemon: Option<u32>) {
     let records = match p.store.instances() {
         Ok(r) => r,
         Err(e) => {
@@ -666,6 +701,29 @@ async fn recover(p: &Arc<Platform>) {
                     pgid: pgid as u32,
                     start_ticks: rec.proc_start_ticks.map(|t| t as u64),
                 };
+                if let Some(old) = old_daemon {
+                    // Taking over: the old daemon may still route requests to it (a service
+                    // the config removed, an instance scaled away). Stop it once that one
+                    // has drained and exited.
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        while tcf_runtime::procfs::start_ticks(old).is_some()
+                            && !tcf_runtime::procfs::is_zombie(old)
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+                            p.event(
+                                "instance.stopped",
+                                Some(&rec.service),
+                                Some(&rec.id),
+                                "stopped: no longer part of the config (the previous daemon drained it first)",
+                            );
+                        }
+                        let _ = p.with_store(move |s| s.remove_instance(&rec.id)).await;
+                    });
+                    continue;
+                }
                 if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
                     p.event(
                         "recovery.cleaned_up",
@@ -689,6 +747,7 @@ fn left_processes(
     store: &Store,
     runtime: &dyn Runtime,
     active: &BTreeMap<String, String>,
+    running_specs: &BTreeMap<String, tcf_config::Service>,
 ) -> BTreeMap<String, LeftProcess> {
     let records = match store.instances() {
         Ok(r) => r,
@@ -717,7 +776,10 @@ fn left_processes(
         else {
             continue;
         };
-        if !matches!(colour.as_str(), "blue" | "green") || n == 0 || n > svc.instances {
+        let count = running_specs
+            .get(&svc.name)
+            .map_or(svc.instances, |s| s.instances);
+        if !matches!(colour.as_str(), "blue" | "green") || n == 0 || n > count {
             continue;
         }
         let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
@@ -756,6 +818,80 @@ fn left_processes(
             .all(|(_, other)| mine > *other || (mine == *other && l.colour == "blue"))
     });
     found
+}
+
+/// The spec each configured service's active release recorded (what its instances run).
+fn recorded_specs(
+    config: &Config,
+    store: &Store,
+    active: &BTreeMap<String, String>,
+) -> BTreeMap<String, tcf_config::Service> {
+    config
+        .services
+        .values()
+        .filter_map(|svc| {
+            let version = active.get(&svc.name)?;
+            let text = store.spec_of(&svc.name, version).ok()??;
+            let spec: tcf_config::Service = serde_json::from_str(&text).ok()?;
+            // What a release cannot change stays as the config says.
+            (spec.listen == svc.listen && spec.runtime == svc.runtime)
+                .then(|| (svc.name.clone(), spec))
+        })
+        .collect()
+}
+
+/// After a takeover: apply what the config file changed since the services' releases, each
+/// through the release control loop like a deploy. A new instance count is a scale; any other
+/// change of a service's settings is a blue-green switch to instances with the new ones.
+async fn apply_config_changes(
+    p: Arc<Platform>,
+    running_specs: BTreeMap<String, tcf_config::Service>,
+) {
+    for name in p.config.start_order() {
+        let (Some(svc), Some(was)) = (p.services.get(&name), running_specs.get(&name)) else {
+            continue;
+        };
+        let (Ok(was), Ok(now)) = (serde_json::to_value(was), serde_json::to_value(&svc.config))
+        else {
+            continue;
+        };
+        if was == now {
+            continue;
+        }
+        let Some(active) = svc.active_colour() else {
+            continue;
+        };
+        let mut was_with_new_count = was.clone();
+        was_with_new_count["instances"] = now["instances"].clone();
+        let kind = if was_with_new_count == now {
+            deploy::Kind::Scale(svc.config.instances)
+        } else {
+            deploy::Kind::Deploy(tcf_config::Strategy::BlueGreen)
+        };
+        let plan = deploy::Plan {
+            kind,
+            targets: vec![(name.clone(), active.version.clone())],
+            specs: [(name.clone(), Arc::new(svc.config.clone()))]
+                .into_iter()
+                .collect(),
+            validate: false,
+            backup: false,
+            force: false,
+            reason: Some("config reload".into()),
+            actor: "reload".into(),
+            lock_wait: Duration::from_secs(300),
+        };
+        // Progress lines are events too; nobody follows this release live.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let outcome = deploy::run(p.clone(), plan, tx).await;
+        p.event(
+            "reload.applied",
+            Some(&name),
+            None,
+            format!("config change of {name} applied: {}", outcome.result()),
+        );
+    }
 }
 
 /// No store, yet instances of this platform run (found by the state directory in their

@@ -166,6 +166,18 @@ new daemon fails to start, the old one keeps serving and the command says why (e
 docs/running.md."
     )]
     Daemon(DaemonCommand),
+    /// Apply the changed config file to the running platform (as SIGHUP does)
+    #[command(
+        long_about = "Validate the config file and apply it without dropping a request: a new \
+daemon takes over the listeners and instances (as `daemon restart` does) and runs the new config: \
+new services start, removed ones are drained and stopped, a changed instance count is a scale \
+and any other change of a service's settings a blue-green switch, each through the release \
+control loop (see `tcf-platform events`). An invalid file is refused and changes nothing (exit 1)."
+    )]
+    Reload {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,

@@ -153,6 +153,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => history(&cli, service.as_deref(), *limit, *format).await,
         Command::Lock(LockCommand::Status { format }) => lock_status(&cli, *format).await,
         Command::Lock(LockCommand::Release { force }) => lock_release(&cli, *force).await,
+        Command::Reload { format } => reload(&cli, *format).await,
         Command::Daemon(DaemonCommand::Restart { format }) => {
             daemon_handover(&cli, None, *format).await
         }
@@ -940,6 +941,41 @@ async fn daemon_handover(cli: &Cli, binary: Option<&std::path::Path>, format: Fo
             "daemon pid {} took over from pid {} ({}); the old daemon is finishing its requests and exits\n",
             done.new_pid, done.old_pid, done.binary
         ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reload`: the daemon answers with what changed once the new daemon runs the file.
+async fn reload(cli: &Cli, format: Format) -> CmdResult {
+    let client = client(cli)?.with_timeouts(Duration::from_secs(5), Duration::from_secs(300));
+    let done: tcf_api::ReloadResponse = client.post("/v1/reload", &serde_json::json!({})).await?;
+    match format {
+        Format::Json => print_json(&done)?,
+        Format::Table => {
+            let mut text = String::new();
+            for s in &done.added {
+                text.push_str(&format!("  + {s} (new service: starting)\n"));
+            }
+            for s in &done.removed {
+                text.push_str(&format!("  - {s} (removed: drained, then stopped)\n"));
+            }
+            for s in &done.scaled {
+                text.push_str(&format!(
+                    "  ~ {}: {} -> {} instance(s) (scale)\n",
+                    s.service, s.from, s.to
+                ));
+            }
+            for s in &done.changed {
+                text.push_str(&format!("  ~ {s}: settings changed (blue-green switch)\n"));
+            }
+            if text.is_empty() {
+                text.push_str("  no service changes\n");
+            }
+            print_text(&format!(
+                "reloaded: daemon pid {} runs the config (took over from pid {})\n{text}follow the changes with `tcf-platform events`\n",
+                done.new_pid, done.old_pid
+            ))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

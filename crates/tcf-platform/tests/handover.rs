@@ -214,3 +214,137 @@ impl Drop for RemoveFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+fn service<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+}
+
+#[test]
+fn reload_adds_removes_scales_and_switches_services_under_load() {
+    let text = example_config();
+    let mut p = Platform::new(&text);
+    p.up();
+    let mut daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
+    let before = p.wait_for("all healthy", START, all_healthy);
+    let pids = instance_pids(&before);
+    let tokens_addr = listen_of(&before, "tokens");
+    let loads: Vec<(&str, Load)> = ["gateway", "projects", "personas"]
+        .into_iter()
+        .map(|s| (s, Load::start(&listen_of(&before, s), 8)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // tokens goes, search comes, personas runs two instances, the gateway's settings change.
+    let search_port = free_port();
+    let tokens_at = text.find("[services.tokens]").unwrap();
+    let mut changed = text[..tokens_at].to_string();
+    changed = changed
+        .replace(
+            "depends_on = [\"personas\", \"workflows\", \"projects\", \"context\", \"tokens\"]",
+            "depends_on = [\"personas\", \"workflows\", \"projects\", \"context\"]\nenv = { GATEWAY_MODE = \"reloaded\" }",
+        )
+        .replacen(
+            "[services.personas]\ncommand = [\"tcf-demo\"]",
+            "[services.personas]\ninstances = 2\ncommand = [\"tcf-demo\"]",
+            1,
+        );
+    changed.push_str(&format!(
+        "[services.search]\ncommand = [\"tcf-demo\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{search_port}\"\n"
+    ));
+    assert_ne!(changed, text[..tokens_at]);
+    std::fs::write(&p.config, &changed).unwrap();
+
+    let out = p.cli(&["reload", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "reload failed: {}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(p.daemon_log()).unwrap_or_default()
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["added"], serde_json::json!(["search"]));
+    assert_eq!(summary["removed"], serde_json::json!(["tokens"]));
+    assert_eq!(
+        summary["scaled"],
+        serde_json::json!([{"service": "personas", "from": 1, "to": 2}])
+    );
+    assert_eq!(summary["changed"], serde_json::json!(["gateway"]));
+    let old = summary["old_pid"].as_u64().unwrap() as u32;
+    daemons.0.push(summary["new_pid"].as_u64().unwrap() as u32);
+    wait_until("the old daemon to drain and exit", START, || !alive(old));
+
+    // The gateway's switch is a release with its watch period: allow for it.
+    let after = p.wait_for("the new config applied", START * 3, |s| {
+        service(s, "tokens").is_none()
+            && service(s, "search").is_some_and(|v| v["healthy"] == true)
+            && service(s, "personas").is_some_and(|v| {
+                v["instances"]
+                    .as_array()
+                    .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["health"] == "healthy"))
+            })
+            && s["deploy_in_progress"].is_null()
+            && service(s, "gateway").is_some_and(|v| {
+                // Switched to new instances (the old colour may stay warm for a rollback).
+                v["instances"].as_array().is_some_and(|i| {
+                    i.iter().any(|i| {
+                        !pids.contains_key(i["id"].as_str().unwrap()) && i["health"] == "healthy"
+                    })
+                })
+            })
+            && all_healthy(s)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for (name, load) in loads {
+        let r = load.stop();
+        assert!(
+            r.errors.is_empty(),
+            "{name}: connection errors: {:?}",
+            r.errors
+        );
+        assert!(!r.samples.is_empty(), "{name}: no requests were made");
+        let failed = r.samples.iter().filter(|s| s.status / 100 != 2).count();
+        assert_eq!(failed, 0, "{name}: {failed} of {} failed", r.samples.len());
+    }
+    // Unchanged services kept their instances; the removed one's are gone.
+    let now = instance_pids(&after);
+    for id in [
+        "projects-blue-1",
+        "context-blue-1",
+        "workflows-blue-1",
+        "personas-blue-1",
+    ] {
+        assert_eq!(now.get(id), pids.get(id), "{id} was replaced");
+    }
+    wait_until("tokens' instance stopped", START, || {
+        !alive(pids["tokens-blue-1"] as u32)
+    });
+    wait_until("tokens' address closed", START, || {
+        std::net::TcpStream::connect(&tokens_addr).is_err()
+    });
+    let (code, _) = http_get(&format!("127.0.0.1:{search_port}"), "/hello").unwrap();
+    assert_eq!(code, 200);
+
+    // An invalid file is refused and changes nothing.
+    let daemon = daemon_pid(&p);
+    std::fs::write(&p.config, format!("{changed}\n[services.broken\n")).unwrap();
+    let out = p.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not validate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(daemon_pid(&p), daemon);
+    std::fs::write(&p.config, &changed).unwrap();
+    assert_eq!(
+        instance_pids(&p.status().unwrap()),
+        instance_pids(&after),
+        "a refused reload changed something"
+    );
+
+    assert!(p.cli(&["down"]).status.success());
+    wait_until("the daemon to stop", START, || !alive(daemon));
+}
