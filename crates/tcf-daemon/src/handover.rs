@@ -776,3 +776,27 @@ pub async fn wait_for_tunnels(p: &Platform, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Tell systemd (`Type=notify`, `NotifyAccess=all`) something about this daemon: `READY=1`
+/// once it serves, `MAINPID=` when it took over from the old one (so the old one's exit is no
+/// failure of the unit). Nothing happens outside systemd.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
+    }
+}

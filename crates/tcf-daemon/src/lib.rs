@@ -429,6 +429,8 @@ async fn run_daemon(
     if let (Some(i), Some(proxies)) = (inherited.as_mut(), waiting_proxies.take()) {
         handover::wait_for_adopted(&p, &i.healthy).await;
         proxy_task = Some(start_proxies(proxies));
+        // systemd follows this process from now on; the old one's exit is expected.
+        handover::sd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         if let Err(e) = i.ready() {
             tracing::warn!("cannot tell the old daemon this one is ready: {e}");
         }
@@ -470,6 +472,9 @@ async fn run_daemon(
             tracing::error!("the API server failed: {e}");
         }
     });
+    if inherited.is_none() {
+        handover::sd_notify("READY=1");
+    }
 
     let mut shutdown = p.shutdown.subscribe();
     tokio::select! {

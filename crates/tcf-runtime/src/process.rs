@@ -255,6 +255,9 @@ impl Runtime for ProcessRuntime {
                 .env("TCF_SERVICE", &spec.service)
                 .env("TCF_VERSION", &spec.version)
                 .env("TCF_INSTANCE", &spec.id)
+                // A daemon run by systemd with NotifyAccess=all: the instance must not be able
+                // to speak for it.
+                .env_remove("NOTIFY_SOCKET")
                 .current_dir(&self.workdir)
                 .process_group(0)
                 .stdin(Stdio::null())
