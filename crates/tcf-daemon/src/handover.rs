@@ -422,12 +422,26 @@ pub async fn hand_over(
         send_listeners(&mut stream, &p2, &kit2).map_err(|e| e.to_string())?;
         read_line(&mut stream).map_err(|e| e.to_string())
     });
+    let mut exchange = exchange;
+    let flatten = |r: Result<Result<Message, String>, tokio::task::JoinError>| {
+        r.map_err(|e| e.to_string()).and_then(|r| r)
+    };
     let reply = tokio::select! {
-        r = exchange => r.map_err(|e| e.to_string()).and_then(|r| r),
-        status = child.wait() => Err(format!(
-            "the new daemon exited before it was ready ({}); its error is in the daemon's log",
-            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-        )),
+        r = &mut exchange => flatten(r),
+        status = child.wait() => {
+            // It may have said why before it exited: that beats its exit status.
+            let exited = format!(
+                "the new daemon exited before it was ready ({}); its error is in the daemon's log",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            );
+            match tokio::time::timeout(Duration::from_secs(5), &mut exchange).await {
+                Ok(r) => match flatten(r) {
+                    Ok(m) => Ok(m),
+                    Err(_) => Err(exited),
+                },
+                Err(_) => Err(exited),
+            }
+        }
     };
     match reply {
         Ok(Message::Ready { pid }) => {

@@ -348,3 +348,107 @@ fn reload_adds_removes_scales_and_switches_services_under_load() {
     assert!(p.cli(&["down"]).status.success());
     wait_until("the daemon to stop", START, || !alive(daemon));
 }
+
+#[test]
+fn a_new_daemon_that_fails_after_the_old_one_let_go_hands_everything_back() {
+    let text = example_config();
+    let mut p = Platform::new(&text);
+    p.up();
+    let _daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
+    let before = p.wait_for("all healthy", START, all_healthy);
+    let pids = instance_pids(&before);
+    let gateway = listen_of(&before, "gateway");
+    let old = daemon_pid(&p);
+    let load = Load::start(&gateway, 8);
+
+    // The new daemon gets the listeners and the store, then cannot bind a new service's
+    // address (someone else holds it): it fails after the old daemon let go of everything.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    std::fs::write(
+        &p.config,
+        format!("{text}\n[services.blocked]\ncommand = [\"tcf-demo\"]\nversion = \"v1\"\nlisten = \"{taken}\"\n"),
+    )
+    .unwrap();
+    let out = p.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(daemon_pid(&p), old);
+
+    // The old daemon has its store, lock and supervisors back: it records, and it restarts an
+    // instance that dies.
+    std::fs::write(&p.config, &text).unwrap();
+    let victim = pids["projects-blue-1"] as u32;
+    kill9(victim);
+    let after = p.wait_for("projects restarted", START, |s| {
+        all_healthy(s) && instance_pids(s)["projects-blue-1"] != victim as u64
+    });
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.samples.iter().all(|s| s.status / 100 == 2));
+    let now = instance_pids(&after);
+    for (id, pid) in &pids {
+        if id != "projects-blue-1" {
+            assert_eq!(now.get(id), Some(pid), "{id} was replaced");
+        }
+    }
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "500"])
+            .stdout,
+    )
+    .unwrap();
+    for kind in ["daemon.handover_failed", "daemon.handover_aborted"] {
+        assert!(events.iter().any(|e| e["kind"] == kind), "no {kind} event");
+    }
+    drop(squatter);
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn sighup_reloads_and_an_invalid_file_changes_nothing() {
+    let text = example_config();
+    let mut p = Platform::new(&text);
+    p.up();
+    let mut daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
+    p.wait_for("all healthy", START, all_healthy);
+    let first = daemon_pid(&p);
+    let hup = |pid: u32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+
+    // Invalid: refused, the daemon keeps running (SIGHUP does not kill it) and says why.
+    std::fs::write(&p.config, format!("{text}\n[services.broken\n")).unwrap();
+    hup(first);
+    wait_until("the refusal in the daemon's log", START, || {
+        std::fs::read_to_string(p.daemon_log()).is_ok_and(|l| l.contains("SIGHUP: reload refused"))
+    });
+    assert!(alive(first));
+
+    // Valid: personas gets a second instance from a new daemon.
+    std::fs::write(
+        &p.config,
+        text.replacen(
+            "[services.personas]\ncommand = [\"tcf-demo\"]",
+            "[services.personas]\ninstances = 2\ncommand = [\"tcf-demo\"]",
+            1,
+        ),
+    )
+    .unwrap();
+    hup(first);
+    wait_until("the old daemon replaced", START, || !alive(first));
+    let second = daemon_pid(&p);
+    daemons.0.push(second);
+    p.wait_for("personas scaled to 2", START, |s| {
+        all_healthy(s)
+            && service(s, "personas")
+                .is_some_and(|v| v["instances"].as_array().is_some_and(|i| i.len() == 2))
+    });
+    assert!(p.cli(&["down"]).status.success());
+    wait_until("the daemon to stop", START, || !alive(second));
+}
