@@ -331,7 +331,7 @@ pub async fn hand_over(
     if kit.handed_over.load(Ordering::SeqCst) || *p.shutdown.borrow() {
         return Err("this daemon is stopping".into());
     }
-    let _no_release = p.release_slot.try_lock().map_err(|_| {
+    let no_release = p.release_slot.try_lock().map_err(|_| {
         "a release is running; wait for it to finish (tcf-platform status), then retry".to_string()
     })?;
     let binary = match binary {
@@ -446,6 +446,9 @@ pub async fn hand_over(
     match reply {
         Ok(Message::Ready { pid }) => {
             kit.handed_over.store(true, Ordering::SeqCst);
+            // This daemon never runs a release again (its store is the new daemon's): a
+            // request that reaches its API before it closes waits, then gives up.
+            std::mem::forget(no_release);
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });
