@@ -164,6 +164,41 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// `POST /v1/daemon/handover`: start a new daemon (this binary, or `binary`) that takes over
+/// the listeners and instances without dropping a request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HandoverRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// The answer once the new daemon serves; the old one is draining and exits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HandoverResponse {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub binary: String,
+}
+
+/// `POST /v1/reload`: what the config file changed, applied by the daemon that took over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadResponse {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub scaled: Vec<ScaleChange>,
+    /// Services whose settings changed: switched blue-green to instances with the new ones.
+    pub changed: Vec<String>,
+    pub old_pid: u32,
+    pub new_pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleChange {
+    pub service: String,
+    pub from: u32,
+    pub to: u32,
+}
+
 /// `POST /v1/down`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DownResponse {

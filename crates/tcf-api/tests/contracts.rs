@@ -138,3 +138,30 @@ fn errors_ping_and_down() {
     );
     insta::assert_json_snapshot!("down", DownResponse { stopping: true });
 }
+
+#[test]
+fn handover_and_reload() {
+    insta::assert_json_snapshot!(
+        "handover",
+        HandoverResponse {
+            old_pid: 4100,
+            new_pid: 4242,
+            binary: "/usr/bin/tcf-platform".into(),
+        }
+    );
+    insta::assert_json_snapshot!(
+        "reload",
+        ReloadResponse {
+            added: vec!["search".into()],
+            removed: vec!["tokens".into()],
+            scaled: vec![ScaleChange {
+                service: "personas".into(),
+                from: 1,
+                to: 2,
+            }],
+            changed: vec!["gateway".into()],
+            old_pid: 5002,
+            new_pid: 5120,
+        }
+    );
+}

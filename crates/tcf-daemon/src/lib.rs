@@ -10,6 +10,7 @@ mod api_monitor;
 mod backup;
 mod caller;
 mod deploy;
+mod handover;
 mod health;
 mod logs;
 mod maintenance;
@@ -23,10 +24,11 @@ mod testkit;
 mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
+pub use handover::HANDOVER_ENV;
 pub use health::dependency as probe_dependency;
 
 use nix::fcntl::{Flock, FlockArg};
-use platform::{DependencyInfo, DependencyRuntime, Platform, ServiceRuntime};
+use platform::{DependencyInfo, DependencyRuntime, LeftProcess, Platform, ServiceRuntime};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
@@ -40,6 +42,32 @@ use tcf_runtime::process::ProcessRuntime;
 use tcf_runtime::{Identity, Runtime};
 use tcf_store::Store;
 use tokio::sync::{broadcast, watch};
+
+/// The hidden first argument that runs `tcf-platform` as an instance's log shim
+/// (`tcf-platform __log-shim LOG_PATH MAX_SIZE`, reading the instance's output on stdin): the
+/// binary's `main` hands it to [`run_log_shim`] before parsing a command line.
+pub const LOG_SHIM_ARG: &str = "__log-shim";
+
+/// The log shim's whole life: copy stdin into the capped, stamped log named by `args`
+/// (`LOG_PATH MAX_SIZE`) until every writer closed it. Blocking; no async runtime.
+pub fn run_log_shim(args: &[std::ffi::OsString]) -> std::io::Result<()> {
+    let [path, cap] = args else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("usage: tcf-platform {LOG_SHIM_ARG} LOG_PATH MAX_SIZE"),
+        ));
+    };
+    let cap = cap
+        .to_str()
+        .and_then(|c| c.parse::<u64>().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the log's maximum size must be a number of bytes",
+            )
+        })?;
+    tcf_runtime::logfile::copy_to_log(std::io::stdin().lock(), std::path::Path::new(path), cap)
+}
 
 /// How long the proxies wait for in-flight requests when the daemon stops.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
@@ -68,6 +96,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Docker(#[from] tcf_docker::DockerError),
+    #[error("cannot take over from the running daemon: {0}")]
+    Handover(String),
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -83,7 +113,7 @@ fn state_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Daemo
 }
 
 /// Hold the state directory's lock for the daemon's lifetime; the pid inside names the holder.
-fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, DaemonError> {
+pub(crate) fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, DaemonError> {
     let path = state_dir.join("daemon.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -110,15 +140,41 @@ fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, Daemon
     }
 }
 
-/// Run the platform until `stop` resolves or the API is asked to stop.
+/// Run the platform until `stop` resolves or the API is asked to stop. Started by a daemon
+/// that hands over (`daemon restart`/`upgrade`, [`HANDOVER_ENV`] set), it takes that one's
+/// listeners, store and instances instead of starting afresh.
 pub async fn run(
     config: Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    let inherited = match std::env::var_os(HANDOVER_ENV) {
+        Some(socket) => {
+            let socket = PathBuf::from(socket);
+            let received = tokio::task::spawn_blocking(move || handover::receive(&socket))
+                .await
+                .map_err(|e| DaemonError::Handover(e.to_string()))??;
+            Some(received)
+        }
+        None => None,
+    };
+    let reporter = inherited.as_ref().and_then(|i| i.reporter());
+    let result = run_daemon(config, stop, inherited).await;
+    if let Err(e) = &result {
+        // The old daemon keeps serving and tells its caller why.
+        handover::report_failure(reporter, &e.to_string());
+    }
+    result
+}
+
+async fn run_daemon(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+    mut inherited: Option<handover::Inherited>,
+) -> Result<(), DaemonError> {
     let state_dir = config.platform.state_dir.clone();
     std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
-    let _lock = take_lock(&state_dir)?;
+    let daemon_lock = take_lock(&state_dir)?;
     let store_existed = state_dir.join("state.db").exists();
     let store = Arc::new(Store::open(&state_dir)?);
     let workdir = config
@@ -126,7 +182,10 @@ pub async fn run(
         .parent()
         .map(|d| d.to_path_buf())
         .unwrap_or_else(|| PathBuf::from("."));
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(workdir));
+    // Instances' output goes through a shim process (this binary again, through /proc/self/exe
+    // so it works even when the file was replaced by an upgrade): they outlive the daemon.
+    let runtime: Arc<dyn Runtime> =
+        Arc::new(ProcessRuntime::new(workdir).with_log_shim("/proc/self/exe", &[LOG_SHIM_ARG]));
     let docker_services: Vec<String> = config
         .services
         .values()
@@ -150,37 +209,96 @@ pub async fn run(
 
     // Bind everything before starting anything: a taken address fails the whole start. Each
     // proxy worker thread gets its own listener per service.
-    let workers = proxy_workers();
+    // A daemon that takes over keeps the old one's sockets (same listeners, nothing refused)
+    // and its number of workers; an address the config moved is bound afresh.
+    let mut handed = inherited
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.services))
+        .unwrap_or_default();
+    let workers = handed
+        .values()
+        .map(Vec::len)
+        .find(|n| *n > 0)
+        .unwrap_or_else(proxy_workers);
     let mut listeners = Vec::new();
     for svc in config.services.values() {
-        let l = tcf_proxy::bind_for_workers(svc.listen, workers).map_err(|source| {
-            DaemonError::Bind {
-                service: svc.name.clone(),
-                addr: svc.listen,
-                source,
-            }
-        })?;
+        let kept = handed.remove(&svc.name).filter(|l| {
+            l.len() == workers
+                && l.iter()
+                    .all(|l| l.local_addr().is_ok_and(|a| a == svc.listen))
+        });
+        let l = match kept {
+            Some(l) => l,
+            None => tcf_proxy::bind_for_workers(svc.listen, workers).map_err(|source| {
+                DaemonError::Bind {
+                    service: svc.name.clone(),
+                    addr: svc.listen,
+                    source,
+                }
+            })?,
+        };
         listeners.push((svc.name.clone(), l));
     }
-    let metrics_listener = monitor::bind_metrics(&config).await?;
-    let socket = config.daemon.socket.clone();
-    let unclean = socket.exists();
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(state_dir_err(dir))?;
-    }
-    // We hold the lock, so a socket file here is left from a daemon that did not stop cleanly.
-    let _ = std::fs::remove_file(&socket);
-    let api_listener =
-        tokio::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
-            path: socket.clone(),
-            source,
-        })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
-        |source| DaemonError::Socket {
-            path: socket.clone(),
-            source,
+    // A service the config no longer has: its address closes here (the old daemon drained it).
+    drop(handed);
+    let metrics_handed = inherited
+        .as_mut()
+        .and_then(|i| i.metrics.take())
+        .filter(|l| {
+            config
+                .monitor
+                .metrics_listen
+                .is_some_and(|want| l.local_addr().is_ok_and(|a| a == want))
+        });
+    let metrics_listener = match metrics_handed {
+        Some(l) => Some(l),
+        None => match monitor::bind_metrics(&config).await? {
+            Some(l) => Some(l.into_std().map_err(state_dir_err(&state_dir))?),
+            None => None,
         },
-    )?;
+    };
+    let socket = config.daemon.socket.clone();
+    let unclean = inherited.is_none() && socket.exists();
+    let api_std = match inherited.as_ref() {
+        Some(i) => i.api.try_clone().map_err(|source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        })?,
+        None => bind_api_socket(&socket)?,
+    };
+    let socket_err = |source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    };
+    let kit = Arc::new(handover::Kit::new(
+        listeners
+            .iter()
+            .map(|(n, l)| {
+                Ok((
+                    n.clone(),
+                    l.iter().map(|l| l.try_clone()).collect::<Result<_, _>>()?,
+                ))
+            })
+            .collect::<std::io::Result<_>>()
+            .map_err(state_dir_err(&state_dir))?,
+        api_std.try_clone().map_err(socket_err)?,
+        metrics_listener
+            .as_ref()
+            .map(|l| l.try_clone())
+            .transpose()
+            .map_err(state_dir_err(&state_dir))?,
+        daemon_lock,
+    ));
+    api_std.set_nonblocking(true).map_err(socket_err)?;
+    let sighup = kit.clone();
+    let api_listener = tokio::net::UnixListener::from_std(api_std).map_err(socket_err)?;
+    let metrics_listener = match metrics_listener {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(state_dir_err(&state_dir))?;
+            Some(tokio::net::TcpListener::from_std(l).map_err(state_dir_err(&state_dir))?)
+        }
+        None => None,
+    };
 
     let active = store.active_versions()?;
     // Containers a previous daemon left: adopt those of the active release, remove the rest.
@@ -214,7 +332,26 @@ pub async fn run(
             }
         }
     }
-    let p = assemble(config, store, runtime, docker.clone(), adoptable, &active);
+    // Taking over, the colours run what runs (the specs their release recorded); what the
+    // config file changed since is then applied as releases (`apply_config_changes`).
+    let running_specs = if inherited.is_some() {
+        recorded_specs(&config, &store, &active)
+    } else {
+        BTreeMap::new()
+    };
+    let left_processes = left_processes(&config, &store, runtime.as_ref(), &active, &running_specs);
+    let p = assemble(
+        config,
+        store,
+        runtime,
+        docker.clone(),
+        Adoptable {
+            containers: adoptable,
+            processes: left_processes,
+            running_specs: running_specs.clone(),
+        },
+        &active,
+    );
 
     p.event(
         "daemon.started",
@@ -224,14 +361,14 @@ pub async fn run(
             "daemon started (pid {}, config {}){}",
             std::process::id(),
             p.config.path.display(),
-            if unclean {
-                "; the previous daemon did not stop cleanly"
-            } else {
-                ""
+            match &inherited {
+                Some(i) => format!("; taking over from pid {} (restart or upgrade)", i.old_pid),
+                None if unclean => "; the previous daemon did not stop cleanly".to_string(),
+                None => String::new(),
             }
         ),
     );
-    recover(&p).await;
+    recover(&p, inherited.as_ref().map(|i| i.old_pid)).await;
     if !store_existed {
         recover_without_store(&p).await;
     }
@@ -266,21 +403,50 @@ pub async fn run(
     }
     record_initial_release(&p, &active);
 
-    // Proxies first: they answer 503 until a service has a healthy instance.
-    let proxies = listeners
+    // Proxies first: they answer 503 until a service has a healthy instance. A daemon that
+    // takes over accepts only once the services the old one served are healthy here too
+    // (the old one accepts meanwhile).
+    let proxies: Vec<_> = listeners
         .into_iter()
         .map(|(name, l)| (p.services[&name].proxy.clone(), l))
         .collect();
-    let proxy_task = tokio::spawn(tcf_proxy::serve_workers(
-        proxies,
-        p.shutdown.subscribe(),
-        SHUTDOWN_DRAIN,
-    ));
+    let start_proxies = |proxies| {
+        tokio::spawn(tcf_proxy::serve_workers(
+            proxies,
+            kit.data_plane.subscribe(),
+            SHUTDOWN_DRAIN,
+        ))
+    };
+    let (mut proxy_task, mut waiting_proxies) = match inherited {
+        Some(_) => (None, Some(proxies)),
+        None => (Some(start_proxies(proxies)), None),
+    };
     for dep in p.dependencies.values() {
         tokio::spawn(supervisor::watch_dependency(p.clone(), dep.clone()));
     }
     for svc in p.services.values() {
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
+    }
+    if let (Some(i), Some(proxies)) = (inherited.as_mut(), waiting_proxies.take()) {
+        handover::wait_for_adopted(&p, &i.healthy).await;
+        proxy_task = Some(start_proxies(proxies));
+        // systemd follows this process from now on; the old one's exit is expected.
+        handover::sd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        if let Err(e) = i.ready() {
+            tracing::warn!("cannot tell the old daemon this one is ready: {e}");
+        }
+        if !running_specs.is_empty() {
+            tokio::spawn(apply_config_changes(p.clone(), running_specs.clone()));
+        }
+        p.event(
+            "daemon.took_over",
+            None,
+            None,
+            format!(
+                "took over from pid {}: serving on the same listeners with the same instances",
+                i.old_pid
+            ),
+        );
     }
     tokio::spawn(metrics::run_sampler(p.clone()));
     backup::spawn_scheduler(p.clone());
@@ -289,7 +455,12 @@ pub async fn run(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let router = api::router(p.clone()).merge(api_monitor::router(monitor));
+    if let Err(e) = handover::reload_on_sighup(p.clone(), sighup) {
+        tracing::warn!("cannot handle SIGHUP (reload with `tcf-platform reload`): {e}");
+    }
+    let router = api::router(p.clone())
+        .merge(api_monitor::router(monitor))
+        .merge(handover::router(p.clone(), kit.clone()));
     let api_server = axum::serve(
         api_listener,
         router.into_make_service_with_connect_info::<caller::Peer>(),
@@ -302,6 +473,9 @@ pub async fn run(
             tracing::error!("the API server failed: {e}");
         }
     });
+    if inherited.is_none() {
+        handover::sd_notify("READY=1");
+    }
 
     let mut shutdown = p.shutdown.subscribe();
     tokio::select! {
@@ -311,16 +485,30 @@ pub async fn run(
         }
         _ = shutdown.wait_for(|s| *s) => {}
     }
+    if kit.settle().await {
+        // Handed over: the new daemon owns the store, the instances and the listeners. Finish
+        // what is in flight here, then go without stopping anything.
+        tracing::info!("handed over; draining in-flight requests, then exiting");
+        if let Some(t) = proxy_task {
+            let _ = t.await;
+        }
+        handover::wait_for_tunnels(&p, SHUTDOWN_DRAIN).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+        return Ok(());
+    }
+    kit.data_plane.send_replace(true);
     p.event(
         "daemon.stopping",
         None,
         None,
         "stopping: draining connections, then stopping instances",
     );
-    match proxy_task.await {
-        Ok(Err(e)) => tracing::error!("the proxy workers failed: {e}"),
-        Err(e) => tracing::error!("the proxy workers failed: {e}"),
-        Ok(Ok(())) => {}
+    if let Some(t) = proxy_task {
+        match t.await {
+            Ok(Err(e)) => tracing::error!("the proxy workers failed: {e}"),
+            Err(e) => tracing::error!("the proxy workers failed: {e}"),
+            Ok(Ok(())) => {}
+        }
     }
     supervisor::stop_all(&p).await;
     if let Some(d) = &p.docker {
@@ -345,6 +533,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Bind the API socket (we hold the state directory's lock, so a socket file here is left from
+/// a daemon that did not stop cleanly) and make it the owner's alone.
+fn bind_api_socket(
+    socket: &std::path::Path,
+) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    let socket_err = |source| DaemonError::Socket {
+        path: socket.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(state_dir_err(dir))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(socket_err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    Ok(listener)
+}
+
+/// What a starting daemon found running that it takes over, and the specs it runs with.
+#[derive(Default)]
+struct Adoptable {
+    /// Containers of the active release, by instance id.
+    containers: BTreeMap<String, tcf_docker::Found>,
+    /// Process instances of the active release, by instance id.
+    processes: BTreeMap<String, LeftProcess>,
+    /// Taking over: each service's spec as its release recorded it.
+    running_specs: BTreeMap<String, tcf_config::Service>,
+}
+
 /// The live state for `config`: each service with its proxy and the colour it starts in (the
 /// colour of its adopted containers, else blue), each dependency, and the event writer.
 fn assemble(
@@ -352,9 +569,14 @@ fn assemble(
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
     docker: Option<Arc<tcf_docker::DockerRuntime>>,
-    adoptable: BTreeMap<String, tcf_docker::Found>,
+    adoptable: Adoptable,
     active: &BTreeMap<String, String>,
 ) -> Arc<Platform> {
+    let Adoptable {
+        containers: adoptable,
+        processes: left_processes,
+        running_specs,
+    } = adoptable;
     let mut services = BTreeMap::new();
     for (name, cfg) in &config.services {
         let proxy = ServiceProxy::with_access_log(
@@ -381,9 +603,17 @@ fn assemble(
         let colour = adoptable
             .values()
             .find(|f: &&tcf_docker::Found| f.service == *name)
-            .map_or("blue".to_string(), |f| f.colour.clone());
+            .map(|f| f.colour.clone())
+            .or_else(|| {
+                left_processes
+                    .values()
+                    .find(|l| l.service == *name)
+                    .map(|l| l.colour.clone())
+            })
+            .unwrap_or_else(|| "blue".to_string());
         let colour = if colour == "green" { "green" } else { "blue" };
-        svc.add_colour(colour, &version, Arc::new(cfg.clone()));
+        let spec = running_specs.get(name).unwrap_or(cfg);
+        svc.add_colour(colour, &version, Arc::new(spec.clone()));
         svc.set_traffic(vec![(colour.to_string(), 100)]);
         services.insert(name.clone(), svc);
     }
@@ -409,6 +639,7 @@ fn assemble(
         runtime,
         docker: docker.clone(),
         adoptable: Mutex::new(adoptable),
+        adoptable_processes: Mutex::new(left_processes),
         services,
         dependencies,
         events,
@@ -447,7 +678,7 @@ fn sticky(by: &tcf_config::StickyBy) -> tcf_proxy::Sticky {
 /// record is cleaned up by the runtime that started it: processes by their group here;
 /// containers were already adopted or removed by label, and their init is a process-group
 /// leader too, so the process clean-up must never see them.
-async fn recover(p: &Arc<Platform>) {
+async fn recover(p: &Arc<Platform>, old_daemon: Option<u32>) {
     let records = match p.store.instances() {
         Ok(r) => r,
         Err(e) => {
@@ -455,7 +686,21 @@ async fn recover(p: &Arc<Platform>) {
             return;
         }
     };
+    // Only what a service's start will ask for is kept: its active colour, within its count.
+    platform::lock(&p.adoptable_processes).retain(|id, l| {
+        p.services
+            .get(&l.service)
+            .and_then(|s| s.active_colour())
+            .is_some_and(|c| {
+                c.name == l.colour
+                    && (1..=c.count()).any(|n| *id == format!("{}-{}-{n}", l.service, c.name))
+            })
+    });
     for rec in records {
+        // Taken over by its service's start (the record stays: it still runs).
+        if platform::lock(&p.adoptable_processes).contains_key(&rec.id) {
+            continue;
+        }
         if rec.runtime == p.runtime.name() {
             if let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) {
                 let left = Identity {
@@ -463,6 +708,29 @@ async fn recover(p: &Arc<Platform>) {
                     pgid: pgid as u32,
                     start_ticks: rec.proc_start_ticks.map(|t| t as u64),
                 };
+                if let Some(old) = old_daemon {
+                    // Taking over: the old daemon may still route requests to it (a service
+                    // the config removed, an instance scaled away). Stop it once that one
+                    // has drained and exited.
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        while tcf_runtime::procfs::start_ticks(old).is_some()
+                            && !tcf_runtime::procfs::is_zombie(old)
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
+                            p.event(
+                                "instance.stopped",
+                                Some(&rec.service),
+                                Some(&rec.id),
+                                "stopped: no longer part of the config (the previous daemon drained it first)",
+                            );
+                        }
+                        let _ = p.with_store(move |s| s.remove_instance(&rec.id)).await;
+                    });
+                    continue;
+                }
                 if p.runtime.clean_up(left, LEFTOVER_GRACE).await {
                     p.event(
                         "recovery.cleaned_up",
@@ -474,6 +742,162 @@ async fn recover(p: &Arc<Platform>) {
             }
         }
         let _ = p.store.remove_instance(&rec.id);
+    }
+}
+
+/// Process instances a previous daemon left running that the active release still wants: of
+/// a configured process service, at its active version, numbered within its instance count,
+/// alive with the recorded start time. One colour per service (the one with most of them);
+/// whatever is not taken here is cleaned up by [`recover`].
+fn left_processes(
+    config: &Config,
+    store: &Store,
+    runtime: &dyn Runtime,
+    active: &BTreeMap<String, String>,
+    running_specs: &BTreeMap<String, tcf_config::Service>,
+) -> BTreeMap<String, LeftProcess> {
+    let records = match store.instances() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot read recorded instances: {e}");
+            return BTreeMap::new();
+        }
+    };
+    let mut found: BTreeMap<String, LeftProcess> = BTreeMap::new();
+    for rec in records {
+        let Some(svc) = config.services.get(&rec.service) else {
+            continue;
+        };
+        let version = active.get(&svc.name).unwrap_or(&svc.version);
+        if rec.runtime != runtime.name()
+            || svc.runtime != tcf_config::RuntimeKind::Process
+            || rec.version != *version
+        {
+            continue;
+        }
+        let Some((colour, n)) = rec
+            .id
+            .strip_prefix(&format!("{}-", svc.name))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(c, n)| Some((c.to_string(), n.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        let count = running_specs
+            .get(&svc.name)
+            .map_or(svc.instances, |s| s.instances);
+        if !matches!(colour.as_str(), "blue" | "green") || n == 0 || n > count {
+            continue;
+        }
+        let (Some(pid), Some(pgid)) = (rec.pid, rec.pgid) else {
+            continue;
+        };
+        let identity = Identity {
+            pid: pid as u32,
+            pgid: pgid as u32,
+            start_ticks: rec.proc_start_ticks.map(|t| t as u64),
+        };
+        if let Some(running) = runtime.adopt(identity) {
+            found.insert(
+                rec.id.clone(),
+                LeftProcess {
+                    service: rec.service.clone(),
+                    version: rec.version.clone(),
+                    colour,
+                    port: rec.port,
+                    running,
+                },
+            );
+        }
+    }
+    // A service runs one colour at startup: keep the colour with most live instances.
+    let mut per_colour: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in found.values() {
+        *per_colour
+            .entry((l.service.clone(), l.colour.clone()))
+            .or_default() += 1;
+    }
+    found.retain(|_, l| {
+        let mine = per_colour[&(l.service.clone(), l.colour.clone())];
+        per_colour
+            .iter()
+            .filter(|((s, c), _)| *s == l.service && *c != l.colour)
+            .all(|(_, other)| mine > *other || (mine == *other && l.colour == "blue"))
+    });
+    found
+}
+
+/// The spec each configured service's active release recorded (what its instances run).
+fn recorded_specs(
+    config: &Config,
+    store: &Store,
+    active: &BTreeMap<String, String>,
+) -> BTreeMap<String, tcf_config::Service> {
+    config
+        .services
+        .values()
+        .filter_map(|svc| {
+            let version = active.get(&svc.name)?;
+            let text = store.spec_of(&svc.name, version).ok()??;
+            let spec: tcf_config::Service = serde_json::from_str(&text).ok()?;
+            // What a release cannot change stays as the config says.
+            (spec.listen == svc.listen && spec.runtime == svc.runtime)
+                .then(|| (svc.name.clone(), spec))
+        })
+        .collect()
+}
+
+/// After a takeover: apply what the config file changed since the services' releases, each
+/// through the release control loop like a deploy. A new instance count is a scale; any other
+/// change of a service's settings is a blue-green switch to instances with the new ones.
+async fn apply_config_changes(
+    p: Arc<Platform>,
+    running_specs: BTreeMap<String, tcf_config::Service>,
+) {
+    for name in p.config.start_order() {
+        let (Some(svc), Some(was)) = (p.services.get(&name), running_specs.get(&name)) else {
+            continue;
+        };
+        let (Ok(was), Ok(now)) = (serde_json::to_value(was), serde_json::to_value(&svc.config))
+        else {
+            continue;
+        };
+        if was == now {
+            continue;
+        }
+        let Some(active) = svc.active_colour() else {
+            continue;
+        };
+        let mut was_with_new_count = was.clone();
+        was_with_new_count["instances"] = now["instances"].clone();
+        let kind = if was_with_new_count == now {
+            deploy::Kind::Scale(svc.config.instances)
+        } else {
+            deploy::Kind::Deploy(tcf_config::Strategy::BlueGreen)
+        };
+        let plan = deploy::Plan {
+            kind,
+            targets: vec![(name.clone(), active.version.clone())],
+            specs: [(name.clone(), Arc::new(svc.config.clone()))]
+                .into_iter()
+                .collect(),
+            validate: false,
+            backup: false,
+            force: false,
+            reason: Some("config reload".into()),
+            actor: "reload".into(),
+            lock_wait: Duration::from_secs(300),
+        };
+        // Progress lines are events too; nobody follows this release live.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let outcome = deploy::run(p.clone(), plan, tx).await;
+        p.event(
+            "reload.applied",
+            Some(&name),
+            None,
+            format!("config change of {name} applied: {}", outcome.result()),
+        );
     }
 }
 

@@ -144,7 +144,7 @@ pub async fn bind_metrics(
 }
 
 impl MonitorService {
-    fn open_monitor(p: &Platform, dir: &std::path::Path) -> Result<Monitor, String> {
+    pub(crate) fn open_monitor(p: &Platform, dir: &std::path::Path) -> Result<Monitor, String> {
         let rules = rules_from_config(&p.config)?;
         let m = &p.config.monitor;
         Monitor::open(

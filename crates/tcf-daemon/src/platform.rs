@@ -500,6 +500,15 @@ impl EventLog {
     }
 }
 
+/// A process instance of the active release that a previous daemon left running.
+pub struct LeftProcess {
+    pub service: String,
+    pub version: String,
+    pub colour: String,
+    pub port: u16,
+    pub running: Box<dyn tcf_runtime::Running>,
+}
+
 pub struct Platform {
     pub config: Config,
     pub store: Arc<Store>,
@@ -509,6 +518,9 @@ pub struct Platform {
     pub docker: Option<Arc<tcf_docker::DockerRuntime>>,
     /// Containers found running at startup that match the active release, by instance id.
     pub adoptable: Mutex<BTreeMap<String, tcf_docker::Found>>,
+    /// Process instances a previous daemon left running that match the active release, by
+    /// instance id: taken over (same pid, port, colour) instead of restarted.
+    pub adoptable_processes: Mutex<BTreeMap<String, LeftProcess>>,
     pub services: BTreeMap<String, Arc<ServiceRuntime>>,
     pub dependencies: BTreeMap<String, Arc<DependencyRuntime>>,
     pub events: broadcast::Sender<tcf_store::Event>,

@@ -216,20 +216,21 @@ async fn supervise(
                     ),
                 );
                 let (deadline_tx, deadline_rx) = oneshot::channel::<()>();
-                let prober = tokio::spawn(probe_loop(
+                // Stopped with its supervisor, even when that is aborted (a handover).
+                let prober = AbortOnDrop(tokio::spawn(probe_loop(
                     p.clone(),
                     svc.clone(),
                     inst.clone(),
                     started,
                     deadline_tx,
                     running.status_probe(),
-                ));
+                )));
                 let outcome = tokio::select! {
                     exit = running.wait() => Outcome::Exited(exit),
                     _ = stop_rx.wait_for(|s| *s) => Outcome::Stop,
                     Ok(()) = deadline_rx => Outcome::MissedDeadline,
                 };
-                prober.abort();
+                drop(prober);
                 let was_healthy = lock(&inst.info).health == Health::Healthy;
                 {
                     let mut i = lock(&inst.info);
@@ -340,6 +341,44 @@ async fn supervise(
         i.pid = None;
     }
     svc.rebuild_route();
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Supervise again every instance whose supervisor was stopped for a handover that was called
+/// off: a running one is adopted (same process), one that was between runs starts again.
+pub async fn supervise_again(p: &Arc<Platform>) {
+    for svc in p.services.values() {
+        for inst in svc.instances() {
+            if lock(&inst.task).is_some() {
+                continue;
+            }
+            let runtime = p.runtime_for(&inst.spec);
+            let running = inst.info().pid.and_then(|pid| {
+                runtime.adopt(tcf_runtime::Identity {
+                    pid,
+                    pgid: pid,
+                    start_ticks: tcf_runtime::procfs::start_ticks(pid),
+                })
+            });
+            if running.is_none() && inst.info().pid.is_some() && runtime.name() != "process" {
+                // A container cannot be adopted from here; the next daemon start reconciles it.
+                tracing::warn!(
+                    "{} is no longer supervised after the failed handover; restart the daemon to adopt it",
+                    inst.id
+                );
+                continue;
+            }
+            let task = tokio::spawn(supervise(p.clone(), svc.clone(), inst.clone(), running));
+            *lock(&inst.task) = Some(task);
+        }
+    }
 }
 
 /// The instance is gone: a later daemon has nothing to clean up.
@@ -489,13 +528,32 @@ pub async fn start_service(p: Arc<Platform>, svc: Arc<ServiceRuntime>) {
     }
 }
 
-/// A container of this instance found running at startup, taken over instead of replaced.
+/// A process or container of this instance found running at startup, taken over instead of
+/// replaced.
 async fn adopt(
     p: &Arc<Platform>,
     svc: &Arc<ServiceRuntime>,
     id: &str,
     version: &str,
 ) -> Option<(u16, Box<dyn tcf_runtime::Running>)> {
+    let left = lock(&p.adoptable_processes).remove(id);
+    if let Some(left) = left {
+        if left.version == version {
+            p.event(
+                "recovery.adopted",
+                Some(&svc.config.name),
+                Some(id),
+                format!(
+                    "adopted running process {} ({} {}, port {})",
+                    left.running.identity().pid,
+                    left.colour,
+                    left.version,
+                    left.port
+                ),
+            );
+            return Some((left.port, left.running));
+        }
+    }
     let docker = p.docker.as_ref()?;
     let found = lock(&p.adoptable).remove(id)?;
     let port = found.host_port?;

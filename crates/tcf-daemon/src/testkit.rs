@@ -264,7 +264,7 @@ impl TestPlatform {
             store,
             runtime.clone(),
             None,
-            BTreeMap::new(),
+            crate::Adoptable::default(),
             &BTreeMap::new(),
         );
         crate::record_initial_release(&p, &BTreeMap::new());

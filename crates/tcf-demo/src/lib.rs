@@ -12,6 +12,7 @@
 //! - `DEMO_LATENCY_MS=N`: add N ms to every answer (not /health)
 //! - `DEMO_HOLD_MS=N`, or `?hold_ms=N` on one request: hold the request open N ms
 //! - `?status=N` on one request: answer it with status N (a 404, say, for status counters)
+//! - `?say=WORD` on a request: write WORD as a line to stdout (to follow output into the log)
 //!
 //! A version name can carry the same faults, so a deploy can pick them per release:
 //! `unhealthy` in the version fails health, `errors` answers every request with 500 (or
@@ -108,6 +109,13 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/echo" && req.headers().contains_key("upgrade") {
         return echo_upgrade(req);
+    }
+    if let Some((_, word)) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "say")
+    }) {
+        println!("{word}");
     }
     let hold = query_ms(req.uri().query(), "hold_ms").unwrap_or(knobs.hold);
     let wait = knobs.latency + hold;

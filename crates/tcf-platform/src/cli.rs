@@ -167,6 +167,28 @@ made it; `status` shows who put a service in maintenance, when and why. Not kept
 daemon restart."
     )]
     Maintenance(MaintenanceCommand),
+    /// Restart or upgrade the daemon itself without dropping a request
+    #[command(
+        subcommand,
+        long_about = "Replace the running daemon by a new process without closing a public \
+listener: the new daemon receives the listening sockets, adopts every instance (same pids) and \
+accepts once its routes are ready; the old one finishes its in-flight requests and exits. If the \
+new daemon fails to start, the old one keeps serving and the command says why (exit 1). See \
+docs/running.md."
+    )]
+    Daemon(DaemonCommand),
+    /// Apply the changed config file to the running platform (as SIGHUP does)
+    #[command(
+        long_about = "Validate the config file and apply it without dropping a request: a new \
+daemon takes over the listeners and instances (as `daemon restart` does) and runs the new config: \
+new services start, removed ones are drained and stopped, a changed instance count is a scale \
+and any other change of a service's settings a blue-green switch, each through the release \
+control loop (see `tcf-platform events`). An invalid file is refused and changes nothing (exit 1)."
+    )]
+    Reload {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -466,6 +488,23 @@ pub enum MaintenanceCommand {
     Off {
         #[arg(required = true)]
         services: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Hand the running daemon over to a new process of the same binary
+    Restart {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Hand the running daemon over to a new binary (a newer tcf-platform)
+    Upgrade {
+        /// The new tcf-platform binary
+        #[arg(long)]
+        binary: std::path::PathBuf,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },

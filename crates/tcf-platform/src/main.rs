@@ -11,8 +11,9 @@ mod output;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, ConfigCommand, DeployArgs, Format, LockCommand, MaintenanceCommand, ProdCommand,
-    RestartArgs, RollbackArgs, ScaleArgs, StatusArgs, ValidateArgs,
+    Cli, Command, ConfigCommand, DaemonCommand, DeployArgs, Format, LockCommand,
+    MaintenanceCommand, ProdCommand, RestartArgs, RollbackArgs, ScaleArgs, StatusArgs,
+    ValidateArgs,
 };
 use http_body_util::BodyExt;
 use std::io::{IsTerminal, Write};
@@ -50,6 +51,17 @@ impl From<ClientError> for Failure {
 type CmdResult = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
+    // The daemon runs this binary as each process instance's log shim (no command line).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == tcf_daemon::LOG_SHIM_ARG) {
+        return match tcf_daemon::run_log_shim(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: tcf-platform log shim: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,6 +165,13 @@ async fn dispatch(cli: Cli) -> CmdResult {
         }
         Command::Maintenance(MaintenanceCommand::Off { services, format }) => {
             maintenance(&cli, services, None, "", *format).await
+        }
+        Command::Reload { format } => reload(&cli, *format).await,
+        Command::Daemon(DaemonCommand::Restart { format }) => {
+            daemon_handover(&cli, None, *format).await
+        }
+        Command::Daemon(DaemonCommand::Upgrade { binary, format }) => {
+            daemon_handover(&cli, Some(binary), *format).await
         }
         Command::Logs {
             service,
@@ -936,6 +955,67 @@ async fn maintenance(
                 changed => format!("{}: {state}\n", changed.join(", ")),
             };
             print_text(&text)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `daemon restart` / `daemon upgrade`: the daemon answers once the new one serves.
+async fn daemon_handover(cli: &Cli, binary: Option<&std::path::Path>, format: Format) -> CmdResult {
+    let binary = match binary {
+        Some(b) => Some(
+            std::path::absolute(b)
+                .with_context(|| format!("cannot resolve {}", b.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // Taking over waits for the adopted instances' first health probe: allow for it.
+    let client = client(cli)?.with_timeouts(Duration::from_secs(5), Duration::from_secs(300));
+    let done: tcf_api::HandoverResponse = client
+        .post("/v1/daemon/handover", &tcf_api::HandoverRequest { binary })
+        .await?;
+    match format {
+        Format::Json => print_json(&done)?,
+        Format::Table => print_text(&format!(
+            "daemon pid {} took over from pid {} ({}); the old daemon is finishing its requests and exits\n",
+            done.new_pid, done.old_pid, done.binary
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reload`: the daemon answers with what changed once the new daemon runs the file.
+async fn reload(cli: &Cli, format: Format) -> CmdResult {
+    let client = client(cli)?.with_timeouts(Duration::from_secs(5), Duration::from_secs(300));
+    let done: tcf_api::ReloadResponse = client.post("/v1/reload", &serde_json::json!({})).await?;
+    match format {
+        Format::Json => print_json(&done)?,
+        Format::Table => {
+            let mut text = String::new();
+            for s in &done.added {
+                text.push_str(&format!("  + {s} (new service: starting)\n"));
+            }
+            for s in &done.removed {
+                text.push_str(&format!("  - {s} (removed: drained, then stopped)\n"));
+            }
+            for s in &done.scaled {
+                text.push_str(&format!(
+                    "  ~ {}: {} -> {} instance(s) (scale)\n",
+                    s.service, s.from, s.to
+                ));
+            }
+            for s in &done.changed {
+                text.push_str(&format!("  ~ {s}: settings changed (blue-green switch)\n"));
+            }
+            if text.is_empty() {
+                text.push_str("  no service changes\n");
+            }
+            print_text(&format!(
+                "reloaded: daemon pid {} runs the config (took over from pid {})\n{text}follow the changes with `tcf-platform events`\n",
+                done.new_pid, done.old_pid
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -86,7 +86,7 @@ fn a_daemon_killed_mid_deploy_comes_back_on_the_last_active_release() {
     let status = p.wait_for("all healthy", START, all_healthy);
     let deploy = deploy_in_background(&p, "v2-slow", "gateway");
     // Mid-deploy: the new colour is starting (slowly).
-    p.wait_for("the new colour starting", START, |s| {
+    let mid = p.wait_for("the new colour starting", START, |s| {
         s["services"].as_array().unwrap().iter().any(|svc| {
             svc["instances"]
                 .as_array()
@@ -108,8 +108,23 @@ fn a_daemon_killed_mid_deploy_comes_back_on_the_last_active_release() {
     let after = p.wait_for("all healthy after restart", START, all_healthy);
     assert_eq!(version_at(&listen(&after, "gateway")), "v1");
     assert_eq!(listen(&after, "gateway"), listen(&status, "gateway"));
+    // The active release's instances are adopted (same pids); the half-started colour of the
+    // interrupted release is stopped.
+    let serving = instance_pids(&after);
     for pid in before {
-        assert!(!alive(pid), "pid {pid} from before the kill is still alive");
+        assert!(
+            !alive(pid) || serving.contains(&pid),
+            "pid {pid} from before the kill is alive but not adopted"
+        );
+    }
+    for svc in mid["services"].as_array().unwrap() {
+        for i in svc["instances"].as_array().unwrap() {
+            if i["version"] == "v2-slow" {
+                if let Some(pid) = i["pid"].as_u64() {
+                    assert!(!alive(pid as u32), "v2-slow pid {pid} still alive");
+                }
+            }
+        }
     }
     let history: Vec<Value> =
         serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
@@ -122,6 +137,17 @@ fn a_daemon_killed_mid_deploy_comes_back_on_the_last_active_release() {
     for pid in &p.seen_pids {
         assert!(!alive(*pid), "pid {pid} still alive after down");
     }
+}
+
+/// The pids of every instance in a status.
+fn instance_pids(status: &Value) -> std::collections::BTreeSet<u32> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().iter())
+        .filter_map(|i| i["pid"].as_u64().map(|p| p as u32))
+        .collect()
 }
 
 /// Open TCP connections (not TIME_WAIT) to any of `ports` on loopback, from /proc/net/tcp.
@@ -317,7 +343,7 @@ fn a_deleted_state_store_is_noticed_and_written_again_before_it_matters() {
         "{table}\n{warned}"
     );
     assert!(p.dir.path().join(".tcf/state.db").exists());
-    // The next crash loses nothing: the release, and the instances to clean up.
+    // The next crash loses nothing: the release, and the instances to adopt.
     p.kill_daemon();
     let old: Vec<u32> = p.seen_pids.iter().copied().collect();
     p.up();
@@ -328,10 +354,11 @@ fn a_deleted_state_store_is_noticed_and_written_again_before_it_matters() {
         listen(&status, "tokens"),
         "same platform"
     );
+    let serving = instance_pids(&after);
     for pid in &old {
         assert!(
-            !alive(*pid),
-            "pid {pid} of the killed daemon is still alive"
+            !alive(*pid) || serving.contains(pid),
+            "pid {pid} of the killed daemon is alive but not adopted"
         );
     }
     let events: Vec<Value> = serde_json::from_slice(

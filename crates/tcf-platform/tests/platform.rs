@@ -158,27 +158,56 @@ fn up_serve_recover_and_down_leaves_nothing_behind() {
     );
 }
 
+/// Each instance's id with its pid and internal port, from a status.
+fn instance_pids(status: &Value) -> std::collections::BTreeMap<String, (u64, u64)> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().iter())
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                (i["pid"].as_u64().unwrap(), i["port"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
+fn a_daemon_killed_with_sigkill_leaves_its_instances_serving_and_the_next_start_adopts_them() {
     let mut p = Platform::new(&example_config());
     p.up();
     let before = p.wait_for("all healthy", START, all_healthy);
+    let instances = instance_pids(&before);
     p.kill_daemon();
-    let old: Vec<u32> = p.seen_pids.iter().copied().collect();
 
-    // Started again: what the killed daemon left running is cleaned up, the platform comes back.
+    // No daemon: every instance still runs and answers on its own port, and what it writes
+    // still reaches its log file (the log shim, not the daemon, holds its output).
+    for (id, (pid, port)) in &instances {
+        assert!(alive(*pid as u32), "{id} (pid {pid}) died with the daemon");
+        let (code, _) = http_get(
+            &format!("127.0.0.1:{port}"),
+            &format!("/x?say=said-while-no-daemon-{id}"),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{id} does not answer without the daemon");
+    }
+    let logs = p.dir.path().join(".tcf/logs");
+    for id in instances.keys() {
+        wait_until(&format!("{id}'s line in its log"), START, || {
+            std::fs::read_to_string(logs.join(format!("{id}.log")))
+                .is_ok_and(|l| l.contains(&format!("said-while-no-daemon-{id}")))
+        });
+    }
+
+    // Started again: everything is adopted (same pids, same ports), nothing restarted.
     p.up();
     let after = p.wait_for("all healthy after restart", START, all_healthy);
-    for pid in &old {
-        assert!(
-            !alive(*pid),
-            "pid {pid} from the killed daemon is still alive"
-        );
-    }
-    assert_eq!(
-        before["services"].as_array().unwrap().len(),
-        after["services"].as_array().unwrap().len()
-    );
+    assert_eq!(instance_pids(&after), instances, "instances were replaced");
+    let gateway = listen_of(&after, "gateway");
+    let (code, _) = http_get(&gateway, "/through-the-new-daemon?say=after-adoption").unwrap();
+    assert_eq!(code, 200);
     let events: Vec<Value> = serde_json::from_slice(
         &p.cli(&["events", "--format", "json", "--limit", "1000"])
             .stdout,
@@ -192,18 +221,39 @@ fn a_daemon_killed_with_sigkill_leaves_no_orphans_after_the_next_start() {
                 .contains("did not stop cleanly")),
         "the restart should note the unclean stop"
     );
-    let cleaned = events
+    let adopted = events
         .iter()
-        .filter(|e| e["kind"] == "recovery.cleaned_up")
+        .filter(|e| e["kind"] == "recovery.adopted")
         .count();
-    assert_eq!(
-        cleaned,
-        old.len(),
-        "every leftover instance should be cleaned up by the new daemon"
+    assert_eq!(adopted, instances.len(), "every instance should be adopted");
+    assert!(
+        !events.iter().any(|e| e["kind"] == "recovery.cleaned_up"),
+        "nothing should be cleaned up"
     );
+    // Output is still captured for the adopted instances.
+    wait_until("the gateway's line after adoption", START, || {
+        ["gateway-blue-1", "gateway-blue-2"].iter().any(|id| {
+            std::fs::read_to_string(logs.join(format!("{id}.log")))
+                .is_ok_and(|l| l.contains("after-adoption"))
+        })
+    });
 
+    // `down` still stops everything; the next `up` starts fresh.
     let down = p.cli(&["down"]);
     assert!(down.status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    for (id, (pid, _)) in &instances {
+        assert!(
+            !alive(*pid as u32),
+            "{id} (pid {pid}) still alive after down"
+        );
+    }
+    p.up();
+    let fresh = p.wait_for("all healthy after down and up", START, all_healthy);
+    for (id, (pid, _)) in instance_pids(&fresh) {
+        assert_ne!(Some(pid), instances.get(&id).map(|i| i.0), "{id} not fresh");
+    }
+    assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
     for pid in &p.seen_pids {
         assert!(!alive(*pid), "pid {pid} still alive after down");

@@ -23,6 +23,15 @@ pub(crate) const CLIENT_IDLE: Duration = if cfg!(test) {
     Duration::from_secs(30)
 };
 
+/// When a listener stops (a daemon stopping or handing over), how long an idle keep-alive
+/// connection is kept for one more request, which is answered with `Connection: close`: its
+/// client then moves to a new connection instead of racing the close with its next request.
+pub(crate) const DRAIN_IDLE: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(2)
+};
+
 /// Idle-check periods a streamed response body may go without moving a byte (60 s, nginx's
 /// `proxy_read_timeout` and `send_timeout` default).
 pub(crate) const STALLED_PERIODS: u32 = 2;
@@ -41,6 +50,8 @@ pub(crate) struct ClientConn {
     pub(crate) streaming: std::sync::atomic::AtomicBool,
     /// Bytes of it moved since the idle check last looked.
     pub(crate) progress: std::sync::atomic::AtomicBool,
+    /// The listener's stop: once set, every answer closes its connection.
+    pub(crate) stop: Arc<StopSignal>,
 }
 
 /// Tells one listener's client connections to finish up. Each connection registers its waker
@@ -148,6 +159,7 @@ pub async fn serve(
                     busy: false.into(),
                     streaming: false.into(),
                     progress: false.into(),
+                    stop: stop_signal.clone(),
                 });
                 let for_requests = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -156,6 +168,12 @@ pub async fn serve(
                         c.active.store(true, Ordering::Relaxed);
                         c.busy.store(true, Ordering::Relaxed);
                         let mut resp = c.proxy.handle(req, c.addr, &c.ip).await;
+                        if c.stop.stopping.load(Ordering::Relaxed) {
+                            resp.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                HeaderValue::from_static("close"),
+                            );
+                        }
                         match resp.body_mut() {
                             Either::Left(streamed) => {
                                 c.streaming.store(true, Ordering::Relaxed);
@@ -204,6 +222,15 @@ pub async fn serve(
                             },
                             _ = stop.wait() => break,
                         }
+                    }
+                    // Idle: wait a moment for one more request (answered with `Connection:
+                    // close`, so the client reconnects) rather than close under its feet.
+                    if !client.busy.load(Ordering::Relaxed)
+                        && deadline::until(Instant::now() + DRAIN_IDLE, conn.as_mut())
+                            .await
+                            .is_ok()
+                    {
+                        return;
                     }
                     // Finish the request in flight (if any), then close instead of keeping alive.
                     conn.as_mut().graceful_shutdown();

@@ -118,6 +118,11 @@ pub trait Running: Send {
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Box<dyn Running>, RuntimeError>>;
+    /// Take over an instance a previous daemon started and left running (recorded identity),
+    /// when this runtime can and it still runs.
+    fn adopt(&self, _left: Identity) -> Option<Box<dyn Running>> {
+        None
+    }
     /// Remove what a previous daemon left running (recorded identity); true if anything was found.
     fn clean_up(&self, left: Identity, grace: Duration) -> BoxFuture<'_, bool>;
     /// Fail early, before anything starts, when `spec` cannot run (a missing image, say).

@@ -56,6 +56,43 @@ pub fn open_instance_log(spec: &crate::InstanceSpec) -> Result<SharedLog, crate:
     Ok(SharedLog { tx })
 }
 
+/// The log shim's work: copy `input` (an instance's stdout and stderr, one pipe) into the
+/// capped log at `path`, each line stamped, until every writer has closed the pipe (the
+/// instance and all it spawned are gone). It runs in a process of its own
+/// (`tcf-platform __log-shim`), so an instance's output is captured, and its writes never fail,
+/// whether or not a daemon runs.
+pub fn copy_to_log(mut input: impl std::io::Read, path: &Path, cap: u64) -> std::io::Result<()> {
+    let mut log = CappedLog::open(path, cap)?;
+    let mut stamper = Stamper::default();
+    let mut failures = RateLimited::new(Duration::from_secs(10));
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let stamped = stamper.stamp(&buf[..n], std::time::SystemTime::now());
+        if let Err(e) = log.write(&stamped) {
+            // Keep reading whatever happens: a shim that stopped would break the instance's
+            // pipe. Its stderr may be gone too (the daemon's), so a failed warning is ignored.
+            failures.hit(|repeated| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "tcf-platform log shim: cannot write {}: {e}{}",
+                    path.display(),
+                    if repeated > 0 {
+                        format!(" ({repeated} more failures since the last warning)")
+                    } else {
+                        String::new()
+                    }
+                );
+            });
+        }
+    }
+}
+
 /// The length of the time stamp every log line starts with: `2026-11-25T16:00:00.123Z `.
 pub const STAMP_LEN: usize = 25;
 
@@ -215,6 +252,17 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0], 0);
         assert!(lines[1] > 80_000, "{lines:?}");
+    }
+
+    #[test]
+    fn the_shim_copies_until_the_pipe_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/a.log");
+        copy_to_log(&b"one\ntwo"[..], &path, 1 << 20).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().map(strip_stamp).collect();
+        assert_eq!(lines, ["one", "two"]);
+        assert!(text.len() > 2 * STAMP_LEN, "{text}");
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The process runtime: each instance is a child process in its own process group, with its
 //! stdout and stderr captured into a capped log file.
+//!
+//! With a log shim (the daemon's case), an instance's output goes through a pipe to a small
+//! process of its own (`tcf-platform __log-shim`) that stamps and writes the file: the
+//! instance never depends on the daemon to write its output, so it keeps running, and its
+//! output keeps being captured, while the daemon restarts, upgrades or crashes. A daemon that
+//! starts takes such an instance over with [`ProcessRuntime::adopt`](crate::Runtime::adopt).
 
 use crate::logfile::{open_instance_log, SharedLog};
 use crate::{procfs, BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +25,29 @@ use tokio::process::{Child, Command};
 pub struct ProcessRuntime {
     /// Relative program paths and the instances' working directory (the config's directory).
     workdir: PathBuf,
+    /// The program (and its leading arguments) that copies an instance's output into its log
+    /// file; the log path and cap are appended. None: this process copies it (tests, tools).
+    log_shim: Option<Vec<OsString>>,
 }
+
+/// How often an adopted instance (not our child: no exit notification) is checked for life.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
 
 impl ProcessRuntime {
     pub fn new(workdir: impl Into<PathBuf>) -> Self {
         ProcessRuntime {
             workdir: workdir.into(),
+            log_shim: None,
         }
+    }
+
+    /// Capture instances' output through `program args... LOG_PATH MAX_SIZE`, a process that
+    /// outlives this one (see [`crate::logfile::copy_to_log`]).
+    pub fn with_log_shim(mut self, program: impl Into<OsString>, args: &[&str]) -> Self {
+        let mut argv = vec![program.into()];
+        argv.extend(args.iter().map(OsString::from));
+        self.log_shim = Some(argv);
+        self
     }
 
     /// Where a command's program is: a path with '/' is taken relative to the config's
@@ -99,6 +122,57 @@ impl Running for ProcessInstance {
     }
 }
 
+/// An instance a previous daemon started: not our child, so its end is noticed by polling its
+/// leader's start time (a reused pid has another) and state (a zombie is gone).
+struct AdoptedInstance {
+    identity: Identity,
+    since: u64,
+    exited: Arc<AtomicBool>,
+}
+
+impl AdoptedInstance {
+    fn leader_alive(&self) -> bool {
+        procfs::start_ticks(self.identity.pid) == Some(self.since)
+            && !procfs::is_zombie(self.identity.pid)
+    }
+
+    /// Signal the group only while a member of ours is in it: once it is empty, its number
+    /// may belong to a stranger.
+    fn signal(&self, signal: Signal) {
+        if !self.exited.load(Ordering::SeqCst)
+            && !procfs::group_members(self.identity.pgid, self.since).is_empty()
+        {
+            signal_group(self.identity.pgid, signal);
+        }
+    }
+}
+
+impl Running for AdoptedInstance {
+    fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            while self.leader_alive() {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            self.signal(Signal::SIGKILL);
+            self.exited.store(true, Ordering::SeqCst);
+            // Its exit status went to its parent (init, or the daemon that started it).
+            Exit::Unknown("exited while adopted (its exit status went to its parent)".into())
+        })
+    }
+}
+
 fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut from: R, log: SharedLog) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
@@ -143,7 +217,37 @@ impl Runtime for ProcessRuntime {
                     program: program_name.clone(),
                 }
             })?;
-            let log = open_instance_log(&spec)?;
+            let log_err = |source| RuntimeError::Log {
+                path: spec.log_path.clone(),
+                source,
+            };
+            // With a shim, the instance writes into a pipe the shim reads; without, into pipes
+            // this process reads.
+            let (output, log) = match &self.log_shim {
+                Some(shim) => {
+                    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(|e| log_err(std::io::Error::from(e)))?;
+                    let mut shim_cmd = Command::new(&shim[0]);
+                    shim_cmd
+                        .args(&shim[1..])
+                        .arg(&spec.log_path)
+                        .arg(spec.log_max_size.to_string())
+                        // Its own group: a signal to the instance's group, or Ctrl-C to the
+                        // daemon's, must not stop the copy before the instance's last line.
+                        .process_group(0)
+                        .stdin(Stdio::from(read_end))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .kill_on_drop(false);
+                    let mut shim_child = shim_cmd.spawn().map_err(log_err)?;
+                    // Reap it when it ends (while we live; init does afterwards).
+                    tokio::spawn(async move {
+                        let _ = shim_child.wait().await;
+                    });
+                    (Some(write_end), None)
+                }
+                None => (None, Some(open_instance_log(&spec)?)),
+            };
             let mut cmd = Command::new(&program);
             cmd.args(&spec.command[1..])
                 .envs(&spec.env)
@@ -151,23 +255,36 @@ impl Runtime for ProcessRuntime {
                 .env("TCF_SERVICE", &spec.service)
                 .env("TCF_VERSION", &spec.version)
                 .env("TCF_INSTANCE", &spec.id)
+                // A daemon run by systemd with NotifyAccess=all: the instance must not be able
+                // to speak for it.
+                .env_remove("NOTIFY_SOCKET")
                 .current_dir(&self.workdir)
                 .process_group(0)
                 .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
                 .kill_on_drop(false);
+            match output {
+                Some(pipe) => {
+                    let for_stderr = pipe.try_clone().map_err(log_err)?;
+                    cmd.stdout(Stdio::from(pipe))
+                        .stderr(Stdio::from(for_stderr));
+                }
+                None => {
+                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                }
+            }
             let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
                 instance: spec.id.clone(),
                 program: program.display().to_string(),
                 source,
             })?;
             let pid = child.id().unwrap_or(0);
-            if let Some(out) = child.stdout.take() {
-                pump(out, log.clone());
-            }
-            if let Some(err) = child.stderr.take() {
-                pump(err, log);
+            if let Some(log) = log {
+                if let Some(out) = child.stdout.take() {
+                    pump(out, log.clone());
+                }
+                if let Some(err) = child.stderr.take() {
+                    pump(err, log);
+                }
             }
             Ok(Box::new(ProcessInstance {
                 child,
@@ -179,6 +296,19 @@ impl Runtime for ProcessRuntime {
                 exited: Arc::new(AtomicBool::new(false)),
             }) as Box<dyn Running>)
         })
+    }
+
+    /// Take over an instance a previous daemon started, if its group leader still runs with
+    /// the recorded start time (a reused pid never is taken for ours).
+    fn adopt(&self, left: Identity) -> Option<Box<dyn Running>> {
+        let since = left.start_ticks?;
+        let adopted = AdoptedInstance {
+            identity: left,
+            since,
+            exited: Arc::new(AtomicBool::new(false)),
+        };
+        (left.pid == left.pgid && adopted.leader_alive())
+            .then(|| Box::new(adopted) as Box<dyn Running>)
     }
 
     fn clean_up(&self, left: Identity, grace: Duration) -> BoxFuture<'_, bool> {
@@ -336,6 +466,30 @@ mod tests {
         assert!(!rt.clean_up(unknown, Duration::from_secs(1)).await);
         assert!(!procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
         assert!(rt.clean_up(id, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_is_stopped_and_its_end_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let inst = rt
+            .start(spec(dir.path(), &["sleep", "1000"]))
+            .await
+            .unwrap();
+        let id = inst.identity();
+        // Forget the handle, like a daemon that was replaced; a new one adopts the group.
+        std::mem::forget(inst);
+        let stranger = Identity {
+            start_ticks: id.start_ticks.map(|t| t + 1),
+            ..id
+        };
+        assert!(rt.adopt(stranger).is_none(), "a reused pid is not ours");
+        let mut adopted = rt.adopt(id).expect("a live instance is adopted");
+        assert_eq!(adopted.identity(), id);
+        let exit = crate::stop(adopted.as_mut(), Duration::from_secs(2)).await;
+        assert!(matches!(exit, Exit::Unknown(_)), "{exit}");
+        assert!(procfs::group_members(id.pgid, id.start_ticks.unwrap()).is_empty());
+        assert!(rt.adopt(id).is_none(), "nothing left to adopt");
     }
 
     #[tokio::test]

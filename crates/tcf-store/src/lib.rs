@@ -32,6 +32,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("state store is unusable: a thread panicked while writing to it")]
     Poisoned,
+    #[error("the state store was handed over to another daemon (a restart or upgrade is in progress)\nhint: retry in a moment; the new daemon answers once it has taken over")]
+    HandedOver,
     #[error("cannot write a fresh state store at {path}: {source}\nhint: check free disk space and permissions of the state directory")]
     Rewrite {
         path: PathBuf,
@@ -192,6 +194,8 @@ pub struct Store {
     opened: Mutex<Option<(u64, u64)>>,
     /// The scratch copy a read-only store works on, removed with it.
     _scratch: Option<ScratchDir>,
+    /// Closed for another daemon ([`Store::suspend`]): every call fails until resumed.
+    suspended: std::sync::atomic::AtomicBool,
 }
 
 /// A private directory under the system's temporary directory, removed on drop.
@@ -266,6 +270,7 @@ impl Store {
             path,
             conn: Mutex::new(conn),
             _scratch: None,
+            suspended: false.into(),
         })
     }
 
@@ -299,6 +304,7 @@ impl Store {
             path: copy,
             conn: Mutex::new(conn),
             _scratch: Some(scratch),
+            suspended: false.into(),
         })
     }
 
@@ -339,6 +345,30 @@ impl Store {
         &self.path
     }
 
+    /// Close the file so another process can open it (the daemon that takes over in a restart
+    /// or upgrade: the store is held in exclusive mode). Every call fails with
+    /// [`StoreError::HandedOver`] until [`resume`](Self::resume).
+    pub fn suspend(&self) -> Result<()> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        self.suspended
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Dropping the old connection closes the file and releases its lock.
+        *conn = Connection::open_in_memory()?;
+        Ok(())
+    }
+
+    /// Open the file again after [`suspend`](Self::suspend) (the other daemon failed to start).
+    pub fn resume(&self) -> Result<()> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let fresh = open_connection(&self.path)?;
+        fresh.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+        *conn = fresh;
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = file_identity(&self.path);
+        self.suspended
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Run SQL on the store's own connection: fault injection for tests (a trigger that makes
     /// a write fail, say), since no other connection can open the store while we hold it.
     #[cfg(feature = "test-hooks")]
@@ -348,6 +378,9 @@ impl Store {
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        if self.suspended.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::HandedOver);
+        }
         Ok(f(&mut conn)?)
     }
 
@@ -766,6 +799,26 @@ mod tests {
         assert!(!s.release_lock("deploy", Some("a")).unwrap());
         assert!(s.release_lock("deploy", Some("b")).unwrap());
         assert_eq!(s.lock("deploy").unwrap(), None);
+    }
+
+    #[test]
+    fn a_suspended_store_can_be_opened_by_another_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        first.append_event(&event("before")).unwrap();
+        assert!(Store::open(dir.path()).is_err(), "held in exclusive mode");
+        first.suspend().unwrap();
+        assert!(matches!(
+            first.append_event(&event("while")),
+            Err(StoreError::HandedOver)
+        ));
+        {
+            let second = Store::open(dir.path()).unwrap();
+            assert_eq!(second.events(None, 0, 10).unwrap().len(), 1);
+            second.append_event(&event("by the second")).unwrap();
+        }
+        first.resume().unwrap();
+        assert_eq!(first.events(None, 0, 10).unwrap().len(), 2);
     }
 
     #[test]
