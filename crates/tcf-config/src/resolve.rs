@@ -147,6 +147,32 @@ pub fn resolve(
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
+    let listen = file.daemon.listen.as_ref().and_then(|l| {
+        match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::new(
+                        format!("[daemon] listen {:?} is not an address", l.get_ref()),
+                        Some(l.span()),
+                    )
+                    .hint("use IP:PORT, such as \"0.0.0.0:8443\""),
+                );
+                None
+            }
+        }
+    });
+    let tls = match (&file.daemon.tls_cert, &file.daemon.tls_key) {
+        (Some(c), Some(k)) => Some((base_dir.join(c), base_dir.join(k))),
+        (None, None) => None,
+        _ => {
+            errors.push(
+                Diagnostic::new("[daemon] tls_cert and tls_key go together", None)
+                    .hint("set both (PEM files), or neither for a self-signed certificate"),
+            );
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -154,7 +180,11 @@ pub fn resolve(
         path: path.to_path_buf(),
         environment: environment.map(str::to_string),
         platform: Platform { name, state_dir },
-        daemon: Daemon { socket },
+        daemon: Daemon {
+            socket,
+            listen,
+            tls,
+        },
         services,
         dependencies,
         deploy,

@@ -19,7 +19,7 @@ use tcf_api::{
     DependencyStatus, DownResponse, ErrorBody, Event, InstanceStatus, Ping, ServiceStatus, Status,
 };
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -159,6 +159,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 instances,
                 metrics: with_metrics.then(|| service_metrics(svc)),
                 config_changed: false,
+                stale_secrets: Vec::new(),
             }
         })
         .collect();
@@ -185,6 +186,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
         warnings: lock(&p.warnings).clone(),
+        api: p.access.endpoint.get().cloned(),
     }
 }
 
@@ -199,8 +201,10 @@ async fn status(
             .await
             .unwrap_or_default()
     };
+    let stale = p.stale_secrets().await;
     for s in &mut status.services {
         s.config_changed = changed.contains(&s.name);
+        s.stale_secrets = stale.get(&s.name).cloned().unwrap_or_default();
     }
     Json(status)
 }
@@ -405,6 +409,12 @@ async fn deploy_handler(
     }
     let services = services_in_order(&p, &req.services)?;
     let specs = deploy_specs(&p, &fresh, &services)?;
+    {
+        let (fresh, services) = (fresh.clone(), services.clone());
+        p.with_store(move |s| crate::access::check_references(&fresh, &services, s))
+            .await
+            .map_err(|e| bad_request(format!("{e}\nnothing was deployed")))?;
+    }
     let plan = deploy::Plan {
         kind: deploy::Kind::Deploy(strategy),
         targets: services

@@ -5,6 +5,7 @@
 //! anything starts), then start services in dependency order. Shutdown: stop accepting, let
 //! in-flight requests finish, stop instances in reverse dependency order.
 
+pub mod access;
 mod api;
 mod api_monitor;
 mod backup;
@@ -67,6 +68,11 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Docker(#[from] tcf_docker::DockerError),
+    #[error("cannot serve the remote API on {addr}: {detail}\nhint: another program may use that address, or fix [daemon] listen, tls_cert and tls_key")]
+    RemoteApi {
+        addr: std::net::SocketAddr,
+        detail: String,
+    },
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -82,7 +88,14 @@ fn state_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Daemo
 }
 
 /// Hold the state directory's lock for the daemon's lifetime; the pid inside names the holder.
-fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, DaemonError> {
+/// The state directory, created 0700 (it holds the store, the secrets key, instance logs).
+pub(crate) fn ensure_private_dir(state_dir: &std::path::Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(state_dir))?;
+    let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+pub(crate) fn take_lock(state_dir: &std::path::Path) -> Result<Flock<std::fs::File>, DaemonError> {
     let path = state_dir.join("daemon.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -115,8 +128,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let state_dir = config.platform.state_dir.clone();
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
-    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    ensure_private_dir(&state_dir)?;
     let _lock = take_lock(&state_dir)?;
     let store_existed = state_dir.join("state.db").exists();
     let store = Arc::new(Store::open(&state_dir)?);
@@ -180,6 +192,7 @@ pub async fn run(
             source,
         },
     )?;
+    let remote_api = access::bind_remote(&config).await?;
 
     let active = store.active_versions()?;
     // Containers a previous daemon left: adopt those of the active release, remove the rest.
@@ -288,7 +301,17 @@ pub async fn run(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let router = api::router(p.clone()).merge(api_monitor::router(monitor));
+    access::warn_file_modes(&p);
+    let router = api::router(p.clone())
+        .merge(api_monitor::router(monitor))
+        .merge(access::routes(p.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            p.clone(),
+            access::protect,
+        ));
+    if let Some(remote) = remote_api {
+        access::serve_remote(p.clone(), remote, router.clone());
+    }
     let api_server = axum::serve(
         api_listener,
         router.into_make_service_with_connect_info::<caller::Peer>(),
@@ -418,6 +441,7 @@ fn assemble(
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
         monitor: std::sync::OnceLock::new(),
+        access: Default::default(),
     })
 }
 

@@ -522,6 +522,8 @@ pub struct Platform {
     pub release_slot: tokio::sync::Mutex<()>,
     /// Problems an operator must see in `status` (a state store that was deleted, say).
     pub warnings: Mutex<Vec<String>>,
+    /// Tokens, the failed-auth limiter, the remote API's endpoint, secrets in use (access.rs).
+    pub access: crate::access::Access,
 }
 
 impl Platform {
