@@ -687,17 +687,34 @@ pub fn serve_remote(p: Arc<Platform>, listener: RemoteListener, router: Router) 
     });
 }
 
-/// Files others can read in the state directory: said at start, and kept in `status`.
-pub fn warn_file_modes(p: &Platform) {
-    let dir = &p.config.platform.state_dir;
+/// Files in the state directory that other users could read (the directory, the store, the
+/// secrets key, the API's private key), made private again. Called before anything opens them;
+/// what it found is said at start and in `status` ([`report_loose_modes`]).
+pub fn fix_loose_modes(state_dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
     let paths = [
-        dir.to_path_buf(),
-        dir.join("state.db"),
-        dir.join(tcf_auth::secrets::KEY_FILE),
-        dir.join(tcf_auth::cert::SELF_SIGNED_KEY),
+        (state_dir.to_path_buf(), 0o700),
+        (state_dir.join("state.db"), 0o600),
+        (state_dir.join(tcf_auth::secrets::KEY_FILE), 0o600),
+        (state_dir.join(tcf_auth::cert::SELF_SIGNED_KEY), 0o600),
     ];
-    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-    for warning in tcf_auth::files::readable_by_others(&refs) {
+    let mut found = Vec::new();
+    for (path, private) in paths {
+        for warning in tcf_auth::files::readable_by_others(&[path.as_path()]) {
+            let fixed =
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private)).is_ok();
+            found.push(if fixed {
+                format!("{warning} (done: it is {private:04o} now; check who could have read it)")
+            } else {
+                warning
+            });
+        }
+    }
+    found
+}
+
+pub fn report_loose_modes(p: &Platform, found: Vec<String>) {
+    for warning in found {
         tracing::warn!("{warning}");
         lock(&p.warnings).push(warning);
     }

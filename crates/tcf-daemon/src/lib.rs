@@ -128,6 +128,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let state_dir = config.platform.state_dir.clone();
+    let loose_modes = access::fix_loose_modes(&state_dir);
     ensure_private_dir(&state_dir)?;
     let _lock = take_lock(&state_dir)?;
     let store_existed = state_dir.join("state.db").exists();
@@ -301,7 +302,7 @@ pub async fn run(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
-    access::warn_file_modes(&p);
+    access::report_loose_modes(&p, loose_modes);
     let router = api::router(p.clone())
         .merge(api_monitor::router(monitor))
         .merge(access::routes(p.clone()))

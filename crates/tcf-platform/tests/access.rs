@@ -129,6 +129,18 @@ fn the_remote_api_needs_a_token_with_the_right_role() {
         "{err}"
     );
 
+    // Or trust the certificate as a CA (here the self-signed one itself).
+    let ca = p.dir.path().join(".tcf/api-cert.pem");
+    let out = Command::new(common::bin())
+        .args(["status", "--host", &url, "--ca"])
+        .arg(&ca)
+        .env("TCF_TOKEN", &viewer)
+        .env_remove("TCF_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
     // A wrong pin is refused before any request.
     let out = remote(&url, &"00".repeat(32), &viewer, &["status"]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -301,8 +313,27 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
         assert_eq!(m & 0o777, mode, "{file}");
     }
 
+    // Modes loosened behind the platform's back are said at start (and made private again).
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        state.join("secrets.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     p.up();
-    p.wait_for("healthy", Duration::from_secs(30), all_healthy);
+    let s = p.wait_for("healthy", Duration::from_secs(30), all_healthy);
+    let warnings = s["warnings"].to_string();
+    assert!(
+        warnings.contains("mode 0755") && warnings.contains("secrets.key has mode 0644"),
+        "{warnings}"
+    );
+    for (file, mode) in [("", 0o700), ("secrets.key", 0o600)] {
+        let m = std::fs::metadata(state.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, mode, "{file}");
+    }
     let addr = format!("127.0.0.1:{api_port}");
     let (code, body) = common::http_get(&addr, "/env-sha256/DB_PASSWORD").unwrap();
     assert_eq!((code, body.trim()), (200, sha256_hex(&value).as_str()));
