@@ -281,6 +281,21 @@ async fn down(cli: &Cli, timeout: Duration, force: bool) -> CmdResult {
         ping.platform, ping.pid
     );
     let started = Instant::now();
+    if client.is_remote() {
+        // Its pids are another machine's: never signal them here; wait for its API to close.
+        while client.get::<tcf_api::Ping>("/v1/ping").await.is_ok() {
+            if started.elapsed() > timeout {
+                return Err(anyhow::anyhow!(
+                    "the remote daemon still answers after {}; it keeps stopping (see its log there)",
+                    humantime::format_duration(timeout)
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("stop requested; the remote API has closed");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut last_report = Instant::now();
     let mut interrupts = 0;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());

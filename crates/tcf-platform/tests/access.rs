@@ -141,6 +141,15 @@ fn the_remote_api_needs_a_token_with_the_right_role() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
+    // Stopping the platform is the admin's.
+    let out = remote(&url, &fingerprint, &viewer, &["down"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs admin"),
+        "{}",
+        text(&out)
+    );
+
     // A wrong pin is refused before any request.
     let out = remote(&url, &"00".repeat(32), &viewer, &["status"]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -426,4 +435,38 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("secrets.key is missing"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn an_admin_stops_the_platform_remotely_and_no_local_pid_is_signalled() {
+    let (api_port, listen) = (free_port(), free_port());
+    let mut p = Platform::new(&config(api_port, Some(listen), ""));
+    p.up();
+    let status = p.wait_for("healthy", Duration::from_secs(30), all_healthy);
+    let fingerprint = status["api"]["fingerprint_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("https://127.0.0.1:{listen}");
+    let admin = create_token(&p, "ops", "admin", &[]);
+    let out = remote(&url, &fingerprint, &admin, &["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("remote API has closed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+    // With the daemon gone, `events` reads the store: the stop is the token's.
+    let out = p.cli(&["events", "--limit", "100", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "daemon.stop_requested" && e["actor"] == "ops"),
+        "{events:#}"
+    );
 }
