@@ -402,6 +402,28 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
     let s = p.status().unwrap();
     assert!(s["services"][0]["stale_secrets"].is_null(), "{s:#}");
 
+    // Import from a .env file and remove, through the daemon; values never printed.
+    let env_file = p.dir.path().join("prod.env");
+    std::fs::write(
+        &env_file,
+        "# shared\nAPI_KEY=k-123\nexport SMTP_PASSWORD=\"p w\"\n",
+    )
+    .unwrap();
+    let out = p.cli(&["secrets", "import", env_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.cli(&["secrets", "rm", "API_KEY"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.cli(&["secrets", "list", "--format", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SMTP_PASSWORD", "db_password"]);
+    assert!(!contains(&out.stdout, "p w"));
+
     // A reference to a secret that does not exist fails the deploy, naming it.
     let text_now = std::fs::read_to_string(&p.config).unwrap();
     std::fs::write(
@@ -435,6 +457,20 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("secrets.key is missing"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // The daemon says so for the instance it cannot start, and keeps running.
+    p.up();
+    wait_until(
+        "the instance's start fails naming the key",
+        Duration::from_secs(30),
+        || {
+            let out = p.cli(&["events", "--limit", "200", "--format", "json"]);
+            String::from_utf8_lossy(&out.stdout).contains("secrets.key is missing")
+        },
+    );
+    assert!(p.status().is_some(), "the daemon still answers");
+    let log = std::fs::read_to_string(p.daemon_log()).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains(&value) && !log.contains(&rotated));
 }
 
 #[test]
