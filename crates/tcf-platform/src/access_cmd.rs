@@ -193,10 +193,10 @@ async fn with_daemon_or_store<T>(
 }
 
 pub async fn secrets(cli: &Cli, command: &SecretsCommand) -> CmdResult {
-    let values = match command {
+    match command {
         SecretsCommand::Set { name, from_file } => {
             let value = read_value(name, from_file.as_deref())?;
-            Some(BTreeMap::from([(name.clone(), value)]))
+            set_secrets(cli, BTreeMap::from([(name.clone(), value)])).await?;
         }
         SecretsCommand::Import { file } => {
             let text = std::fs::read_to_string(file)
@@ -206,100 +206,104 @@ pub async fn secrets(cli: &Cli, command: &SecretsCommand) -> CmdResult {
             if pairs.is_empty() {
                 return Err(anyhow::anyhow!("{} holds no NAME=value lines", file.display()).into());
             }
-            Some(pairs.into_iter().collect())
+            set_secrets(cli, pairs.into_iter().collect()).await?;
         }
-        _ => None,
-    };
-    match (command, values) {
-        (SecretsCommand::List { format }, _) => {
-            let list: Vec<SecretInfo> = with_daemon_or_store(
-                cli,
-                async |c| c.get("/v1/secrets").await,
-                tcf_daemon::access::list_secrets,
-            )
-            .await?;
-            match format {
-                Format::Json => print_json(&list)?,
-                Format::Table => {
-                    let mut out = format!(
-                        "{:<24} {:<25} {:<16} {}\n",
-                        "NAME", "UPDATED", "BY", "USED BY"
-                    );
-                    for s in list {
-                        out.push_str(&format!(
-                            "{:<24} {:<25} {:<16} {}\n",
-                            s.name,
-                            s.updated,
-                            s.updated_by,
-                            if s.used_by.is_empty() {
-                                "-".to_string()
-                            } else {
-                                s.used_by.join(", ")
-                            }
-                        ));
-                    }
-                    print_text(&out)?;
-                }
-            }
-        }
-        (SecretsCommand::Rm { name }, _) => {
-            let n = name.clone();
-            let changed: SecretsChanged = with_daemon_or_store(
-                cli,
-                async |c| {
-                    c.send("DELETE", &format!("/v1/secrets/{name}"), None)
-                        .await
-                        .map(|_| SecretsChanged {
-                            names: vec![name.clone()],
-                            stale_services: Vec::new(),
-                        })
-                },
-                move |store, _| match tcf_daemon::access::remove_secret(store, &n)? {
-                    true => Ok(SecretsChanged {
-                        names: vec![n],
-                        stale_services: Vec::new(),
-                    }),
-                    false => Err(format!(
-                        "no secret named {n}; see `tcf-platform secrets list`"
-                    )),
-                },
-            )
-            .await?;
-            print_text(&format!("secret {} removed\n", changed.names.join(", ")))?;
-        }
-        (_, Some(values)) => {
-            let body = SetSecrets {
-                secrets: values.clone(),
-            };
-            let actor = local_user();
-            let changed: SecretsChanged = with_daemon_or_store(
-                cli,
-                async |c| c.post("/v1/secrets", &body).await,
-                move |store, config| {
-                    let names = tcf_daemon::access::set_secrets(
-                        store,
-                        &config.platform.state_dir,
-                        &values,
-                        &actor,
-                    )?;
-                    Ok(SecretsChanged {
-                        names,
-                        stale_services: Vec::new(),
-                    })
-                },
-            )
-            .await?;
-            print_text(&format!("secret {} set\n", changed.names.join(", ")))?;
-            if !changed.stale_services.is_empty() {
-                eprintln!(
-                    "{} still run the old value until the next deploy (`tcf-platform prod deploy VERSION`)",
-                    changed.stale_services.join(", ")
-                );
-            }
-        }
-        (_, None) => {}
+        SecretsCommand::List { format } => list_secrets(cli, *format).await?,
+        SecretsCommand::Rm { name } => remove_secret(cli, name).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn list_secrets(cli: &Cli, format: Format) -> anyhow::Result<()> {
+    let list: Vec<SecretInfo> = with_daemon_or_store(
+        cli,
+        async |c| c.get("/v1/secrets").await,
+        tcf_daemon::access::list_secrets,
+    )
+    .await?;
+    match format {
+        Format::Json => print_json(&list)?,
+        Format::Table => {
+            let mut out = format!(
+                "{:<24} {:<25} {:<16} {}\n",
+                "NAME", "UPDATED", "BY", "USED BY"
+            );
+            for s in list {
+                out.push_str(&format!(
+                    "{:<24} {:<25} {:<16} {}\n",
+                    s.name,
+                    s.updated,
+                    s.updated_by,
+                    if s.used_by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.used_by.join(", ")
+                    }
+                ));
+            }
+            print_text(&out)?;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_secret(cli: &Cli, name: &str) -> anyhow::Result<()> {
+    let n = name.to_string();
+    let changed: SecretsChanged = with_daemon_or_store(
+        cli,
+        async |c| {
+            c.send("DELETE", &format!("/v1/secrets/{name}"), None)
+                .await
+                .map(|_| SecretsChanged {
+                    names: vec![name.to_string()],
+                    stale_services: Vec::new(),
+                })
+        },
+        move |store, _| match tcf_daemon::access::remove_secret(store, &n)? {
+            true => Ok(SecretsChanged {
+                names: vec![n],
+                stale_services: Vec::new(),
+            }),
+            false => Err(format!(
+                "no secret named {n}; see `tcf-platform secrets list`"
+            )),
+        },
+    )
+    .await?;
+    print_text(&format!("secret {} removed\n", changed.names.join(", ")))?;
+    Ok(())
+}
+
+async fn set_secrets(cli: &Cli, values: BTreeMap<String, String>) -> anyhow::Result<()> {
+    let body = SetSecrets {
+        secrets: values.clone(),
+    };
+    let actor = local_user();
+    let changed: SecretsChanged = with_daemon_or_store(
+        cli,
+        async |c| c.post("/v1/secrets", &body).await,
+        move |store, config| {
+            let names = tcf_daemon::access::set_secrets(
+                store,
+                &config.platform.state_dir,
+                &values,
+                &actor,
+            )?;
+            Ok(SecretsChanged {
+                names,
+                stale_services: Vec::new(),
+            })
+        },
+    )
+    .await?;
+    print_text(&format!("secret {} set\n", changed.names.join(", ")))?;
+    if !changed.stale_services.is_empty() {
+        eprintln!(
+            "{} still run the old value until the next deploy (`tcf-platform prod deploy VERSION`)",
+            changed.stale_services.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The first `${secret:NAME}` the config refers to that the store does not hold (read from a
