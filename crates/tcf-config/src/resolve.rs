@@ -687,6 +687,32 @@ listen = "127.0.0.1:9002"
     }
 
     #[test]
+    fn the_remote_api_address_and_certificate_files() {
+        let c = config(TWO_SERVICES).unwrap();
+        assert_eq!((c.daemon.listen, c.daemon.tls.clone()), (None, None));
+        let with = |daemon: &str| config(&format!("{TWO_SERVICES}\n[daemon]\n{daemon}\n"));
+        let c =
+            with("listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert_eq!(c.daemon.listen, Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(
+            c.daemon.tls,
+            Some(("/tmp/c.pem".into(), "/tmp/k.pem".into()))
+        );
+        let bad = with("listen = \"localhost\"").unwrap_err();
+        assert!(
+            bad[0].message.contains("not an address"),
+            "{:?}",
+            bad[0].message
+        );
+        let half = with("tls_cert = \"c.pem\"").unwrap_err();
+        assert!(
+            half[0].message.contains("go together"),
+            "{:?}",
+            half[0].message
+        );
+    }
+
+    #[test]
     fn proxy_limits_out_of_bounds_are_refused() {
         for (key, value) in [
             ("max_header_size", "\"100\""),

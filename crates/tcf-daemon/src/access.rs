@@ -182,6 +182,18 @@ pub fn secret_users(config: &tcf_config::Config) -> BTreeMap<String, Vec<String>
     users
 }
 
+/// A `${secret:…}` in some service's env that is not a valid reference (unterminated, a bad
+/// name): it would never resolve.
+pub fn malformed_reference(config: &tcf_config::Config) -> Option<String> {
+    config.services.values().find_map(|svc| {
+        svc.env.iter().find_map(|(var, value)| {
+            tcf_auth::reference::references(value)
+                .err()
+                .map(|e| format!("{}: env {var}: {e}", svc.name))
+        })
+    })
+}
+
 /// Every secret `services` of `config` refer to exists in the store; else the first missing,
 /// named with its service.
 pub fn check_references(
@@ -189,6 +201,9 @@ pub fn check_references(
     services: &[String],
     store: &Store,
 ) -> Result<(), String> {
+    if let Some(e) = malformed_reference(config) {
+        return Err(e);
+    }
     let existing: BTreeSet<String> = store
         .secrets()
         .map_err(|e| e.to_string())?

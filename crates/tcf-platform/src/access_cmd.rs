@@ -309,6 +309,9 @@ async fn set_secrets(cli: &Cli, values: BTreeMap<String, String>) -> anyhow::Res
 /// The first `${secret:NAME}` the config refers to that the store does not hold (read from a
 /// copy of the store, so a running daemon is not disturbed), as a message naming it.
 pub fn missing_secret(config: &tcf_config::Config) -> Option<String> {
+    if let Some(e) = tcf_daemon::access::malformed_reference(config) {
+        return Some(e);
+    }
     let users = tcf_daemon::access::secret_users(config);
     if users.is_empty() {
         return None;

@@ -445,6 +445,18 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
         "{}",
         text(&out)
     );
+    std::fs::write(
+        &p.config,
+        text_now.replace("${secret:db_password}", "${secret:db_password"),
+    )
+    .unwrap();
+    let out = p.cli(&["config", "validate"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unterminated"),
+        "{}",
+        text(&out)
+    );
     std::fs::write(&p.config, text_now).unwrap();
 
     // A lost key: a clear error, no crash.
