@@ -409,6 +409,16 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
         "# shared\nAPI_KEY=k-123\nexport SMTP_PASSWORD=\"p w\"\n",
     )
     .unwrap();
+    let value_file = p.dir.path().join("from-file.txt");
+    std::fs::write(&value_file, "file-value\n").unwrap();
+    let out = p.cli(&[
+        "secrets",
+        "set",
+        "from_file",
+        "--from-file",
+        value_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = p.cli(&["secrets", "import", env_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let out = p.cli(&["secrets", "rm", "API_KEY"]);
@@ -421,7 +431,7 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["SMTP_PASSWORD", "db_password"]);
+    assert_eq!(names, ["SMTP_PASSWORD", "db_password", "from_file"]);
     assert!(!contains(&out.stdout, "p w"));
 
     // A reference to a secret that does not exist fails the deploy, naming it.
