@@ -3,8 +3,10 @@
 //! These types are the JSON contract of `--format json` output and of the API; they are not the
 //! daemon's domain types. Add fields, never rename or remove them. See docs/api.md.
 
+pub mod access;
 pub mod client;
 pub mod monitor;
+pub mod remote;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,9 @@ pub struct Status {
     /// Problems the operator must know about (a state store deleted behind the daemon's back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The remote API, when `[daemon] listen` serves it: where, and the certificate to pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<access::ApiEndpoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +51,10 @@ pub struct ServiceStatus {
     /// next deploy of it applies the file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub config_changed: bool,
+    /// Secrets the service refers to that changed since its instances started: the next
+    /// deploy or rollback picks up the new values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_secrets: Vec<String>,
     /// Present while the service is in maintenance (every request answered 503).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,

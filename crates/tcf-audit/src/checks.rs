@@ -185,11 +185,19 @@ fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>
     if dir_mode & 0o001 != 0 {
         reachable_bits |= 0o006;
     }
-    let mut files: Vec<PathBuf> = ["state.db", "state.db-wal", "state.db-shm", "daemon.lock"]
-        .iter()
-        .map(|f| dir.join(f))
-        .filter(|p| p.exists())
-        .collect();
+    // The secrets key and the remote API's private key too (see docs/security.md).
+    let mut files: Vec<PathBuf> = [
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "daemon.lock",
+        "secrets.key",
+        "api-key.pem",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .filter(|p| p.exists())
+    .collect();
     if let Ok(logs) = std::fs::read_dir(dir.join("logs")) {
         let mut log_files: Vec<PathBuf> = logs.flatten().map(|e| e.path()).collect();
         log_files.sort();

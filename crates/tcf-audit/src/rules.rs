@@ -49,7 +49,7 @@ pub static STORE_FILE_MODE: Rule = rule(
     "TCF-FS-002",
     "Store or log files readable by other users",
     Severity::High,
-    "The modes of state.db (and its -wal/-shm), daemon.lock and the instance logs, where the state directory lets others reach them.",
+    "The modes of state.db (and its -wal/-shm), daemon.lock, the secrets key (secrets.key), the remote API's private key (api-key.pem) and the instance logs, where the state directory lets others reach them.",
     "chmod 600 the files, and chmod 700 the state directory so nobody else can reach them.",
 );
 

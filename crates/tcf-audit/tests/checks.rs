@@ -149,6 +149,11 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
     }
     std::fs::create_dir_all(root.join("state/logs")).unwrap();
     write(&root.join("state/state.db"), "", 0o644);
+    write(
+        &root.join("state/secrets.key"),
+        "00",
+        if insecure { 0o644 } else { 0o600 },
+    );
     chmod(&root.join("state"), if insecure { 0o755 } else { 0o700 });
     let osv = root.join("osv.json");
     write(&osv, OSV, 0o644);
@@ -198,6 +203,7 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
     let expected: BTreeSet<(&str, String)> = [
         ("TCF-FS-001", p("state")),
         ("TCF-FS-002", p("state/state.db")),
+        ("TCF-FS-002", p("state/secrets.key")),
         ("TCF-FS-003", p("tcf-platform.toml")),
         ("TCF-FS-004", p("app/bin/api")),
         ("TCF-FS-005", p("hooks/pre.sh")),

@@ -64,14 +64,17 @@ pub fn render(t: &Translation) -> String {
     if !t.secrets.is_empty() {
         let _ = writeln!(
             out,
-            "#\n# CREDENTIALS KEPT OUT OF THIS FILE (TODO): tcf-platform has no secret store yet, and a\n# ${{secret:NAME}} reference would reach the container as that literal text. Until it does,\n# these variables are not set for the services below. Once `tcf-platform secrets` exists:"
+            "#\n# CREDENTIALS KEPT OUT OF THIS FILE: the services refer to them as ${{secret:NAME}}. Set each\n# one before `up` (the value from the compose file or its .env, on stdin; see docs/security.md):"
         );
+        let mut seen = std::collections::BTreeSet::new();
         for s in &t.secrets {
-            let _ = writeln!(
-                out,
-                "#   tcf-platform secrets set {}    # then in [services.{}.env]: {} = \"${{secret:{}}}\"",
-                s.name, s.service, s.key, s.name
-            );
+            if seen.insert(&s.name) {
+                let _ = writeln!(
+                    out,
+                    "#   tcf-platform secrets set {}    # {} of {}",
+                    s.name, s.key, s.service
+                );
+            }
         }
     }
     comment_block(&mut out, "Notes:", &t.notes);
@@ -199,8 +202,9 @@ fn render_service(out: &mut String, s: &ServiceOut, t: &Translation) {
         for x in secrets {
             let _ = writeln!(
                 out,
-                "# TODO {} = \"${{secret:{}}}\"  (a credential: kept out, see the top of this file)",
+                "{} = {}  # a credential: `tcf-platform secrets set {}`",
                 key(&x.key),
+                q(&format!("${{secret:{}}}", x.name)),
                 x.name
             );
         }

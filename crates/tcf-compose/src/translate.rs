@@ -230,7 +230,7 @@ fn untranslatable_reason(key: &str) -> Option<&'static str> {
         "pid" | "ipc" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent" | "isolation" => {
             "namespace settings are not configurable"
         }
-        "secrets" => "file-mounted secrets are not supported; pass the value in env once tcf-platform has a secret store",
+        "secrets" => "file-mounted secrets are not supported; keep the value in `tcf-platform secrets` and refer to it in env as ${secret:NAME}",
         "configs" => "file-mounted configs are not supported; mount a file with `volumes`",
         "links" | "external_links" => "links are not supported; services reach each other through their public addresses",
         "extends" => "extends is not resolved; inline the extended service",
@@ -1379,7 +1379,8 @@ pub fn looks_like_credential(key: &str, value: &str) -> bool {
 }
 
 /// Move credential-looking env values out, naming each secret after its variable (or
-/// `service_variable` when two services hold different values under one name).
+/// `service_variable` when two services hold different values under one name); render.rs
+/// writes `${secret:NAME}` in their place.
 fn assign_secret_names(outs: &mut [ServiceOut], secrets: &mut Vec<SecretTodo>) {
     let mut found: Vec<(usize, String, String)> = Vec::new();
     for (i, s) in outs.iter().enumerate() {

@@ -181,6 +181,10 @@ pub struct Platform {
 pub struct Daemon {
     /// The API's Unix socket (mode 0600).
     pub socket: PathBuf,
+    /// The remote API's address (HTTPS with tokens), when served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Its certificate and key files; none: self-signed in the state directory.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -73,6 +73,11 @@ pub struct RawPlatform {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub socket: Option<String>,
+    /// The remote API (HTTPS, tokens): `HOST:PORT`.
+    pub listen: Option<Spanned<String>>,
+    /// The remote API's certificate and key (PEM); without them, a self-signed one.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 /// Values every service inherits unless it sets its own.

@@ -147,6 +147,32 @@ pub fn resolve(
     if errors.is_empty() {
         check_cycles(&file, &mut errors);
     }
+    let listen = file.daemon.listen.as_ref().and_then(|l| {
+        match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::new(
+                        format!("[daemon] listen {:?} is not an address", l.get_ref()),
+                        Some(l.span()),
+                    )
+                    .hint("use IP:PORT, such as \"0.0.0.0:8443\""),
+                );
+                None
+            }
+        }
+    });
+    let tls = match (&file.daemon.tls_cert, &file.daemon.tls_key) {
+        (Some(c), Some(k)) => Some((base_dir.join(c), base_dir.join(k))),
+        (None, None) => None,
+        _ => {
+            errors.push(
+                Diagnostic::new("[daemon] tls_cert and tls_key go together", None)
+                    .hint("set both (PEM files), or neither for a self-signed certificate"),
+            );
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -154,7 +180,11 @@ pub fn resolve(
         path: path.to_path_buf(),
         environment: environment.map(str::to_string),
         platform: Platform { name, state_dir },
-        daemon: Daemon { socket },
+        daemon: Daemon {
+            socket,
+            listen,
+            tls,
+        },
         services,
         dependencies,
         deploy,
@@ -653,6 +683,32 @@ listen = "127.0.0.1:9002"
             plain[0].message.contains("unknown field"),
             "{:?}",
             plain[0].message
+        );
+    }
+
+    #[test]
+    fn the_remote_api_address_and_certificate_files() {
+        let c = config(TWO_SERVICES).unwrap();
+        assert_eq!((c.daemon.listen, c.daemon.tls.clone()), (None, None));
+        let with = |daemon: &str| config(&format!("{TWO_SERVICES}\n[daemon]\n{daemon}\n"));
+        let c =
+            with("listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert_eq!(c.daemon.listen, Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(
+            c.daemon.tls,
+            Some(("/tmp/c.pem".into(), "/tmp/k.pem".into()))
+        );
+        let bad = with("listen = \"localhost\"").unwrap_err();
+        assert!(
+            bad[0].message.contains("not an address"),
+            "{:?}",
+            bad[0].message
+        );
+        let half = with("tls_cert = \"c.pem\"").unwrap_err();
+        assert!(
+            half[0].message.contains("go together"),
+            "{:?}",
+            half[0].message
         );
     }
 

@@ -161,6 +161,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 metrics: with_metrics.then(|| service_metrics(svc)),
                 config_changed: false,
                 maintenance: lock(&svc.maintenance).clone(),
+                stale_secrets: Vec::new(),
             }
         })
         .collect();
@@ -187,6 +188,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         dependencies,
         deploy_in_progress: lock(&p.deploying).clone(),
         warnings: lock(&p.warnings).clone(),
+        api: p.access.endpoint.get().cloned(),
     }
 }
 
@@ -201,8 +203,10 @@ async fn status(
             .await
             .unwrap_or_default()
     };
+    let stale = p.stale_secrets().await;
     for s in &mut status.services {
         s.config_changed = changed.contains(&s.name);
+        s.stale_secrets = stale.get(&s.name).cloned().unwrap_or_default();
     }
     Json(status)
 }
@@ -407,6 +411,12 @@ async fn deploy_handler(
     }
     let services = services_in_order(&p, &req.services)?;
     let specs = deploy_specs(&p, &fresh, &services)?;
+    {
+        let (fresh, services) = (fresh.clone(), services.clone());
+        p.with_store(move |s| crate::access::check_references(&fresh, &services, s))
+            .await
+            .map_err(|e| bad_request(format!("{e}\nnothing was deployed")))?;
+    }
     let plan = deploy::Plan {
         kind: deploy::Kind::Deploy(strategy),
         targets: services

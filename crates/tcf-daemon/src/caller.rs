@@ -7,9 +7,13 @@ use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-#[derive(Debug, Clone, Copy)]
+/// On the Unix socket: the peer's uid. On the remote API: its address and, once its token is
+/// verified (access.rs), the token's name, which is then the actor.
+#[derive(Debug, Clone, Default)]
 pub struct Peer {
     pub uid: Option<u32>,
+    pub remote: Option<std::net::SocketAddr>,
+    pub token: Option<String>,
 }
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
@@ -17,13 +21,17 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
         let cred = stream.io().peer_cred().ok();
         Peer {
             uid: cred.map(|c| c.uid()),
+            ..Peer::default()
         }
     }
 }
 
 impl Peer {
-    /// The caller's Unix user name (or `uid N`).
+    /// The caller's Unix user name (or `uid N`), or the remote caller's token name.
     pub fn user(&self) -> String {
+        if let Some(token) = &self.token {
+            return token.clone();
+        }
         match self.uid {
             None => "unknown".into(),
             Some(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -36,6 +44,9 @@ impl Peer {
     /// The actor to record: the Unix user, with the client's claim only where it adds a host
     /// (`alice@build-1`) or differs (`root (claims alice@laptop)`).
     pub fn actor(&self, claimed: &str) -> String {
+        if let Some(token) = &self.token {
+            return token.clone();
+        }
         let user = self.user();
         let claimed = printable(claimed);
         if claimed.is_empty() || claimed == user {
@@ -82,7 +93,10 @@ mod tests {
 
     #[test]
     fn the_actor_is_the_unix_user_and_a_claim_is_only_detail() {
-        let root = Peer { uid: Some(0) };
+        let root = Peer {
+            uid: Some(0),
+            ..Peer::default()
+        };
         assert_eq!(root.actor("root@box"), "root@box");
         assert_eq!(root.actor(""), "root");
         assert_eq!(root.actor("alice@laptop"), "root (claims alice@laptop)");

@@ -5,6 +5,7 @@
 //! anything starts), then start services in dependency order. Shutdown: stop accepting, let
 //! in-flight requests finish, stop instances in reverse dependency order.
 
+pub mod access;
 mod api;
 mod api_monitor;
 mod backup;
@@ -98,6 +99,11 @@ pub enum DaemonError {
     Docker(#[from] tcf_docker::DockerError),
     #[error("cannot take over from the running daemon: {0}")]
     Handover(String),
+    #[error("cannot serve the remote API on {addr}: {detail}\nhint: another program may use that address, or fix [daemon] listen, tls_cert and tls_key")]
+    RemoteApi {
+        addr: std::net::SocketAddr,
+        detail: String,
+    },
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -110,6 +116,13 @@ fn state_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Daemo
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The state directory, created 0700 (it holds the store, the secrets key, instance logs).
+pub(crate) fn ensure_private_dir(state_dir: &std::path::Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(state_dir))?;
+    let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
 }
 
 /// Hold the state directory's lock for the daemon's lifetime; the pid inside names the holder.
@@ -172,8 +185,8 @@ async fn run_daemon(
     mut inherited: Option<handover::Inherited>,
 ) -> Result<(), DaemonError> {
     let state_dir = config.platform.state_dir.clone();
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(state_dir_err(&state_dir))?;
-    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    let loose_modes = access::fix_loose_modes(&state_dir);
+    ensure_private_dir(&state_dir)?;
     let daemon_lock = take_lock(&state_dir)?;
     let store_existed = state_dir.join("state.db").exists();
     let store = Arc::new(Store::open(&state_dir)?);
@@ -299,6 +312,7 @@ async fn run_daemon(
         }
         None => None,
     };
+    let remote_api = access::bind_remote(&config).await?;
 
     let active = store.active_versions()?;
     // Containers a previous daemon left: adopt those of the active release, remove the rest.
@@ -458,9 +472,18 @@ async fn run_daemon(
     if let Err(e) = handover::reload_on_sighup(p.clone(), sighup) {
         tracing::warn!("cannot handle SIGHUP (reload with `tcf-platform reload`): {e}");
     }
+    access::report_loose_modes(&p, loose_modes);
     let router = api::router(p.clone())
         .merge(api_monitor::router(monitor))
-        .merge(handover::router(p.clone(), kit.clone()));
+        .merge(handover::router(p.clone(), kit.clone()))
+        .merge(access::routes(p.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            p.clone(),
+            access::protect,
+        ));
+    if let Some(remote) = remote_api {
+        access::serve_remote(p.clone(), remote, router.clone());
+    }
     let api_server = axum::serve(
         api_listener,
         router.into_make_service_with_connect_info::<caller::Peer>(),
@@ -651,6 +674,7 @@ fn assemble(
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
         monitor: std::sync::OnceLock::new(),
+        access: Default::default(),
     })
 }
 

@@ -539,6 +539,8 @@ pub struct Platform {
     pub warnings: Mutex<Vec<String>>,
     /// Scheduled backups that failed in a row (the `backup_failed` alert watches it).
     pub scheduled_backup_failures: std::sync::atomic::AtomicU32,
+    /// Tokens, the failed-auth limiter, the remote API's endpoint, secrets in use (access.rs).
+    pub access: crate::access::Access,
 }
 
 impl Platform {

@@ -171,11 +171,24 @@ async fn supervise(
                 Err(e) => tracing::warn!("no free port for {id}: {e}"),
             }
         }
-        let spec = instance_spec(&p, cfg, &inst.id, &inst.colour, &inst.version, inst.port());
+        let mut spec = instance_spec(&p, cfg, &inst.id, &inst.colour, &inst.version, inst.port());
         let mut ran_healthy_for = Duration::ZERO;
         let started_or_adopted = match adopted.take() {
             Some(running) => Ok(running),
-            None => p.runtime_for(cfg).start(spec).await,
+            // `${secret:NAME}` values exist in plain text only in the started instance's env.
+            None => match p
+                .resolve_secrets(&cfg.name, std::mem::take(&mut spec.env))
+                .await
+            {
+                Ok(env) => {
+                    spec.env = env;
+                    p.runtime_for(cfg)
+                        .start(spec)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            },
         };
         match started_or_adopted {
             Err(e) => p.event("instance.start_failed", service, Some(id), e.to_string()),

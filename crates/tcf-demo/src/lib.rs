@@ -3,6 +3,8 @@
 //!
 //! It listens on 127.0.0.1:$PORT and answers:
 //! - `GET /health`: 200 `ok` (503 when told to fail health)
+//! - `GET /env-sha256/NAME`: the SHA-256 (hex) of environment variable NAME's value (404 when
+//!   unset), so a test can check a secret arrived without the value ever being shown
 //! - anything else: 200 with JSON `{"service", "version", "instance", "pid", "path"}`
 //!
 //! Knobs that make it behave like a bad release (environment variables):
@@ -106,6 +108,20 @@ async fn handle(knobs: Arc<Knobs>, req: Request<Incoming>) -> Response<Full<Byte
         let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *resp.status_mut() = status;
         return resp;
+    }
+    if let Some(name) = path.strip_prefix("/env-sha256/") {
+        use sha2::Digest;
+        return match std::env::var_os(name) {
+            Some(v) => Response::new(Full::new(Bytes::from(format!(
+                "{}\n",
+                hex::encode(sha2::Sha256::digest(v.as_encoded_bytes()))
+            )))),
+            None => {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"unset\n")));
+                *resp.status_mut() = StatusCode::NOT_FOUND;
+                resp
+            }
+        };
     }
     if path == "/echo" && req.headers().contains_key("upgrade") {
         return echo_upgrade(req);

@@ -52,6 +52,24 @@ pub struct Cli {
     #[arg(long, global = true, env = "TCF_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
+    /// A remote daemon's API, https://HOST:PORT (its [daemon] listen); the token comes from
+    /// TCF_TOKEN or --token-file, the certificate is checked with --fingerprint or --ca
+    #[arg(long, global = true, env = "TCF_HOST", value_name = "URL")]
+    pub host: Option<String>,
+
+    /// A file holding the API token for --host (instead of TCF_TOKEN)
+    #[arg(long, global = true, env = "TCF_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Trust the remote daemon's certificate with this SHA-256 fingerprint (`status --format
+    /// json` on its host shows it as api.fingerprint_sha256; the daemon prints it at start)
+    #[arg(long, global = true, env = "TCF_FINGERPRINT", value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+
+    /// Trust remote daemon certificates issued by the CA certificate(s) in this PEM file
+    #[arg(long, global = true, env = "TCF_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -189,6 +207,25 @@ control loop (see `tcf-platform events`). An invalid file is refused and changes
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// API tokens for the remote API: create (shown once), list, revoke
+    #[command(
+        subcommand,
+        long_about = "API tokens for the remote API ([daemon] listen). A token has a role: viewer \
+(reads status, events, logs, history, metrics, alerts), deployer (also deploys, rolls back, releases \
+the lock, silences alerts) or admin (also manages tokens and secrets, restores backups, stops the \
+platform). Only a token's SHA-256 is stored; it is shown once, at creation. See docs/security.md."
+    )]
+    Tokens(TokensCommand),
+    /// Secrets services refer to as ${secret:NAME}: set (stdin), list, rm, import
+    #[command(
+        subcommand,
+        long_about = "Secrets, encrypted at rest (XChaCha20-Poly1305) with a key outside the store \
+(state_dir/secrets.key, created 0600 on first use, or TCF_SECRETS_KEY). A service refers to one in \
+its env as \"${secret:NAME}\"; the value is put in the instance's environment when it starts and \
+shown nowhere else. Values are read from stdin or a file, never from the command line. Works \
+without a running daemon (the store is written directly while none runs). See docs/security.md."
+    )]
+    Secrets(SecretsCommand),
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -601,4 +638,54 @@ newest verified backup nor the pre-deploy backups of the active and previous rel
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write it like 30s, 2m or 500ms)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Deployer,
+    Admin,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print it (the only time it is shown)
+    Create {
+        /// Its name: the actor recorded for what it does (letters, digits, '-', '_', '.')
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Expire after this long (90d, 12h, ...); default: never
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Tokens with role, creation, expiry and last use (never the token)
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Revoke a token: it is refused from now on
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set a secret from stdin (one value; a final newline is dropped) or --from-file
+    Set {
+        name: String,
+        /// Read the value from this file instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Secrets with when and by whom they were set, and which services use them (never values)
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a secret
+    Rm { name: String },
+    /// Set every NAME=value of a .env file
+    Import { file: PathBuf },
 }

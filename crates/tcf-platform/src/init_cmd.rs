@@ -107,14 +107,14 @@ fn report_to_stderr(t: &Translation) {
     if !t.secrets.is_empty() {
         let _ = writeln!(
             err,
-            "TODO credentials kept out of the config ({}): tcf-platform has no secret store yet, so these variables are not set for now. Once `tcf-platform secrets` exists, run:",
+            "credentials kept out of the config ({}): the services refer to them as ${{secret:NAME}}; set each before `up` (the value on stdin):",
             t.secrets.len()
         );
         for s in &t.secrets {
             let _ = writeln!(
                 err,
-                "  tcf-platform secrets set {}    # {} env {} = \"${{secret:{}}}\"",
-                s.name, s.service, s.key, s.name
+                "  tcf-platform secrets set {}    # {} env {}",
+                s.name, s.service, s.key
             );
         }
     }

@@ -1,6 +1,7 @@
 //! `tcf-platform`: the binary edge. Parses the command line, loads the config, and either runs
 //! the daemon (`up`) or talks to it over its API.
 
+mod access_cmd;
 mod audit_cmd;
 mod backup_cmd;
 mod cli;
@@ -95,6 +96,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// of a running daemon: its socket is then found from the file's `state_dir`/`socket` alone,
 /// with a warning (deploys still refuse a broken file: they load it themselves).
 fn client(cli: &Cli) -> anyhow::Result<Client> {
+    if let Some(remote) = access_cmd::remote(cli)? {
+        return Ok(Client::remote(remote));
+    }
     if let Some(socket) = &cli.socket {
         return Ok(Client::new(socket));
     }
@@ -185,6 +189,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
             limit,
             format,
         } => events(&cli, service.as_deref(), *limit, *format).await,
+        Command::Tokens(command) => access_cmd::tokens(&cli, command).await,
+        Command::Secrets(command) => access_cmd::secrets(&cli, command).await,
         Command::Backup(command) => backup_cmd::run(load_config(&cli)?, command).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
@@ -306,6 +312,21 @@ async fn down(cli: &Cli, timeout: Duration, force: bool) -> CmdResult {
         ping.platform, ping.pid
     );
     let started = Instant::now();
+    if client.is_remote() {
+        // Its pids are another machine's: never signal them here; wait for its API to close.
+        while client.get::<tcf_api::Ping>("/v1/ping").await.is_ok() {
+            if started.elapsed() > timeout {
+                return Err(anyhow::anyhow!(
+                    "the remote daemon still answers after {}; it keeps stopping (see its log there)",
+                    humantime::format_duration(timeout)
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("stop requested; the remote API has closed");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut last_report = Instant::now();
     let mut interrupts = 0;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
@@ -516,6 +537,12 @@ fn validate(cli: &Cli, format: Format) -> CmdResult {
                     })
                 })
                 .collect();
+            if let Some(missing) = access_cmd::missing_secret(&cfg) {
+                return Err(Failure {
+                    code: 2,
+                    error: anyhow::anyhow!(missing),
+                });
+            }
             match format {
                 Format::Json => print_json(&serde_json::json!({
                     "valid": true,
@@ -811,8 +838,10 @@ async fn deploy(cli: &Cli, args: &DeployArgs) -> CmdResult {
     let Some(version) = args.version.clone() else {
         return Err(anyhow::anyhow!("name the VERSION to deploy").into());
     };
-    // A deploy never starts from a config that does not validate.
-    load_config(cli)?;
+    // A deploy never starts from a config that does not validate (a remote daemon checks its own).
+    if cli.host.is_none() {
+        load_config(cli)?;
+    }
     let client = client(cli)?;
     if !args.force && std::io::stdin().is_terminal() {
         let which = if args.services.is_empty() {

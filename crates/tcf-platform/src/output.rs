@@ -119,6 +119,13 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
             ));
         }
     }
+    for x in s.services.iter().filter(|x| !x.stale_secrets.is_empty()) {
+        out.push_str(&format!(
+            "secrets changed for {}: {} (the next deploy or rollback picks up the new values)\n\n",
+            x.name,
+            x.stale_secrets.join(", ")
+        ));
+    }
     if let Some(d) = &s.deploy_in_progress {
         out.push_str(&format!("in progress: {d}\n\n"));
     }

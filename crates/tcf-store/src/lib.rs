@@ -8,6 +8,9 @@
 //! into memory, so a disk that fills up or a file made unwritable can fail a write with an error
 //! but never kill the daemon with SIGBUS.
 
+mod access;
+pub use access::{NewToken, SecretRow, TokenRow};
+
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -98,6 +101,24 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE release_services ADD COLUMN spec TEXT;",
     // 4: the backup taken before a release started (`prod deploy --backup`).
     "ALTER TABLE releases ADD COLUMN backup TEXT;",
+    // 5: API tokens (only their SHA-256) and secrets (only their ciphertext): see access.rs.
+    "CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_ms INTEGER,
+        last_used_ms INTEGER,
+        revoked_ms INTEGER
+    );
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        nonce BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        updated_by TEXT NOT NULL
+    );",
 ];
 
 pub fn now_ms() -> i64 {
@@ -259,6 +280,11 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let path = state_dir.join("state.db");
         let conn = open_connection(&path)?;
+        // Only hashes and ciphertext are in it, but events and specs are nobody else's business.
+        for file in [path.clone(), path.with_extension("db-wal")] {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600));
+        }
         // Take the exclusive lock now, and learn which file we hold.
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map_err(|source| StoreError::Open {
