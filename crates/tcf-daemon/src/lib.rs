@@ -364,6 +364,7 @@ fn assemble(
                 connect_timeout: cfg.connect_timeout,
                 limits: proxy_limits(&cfg.proxy),
                 tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
+                ..Settings::default()
             },
             access_log(&config.platform.state_dir, cfg),
         );
