@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod monitor;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

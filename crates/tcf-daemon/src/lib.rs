@@ -19,6 +19,7 @@ mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod tls;
 mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
@@ -67,6 +68,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Docker(#[from] tcf_docker::DockerError),
+    #[error("service {service}: TLS: {message}\nhint: see docs/tls.md; `tcf-platform config validate` checks the files")]
+    Tls { service: String, message: String },
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -161,6 +164,7 @@ pub async fn run(
         })?;
         listeners.push((svc.name.clone(), l));
     }
+    let tls = tls::prepare(&config)?;
     let metrics_listener = monitor::bind_metrics(&config).await?;
     let socket = config.daemon.socket.clone();
     let unclean = socket.exists();
@@ -213,7 +217,19 @@ pub async fn run(
             }
         }
     }
-    let p = assemble(config, store, runtime, docker.clone(), adoptable, &active);
+    let tls::Prepared {
+        services: tls_services,
+        plain: plain_listeners,
+    } = tls;
+    let p = assemble(
+        config,
+        store,
+        runtime,
+        docker.clone(),
+        adoptable,
+        &active,
+        tls_services,
+    );
 
     p.event(
         "daemon.started",
@@ -281,6 +297,7 @@ pub async fn run(
     for svc in p.services.values() {
         tokio::spawn(supervisor::start_service(p.clone(), svc.clone()));
     }
+    tls::start(&p, plain_listeners);
     tokio::spawn(metrics::run_sampler(p.clone()));
     backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
@@ -353,6 +370,7 @@ fn assemble(
     docker: Option<Arc<tcf_docker::DockerRuntime>>,
     adoptable: BTreeMap<String, tcf_docker::Found>,
     active: &BTreeMap<String, String>,
+    tls: BTreeMap<String, Arc<tls::ServiceTls>>,
 ) -> Arc<Platform> {
     let mut services = BTreeMap::new();
     for (name, cfg) in &config.services {
@@ -364,6 +382,8 @@ fn assemble(
                 connect_timeout: cfg.connect_timeout,
                 limits: proxy_limits(&cfg.proxy),
                 tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
+                tls: tls.get(name).map(|t| t.server_config.clone()),
+                hsts: tls.get(name).and_then(|t| t.hsts.clone()),
                 ..Settings::default()
             },
             access_log(&config.platform.state_dir, cfg),
@@ -419,6 +439,7 @@ fn assemble(
         release_slot: tokio::sync::Mutex::new(()),
         abort: Mutex::new(None),
         monitor: std::sync::OnceLock::new(),
+        tls,
     })
 }
 

@@ -522,6 +522,8 @@ pub struct Platform {
     pub release_slot: tokio::sync::Mutex<()>,
     /// Problems an operator must see in `status` (a state store that was deleted, say).
     pub warnings: Mutex<Vec<String>>,
+    /// The HTTPS services' certificates (docs/tls.md).
+    pub tls: BTreeMap<String, Arc<crate::tls::ServiceTls>>,
 }
 
 impl Platform {

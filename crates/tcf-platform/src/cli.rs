@@ -156,6 +156,9 @@ in the config file to keep it for the next deploy and the next `up`."
     /// Show or release the deploy lock
     #[command(subcommand)]
     Lock(LockCommand),
+    /// HTTPS certificates: what each service serves, and reloading them from their files
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -434,6 +437,21 @@ pub struct RollbackArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Every certificate in use: service, hostnames, issuer, expiry, source, last attempt
+    /// (exit 2 when one has expired)
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Reload the certificates from their files now (they are also reloaded when they change)
+    Reload {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod cli;
 mod init_cmd;
 mod monitor_cmd;
 mod output;
+mod tls_cmd;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -142,6 +143,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => history(&cli, service.as_deref(), *limit, *format).await,
         Command::Lock(LockCommand::Status { format }) => lock_status(&cli, *format).await,
         Command::Lock(LockCommand::Release { force }) => lock_release(&cli, *force).await,
+        Command::Tls(command) => tls_cmd::run(&cli, command).await,
         Command::Logs {
             service,
             follow,

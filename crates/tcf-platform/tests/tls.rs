@@ -1,0 +1,187 @@
+//! HTTPS end to end on the real binary: certificates from files (made here by rcgen), SNI,
+//! HSTS, the plain listener's redirect, `tls status` (an expired certificate flagged, exit 2),
+//! a replaced file picked up without a restart, `tls reload`.
+
+mod common;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn ca() -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tcf platform test CA");
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn write_leaf(
+    dir: &Path,
+    file: &str,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    names: &[&str],
+    expired: bool,
+) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    // Key first, then the certificate, each renamed into place.
+    std::fs::write(dir.join("tmp"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("tmp"), dir.join(format!("{file}.key"))).unwrap();
+    std::fs::write(dir.join("tmp"), cert.pem()).unwrap();
+    std::fs::rename(dir.join("tmp"), dir.join(format!("{file}.pem"))).unwrap();
+}
+
+/// curl over HTTPS to `name` (resolved to loopback), verified against the test CA: status
+/// line and headers, then the body.
+fn curl_https(dir: &Path, name: &str, port: u16, path: &str) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("curl must be installed (scripts/test installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn tls_status(p: &Platform) -> (Option<i32>, Value) {
+    let out = p.cli(&["tls", "status", "--format", "json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), v)
+}
+
+#[test]
+fn https_from_files_status_redirect_and_reload() {
+    let (https, plain) = (free_port(), free_port());
+    let config = format!(
+        r#"[platform]
+name = "tlstest"
+state_dir = ".tcf"
+
+[services.web]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{https}"
+http_listen = "127.0.0.1:{plain}"
+hsts = "max-age=600"
+tls = {{ cert = "web.pem", key = "web.key", certificates = [{{ cert = "old.pem", key = "old.key" }}] }}
+health = {{ path = "/health", interval = "300ms" }}
+"#
+    );
+    let mut p = Platform::new(&config);
+    let dir = p.dir.path().to_path_buf();
+    let ca = ca();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    write_leaf(&dir, "web", &ca, &["a.test"], false);
+    write_leaf(&dir, "old", &ca, &["old.test"], true);
+    p.up();
+    p.wait_for("the service healthy", Duration::from_secs(30), all_healthy);
+
+    // HTTPS with the right certificate for the name asked (curl verifies it), HSTS added.
+    let (ok, text) = curl_https(&dir, "a.test", https, "/");
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/2 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strict-transport-security: max-age=600"),
+        "{text}"
+    );
+    // The expired certificate is served for its name, and curl refuses it.
+    let (ok, text) = curl_https(&dir, "old.test", https, "/");
+    assert!(!ok && text.contains("expired"), "{text}");
+
+    // The plain listener sends clients to HTTPS with path and query kept.
+    let (code, _) = http_get(&format!("127.0.0.1:{plain}"), "/x/y?z=1").unwrap();
+    assert_eq!(code, 301);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            "-H",
+            "Host: a.test",
+        ])
+        .arg(format!("http://127.0.0.1:{plain}/x/y?z=1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("https://a.test:{https}/x/y?z=1")
+    );
+
+    // tls status: both certificates, the expired one flagged, exit 2.
+    let (code, status) = tls_status(&p);
+    assert_eq!(code, Some(2), "{status}");
+    let certs = status["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2, "{status}");
+    assert_eq!(certs[0]["service"], "web");
+    assert_eq!(certs[0]["hostnames"], serde_json::json!(["a.test"]));
+    assert_eq!(certs[0]["issuer"], "tcf platform test CA");
+    assert_eq!(certs[0]["expired"], false);
+    assert_eq!(certs[0]["source"], "file");
+    assert!(certs[0]["days_left"].as_i64().unwrap() > 365);
+    assert_eq!(certs[1]["hostnames"], serde_json::json!(["old.test"]));
+    assert_eq!(certs[1]["expired"], true);
+    assert_eq!(certs[1]["not_after"], "2021-01-01T00:00:00Z");
+    assert!(certs[1]["days_left"].as_i64().unwrap() < 0);
+    let table = p.cli(&["tls", "status"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("EXPIRED"));
+
+    // A replaced certificate file is picked up without a restart or a command.
+    write_leaf(&dir, "web", &ca, &["a.test", "c.test"], false);
+    wait_until(
+        "the new certificate in tls status",
+        Duration::from_secs(20),
+        || {
+            tls_status(&p).1["certificates"][0]["hostnames"]
+                == serde_json::json!(["a.test", "c.test"])
+        },
+    );
+    let (ok, text) = curl_https(&dir, "c.test", https, "/");
+    assert!(ok, "{text}");
+    let events = p.cli(&["events", "--format", "json", "--limit", "50"]);
+    assert!(String::from_utf8_lossy(&events.stdout).contains("tls.reloaded"));
+
+    // tls reload reloads now; a key that does not match fails it and keeps what is served.
+    let out = p.cli(&["tls", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::copy(dir.join("old.key"), dir.join("web.key")).unwrap();
+    let out = p.cli(&["tls", "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{out:?}"
+    );
+    let (ok, text) = curl_https(&dir, "c.test", https, "/");
+    assert!(ok, "{text}");
+    let (_, status) = tls_status(&p);
+    assert!(status["certificates"][0]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("does not match")));
+
+    let out = p.cli(&["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
