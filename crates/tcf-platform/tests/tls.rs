@@ -185,3 +185,100 @@ health = {{ path = "/health", interval = "300ms" }}
     assert!(out.status.success(), "{out:?}");
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+fn client_config(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+fn version_over_https(dir: &Path, port: u16) -> String {
+    let (ok, text) = curl_https(dir, "a.test", port, "/");
+    assert!(ok, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str::<Value>(body.trim()).unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Deploys under load over HTTPS (keep-alive TLS connections, verified against the test
+/// CA): blue-green, rolling and a rollback drop no request.
+#[test]
+fn deploys_under_https_load_drop_no_request() {
+    use common::load::{Load, Transport};
+    use common::sequence::{deploy_config_from, run};
+    let https = free_port();
+    let config = deploy_config_from(
+        &format!(
+            r#"[platform]
+name = "tlsdeploy"
+state_dir = ".tcf"
+
+[services.gateway]
+command = ["tcf-demo"]
+version = "v1"
+instances = 2
+listen = "127.0.0.1:{https}"
+tls = {{ cert = "web.pem", key = "web.key" }}
+health = {{ path = "/health", interval = "300ms" }}
+"#
+        ),
+        &[],
+    );
+    let mut p = Platform::new(&config);
+    let dir = p.dir.path().to_path_buf();
+    let ca = ca();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    write_leaf(&dir, "web", &ca, &["a.test"], false);
+    p.up();
+    p.wait_for("the service healthy", Duration::from_secs(30), all_healthy);
+    assert_eq!(version_over_https(&dir, https), "v1");
+
+    let transport = Transport::Tls(client_config(&ca.pem()), "a.test".into());
+    let load = Load::start_over(&format!("127.0.0.1:{https}"), 6, transport);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, _) = run(&p, &["prod", "deploy", "v2"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(version_over_https(&dir, https), "v2");
+    let (code, out, _) = run(&p, &["prod", "deploy", "v3", "--strategy", "rolling"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(version_over_https(&dir, https), "v3");
+    let (code, out, _) = run(&p, &["prod", "rollback", "v2"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(version_over_https(&dir, https), "v2");
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+
+    assert!(
+        report.errors.is_empty(),
+        "failed requests: {:?}",
+        report.errors
+    );
+    let failed: Vec<_> = report
+        .samples
+        .iter()
+        .filter(|s| s.status != 200 || s.by_proxy)
+        .collect();
+    assert!(failed.is_empty(), "failed answers: {failed:?}");
+    for v in ["v1", "v2", "v3"] {
+        assert!(
+            report.samples.iter().any(|s| s.version == v),
+            "no answer from {v} under load"
+        );
+    }
+    let out = p.cli(&["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
