@@ -14,6 +14,8 @@ pub struct TlsCertificate {
     /// The names it covers (subjectAltName DNS names).
     pub hostnames: Vec<String>,
     pub issuer: String,
+    /// The serial number, in hex.
+    pub serial: String,
     /// RFC 3339, UTC.
     pub not_before: String,
     pub not_after: String,

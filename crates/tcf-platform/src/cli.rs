@@ -452,6 +452,12 @@ pub enum TlsCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Get new certificates from ACME now, due or not (renewal otherwise runs 30 days before
+    /// expiry)
+    Renew {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

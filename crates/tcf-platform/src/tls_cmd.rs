@@ -24,35 +24,55 @@ pub async fn run(cli: &Cli, command: &TlsCommand) -> CmdResult {
             let reload: TlsReload = client
                 .post("/v1/tls/reload", &serde_json::json!({}))
                 .await?;
-            match format {
-                Format::Json => print_json(&reload)?,
-                Format::Table => {
-                    let mut out = String::new();
-                    for s in &reload.services {
-                        match &s.error {
-                            Some(e) => out.push_str(&format!("{}: not reloaded: {e}\n", s.service)),
-                            None => out.push_str(&format!("{}: reloaded\n", s.service)),
-                        }
-                    }
-                    if reload.services.is_empty() {
-                        out.push_str("no service has certificates from files\n");
-                    }
-                    print_text(&out)?;
-                }
-            }
-            if let Some(failed) = reload.services.iter().find(|s| s.error.is_some()) {
-                return Err(Failure {
-                    code: 1,
-                    error: anyhow::anyhow!(
-                        "the certificates of {} were not reloaded (the ones in use stay): {}",
-                        failed.service,
-                        failed.error.clone().unwrap_or_default()
-                    ),
-                });
-            }
-            Ok(ExitCode::SUCCESS)
+            outcomes(
+                &reload,
+                *format,
+                "reloaded",
+                "no service has certificates from files",
+            )
+        }
+        TlsCommand::Renew { format } => {
+            let renew: TlsReload = client.post("/v1/tls/renew", &serde_json::json!({})).await?;
+            outcomes(
+                &renew,
+                *format,
+                "renewed",
+                "no service gets its certificates from ACME",
+            )
         }
     }
+}
+
+/// Print what a reload or renewal did; exit 1 when one failed.
+fn outcomes(outcome: &TlsReload, format: Format, done: &str, none: &str) -> CmdResult {
+    match format {
+        Format::Json => print_json(outcome)?,
+        Format::Table => {
+            let mut out = String::new();
+            for s in &outcome.services {
+                match &s.error {
+                    Some(e) => out.push_str(&format!("{}: not {done}: {e}\n", s.service)),
+                    None => out.push_str(&format!("{}: {done}\n", s.service)),
+                }
+            }
+            if outcome.services.is_empty() {
+                out.push_str(none);
+                out.push('\n');
+            }
+            print_text(&out)?;
+        }
+    }
+    if let Some(failed) = outcome.services.iter().find(|s| s.error.is_some()) {
+        return Err(Failure {
+            code: 1,
+            error: anyhow::anyhow!(
+                "the certificates of {} were not {done} (the ones in use stay): {}",
+                failed.service,
+                failed.error.clone().unwrap_or_default()
+            ),
+        });
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn table(status: &TlsStatus) -> String {

@@ -282,3 +282,69 @@ health = {{ path = "/health", interval = "300ms" }}
     assert!(out.status.success(), "{out:?}");
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// ACME end to end: `up` obtains a certificate from a real Pebble (HTTP-01 validated on our
+/// plain listener), serves it verified against Pebble's root, keeps account and certificate
+/// owner-only in the state directory; `tls renew` gets a new one.
+#[test]
+fn certificates_from_acme_are_obtained_at_start_and_renewed_on_demand() {
+    use common::pebble::Pebble;
+    let (https, plain) = (free_port(), free_port());
+    let mut p = Platform::new("");
+    let dir = p.dir.path().to_path_buf();
+    let pebble = Pebble::start(&dir, plain);
+    let config = format!(
+        r#"[platform]
+name = "acmetest"
+state_dir = ".tcf"
+
+[services.web]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{https}"
+http_listen = "127.0.0.1:{plain}"
+tls = {{ acme = {{ directory = "{}", email = "ops@acme.test", domains = ["acme.test"], ca = "pebble-api-ca.pem" }} }}
+health = {{ path = "/health", interval = "300ms" }}
+"#,
+        pebble.directory()
+    );
+    std::fs::write(&p.config, config).unwrap();
+    p.up();
+    p.wait_for("the service healthy", Duration::from_secs(30), all_healthy);
+    let mut serial = String::new();
+    wait_until("a certificate from ACME", Duration::from_secs(60), || {
+        let (_, status) = tls_status(&p);
+        let cert = &status["certificates"][0];
+        serial = cert["serial"].as_str().unwrap_or_default().to_string();
+        cert["source"] == "acme" && cert["hostnames"] == serde_json::json!(["acme.test"])
+    });
+    std::fs::write(dir.join("ca.pem"), pebble.root_pem()).unwrap();
+    let (ok, text) = curl_https(&dir, "acme.test", https, "/");
+    assert!(ok, "{text}");
+    assert!(text.contains("\"version\":\"v1\""), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["account.key", "cert.pem", "key.pem"] {
+        let path = dir.join(".tcf/acme/web").join(f);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+
+    let out = p.cli(&["tls", "renew"]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, status) = tls_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    let cert = &status["certificates"][0];
+    assert_ne!(cert["serial"].as_str().unwrap(), serial, "{status}");
+    assert!(
+        cert["last_attempt"].is_string() && cert["last_error"].is_null(),
+        "{status}"
+    );
+    let (ok, text) = curl_https(&dir, "acme.test", https, "/");
+    assert!(ok, "{text}");
+    let events = p.cli(&["events", "--format", "json", "--limit", "50"]);
+    assert!(String::from_utf8_lossy(&events.stdout).contains("tls.renewed"));
+
+    let out = p.cli(&["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}

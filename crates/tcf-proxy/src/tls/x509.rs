@@ -11,6 +11,8 @@ pub struct CertFacts {
     /// Seconds since the Unix epoch.
     pub not_before: i64,
     pub not_after: i64,
+    /// The serial number, in hex.
+    pub serial: String,
 }
 
 struct Der<'a>(&'a [u8]);
@@ -49,9 +51,11 @@ pub fn parse(der: &[u8]) -> Option<CertFacts> {
     let (_, tbs) = Der(cert).next()?;
     let mut tbs = Der(tbs);
     // [0] version (absent in v1), then the serial number.
-    if tbs.next()?.0 == 0xa0 {
-        tbs.next()?;
+    let mut serial = tbs.next()?;
+    if serial.0 == 0xa0 {
+        serial = tbs.next()?;
     }
+    let serial: String = serial.1.iter().map(|b| format!("{b:02x}")).collect();
     let _signature_algorithm = tbs.next()?;
     let (_, issuer) = tbs.next()?;
     let (_, validity) = tbs.next()?;
@@ -77,6 +81,7 @@ pub fn parse(der: &[u8]) -> Option<CertFacts> {
         issuer,
         not_before,
         not_after,
+        serial,
     })
 }
 
