@@ -348,3 +348,46 @@ health = {{ path = "/health", interval = "300ms" }}
     assert!(out.status.success(), "{out:?}");
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// An ACME server that cannot be reached: the daemon still starts, the failure is an event
+/// and `tls status` shows nothing served; `tls renew` fails with the reason (exit 1).
+#[test]
+fn a_failing_acme_renewal_is_an_event_and_an_error() {
+    let (https, closed) = (free_port(), free_port());
+    let config = format!(
+        r#"[platform]
+name = "acmefail"
+state_dir = ".tcf"
+
+[services.web]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{https}"
+tls = {{ acme = {{ directory = "http://127.0.0.1:{closed}/dir", domains = ["acme.test"] }} }}
+health = {{ path = "/health", interval = "300ms" }}
+"#
+    );
+    let mut p = Platform::new(&config);
+    p.up();
+    p.wait_for("the service healthy", Duration::from_secs(30), all_healthy);
+    wait_until(
+        "a tls.renewal_failed event",
+        Duration::from_secs(20),
+        || {
+            let events = p.cli(&["events", "--format", "json", "--limit", "50"]);
+            String::from_utf8_lossy(&events.stdout).contains("tls.renewal_failed")
+        },
+    );
+    let (code, status) = tls_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["certificates"], serde_json::json!([]), "{status}");
+    let out = p.cli(&["tls", "renew"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("were not renewed"),
+        "{out:?}"
+    );
+    let out = p.cli(&["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(30)), Some(0));
+}
