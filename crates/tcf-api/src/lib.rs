@@ -7,6 +7,7 @@ pub mod access;
 pub mod client;
 pub mod monitor;
 pub mod remote;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,7 @@ mod raw;
 mod resolve;
 mod service;
 mod socket;
+pub mod tls;
 pub mod units;
 pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
@@ -19,6 +20,7 @@ pub use backup::{BackupConfig, BackupSource, BackupSourceKind, Retention};
 pub use diag::{line_col, render, Diagnostic};
 pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
 pub use resolve::{resolve, MAX_INSTANCES};
+pub use tls::{AcmeSettings, CertFiles, ServiceTls, TlsSource};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -247,6 +249,9 @@ pub struct Service {
     pub proxy: ProxyLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSettings>,
+    /// HTTPS on `listen` (docs/tls.md); `None`: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServiceTls>,
 }
 
 /// `[services.NAME.proxy]`: limits on a request's head (docs/running.md, "What the proxy

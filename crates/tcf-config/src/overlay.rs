@@ -160,6 +160,9 @@ pub(crate) fn overlay_service(base: RawService, over: RawService) -> RawService 
         command: over.command.or(base.command),
         version: over.version.or(base.version),
         listen: over.listen.or(base.listen),
+        tls: over.tls.or(base.tls),
+        http_listen: over.http_listen.or(base.http_listen),
+        hsts: over.hsts.or(base.hsts),
         instances: over.instances.or(base.instances),
         env,
         depends_on: if over.depends_on.is_empty() {

@@ -150,6 +150,11 @@ pub struct RawService {
     pub command: Option<Spanned<Vec<String>>>,
     pub version: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
+    /// HTTPS on `listen` (docs/tls.md).
+    pub tls: Option<Spanned<crate::tls::RawTls>>,
+    /// A plain listener for ACME challenges and a redirect to HTTPS.
+    pub http_listen: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
     pub instances: Option<Spanned<u32>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -85,10 +85,19 @@ pub fn resolve(
     let mut services = BTreeMap::new();
     let mut listeners: HashMap<SocketAddr, (String, std::ops::Range<usize>)> = HashMap::new();
     for (key, raw) in &file.services {
-        let Some(svc) = resolve_service(key, raw, &file.defaults, &known, &name, &mut errors)
+        let tls = crate::tls::resolve_tls(
+            key.get_ref(),
+            raw.tls.as_ref(),
+            raw.http_listen.as_ref(),
+            raw.hsts.as_ref(),
+            base_dir,
+            &mut errors,
+        );
+        let Some(mut svc) = resolve_service(key, raw, &file.defaults, &known, &name, &mut errors)
         else {
             continue;
         };
+        svc.tls = tls;
         let listen_span = raw.listen.as_ref().map(|l| l.span());
         // 0.0.0.0:P takes P on every address, 127.0.0.1:P included: the two cannot both bind.
         let overlapping = listeners.iter().find(|(addr, _)| {
@@ -123,6 +132,23 @@ pub fn resolve(
             );
         } else {
             listeners.insert(svc.listen, (svc.name.clone(), listen_span.unwrap_or(0..0)));
+        }
+        if let Some(plain) = svc.tls.as_ref().and_then(|t| t.http_listen) {
+            let span = raw.http_listen.as_ref().map(|h| h.span());
+            if let Some((other, _)) = listeners.get(&plain) {
+                errors.push(
+                    Diagnostic::new(
+                        format!(
+                            "http_listen {plain} of service {:?} is also the address of {other:?}",
+                            svc.name
+                        ),
+                        span,
+                    )
+                    .hint("give the plain listener an address of its own, such as \"0.0.0.0:80\""),
+                );
+            } else {
+                listeners.insert(plain, (svc.name.clone(), span.unwrap_or(0..0)));
+            }
         }
         services.insert(svc.name.clone(), svc);
     }

@@ -235,6 +235,7 @@ pub(crate) fn resolve_service(
         command,
         version,
         listen: listen?,
+        tls: None,
         instances,
         env,
         depends_on: raw.depends_on.iter().map(|d| d.get_ref().clone()).collect(),

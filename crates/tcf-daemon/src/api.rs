@@ -85,6 +85,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/lock/release", post(lock_release_handler))
         .merge(crate::backup::routes())
         .merge(crate::maintenance::routes())
+        .merge(crate::tls::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError(

@@ -22,6 +22,7 @@ mod store_watch;
 mod supervisor;
 #[cfg(test)]
 mod testkit;
+mod tls;
 mod validate;
 
 pub use api::{build_status, wire_event, wire_releases};
@@ -104,6 +105,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         detail: String,
     },
+    #[error("service {service}: TLS: {message}\nhint: see docs/tls.md; `tcf-platform config validate` checks the files")]
+    Tls { service: String, message: String },
     #[error("cannot create the API socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -252,6 +255,7 @@ async fn run_daemon(
         };
         listeners.push((svc.name.clone(), l));
     }
+    let tls = tls::prepare(&config)?;
     // A service the config no longer has: its address closes here (the old daemon drained it).
     drop(handed);
     let metrics_handed = inherited
@@ -354,6 +358,10 @@ async fn run_daemon(
         BTreeMap::new()
     };
     let left_processes = left_processes(&config, &store, runtime.as_ref(), &active, &running_specs);
+    let tls::Prepared {
+        services: tls_services,
+        plain: plain_listeners,
+    } = tls;
     let p = assemble(
         config,
         store,
@@ -365,6 +373,7 @@ async fn run_daemon(
             running_specs: running_specs.clone(),
         },
         &active,
+        tls_services,
     );
 
     p.event(
@@ -462,6 +471,7 @@ async fn run_daemon(
             ),
         );
     }
+    tls::start(&p, plain_listeners);
     tokio::spawn(metrics::run_sampler(p.clone()));
     backup::spawn_scheduler(p.clone());
     tokio::spawn(store_watch::run(p.clone()));
@@ -594,6 +604,7 @@ fn assemble(
     docker: Option<Arc<tcf_docker::DockerRuntime>>,
     adoptable: Adoptable,
     active: &BTreeMap<String, String>,
+    tls: BTreeMap<String, Arc<tls::ServiceTls>>,
 ) -> Arc<Platform> {
     let Adoptable {
         containers: adoptable,
@@ -610,6 +621,9 @@ fn assemble(
                 connect_timeout: cfg.connect_timeout,
                 limits: proxy_limits(&cfg.proxy),
                 tunnel_idle_timeout: cfg.proxy.tunnel_idle_timeout,
+                tls: tls.get(name).map(|t| t.server_config.clone()),
+                hsts: tls.get(name).and_then(|t| t.hsts.clone()),
+                ..Settings::default()
             },
             access_log(&config.platform.state_dir, cfg),
         );
@@ -675,6 +689,7 @@ fn assemble(
         abort: Mutex::new(None),
         monitor: std::sync::OnceLock::new(),
         access: Default::default(),
+        tls,
     })
 }
 

@@ -472,6 +472,15 @@ async fn read_tick(p: &Arc<Platform>, carry: &mut Carry) -> Tick {
             colours,
             instances,
             healthy_instances: healthy,
+            // The certificate that expires first: the one whose renewal is due.
+            cert_expiry_days: p.tls.get(&svc.config.name).and_then(|t| {
+                let now = tcf_proxy::tls::unix_now();
+                t.store
+                    .certs()
+                    .iter()
+                    .map(|c| (c.facts.not_after - now) as f64 / 86_400.0)
+                    .reduce(f64::min)
+            }),
         });
     }
     // Probed together, so one dead dependency (waiting out its timeout) delays no other.

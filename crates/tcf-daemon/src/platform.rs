@@ -541,6 +541,8 @@ pub struct Platform {
     pub scheduled_backup_failures: std::sync::atomic::AtomicU32,
     /// Tokens, the failed-auth limiter, the remote API's endpoint, secrets in use (access.rs).
     pub access: crate::access::Access,
+    /// The HTTPS services' certificates (docs/tls.md).
+    pub tls: BTreeMap<String, Arc<crate::tls::ServiceTls>>,
 }
 
 impl Platform {

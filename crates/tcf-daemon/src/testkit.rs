@@ -266,6 +266,7 @@ impl TestPlatform {
             None,
             crate::Adoptable::default(),
             &BTreeMap::new(),
+            BTreeMap::new(),
         );
         crate::record_initial_release(&p, &BTreeMap::new());
         for svc in p.services.values() {

@@ -81,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }],
                 instances,
                 healthy_instances: if s == 0 { 2 } else { 1 },
+                cert_expiry_days: None,
             });
         }
         net.0 += (noise() * 1e6) as u64;

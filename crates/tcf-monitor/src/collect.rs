@@ -68,6 +68,8 @@ pub struct ServiceTick {
     pub colours: Vec<ColourTick>,
     pub instances: Vec<InstanceTick>,
     pub healthy_instances: u32,
+    /// Days until the first of its HTTPS certificates expires (`None`: plain HTTP).
+    pub cert_expiry_days: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -407,6 +409,9 @@ impl Monitor {
             gauge(key(name, "open_fds", None), fds as f64);
             gauge(key(name, "restarts", None), restarts as f64);
             gauge(key(name, "crashloop_instances", None), crash as f64);
+            if let Some(days) = svc.cert_expiry_days {
+                gauge(key(name, "cert_expiry_days", None), days);
+            }
             gauge(key(name, "instances", None), svc.instances.len() as f64);
             gauge(
                 key(name, "healthy_instances", None),
@@ -717,6 +722,7 @@ mod tests {
                     crashloop: false,
                 }],
                 healthy_instances: 1,
+                cert_expiry_days: Some(90.0),
             }],
             dependencies: vec![DependencyTick {
                 name: "postgres".into(),
@@ -798,6 +804,7 @@ mod tests {
         assert_eq!(l[&("gateway".into(), "responses_2xx".into())], 80.0);
         assert_eq!(l[&("gateway".into(), "responses_4xx".into())], 0.0);
         assert_eq!(l[&("gateway".into(), "memory_percent".into())], 50.0);
+        assert_eq!(l[&("gateway".into(), "cert_expiry_days".into())], 90.0);
         // score: 0.3·80 + 0.3·50 + 0.2·(100 − p99/10) + 0.2·(100 − 100)
         let h = &m.health()["gateway"];
         assert!(h.score > 50.0 && h.score < 60.0, "{h:?}");

@@ -383,6 +383,7 @@ mod tests {
                 }],
                 instances: vec![],
                 healthy_instances: 1,
+                cert_expiry_days: None,
             }],
             ..Default::default()
         };

@@ -226,6 +226,9 @@ shown nowhere else. Values are read from stdin or a file, never from the command
 without a running daemon (the store is written directly while none runs). See docs/security.md."
     )]
     Secrets(SecretsCommand),
+    /// HTTPS certificates: what each service serves, and reloading them from their files
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Back up, list, verify, restore and prune backups of the platform's data stores
     #[command(
         subcommand,
@@ -542,6 +545,27 @@ pub enum DaemonCommand {
         /// The new tcf-platform binary
         #[arg(long)]
         binary: std::path::PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Every certificate in use: service, hostnames, issuer, expiry, source, last attempt
+    /// (exit 2 when one has expired)
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Reload the certificates from their files now (they are also reloaded when they change)
+    Reload {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Get new certificates from ACME now, due or not (renewal otherwise runs 30 days before
+    /// expiry)
+    Renew {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },

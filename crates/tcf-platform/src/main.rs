@@ -8,6 +8,7 @@ mod cli;
 mod init_cmd;
 mod monitor_cmd;
 mod output;
+mod tls_cmd;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -177,6 +178,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Daemon(DaemonCommand::Upgrade { binary, format }) => {
             daemon_handover(&cli, Some(binary), *format).await
         }
+        Command::Tls(command) => tls_cmd::run(&cli, command).await,
         Command::Logs {
             service,
             follow,

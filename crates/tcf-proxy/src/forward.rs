@@ -101,6 +101,7 @@ impl ServiceProxy {
                 upgrade.as_ref(),
                 framing,
                 self.settings.limits.underscores,
+                self.settings.tls.is_some(),
             );
             let exchange = exchange(
                 &mut conn,
@@ -395,6 +396,9 @@ pub(crate) fn respond(
 
 /// The head of the request as it goes upstream: origin form as it came in, hop-by-hop
 /// headers (and those named in `Connection`) removed, `X-Forwarded-*` added, our framing.
+// Each argument is a fact of this request the head is written from; bundling them would only
+// move them apart again at the one call on the hot path.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn request_head(
     out: &mut bytes::BytesMut,
     parts: &http::request::Parts,
@@ -403,6 +407,7 @@ pub(crate) fn request_head(
     upgrade: Option<&HeaderValue>,
     framing: RequestFraming,
     underscores: UnderscoreHeaders,
+    https: bool,
 ) {
     let h = &parts.headers;
     out.reserve(256 + h.len() * 48);
@@ -451,7 +456,11 @@ pub(crate) fn request_head(
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if https {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     if let Some(host) = host {
         put_header(out, b"x-forwarded-host", host.as_bytes());
     }
@@ -510,6 +519,7 @@ mod tests {
             upgrade.as_ref(),
             framing,
             UnderscoreHeaders::Forward,
+            false,
         );
         String::from_utf8(out.to_vec()).unwrap()
     }

@@ -9,11 +9,13 @@ mod body;
 mod checks;
 mod deadline;
 mod forward;
+pub mod plain;
 mod pool;
 mod route;
 mod server;
 mod slab;
 pub mod stats;
+pub mod tls;
 mod tunnel;
 mod upstream;
 mod workers;
@@ -64,6 +66,13 @@ pub struct Settings {
     /// An upgraded connection (WebSocket) that carries no byte either way for this long is
     /// closed (within twice this).
     pub tunnel_idle_timeout: Duration,
+    /// HTTPS on the listener (`None`: plain HTTP): the rustls server side, whose certificate
+    /// resolver is the service's [`tls::CertStore`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Added to every answer as `Strict-Transport-Security` (HTTPS only).
+    pub hsts: Option<HeaderValue>,
+    /// HTTP/2 streams a client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for Settings {
@@ -74,6 +83,10 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(5),
             limits: RequestLimits::default(),
             tunnel_idle_timeout: Duration::from_secs(300),
+            tls: None,
+            hsts: None,
+            // nginx's http2_max_concurrent_streams.
+            h2_max_concurrent_streams: 128,
         }
     }
 }
@@ -423,6 +436,10 @@ impl ServiceProxy {
         }
         if let Some(cookie) = new_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        if let Some(hsts) = &self.settings.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
         if let Some(mut line) = line {
             line.answered(status, by_proxy, pool.as_deref(), upstream.as_deref());

@@ -103,6 +103,66 @@ impl StopSignal {
     }
 }
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Drive one client connection until it ends, closing it when idle or stalled (see
+/// [`CLIENT_IDLE`]); on `stop`, let the request in flight finish, then close.
+async fn drive<C, T, E>(
+    mut conn: Pin<&mut C>,
+    client: &ClientConn,
+    stop: &StopSignal,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    let mut stalled_periods = 0;
+    loop {
+        let deadline = Instant::now() + CLIENT_IDLE;
+        tokio::select! {
+            biased;
+            ended = deadline::until(deadline, conn.as_mut()) => match ended {
+                Ok(_) => return,
+                // No request began for a whole period and none is running.
+                Err(_) if !client.active.swap(false, Ordering::Relaxed)
+                    && !client.busy.load(Ordering::Relaxed) => return,
+                // A response body that moved no byte for two whole periods: the upstream
+                // stalled, or the client reads nothing. Closing drops the body, which closes
+                // its upstream connection.
+                Err(_) if client.streaming.load(Ordering::Relaxed) => {
+                    if client.progress.swap(false, Ordering::Relaxed) {
+                        stalled_periods = 0;
+                    } else {
+                        stalled_periods += 1;
+                    }
+                    if stalled_periods >= STALLED_PERIODS {
+                        tracing::warn!(
+                            service = %client.proxy.name,
+                            "closing a response that moved no byte for {:?}",
+                            CLIENT_IDLE * STALLED_PERIODS
+                        );
+                        return;
+                    }
+                }
+                Err(_) => stalled_periods = 0,
+            },
+            _ = stop.wait() => break,
+        }
+    }
+    // Idle: wait a moment for one more request (answered with `Connection: close`, or after
+    // HTTP/2's GOAWAY, so the client reconnects) rather than close under its feet.
+    if !client.busy.load(Ordering::Relaxed)
+        && deadline::until(Instant::now() + DRAIN_IDLE, conn.as_mut())
+            .await
+            .is_ok()
+    {
+        return;
+    }
+    // Finish the request in flight (if any), then close instead of keeping alive.
+    graceful_shutdown(conn.as_mut());
+    let _ = conn.await;
+}
+
 /// Serve `proxy` on `listener` until `shutdown` flips to true; then stop accepting and let the
 /// connections finish their in-flight requests, for at most `drain`.
 pub async fn serve(
@@ -124,6 +184,13 @@ pub async fn serve(
     if limits.max_headers != 100 {
         http.max_headers(limits.max_headers);
     }
+    // HTTPS: the handshake runs in the connection's task; ALPN picks HTTP/2 or HTTP/1.1.
+    let tls = proxy.settings.tls.clone().map(|config| {
+        let mut h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(proxy.settings.h2_max_concurrent_streams);
+        (tokio_rustls::TlsAcceptor::from(config), h2)
+    });
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop_signal = Arc::new(StopSignal::default());
@@ -184,58 +251,43 @@ pub async fn serve(
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 let stop = stop_signal.clone();
                 let open = open_tx.clone();
-                tokio::spawn(async move {
-                    let _open = open;
-                    let mut conn = std::pin::pin!(conn);
-                    let mut stalled_periods = 0;
-                    loop {
-                        let deadline = Instant::now() + CLIENT_IDLE;
-                        tokio::select! {
-                            biased;
-                            ended = deadline::until(deadline, conn.as_mut()) => match ended {
-                                Ok(_) => return,
-                                // No request began for a whole period and none is running.
-                                Err(_) if !client.active.swap(false, Ordering::Relaxed)
-                                    && !client.busy.load(Ordering::Relaxed) => return,
-                                // A response body that moved no byte for two whole periods:
-                                // the upstream stalled, or the client reads nothing. Closing
-                                // drops the body, which closes its upstream connection.
-                                Err(_) if client.streaming.load(Ordering::Relaxed) => {
-                                    if client.progress.swap(false, Ordering::Relaxed) {
-                                        stalled_periods = 0;
-                                    } else {
-                                        stalled_periods += 1;
-                                    }
-                                    if stalled_periods >= STALLED_PERIODS {
-                                        tracing::warn!(
-                                            service = %client.proxy.name,
-                                            "closing a response that moved no byte for {:?}",
-                                            CLIENT_IDLE * STALLED_PERIODS
-                                        );
+                match &tls {
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                        tokio::spawn(async move {
+                            let _open = open;
+                            drive(std::pin::pin!(conn), &client, &stop, |c| c.graceful_shutdown()).await;
+                        });
+                    }
+                    Some((acceptor, h2)) => {
+                        let (acceptor, h2, http) = (acceptor.clone(), h2.clone(), http.clone());
+                        tokio::spawn(async move {
+                            let _open = open;
+                            let handshake = acceptor.accept(stream);
+                            let stream = tokio::select! {
+                                done = tokio::time::timeout(TLS_HANDSHAKE, handshake) => match done {
+                                    Ok(Ok(s)) => s,
+                                    // A failed or slow handshake: nothing to answer over.
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(service = %client.proxy.name, "TLS handshake failed: {e}");
                                         return;
                                     }
-                                }
-                                Err(_) => stalled_periods = 0,
-                            },
-                            _ = stop.wait() => break,
-                        }
+                                    Err(_) => return,
+                                },
+                                _ = stop.wait() => return,
+                            };
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let conn = h2.serve_connection(TokioIo::new(stream), svc);
+                                drive(std::pin::pin!(conn), &client, &stop, |c| c.graceful_shutdown()).await;
+                            } else {
+                                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                                drive(std::pin::pin!(conn), &client, &stop, |c| c.graceful_shutdown()).await;
+                            }
+                        });
                     }
-                    // Idle: wait a moment for one more request (answered with `Connection:
-                    // close`, so the client reconnects) rather than close under its feet.
-                    if !client.busy.load(Ordering::Relaxed)
-                        && deadline::until(Instant::now() + DRAIN_IDLE, conn.as_mut())
-                            .await
-                            .is_ok()
-                    {
-                        return;
-                    }
-                    // Finish the request in flight (if any), then close instead of keeping alive.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                });
+                }
             }
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }

@@ -11,6 +11,7 @@ mod access_log;
 mod allocations;
 mod conformance;
 mod early_answers;
+mod tls;
 
 /// A tiny upstream that answers with its name, optionally after a delay.
 pub(crate) async fn upstream(
@@ -71,6 +72,7 @@ pub(crate) fn settings() -> Settings {
         connect_timeout: Duration::from_millis(500),
         limits: RequestLimits::default(),
         tunnel_idle_timeout: Duration::from_secs(5),
+        ..Settings::default()
     }
 }
 

@@ -22,6 +22,36 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+/// A connection the load client speaks HTTP/1.1 over: TCP, or TLS over TCP.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// How the load client reaches the service: plain TCP, or TLS verified with this client
+/// config for this server name.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>, String),
+}
+
+impl Transport {
+    fn connect(&self, addr: &str) -> std::io::Result<Box<dyn Stream>> {
+        let s = TcpStream::connect(addr)?;
+        let _ = s.set_nodelay(true);
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        match self {
+            Transport::Plain => Ok(Box::new(s)),
+            Transport::Tls(config, name) => {
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                Ok(Box::new(rustls::StreamOwned::new(conn, s)))
+            }
+        }
+    }
+}
+
 pub struct Load {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<Report>>,
@@ -29,11 +59,15 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: &str, connections: usize) -> Load {
+        Load::start_over(addr, connections, Transport::Plain)
+    }
+
+    pub fn start_over(addr: &str, connections: usize, transport: Transport) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..connections)
             .map(|_| {
-                let (addr, stop) = (addr.to_string(), stop.clone());
-                std::thread::spawn(move || worker(&addr, &stop))
+                let (addr, stop, transport) = (addr.to_string(), stop.clone(), transport.clone());
+                std::thread::spawn(move || worker(&addr, &stop, &transport))
             })
             .collect();
         Load { stop, workers }
@@ -52,7 +86,7 @@ impl Load {
 }
 
 /// One request on a kept-alive connection; Ok(None) when the server closed it cleanly first.
-fn exchange(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Sample, bool)> {
+fn exchange(conn: &mut BufReader<Box<dyn Stream>>) -> std::io::Result<(Sample, bool)> {
     conn.get_mut()
         .write_all(b"GET /load HTTP/1.1\r\nHost: load\r\n\r\n")?;
     let mut line = String::new();
@@ -101,17 +135,13 @@ fn exchange(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Sample, bool)> 
     ))
 }
 
-fn worker(addr: &str, stop: &AtomicBool) -> Report {
+fn worker(addr: &str, stop: &AtomicBool, transport: &Transport) -> Report {
     let mut report = Report::default();
-    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut conn: Option<BufReader<Box<dyn Stream>>> = None;
     while !stop.load(Ordering::SeqCst) {
         if conn.is_none() {
-            match TcpStream::connect(addr) {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                    conn = Some(BufReader::new(s));
-                }
+            match transport.connect(addr) {
+                Ok(s) => conn = Some(BufReader::new(s)),
                 Err(e) => {
                     report.errors.push(format!("connect: {e}"));
                     std::thread::sleep(Duration::from_millis(20));

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod load;
+pub mod pebble;
 pub mod postgres;
 pub mod sequence;
 

@@ -75,6 +75,7 @@ fn a_well_formed_request_is_checked_and_written_upstream_without_allocating() {
                 None,
                 framing,
                 UnderscoreHeaders::Forward,
+                false,
             );
         });
         assert_eq!(n, 0, "{} {}: {:?}", parts.method, parts.uri, out);
