@@ -36,7 +36,18 @@ pub struct RawMonitor {
     pub retention_raw: Option<Dur>,
     pub retention_1m: Option<Dur>,
     pub retention_1h: Option<Dur>,
+    pub dashboard: Option<RawDashboard>,
 }
+
+/// `[monitor.dashboard]`: the web dashboard, served when the table is present.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    pub listen: Option<Spanned<String>>,
+}
+
+/// Where the dashboard listens when `[monitor.dashboard]` names no address.
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:3006";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +111,9 @@ pub struct MonitorSettings {
     pub retention_1m: Duration,
     #[serde(serialize_with = "serialize_duration")]
     pub retention_1h: Duration,
+    /// Where the web dashboard is served from startup; off when `[monitor.dashboard]` is absent
+    /// (`prod monitor --dashboard` starts it later).
+    pub dashboard_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,7 +200,26 @@ pub fn resolve_monitor(raw: &RawMonitor, errors: &mut Vec<Diagnostic>) -> Monito
             })
             .ok()
     });
+    let dashboard_listen = raw.dashboard.as_ref().and_then(|d| match &d.listen {
+        None => DEFAULT_DASHBOARD_LISTEN.parse().ok(),
+        Some(l) => l
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(
+                    Diagnostic::new(
+                        format!("dashboard listen {:?} is not an address", l.get_ref()),
+                        Some(l.span()),
+                    )
+                    .hint(format!(
+                        "write IP:PORT, such as \"{DEFAULT_DASHBOARD_LISTEN}\""
+                    )),
+                );
+            })
+            .ok(),
+    });
     MonitorSettings {
+        dashboard_listen,
         enabled: raw.enabled.unwrap_or(true),
         interval,
         metrics_listen,

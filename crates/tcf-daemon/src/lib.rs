@@ -9,6 +9,7 @@ mod api;
 mod api_monitor;
 mod backup;
 mod caller;
+mod dashboard;
 mod deploy;
 mod health;
 mod logs;
@@ -162,6 +163,7 @@ pub async fn run(
         listeners.push((svc.name.clone(), l));
     }
     let metrics_listener = monitor::bind_metrics(&config).await?;
+    let dashboard_listener = dashboard::bind(&config).await?;
     let socket = config.daemon.socket.clone();
     let unclean = socket.exists();
     if let Some(dir) = socket.parent() {
@@ -288,7 +290,19 @@ pub async fn run(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
-    let router = api::router(p.clone()).merge(api_monitor::router(monitor));
+    if let Some(listener) = dashboard_listener {
+        if let Err(e) = dashboard::serve(monitor.clone(), listener) {
+            p.event(
+                "dashboard.error",
+                None,
+                None,
+                format!("the dashboard is not served: {e}"),
+            );
+        }
+    }
+    let router = api::router(p.clone())
+        .merge(api_monitor::router(monitor.clone()))
+        .merge(dashboard::router(monitor));
     let api_server = axum::serve(
         api_listener,
         router.into_make_service_with_connect_info::<caller::Peer>(),
