@@ -101,7 +101,7 @@ pub fn line_chart(
     let mut out = String::new();
     let _ = write!(
         out,
-        r#"<figure class="chart"><figcaption>{}</figcaption><svg viewBox="0 0 {W} {H}" role="img" aria-label="{} chart" preserveAspectRatio="none">"#,
+        r#"<figure class="chart"><figcaption>{}</figcaption><svg viewBox="0 0 {W} {H}" role="img" aria-label="{} chart">"#,
         esc(title),
         esc(title)
     );

@@ -104,7 +104,8 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Nothing but our own scripts and styles, never in a frame, no referrer leaks.
+/// Nothing but our own scripts and styles, never in a frame, no referrer to other sites
+/// (`same-origin`: with `no-referrer` browsers send `Origin: null` on our own forms).
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     h.insert(
@@ -120,7 +121,7 @@ async fn security_headers(mut res: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     res
 }
@@ -275,16 +276,12 @@ async fn service(
     };
     let view = View::Service(name.clone());
     let regions = pages::regions(d.data.as_ref(), &view, &v).await;
-    let events = d
-        .data
-        .events(Some(name.clone()), 2000)
-        .await
-        .unwrap_or_default();
+    let releases = d.data.releases(1000).await.unwrap_or_default();
     let charts = pages::service_charts(
         d.data.as_ref(),
         svc,
         q.range.as_deref().unwrap_or("1h"),
-        &events,
+        &releases,
     )
     .await;
     let mut body = sections(

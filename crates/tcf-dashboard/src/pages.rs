@@ -78,7 +78,7 @@ pub async fn regions(
                         sub: None,
                         since_ms: now - 3_600_000,
                         until_ms: now,
-                        step: Duration::from_secs(60),
+                        step: Duration::from_secs(15),
                         agg: "avg",
                     })
                     .await
@@ -361,33 +361,42 @@ pub fn logs_block(lines: &[String]) -> String {
 
 /// The chart ranges a service page offers: (name, span, step).
 pub const RANGES: &[(&str, u64, u64)] = &[
-    ("1h", 3600, 60),
+    // Fine enough for the raw samples to answer (the minute rollup lags a minute behind).
+    ("15m", 900, 5),
+    ("1h", 3600, 15),
     ("24h", 86_400, 1800),
     ("7d", 7 * 86_400, 3 * 3600),
     ("30d", 30 * 86_400, 12 * 3600),
 ];
 
-/// Release markers from the events: deploys, rollbacks and reverts.
-pub fn markers(events: &[Event]) -> Vec<Marker> {
-    events
+/// Release markers of one service: every deploy and rollback at its start, every revert at
+/// its end.
+pub fn markers(releases: &[Release], service: &str) -> Vec<Marker> {
+    releases
         .iter()
-        .filter_map(|e| {
-            let kind = match e.kind.as_str() {
-                "release.started" | "deploy.started" => {
-                    if e.message.contains("rollback") {
-                        "rollback"
-                    } else {
-                        "deploy"
-                    }
-                }
-                k if k.contains("revert") => "revert",
-                k if k.contains("rollback") || k.contains("rolled_back") => "rollback",
-                _ => return None,
+        .filter_map(|r| {
+            let version = r.versions.get(service)?;
+            let started = parse_ms(&r.started)?;
+            let (kind, at_ms) = if r.status == "reverted" {
+                let took = r.duration_s.unwrap_or(0.0);
+                ("revert", started + (took * 1000.0) as i64)
+            } else if r.strategy.contains("rollback") {
+                ("rollback", started)
+            } else if ["restart", "scale"]
+                .iter()
+                .any(|k| r.strategy.starts_with(k))
+            {
+                return None;
+            } else {
+                ("deploy", started)
             };
             Some(Marker {
-                at_ms: parse_ms(&e.time)?,
+                at_ms,
                 kind,
-                label: format!("{} · {}", e.time, e.message),
+                label: format!(
+                    "{} · release {} · {kind} to {version} ({}) by {}",
+                    r.started, r.id, r.status, r.actor
+                ),
             })
         })
         .collect()
@@ -398,13 +407,13 @@ pub async fn service_charts(
     data: &dyn DataSource,
     svc: &ServiceStatus,
     range: &str,
-    events: &[Event],
+    releases: &[Release],
 ) -> String {
     let (name, span, step) = RANGES
         .iter()
         .find(|r| r.0 == range)
         .copied()
-        .unwrap_or(RANGES[0]);
+        .unwrap_or(RANGES[1]);
     let until = now_ms();
     let since = until - span as i64 * 1000;
     let q = |metric: &str, sub: Option<String>, agg: &'static str| SeriesQuery {
@@ -417,7 +426,7 @@ pub async fn service_charts(
         agg,
     };
     let get = |query: SeriesQuery| async move { data.series(query).await.unwrap_or_default() };
-    let marks = markers(events);
+    let marks = markers(releases, &svc.name);
     let mut out = String::from(r#"<nav class="ranges" aria-label="Time range">"#);
     for (r, _, _) in RANGES {
         let cur = if *r == name {
@@ -812,24 +821,34 @@ mod tests {
     }
 
     #[test]
-    fn markers_from_release_events() {
-        let ev = |kind: &str, msg: &str| Event {
-            id: 1,
-            time: "2026-11-25T10:00:00.000Z".into(),
+    fn markers_from_releases() {
+        let rel = |id: i64, strategy: &str, status: &str, service: &str| Release {
+            id,
+            versions: [(service.to_string(), "v2".to_string())]
+                .into_iter()
+                .collect(),
+            strategy: strategy.into(),
+            status: status.into(),
             actor: "me".into(),
-            kind: kind.into(),
-            service: None,
-            instance: None,
-            message: msg.into(),
+            reason: None,
+            started: "2026-11-25T10:00:00.000Z".into(),
+            duration_s: Some(2.0),
+            backup: None,
         };
-        let m = markers(&[
-            ev("release.started", "release 3: deploy v2 (blue_green)"),
-            ev("release.started", "release 4: rollback to v1"),
-            ev("release.reverted", "reverted"),
-            ev("instance.healthy", "x"),
-        ]);
+        let m = markers(
+            &[
+                rel(1, "blue_green", "active", "api"),
+                rel(2, "rollback", "active", "api"),
+                rel(3, "canary", "reverted", "api"),
+                rel(4, "restart", "active", "api"),
+                rel(5, "blue_green", "active", "other"),
+            ],
+            "api",
+        );
         let kinds: Vec<&str> = m.iter().map(|m| m.kind).collect();
         assert_eq!(kinds, ["deploy", "rollback", "revert"]);
-        assert_eq!(m[0].at_ms, parse_ms("2026-11-25T10:00:00Z").unwrap());
+        let start = parse_ms("2026-11-25T10:00:00Z").unwrap();
+        assert_eq!(m[0].at_ms, start);
+        assert_eq!(m[2].at_ms, start + 2000);
     }
 }

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod load;
 pub mod postgres;
 pub mod sequence;
+pub mod webdriver;
 
 use serde_json::Value;
 use std::io::{Read, Write};
