@@ -174,6 +174,22 @@ for = "2s"
     });
     b.screenshot(&shots.join("overview.png"));
 
+    // Keyboard: the first Tab lands on "skip to content", the next one on the navigation.
+    b.key("\u{E004}");
+    assert_eq!(b.script("return document.activeElement.className;"), "skip");
+    b.key("\u{E004}");
+    assert_eq!(
+        b.script("return document.activeElement.getAttribute('href');"),
+        "/"
+    );
+    // Dark theme when the browser prefers it; the charts' colours follow the same variables.
+    b.prefer_colour_scheme("dark");
+    b.wait("the dark theme", WAIT, |b| {
+        b.script("return getComputedStyle(document.body).backgroundColor;") == "rgb(15, 20, 25)"
+    });
+    b.screenshot(&shots.join("overview-dark.png"));
+    b.prefer_colour_scheme("light");
+
     // --- A deploy started from the CLI moves the traffic split on the open page, no reload.
     b.script("window.__sameDocument = 'yes';");
     assert!(b.text("#svc-personas td.traffic").contains("v1"));

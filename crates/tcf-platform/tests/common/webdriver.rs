@@ -191,6 +191,24 @@ impl Session {
         .unwrap_or_else(|e| panic!("script {js}: {e}"))
     }
 
+    /// Press and release one key (a WebDriver key code such as `\u{E004}`, Tab).
+    pub fn key(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
+        ]}]});
+        self.cmd("POST", "/actions", Some(actions))
+            .unwrap_or_else(|e| panic!("key {key:?}: {e}"));
+    }
+
+    /// Emulate the browser's colour-scheme preference (Chrome DevTools through chromedriver).
+    pub fn prefer_colour_scheme(&self, scheme: &str) {
+        let cmd = json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+            "features": [{"name": "prefers-color-scheme", "value": scheme}]
+        }});
+        self.cmd("POST", "/goog/cdp/execute", Some(cmd))
+            .unwrap_or_else(|e| panic!("colour scheme {scheme}: {e}"));
+    }
+
     pub fn resize(&self, width: u32, height: u32) {
         self.cmd(
             "POST",
