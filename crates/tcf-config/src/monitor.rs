@@ -494,4 +494,27 @@ url = "ftp://example.com"
         assert!(e.contains("needs smtp, from and to"), "{e}");
         assert!(e.contains("is not http:// or https://"), "{e}");
     }
+
+    #[test]
+    fn the_dashboard_is_off_until_its_table_is_present() {
+        let path = std::path::Path::new("/srv/p/tcf-platform.toml");
+        let load =
+            |extra: &str| crate::resolve(path, &format!("[platform]\nname = \"p\"\n{extra}"), None);
+        assert_eq!(load("").unwrap().monitor.dashboard_listen, None);
+        let default = load("[monitor.dashboard]\n")
+            .unwrap()
+            .monitor
+            .dashboard_listen;
+        assert_eq!(default.unwrap().to_string(), "127.0.0.1:3006");
+        let set = load("[monitor.dashboard]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(set.monitor.dashboard_listen.unwrap().port(), 8080);
+        let e = load("[monitor.dashboard]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e[0]
+            .message
+            .contains("dashboard listen \"localhost\" is not an address"));
+        assert!(
+            load("[monitor.dashboard]\nport = 1\n").is_err(),
+            "unknown keys are denied"
+        );
+    }
 }

@@ -345,3 +345,77 @@ impl Drop for ChildGuard {
 fn scopeguard_child(c: std::process::Child) -> ChildGuard {
     ChildGuard(c)
 }
+
+#[test]
+fn the_dashboard_from_the_config_and_what_is_refused() {
+    // Off loopback it would need tokens with roles, which the daemon cannot check yet: `up`
+    // refuses it before starting anything.
+    let port = free_port();
+    let mut exposed = Platform::new(
+        &(example_config() + &format!("\n[monitor.dashboard]\nlisten = \"0.0.0.0:{port}\"\n")),
+    );
+    exposed.up();
+    assert_ne!(exposed.wait_daemon_exit(WAIT), Some(0));
+    let log = std::fs::read_to_string(exposed.daemon_log()).unwrap();
+    assert!(log.contains("loopback addresses only"), "{log}");
+
+    // On loopback it is served from startup.
+    let port = free_port();
+    let mut p = Platform::new(
+        &(example_config() + &format!("\n[monitor.dashboard]\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    p.up();
+    p.wait_for("six healthy services", WAIT, all_healthy);
+    let addr = format!("127.0.0.1:{port}");
+    let (code, html) = http_get(&addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(html.matches("<tr id=\"svc-").count(), 6, "{html}");
+    // Asking again says where it is; another port while it runs is refused.
+    let again = p.cli(&["prod", "monitor", "--dashboard"]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success());
+    assert!(
+        text.contains(&format!("dashboard already served at http://{addr}/")),
+        "{text}"
+    );
+    let other = p.cli(&[
+        "prod",
+        "monitor",
+        "--dashboard",
+        "--port",
+        &free_port().to_string(),
+    ]);
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("already runs at"), "{err}");
+    // A form without the CSRF token changes nothing.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    let body = "reason=x";
+    write!(
+        s,
+        "POST /services/tokens/rollback HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let body = "csrf=0123&reason=x";
+    write!(
+        s,
+        "POST /services/tokens/rollback HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let history = json(&p, &["history", "--format", "json"]);
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "only the initial release: {history}"
+    );
+}
