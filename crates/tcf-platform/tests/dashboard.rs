@@ -173,6 +173,11 @@ for = "2s"
         b.text("#live-state").contains("live")
     });
     b.screenshot(&shots.join("overview.png"));
+    // Reported, not asserted (a shared machine's timing proves nothing): first render time.
+    let rendered = b.script(
+        "const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : null;",
+    );
+    eprintln!("overview: DOMContentLoaded after {rendered} ms");
 
     // Keyboard: the first Tab lands on "skip to content", the next one on the navigation.
     b.key("\u{E004}");
