@@ -26,9 +26,4 @@
       }
     });
   });
-  // A form that changes something asks once more before it is sent.
-  document.addEventListener("submit", function (e) {
-    var button = e.target.querySelector("[data-confirm]");
-    if (button && !window.confirm(button.dataset.confirm)) e.preventDefault();
-  });
 })();
