@@ -112,6 +112,24 @@ pub struct MonitorRequest {
     pub actor: String,
 }
 
+/// `POST /v1/dashboard` (`prod monitor --dashboard [--port N]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DashboardRequest {
+    /// Serve on this port (of `[monitor.dashboard] listen`'s address, or 127.0.0.1).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub actor: String,
+}
+
+/// The answer to `POST /v1/dashboard`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DashboardStatus {
+    pub url: String,
+    /// False when it was already running.
+    pub started: bool,
+}
+
 /// `GET /v1/monitor`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MonitorStatus {

@@ -18,6 +18,7 @@ pub use socket::{paths_of_invalid_config, socket_of_invalid_config};
 
 pub use backup::{BackupConfig, BackupSource, BackupSourceKind, Retention};
 pub use diag::{line_col, render, Diagnostic};
+pub use monitor::DEFAULT_DASHBOARD_LISTEN;
 pub use monitor::{AlertRule, AlertSettings, MonitorSettings, Notifier, NotifierKind};
 pub use resolve::{resolve, MAX_INSTANCES};
 pub use tls::{AcmeSettings, CertFiles, ServiceTls, TlsSource};

@@ -38,7 +38,18 @@ pub struct RawMonitor {
     pub retention_raw: Option<Dur>,
     pub retention_1m: Option<Dur>,
     pub retention_1h: Option<Dur>,
+    pub dashboard: Option<RawDashboard>,
 }
+
+/// `[monitor.dashboard]`: the web dashboard, served when the table is present.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    pub listen: Option<Spanned<String>>,
+}
+
+/// Where the dashboard listens when `[monitor.dashboard]` names no address.
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:3006";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +113,9 @@ pub struct MonitorSettings {
     pub retention_1m: Duration,
     #[serde(serialize_with = "serialize_duration")]
     pub retention_1h: Duration,
+    /// Where the web dashboard is served from startup; off when `[monitor.dashboard]` is absent
+    /// (`prod monitor --dashboard` starts it later).
+    pub dashboard_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,7 +202,26 @@ pub fn resolve_monitor(raw: &RawMonitor, errors: &mut Vec<Diagnostic>) -> Monito
             })
             .ok()
     });
+    let dashboard_listen = raw.dashboard.as_ref().and_then(|d| match &d.listen {
+        None => DEFAULT_DASHBOARD_LISTEN.parse().ok(),
+        Some(l) => l
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(
+                    Diagnostic::new(
+                        format!("dashboard listen {:?} is not an address", l.get_ref()),
+                        Some(l.span()),
+                    )
+                    .hint(format!(
+                        "write IP:PORT, such as \"{DEFAULT_DASHBOARD_LISTEN}\""
+                    )),
+                );
+            })
+            .ok(),
+    });
     MonitorSettings {
+        dashboard_listen,
         enabled: raw.enabled.unwrap_or(true),
         interval,
         metrics_listen,
@@ -462,5 +495,28 @@ url = "ftp://example.com"
         assert!(e.contains("unknown notifier kind \"pager\""), "{e}");
         assert!(e.contains("needs smtp, from and to"), "{e}");
         assert!(e.contains("is not http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn the_dashboard_is_off_until_its_table_is_present() {
+        let path = std::path::Path::new("/srv/p/tcf-platform.toml");
+        let load =
+            |extra: &str| crate::resolve(path, &format!("[platform]\nname = \"p\"\n{extra}"), None);
+        assert_eq!(load("").unwrap().monitor.dashboard_listen, None);
+        let default = load("[monitor.dashboard]\n")
+            .unwrap()
+            .monitor
+            .dashboard_listen;
+        assert_eq!(default.unwrap().to_string(), "127.0.0.1:3006");
+        let set = load("[monitor.dashboard]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(set.monitor.dashboard_listen.unwrap().port(), 8080);
+        let e = load("[monitor.dashboard]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e[0]
+            .message
+            .contains("dashboard listen \"localhost\" is not an address"));
+        assert!(
+            load("[monitor.dashboard]\nport = 1\n").is_err(),
+            "unknown keys are denied"
+        );
     }
 }

@@ -55,6 +55,14 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
+/// A token's name and role from the store (and its last use recorded): one short read and
+/// write, so callers that cannot await (the dashboard's login) call it directly.
+pub(crate) fn verify_in(store: &Store, token: &str) -> Result<(String, Role), AuthError> {
+    let found = tcf_auth::token::verify(token, &token_records(store)?, tcf_store::now_ms())?;
+    let _ = store.touch_token(&found.0, tcf_store::now_ms());
+    Ok(found)
+}
+
 fn token_records(store: &Store) -> Result<Vec<TokenRecord>, AuthError> {
     let rows = store
         .tokens()
@@ -78,12 +86,7 @@ impl Platform {
     /// and what a login form (the dashboard) should call.
     pub async fn verify(&self, token: &str) -> Result<(String, Role), AuthError> {
         let token = token.to_string();
-        self.with_store(move |s| {
-            let found = tcf_auth::token::verify(&token, &token_records(s)?, tcf_store::now_ms())?;
-            let _ = s.touch_token(&found.0, tcf_store::now_ms());
-            Ok(found)
-        })
-        .await
+        self.with_store(move |s| verify_in(s, &token)).await
     }
 
     /// `env` with every `${secret:NAME}` replaced by the secret's value, for `service`'s

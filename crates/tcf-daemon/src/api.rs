@@ -21,6 +21,16 @@ use tcf_api::{
 
 pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(ErrorBody { error: self.1 })).into_response()
@@ -586,6 +596,18 @@ async fn rollback_handler(
     ConnectInfo(peer): ConnectInfo<Peer>,
     ApiJson(req): ApiJson<tcf_api::RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    let actor = peer.actor(&req.actor);
+    let plan = rollback_plan(&p, req, actor).await?;
+    Ok(stream_release(p, plan))
+}
+
+/// The plan of a rollback: each named service (all when none) back to the version asked for or
+/// to its previous good release, with the spec it ran then. Also what the dashboard previews.
+pub async fn rollback_plan(
+    p: &Arc<Platform>,
+    req: tcf_api::RollbackRequest,
+    actor: String,
+) -> Result<deploy::Plan, ApiError> {
     if let Some(reason) = &req.reason {
         check_text("the reason", reason).map_err(bad_request)?;
     }
@@ -593,7 +615,7 @@ async fn rollback_handler(
         .with_store(|s| s.releases(10_000))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let services = services_in_order(&p, &req.services)?;
+    let services = services_in_order(p, &req.services)?;
     let known = |service: &str| -> Vec<String> {
         let mut v: Vec<String> = releases
             .iter()
@@ -669,7 +691,7 @@ async fn rollback_handler(
             specs.insert(service.clone(), Arc::new(spec));
         }
     }
-    let plan = deploy::Plan {
+    Ok(deploy::Plan {
         kind: deploy::Kind::Rollback,
         validate: false,
         backup: false,
@@ -677,10 +699,9 @@ async fn rollback_handler(
         targets,
         specs,
         reason: req.reason,
-        actor: peer.actor(&req.actor),
+        actor,
         lock_wait: Duration::from_millis(req.lock_wait_ms),
-    };
-    Ok(stream_release(p, plan))
+    })
 }
 
 /// Releases in the wire shape, newest first: a successful release is `superseded` once newer

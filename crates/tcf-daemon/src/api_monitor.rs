@@ -197,11 +197,12 @@ fn silence_info(s: &Silence) -> SilenceInfo {
     }
 }
 
-async fn alerts(State(svc): State<Arc<MonitorService>>) -> ApiResult<AlertsList> {
+/// Pending and firing alerts and the silences in force; None when the history is not open.
+pub fn alerts_list(svc: &MonitorService) -> Option<AlertsList> {
     let now = tcf_monitor::now_ms();
     let guard = lock(&svc.monitor);
-    let m = guard.as_ref().ok_or_else(|| unavailable(&svc))?;
-    Ok(Json(AlertsList {
+    let m = guard.as_ref()?;
+    Some(AlertsList {
         alerts: m
             .active_alerts()
             .iter()
@@ -209,7 +210,27 @@ async fn alerts(State(svc): State<Arc<MonitorService>>) -> ApiResult<AlertsList>
             .collect(),
         silences: m.silences(now).iter().map(silence_info).collect(),
         evaluating: svc.control().alerts && svc.control().collecting,
-    }))
+    })
+}
+
+async fn alerts(State(svc): State<Arc<MonitorService>>) -> ApiResult<AlertsList> {
+    alerts_list(&svc).map(Json).ok_or_else(|| unavailable(&svc))
+}
+
+/// Alert transitions, oldest first; None when the history is not open.
+pub fn alert_history(svc: &MonitorService, limit: usize) -> Option<Vec<AlertTransition>> {
+    let guard = lock(&svc.monitor);
+    let m = guard.as_ref()?;
+    Some(
+        m.history(limit)
+            .iter()
+            .map(|e| AlertTransition {
+                time: rfc3339(e.at_ms),
+                from: e.from.as_str().to_string(),
+                alert: alert_info(&e.alert, e.silenced),
+            })
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -221,18 +242,9 @@ async fn history(
     State(svc): State<Arc<MonitorService>>,
     ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> ApiResult<Vec<AlertTransition>> {
-    let guard = lock(&svc.monitor);
-    let m = guard.as_ref().ok_or_else(|| unavailable(&svc))?;
-    Ok(Json(
-        m.history(q.limit.unwrap_or(50))
-            .iter()
-            .map(|e| AlertTransition {
-                time: rfc3339(e.at_ms),
-                from: e.from.as_str().to_string(),
-                alert: alert_info(&e.alert, e.silenced),
-            })
-            .collect(),
-    ))
+    alert_history(&svc, q.limit.unwrap_or(50))
+        .map(Json)
+        .ok_or_else(|| unavailable(&svc))
 }
 
 async fn silence(
@@ -246,22 +258,38 @@ async fn silence(
     }
     // The kernel's word for who is calling, not the client's (docs/api.md).
     let actor = peer.actor(&req.actor);
+    add_silence(
+        &svc,
+        &req.matchers,
+        Duration::from_secs(req.duration_s),
+        &req.comment,
+        &actor,
+    )
+    .map(Json)
+    .map_err(|(status, m)| MonitorApiError(status, m))
+}
+
+/// Add a silence and record it as an event (the API and the dashboard).
+pub fn add_silence(
+    svc: &MonitorService,
+    matchers: &[String],
+    duration: Duration,
+    comment: &str,
+    actor: &str,
+) -> Result<SilenceInfo, (StatusCode, String)> {
     let now = tcf_monitor::now_ms();
     let s = {
         let mut guard = lock(&svc.monitor);
-        let m = guard.as_mut().ok_or_else(|| unavailable(&svc))?;
-        m.add_silence(
-            &req.matchers,
-            Duration::from_secs(req.duration_s),
-            &actor,
-            &req.comment,
-            now,
-        )
-        .map_err(|e| bad(e.to_string()))?
+        let m = guard.as_mut().ok_or_else(|| {
+            let e = unavailable(svc);
+            (e.0, e.1)
+        })?;
+        m.add_silence(matchers, duration, actor, comment, now)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?
     };
     let info = silence_info(&s);
     svc.platform.event_by(
-        &actor,
+        actor,
         "alert.silenced",
         None,
         None,
@@ -278,7 +306,7 @@ async fn silence(
             }
         ),
     );
-    Ok(Json(info))
+    Ok(info)
 }
 
 async fn unsilence(
@@ -288,21 +316,35 @@ async fn unsilence(
     ApiJson(req): ApiJson<UnsilenceRequest>,
 ) -> ApiResult<SilenceInfo> {
     let actor = peer.actor(&req.actor);
+    expire_silence(&svc, &id, &actor)
+        .map(Json)
+        .map_err(|(status, m)| MonitorApiError(status, m))
+}
+
+/// End a silence now and record it as an event (the API and the dashboard).
+pub fn expire_silence(
+    svc: &MonitorService,
+    id: &str,
+    actor: &str,
+) -> Result<SilenceInfo, (StatusCode, String)> {
     let now = tcf_monitor::now_ms();
     let s = {
         let mut guard = lock(&svc.monitor);
-        let m = guard.as_mut().ok_or_else(|| unavailable(&svc))?;
-        m.expire_silence(&id, now)
-            .map_err(|e| MonitorApiError(StatusCode::NOT_FOUND, e.to_string()))?
+        let m = guard.as_mut().ok_or_else(|| {
+            let e = unavailable(svc);
+            (e.0, e.1)
+        })?;
+        m.expire_silence(id, now)
+            .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?
     };
     svc.platform.event_by(
-        &actor,
+        actor,
         "alert.unsilenced",
         None,
         None,
         format!("silence {} ended", s.id),
     );
-    Ok(Json(silence_info(&s)))
+    Ok(silence_info(&s))
 }
 
 fn monitor_status(svc: &MonitorService) -> MonitorStatus {
@@ -373,7 +415,7 @@ fn monitor_status(svc: &MonitorService) -> MonitorStatus {
         pending,
         notifiers,
         metrics_url: svc.metrics_addr.map(|a| format!("http://{a}/metrics")),
-        dashboard_url: None,
+        dashboard_url: lock(&svc.dashboard_url).clone(),
         services,
     }
 }

@@ -10,6 +10,7 @@ mod api;
 mod api_monitor;
 mod backup;
 mod caller;
+mod dashboard;
 mod deploy;
 mod handover;
 mod health;
@@ -256,6 +257,7 @@ async fn run_daemon(
         listeners.push((svc.name.clone(), l));
     }
     let tls = tls::prepare(&config)?;
+    let dashboard_listener = dashboard::bind(&config).await?;
     // A service the config no longer has: its address closes here (the old daemon drained it).
     drop(handed);
     let metrics_handed = inherited
@@ -479,12 +481,23 @@ async fn run_daemon(
     let _ = p.monitor.set(monitor.clone());
 
     let mut api_shutdown = p.shutdown.subscribe();
+    if let Some(listener) = dashboard_listener {
+        if let Err(e) = dashboard::serve(monitor.clone(), listener) {
+            p.event(
+                "dashboard.error",
+                None,
+                None,
+                format!("the dashboard is not served: {e}"),
+            );
+        }
+    }
     if let Err(e) = handover::reload_on_sighup(p.clone(), sighup) {
         tracing::warn!("cannot handle SIGHUP (reload with `tcf-platform reload`): {e}");
     }
     access::report_loose_modes(&p, loose_modes);
     let router = api::router(p.clone())
-        .merge(api_monitor::router(monitor))
+        .merge(api_monitor::router(monitor.clone()))
+        .merge(dashboard::router(monitor))
         .merge(handover::router(p.clone(), kit.clone()))
         .merge(access::routes(p.clone()))
         .layer(axum::middleware::from_fn_with_state(

@@ -14,7 +14,7 @@ use tcf_runtime::logfile::strip_stamp;
 const TAIL_WINDOW: u64 = 256 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-fn last_lines(path: &Path, n: usize) -> (Vec<String>, u64) {
+pub(crate) fn last_lines(path: &Path, n: usize) -> (Vec<String>, u64) {
     let Ok(mut f) = std::fs::File::open(path) else {
         return (Vec::new(), 0);
     };

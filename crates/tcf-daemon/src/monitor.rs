@@ -38,6 +38,8 @@ pub struct MonitorService {
     pub last_collection_ms: Mutex<Option<i64>>,
     pub last_error: Mutex<Option<String>>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the web dashboard answers, once it is served.
+    pub dashboard_url: Mutex<Option<String>>,
     /// Wakes the loop at once after a control change.
     wake: tokio::sync::Notify,
 }
@@ -268,6 +270,7 @@ pub fn start(
         last_collection_ms: Mutex::new(None),
         last_error: Mutex::new(error),
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        dashboard_url: Mutex::new(None),
         wake: tokio::sync::Notify::new(),
     });
     if let Some(l) = metrics_listener {

@@ -6,8 +6,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write;
 use std::process::ExitCode;
 use tcf_api::monitor::{
-    AlertInfo, AlertTransition, AlertsList, MetricsList, MetricsQuery, MonitorRequest,
-    MonitorStatus, SilenceInfo, SilenceRequest, UnsilenceRequest,
+    AlertInfo, AlertTransition, AlertsList, DashboardRequest, DashboardStatus, MetricsList,
+    MetricsQuery, MonitorRequest, MonitorStatus, SilenceInfo, SilenceRequest, UnsilenceRequest,
 };
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +121,12 @@ pub struct MonitorArgs {
     /// start/stop alert evaluation and notifications (rather than collection)
     #[arg(long)]
     pub alerts: bool,
+    /// Serve the web dashboard from the running daemon and print its URL
+    #[arg(long)]
+    pub dashboard: bool,
+    /// The dashboard's port (default: `[monitor.dashboard] listen`, else 3006), on loopback
+    #[arg(long, requires = "dashboard")]
+    pub port: Option<u16>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -412,6 +418,28 @@ pub async fn monitor(cli: &Cli, args: &MonitorArgs) -> CmdResult {
         MonitorAction::Status => "status",
         MonitorAction::Restart => "restart",
     };
+    let mut out = String::new();
+    if args.dashboard {
+        let d: DashboardStatus = client
+            .post(
+                "/v1/dashboard",
+                &DashboardRequest {
+                    port: args.port,
+                    actor: actor(),
+                },
+            )
+            .await?;
+        let _ = writeln!(
+            out,
+            "dashboard {} at {}",
+            if d.started {
+                "started"
+            } else {
+                "already served"
+            },
+            d.url
+        );
+    }
     let s: MonitorStatus = if args.action == MonitorAction::Status {
         client.get("/v1/monitor").await?
     } else {
@@ -431,7 +459,6 @@ pub async fn monitor(cli: &Cli, args: &MonitorArgs) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     let on = |b: bool| if b { "on" } else { "off" };
-    let mut out = String::new();
     let _ = writeln!(
         out,
         "collection: {} (every {}s)   alerts: {}",
