@@ -42,10 +42,13 @@ fn status() -> Status {
             instances: vec![],
             metrics: None,
             config_changed: false,
+            maintenance: None,
+            stale_secrets: vec![],
         }],
         dependencies: vec![],
         deploy_in_progress: None,
         warnings: vec![],
+        api: None,
     }
 }
 

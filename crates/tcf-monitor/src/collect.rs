@@ -182,6 +182,9 @@ fn delta(now: u64, before: u64) -> u64 {
     }
 }
 
+/// The pending and firing alerts, kept across restarts.
+const ALERTS_FILE: &str = "alerts.json";
+
 impl Monitor {
     /// Open the monitor's state in `dir` (`state_dir/metrics`).
     pub fn open(
@@ -211,10 +214,18 @@ impl Monitor {
                 history.pop_front();
             }
         }
+        let mut evaluator = Evaluator::new(rules);
+        let alerts_path = dir.join(ALERTS_FILE);
+        if let Ok(b) = std::fs::read(&alerts_path) {
+            match serde_json::from_slice::<Vec<Alert>>(&b) {
+                Ok(alerts) => evaluator.restore(alerts),
+                Err(e) => tracing::warn!("ignoring unreadable {}: {e}", alerts_path.display()),
+            }
+        }
         Ok(Monitor {
             dir: dir.to_path_buf(),
             store,
-            evaluator: Evaluator::new(rules),
+            evaluator,
             last: None,
             latest: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -264,6 +275,11 @@ impl Monitor {
                     write_error.get_or_insert(e);
                 }
                 transitions.push((t, silenced));
+            }
+            if !transitions.is_empty() {
+                if let Err(e) = self.save_alerts() {
+                    write_error.get_or_insert(e);
+                }
             }
         }
         Ingested {
@@ -602,6 +618,13 @@ impl Monitor {
             .collect()
     }
 
+    /// The pending and firing alerts, for the next process (`Evaluator::restore`).
+    fn save_alerts(&self) -> Result<(), MonitorError> {
+        let active: Vec<&Alert> = self.evaluator.active().collect();
+        let bytes = serde_json::to_vec(&active).unwrap_or_default();
+        write_atomically(&self.dir.join(ALERTS_FILE), &bytes)
+    }
+
     fn save_silences(&self) -> Result<(), MonitorError> {
         let bytes = serde_json::to_vec_pretty(&self.silences).unwrap_or_default();
         write_atomically(&self.dir.join("silences.json"), &bytes)
@@ -735,6 +758,54 @@ mod tests {
             },
             backup: None,
         }
+    }
+
+    #[test]
+    fn firing_alerts_survive_a_restart_without_a_new_notification() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = BTreeMap::new();
+        o.insert(
+            "high_5xx_ratio".to_string(),
+            crate::rules::RuleOverride {
+                for_: Some(Duration::ZERO),
+                ..Default::default()
+            },
+        );
+        o.insert(
+            "dependency_down".to_string(),
+            crate::rules::RuleOverride {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        );
+        let rules = build_rules(&o).unwrap();
+        let firing = |m: &Monitor| {
+            m.active_alerts()
+                .iter()
+                .any(|a| a.rule == "high_5xx_ratio" && a.state == State::Firing)
+        };
+        {
+            let mut m = Monitor::open(dir.path(), Retention::default(), rules.clone()).unwrap();
+            let mut errors = 0;
+            for at in 0..4 {
+                m.ingest(tick(at * 5, 100 * (at as u64 + 1), errors), true);
+                errors += 50;
+            }
+            assert!(firing(&m));
+        }
+        let mut m = Monitor::open(dir.path(), Retention::default(), rules).unwrap();
+        assert!(firing(&m), "restored from alerts.json");
+        // The first tick after a restart has no rates (nothing to difference): the alert keeps
+        // firing, and no transition (no notification) comes out.
+        assert!(m.ingest(tick(30, 1000, 400), true).transitions.is_empty());
+        assert!(m.ingest(tick(35, 1100, 450), true).transitions.is_empty());
+        assert!(firing(&m));
+        // Errors stop: it resolves as it would have without the restart.
+        let t = m.ingest(tick(40, 1200, 450), true).transitions;
+        assert!(
+            t.iter().any(|(t, _)| t.alert.state == State::Resolved),
+            "{t:?}"
+        );
     }
 
     #[test]

@@ -446,13 +446,37 @@ pub fn render_summary(rule: &Rule, target: &str, value: f64) -> String {
 pub struct Evaluator {
     rules: Vec<Rule>,
     alerts: BTreeMap<(String, String), Alert>,
+    /// Evaluations left in which an alert whose target reports no value keeps its state: after
+    /// a restart the first ticks have no counter deltas (no request rates, no ratios), which
+    /// must not resolve what was firing.
+    settling: u32,
 }
+
+/// How many evaluations restored alerts are given to see their values again.
+const SETTLING_EVALUATIONS: u32 = 3;
 
 impl Evaluator {
     pub fn new(rules: Vec<Rule>) -> Evaluator {
         Evaluator {
             rules,
             alerts: BTreeMap::new(),
+            settling: 0,
+        }
+    }
+
+    /// Take back the pending and firing alerts a previous process had (`alerts.json`), so a
+    /// restart neither re-notifies what already fired nor restarts a `for` wait. Alerts of
+    /// rules that no longer exist are dropped.
+    pub fn restore(&mut self, alerts: impl IntoIterator<Item = Alert>) {
+        for a in alerts {
+            if matches!(a.state, State::Pending | State::Firing)
+                && self.rules.iter().any(|r| r.name == a.rule && r.enabled)
+            {
+                self.alerts.insert((a.rule.clone(), a.target.clone()), a);
+            }
+        }
+        if !self.alerts.is_empty() {
+            self.settling = SETTLING_EVALUATIONS;
         }
     }
 
@@ -474,6 +498,8 @@ impl Evaluator {
         values: &BTreeMap<(String, String), f64>,
     ) -> Vec<Transition> {
         let mut out = Vec::new();
+        let settling = self.settling > 0;
+        self.settling = self.settling.saturating_sub(1);
         for rule in self.rules.iter().filter(|r| r.enabled) {
             let mut seen = Vec::new();
             for ((target, metric), value) in values {
@@ -492,7 +518,11 @@ impl Evaluator {
                     &mut out,
                 );
             }
-            // Alerts whose target no longer reports the metric go through the same path.
+            // Alerts whose target no longer reports the metric go through the same path
+            // (not while restored alerts settle: no value is not yet news).
+            if settling {
+                continue;
+            }
             let stale: Vec<String> = self
                 .alerts
                 .keys()
