@@ -74,10 +74,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
                 (store, Some(files))
             }
             TlsSource::Acme(settings) => {
+                // HTTP-01 is the only challenge answered: without the plain listener every
+                // order would fail validation.
+                if tls.http_listen.is_none() {
+                    return Err(fail(
+                        "tls.acme answers the ACME server's HTTP-01 challenge on the plain listener: add http_listen = \"0.0.0.0:80\" (TLS-ALPN-01 is not supported)".into(),
+                    ));
+                }
                 let state = AcmeState::new(&config.platform.state_dir, &svc.name);
-                // A certificate from an earlier run serves at once; none: handshakes fail
-                // until the first one is obtained (in the background, right after start).
-                let store = CertStore::new(state.load().into_iter().collect());
+                // A certificate from an earlier run serves at once when it still covers the
+                // configured domains; none: handshakes fail until the first one is obtained
+                // (in the background, right after start).
+                let kept = state.load().filter(|c| covers_all(c, &settings.domains));
+                let store = CertStore::new(kept.into_iter().collect());
                 acme = Some((settings.clone(), state));
                 (store, None)
             }
@@ -197,6 +206,12 @@ fn reload_all(p: &Platform, force: bool) -> Vec<TlsReloadOutcome> {
         outcomes.push(outcome);
     }
     outcomes
+}
+
+/// Whether a kept certificate names every configured domain: after `domains` changes, the old
+/// certificate must not be served until it nears expiry; a new one is ordered at start.
+fn covers_all(cert: &tcf_proxy::tls::LoadedCert, domains: &[String]) -> bool {
+    domains.iter().all(|d| cert.covers(d))
 }
 
 /// Whether the service's certificate is missing or within [`RENEW_BEFORE_DAYS`] of expiry.
@@ -353,4 +368,32 @@ pub fn build_status(p: &Platform, now: i64) -> TlsStatus {
         }
     }
     TlsStatus { certificates }
+}
+
+#[cfg(test)]
+mod acme_kept_certificate_tests {
+    use super::covers_all;
+    use tcf_proxy::tls::{CertSource, LoadedCert};
+
+    #[test]
+    fn a_kept_certificate_must_name_every_configured_domain() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string(), "b.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let path = std::path::Path::new("kept.pem");
+        let loaded = LoadedCert::from_pem(
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            CertSource::Acme,
+            (path, path),
+        )
+        .unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers_all(&loaded, &names(&["a.test", "b.test"])));
+        assert!(covers_all(&loaded, &names(&["b.test"])));
+        assert!(!covers_all(&loaded, &names(&["a.test", "c.test"])));
+    }
 }

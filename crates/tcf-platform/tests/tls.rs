@@ -353,7 +353,7 @@ health = {{ path = "/health", interval = "300ms" }}
 /// and `tls status` shows nothing served; `tls renew` fails with the reason (exit 1).
 #[test]
 fn a_failing_acme_renewal_is_an_event_and_an_error() {
-    let (https, closed) = (free_port(), free_port());
+    let (https, plain, closed) = (free_port(), free_port(), free_port());
     let config = format!(
         r#"[platform]
 name = "acmefail"
@@ -363,6 +363,7 @@ state_dir = ".tcf"
 command = ["tcf-demo"]
 version = "v1"
 listen = "127.0.0.1:{https}"
+http_listen = "127.0.0.1:{plain}"
 tls = {{ acme = {{ directory = "http://127.0.0.1:{closed}/dir", domains = ["acme.test"] }} }}
 health = {{ path = "/health", interval = "300ms" }}
 "#
