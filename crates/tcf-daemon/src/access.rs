@@ -576,6 +576,7 @@ pub struct RemoteListener {
 /// Bind `[daemon] listen` and load (or make) its certificate; before anything starts.
 pub async fn bind_remote(
     config: &tcf_config::Config,
+    taking_over: bool,
 ) -> Result<Option<RemoteListener>, crate::DaemonError> {
     let Some(addr) = config.daemon.listen else {
         return Ok(None);
@@ -596,8 +597,8 @@ pub async fn bind_remote(
         .map(|(c, k)| (c.as_path(), k.as_path()));
     let cert = tcf_auth::cert::load_or_generate(&config.platform.state_dir, files, &names)
         .map_err(|e| remote(e.to_string()))?;
-    let tcp = tokio::net::TcpListener::bind(addr)
-        .await
+    let tcp = tcf_proxy::bind_handover_safe(addr, taking_over)
+        .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| remote(e.to_string()))?;
     Ok(Some(RemoteListener { tcp, cert }))
 }

@@ -347,12 +347,13 @@ fn access_at(p: &Arc<Platform>, addr: SocketAddr) -> tcf_dashboard::Access {
 /// Bind `[monitor.dashboard] listen` before anything starts, like every other address.
 pub async fn bind(
     config: &tcf_config::Config,
+    taking_over: bool,
 ) -> Result<Option<tokio::net::TcpListener>, crate::DaemonError> {
     let Some(addr) = config.monitor.dashboard_listen else {
         return Ok(None);
     };
-    tokio::net::TcpListener::bind(addr)
-        .await
+    tcf_proxy::bind_handover_safe(addr, taking_over)
+        .and_then(tokio::net::TcpListener::from_std)
         .map(Some)
         .map_err(|source| crate::DaemonError::Bind {
             service: "[monitor.dashboard] listen".into(),

@@ -256,8 +256,10 @@ async fn run_daemon(
         };
         listeners.push((svc.name.clone(), l));
     }
-    let tls = tls::prepare(&config)?;
-    let dashboard_listener = dashboard::bind(&config).await?;
+    // Addresses that are not handed over: bound beside the old daemon's while it drains.
+    let taking_over = inherited.is_some();
+    let tls = tls::prepare(&config, taking_over)?;
+    let dashboard_listener = dashboard::bind(&config, taking_over).await?;
     // A service the config no longer has: its address closes here (the old daemon drained it).
     drop(handed);
     let metrics_handed = inherited
@@ -318,7 +320,7 @@ async fn run_daemon(
         }
         None => None,
     };
-    let remote_api = access::bind_remote(&config).await?;
+    let remote_api = access::bind_remote(&config, taking_over).await?;
 
     let active = store.active_versions()?;
     // Containers a previous daemon left: adopt those of the active release, remove the rest.

@@ -51,7 +51,7 @@ pub struct Prepared {
 
 /// Load every HTTPS service's certificates and bind the plain listeners: a certificate that
 /// cannot be used fails `up` before anything starts, with the service's name.
-pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
+pub fn prepare(config: &Config, taking_over: bool) -> Result<Prepared, DaemonError> {
     let mut prepared = Prepared::default();
     for svc in config.services.values() {
         let Some(tls) = &svc.tls else { continue };
@@ -101,13 +101,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
             None => None,
         };
         if let Some(addr) = tls.http_listen {
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                .map_err(|source| DaemonError::Bind {
+            let listener = tcf_proxy::bind_handover_safe(addr, taking_over).map_err(|source| {
+                DaemonError::Bind {
                     service: svc.name.clone(),
                     addr,
                     source,
-                })?;
+                }
+            })?;
             prepared
                 .plain
                 .push((svc.name.clone(), svc.listen.port(), listener));

@@ -88,7 +88,13 @@ fn hand_over(p: &Platform, daemons: &mut Daemons, args: &[&str]) -> u32 {
 
 #[test]
 fn restarts_and_an_upgrade_under_load_fail_no_request_and_keep_every_instance() {
-    let mut p = Platform::new(&example_config());
+    // The daemon's own addresses that are not handed over (the remote API, the dashboard) are
+    // bound again beside the old daemon's: every takeover must manage that too.
+    let (remote_port, dashboard_port) = (free_port(), free_port());
+    let mut p = Platform::new(&format!(
+        "{}\n[daemon]\nlisten = \"127.0.0.1:{remote_port}\"\n\n[monitor.dashboard]\nlisten = \"127.0.0.1:{dashboard_port}\"\n",
+        example_config()
+    ));
     p.up();
     let mut daemons = Daemons(vec![p.daemon.as_ref().unwrap().id()]);
     let before = p.wait_for("all healthy", START, all_healthy);
@@ -141,6 +147,14 @@ fn restarts_and_an_upgrade_under_load_fail_no_request_and_keep_every_instance() 
     }
     let after = p.wait_for("all healthy after the upgrade", START, all_healthy);
     assert_eq!(instance_pids(&after), pids, "instances were replaced");
+    assert_eq!(
+        after["api"]["listen"],
+        format!("127.0.0.1:{remote_port}"),
+        "{after}"
+    );
+    std::net::TcpStream::connect(("127.0.0.1", remote_port)).expect("the remote API listens");
+    let (code, _) = http_get(&format!("127.0.0.1:{dashboard_port}"), "/").expect("the dashboard");
+    assert_eq!(code, 200);
 
     // The trail is continuous in the one store: each takeover and each release kept.
     let events: Vec<Value> = serde_json::from_slice(

@@ -42,7 +42,7 @@ pub use pool::{Backend, Pool};
 pub use route::{Route, Sticky, STICKY_COOKIE};
 pub use server::serve;
 pub use stats::{Snapshot, Stats};
-pub use workers::{bind_for_workers, bind_shared, serve_workers, MAX_WORKERS};
+pub use workers::{bind_for_workers, bind_handover_safe, bind_shared, serve_workers, MAX_WORKERS};
 
 use body::*;
 #[cfg(test)]

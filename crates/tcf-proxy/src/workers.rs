@@ -36,6 +36,20 @@ pub fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// One listener on `addr` that a daemon taking over can bind beside this one (SO_REUSEPORT):
+/// the daemon's other public addresses (plain HTTP, the remote API, the dashboard). Unless
+/// `taking_over`, first check that nobody else holds it (a plain bind fails if anyone does);
+/// taking over, the old daemon holds it on purpose until it has drained.
+pub fn bind_handover_safe(
+    addr: SocketAddr,
+    taking_over: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    if !taking_over {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    bind_shared(addr)
+}
+
 /// Check that nobody else holds `addr` (a plain bind, without SO_REUSEPORT, fails if anyone
 /// does), then bind it once per worker.
 pub fn bind_for_workers(
