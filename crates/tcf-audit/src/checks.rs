@@ -17,6 +17,30 @@ pub struct LiveView {
     pub daemon_pid: u32,
     pub socket: PathBuf,
     pub services: Vec<LiveService>,
+    /// The remote API's tokens (never their values), or why they could not be read.
+    pub tokens: Result<Vec<LiveToken>, String>,
+    /// The certificates the proxy serves, or why they could not be read.
+    pub certificates: Result<Vec<LiveCertificate>, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub name: String,
+    pub role: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveCertificate {
+    pub service: String,
+    pub hostnames: Vec<String>,
+    pub not_after: String,
+    pub days_left: i64,
+    pub expired: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +105,8 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
             "TCF-NET-003" => instance_extra_ports(rule, live),
             "TCF-PROC-001" => instances_as_root(rule, live),
             "TCF-API-001" => socket_mode(rule, live),
+            "TCF-TLS-001" => certificate_expiry(rule, live),
+            "TCF-AUTH-001" | "TCF-AUTH-002" => tokens(rule, live),
             other => CheckResult::not_run(rule, format!("no online check is wired for {other}")),
         };
     }
@@ -96,6 +122,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
         "TCF-SEC-004" => Ok(secrets_in_files(rule, ctx.config)),
         "TCF-NET-001" => Ok(public_without_tls(rule, ctx)),
+        "TCF-TLS-002" => Ok(no_hsts(rule, ctx)),
         "TCF-CTR-001" | "TCF-CTR-002" | "TCF-CTR-003" | "TCF-CTR-004" => Ok(containers(rule, ctx)),
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
@@ -774,7 +801,7 @@ fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
     ctx.config
         .services
         .values()
-        .filter(|s| !s.listen.ip().is_loopback())
+        .filter(|s| !s.listen.ip().is_loopback() && s.tls.is_none())
         .map(|s| {
             let which = if s.listen.ip().is_unspecified() {
                 "every interface".to_string()
@@ -788,12 +815,115 @@ fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
                     .in_file(&ctx.config.path, line)
                     .with_uri(format!("tcp://{}", s.listen)),
                 format!(
-                    "service {} listens on {} ({}) over plain HTTP: this tcf-platform has no TLS listener yet, so nothing encrypts this traffic",
+                    "service {} listens on {} ({}) over plain HTTP: it has no tls, so nothing encrypts this traffic",
                     s.name, s.listen, which
                 ),
             )
         })
         .collect()
+}
+
+fn no_hsts(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
+    ctx.config
+        .services
+        .values()
+        .filter(|s| s.tls.as_ref().is_some_and(|t| t.hsts.is_none()))
+        .map(|s| {
+            let line = line_of(ctx.text, &format!("[services.{}", s.name), "tls");
+            Finding::new(
+                rule,
+                Location::resource(format!("service {}", s.name)).in_file(&ctx.config.path, line),
+                format!("service {} serves HTTPS without an hsts header", s.name),
+            )
+        })
+        .collect()
+}
+
+fn certificate_expiry(rule: &'static Rule, live: &LiveView) -> CheckResult {
+    let certificates = match &live.certificates {
+        Ok(c) => c,
+        Err(why) => return CheckResult::not_run(rule, why.clone()),
+    };
+    let findings = certificates
+        .iter()
+        .filter_map(|c| {
+            let (severity, detail) = if c.expired {
+                (Severity::Critical, format!("expired on {}", c.not_after))
+            } else if c.days_left < 7 {
+                (
+                    Severity::High,
+                    format!("expires in {} days ({})", c.days_left, c.not_after),
+                )
+            } else if c.days_left < 30 {
+                (
+                    Severity::Medium,
+                    format!("expires in {} days ({})", c.days_left, c.not_after),
+                )
+            } else {
+                return None;
+            };
+            Some(
+                Finding::new(
+                    rule,
+                    Location::resource(format!("service {}, certificate", c.service)),
+                    format!(
+                        "the certificate of service {} for {} {detail}",
+                        c.service,
+                        c.hostnames.join(", ")
+                    ),
+                )
+                .severity(severity),
+            )
+        })
+        .collect();
+    CheckResult::ran(rule, findings)
+}
+
+/// How long a token may go unused before TCF-AUTH-002 reports it.
+const TOKEN_UNUSED_DAYS: i64 = 90;
+
+fn tokens(rule: &'static Rule, live: &LiveView) -> CheckResult {
+    let tokens = match &live.tokens {
+        Ok(t) => t,
+        Err(why) => return CheckResult::not_run(rule, why.clone()),
+    };
+    let now = tcf_backup::time::now_unix_ms();
+    let location = |t: &LiveToken| Location::resource(format!("token {}", t.name));
+    let findings = tokens
+        .iter()
+        .filter(|t| !t.revoked && t.expires_ms.is_none_or(|e| e > now))
+        .filter_map(|t| match rule.id {
+            "TCF-AUTH-001" => t.expires_ms.is_none().then(|| {
+                let finding = Finding::new(
+                    rule,
+                    location(t),
+                    format!("the {} token {} never expires", t.role, t.name),
+                );
+                if t.role == "viewer" {
+                    finding.severity(Severity::Low)
+                } else {
+                    finding
+                }
+            }),
+            _ => {
+                let since = t.last_used_ms.unwrap_or(t.created_ms);
+                let days = (now - since) / 86_400_000;
+                (days > TOKEN_UNUSED_DAYS).then(|| {
+                    let what = if t.last_used_ms.is_some() {
+                        "last used"
+                    } else {
+                        "created, never used,"
+                    };
+                    Finding::new(
+                        rule,
+                        location(t),
+                        format!("the {} token {} was {what} {days} days ago", t.role, t.name),
+                    )
+                })
+            }
+        })
+        .collect();
+    CheckResult::ran(rule, findings)
 }
 
 fn containers(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
@@ -1100,7 +1230,19 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
             )
         }
     };
-    let expected: BTreeSet<SocketAddr> = config.services.values().map(|s| s.listen).collect();
+    // The services' addresses and the daemon's own: plain HTTP listeners, the remote API,
+    // the Prometheus endpoint, the dashboard.
+    let expected: BTreeSet<SocketAddr> = config
+        .services
+        .values()
+        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
+        .chain([
+            config.daemon.listen,
+            config.monitor.metrics_listen,
+            config.monitor.dashboard_listen,
+        ])
+        .flatten()
+        .collect();
     let mut findings = Vec::new();
     for service in config.services.values() {
         if !bound.contains(&service.listen) {
@@ -1123,7 +1265,7 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
             rule,
             Location::resource(format!("tcp://{addr}")).with_uri(format!("tcp://{addr}")),
             format!(
-                "the daemon (pid {}) listens on {addr}, which no service of the config declares",
+                "the daemon (pid {}) listens on {addr}, which the config does not declare (a dashboard started with `prod monitor --dashboard` is one)",
                 live.daemon_pid
             ),
         ));
@@ -1218,6 +1360,99 @@ fn socket_mode(rule: &'static Rule, live: &LiveView) -> CheckResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn live_with(
+        tokens: Result<Vec<LiveToken>, String>,
+        certificates: Result<Vec<LiveCertificate>, String>,
+    ) -> LiveView {
+        LiveView {
+            daemon_pid: 1,
+            socket: PathBuf::from("/run/x.sock"),
+            services: vec![],
+            tokens,
+            certificates,
+        }
+    }
+
+    fn found(result: CheckResult) -> Vec<(String, Severity)> {
+        result
+            .findings
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.location.resource, f.severity))
+            .collect()
+    }
+
+    #[test]
+    fn tokens_that_never_expire_or_lie_unused() {
+        let day = 86_400_000;
+        let now = tcf_backup::time::now_unix_ms();
+        let token = |name: &str, role: &str, expires, last_used, revoked| LiveToken {
+            name: name.into(),
+            role: role.into(),
+            created_ms: now - 200 * day,
+            expires_ms: expires,
+            last_used_ms: last_used,
+            revoked,
+        };
+        let live = live_with(
+            Ok(vec![
+                token("ci", "deployer", None, Some(now - day), false),
+                token("grafana", "viewer", None, Some(now - day), false),
+                token("old", "admin", Some(now + 30 * day), None, false),
+                token("gone", "admin", None, None, true),
+                token("lapsed", "admin", Some(now - day), None, false),
+            ]),
+            Err("unused".into()),
+        );
+        assert_eq!(
+            found(tokens(&crate::rules::TOKEN_NEVER_EXPIRES, &live)),
+            [
+                ("token ci".to_string(), Severity::Medium),
+                ("token grafana".to_string(), Severity::Low)
+            ]
+        );
+        assert_eq!(
+            found(tokens(&crate::rules::TOKEN_UNUSED, &live)),
+            [("token old".to_string(), Severity::Low)]
+        );
+        // Tokens that could not be read: not run, never a pass.
+        let unknown = live_with(
+            Err("the daemon's tokens could not be read".into()),
+            Ok(vec![]),
+        );
+        assert!(tokens(&crate::rules::TOKEN_UNUSED, &unknown)
+            .findings
+            .is_err());
+    }
+
+    #[test]
+    fn certificates_by_how_soon_they_expire() {
+        let cert = |service: &str, days_left: i64| LiveCertificate {
+            service: service.into(),
+            hostnames: vec![format!("{service}.example.com")],
+            not_after: "2026-12-01T00:00:00Z".into(),
+            days_left,
+            expired: days_left < 0,
+        };
+        let live = live_with(
+            Err("unused".into()),
+            Ok(vec![
+                cert("a", 80),
+                cert("b", 20),
+                cert("c", 3),
+                cert("d", -2),
+            ]),
+        );
+        assert_eq!(
+            found(certificate_expiry(&crate::rules::CERTIFICATE_EXPIRY, &live)),
+            [
+                ("service b, certificate".to_string(), Severity::Medium),
+                ("service c, certificate".to_string(), Severity::High),
+                ("service d, certificate".to_string(), Severity::Critical),
+            ]
+        );
+    }
 
     #[test]
     fn line_of_finds_keys_in_their_section_and_inline_tables() {

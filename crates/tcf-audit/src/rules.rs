@@ -121,8 +121,8 @@ pub static PUBLIC_WITHOUT_TLS: Rule = rule(
     "TCF-NET-001",
     "Service served on a public address without TLS",
     Severity::Medium,
-    "Each service's listen address: anything but loopback is reachable from the network, and this proxy serves plain HTTP only (it has no TLS yet).",
-    "Listen on 127.0.0.1 and put a TLS-terminating proxy (nginx, HAProxy, Caddy) in front, or restrict the port with a firewall to trusted networks.",
+    "Each service's listen address without `tls`: anything but loopback is reachable from the network, and such a service is served over plain HTTP.",
+    "Give the service tls = { cert, key } or tls = { acme = {...} } (docs/tls.md), or listen on 127.0.0.1 and restrict the port with a firewall to trusted networks.",
 );
 
 pub static LISTENERS_VS_CONFIG: Rule = online(rule(
@@ -257,8 +257,40 @@ pub static RESTORE_NOT_PROVEN: Rule = rule(
     "Run `tcf-platform backup verify ID --level restore` on the newest backup, and schedule it (the monitor's restore_verify_stale alert watches the same age).",
 );
 
+pub static CERTIFICATE_EXPIRY: Rule = online(rule(
+    "TCF-TLS-001",
+    "Certificate expired or expiring",
+    Severity::High,
+    "Every certificate the proxy serves (`tls status`): expired (critical), expiring within 7 days (high) or within 30 days (medium). ACME certificates renew 30 days before expiry, so one this close means renewal is failing.",
+    "Replace the certificate files (they are reloaded when they change) or see why ACME renewal fails (`tcf-platform events`, `tls renew`).",
+));
+
+pub static NO_HSTS: Rule = rule(
+    "TCF-TLS-002",
+    "HTTPS service without HSTS",
+    Severity::Low,
+    "Each service with `tls`: without `hsts`, a browser that once used HTTPS may be talked into plain HTTP again (SSL stripping).",
+    "Set hsts = \"max-age=31536000\" on the service once HTTPS works for all its hostnames.",
+);
+
+pub static TOKEN_NEVER_EXPIRES: Rule = online(rule(
+    "TCF-AUTH-001",
+    "API token that never expires",
+    Severity::Medium,
+    "The remote API's tokens (`tokens list`): a deployer or admin token without an expiry stays valid until someone remembers to revoke it (a viewer's: low).",
+    "Create tokens with --expires (90d, say), rotate them, and revoke the old ones: `tcf-platform tokens revoke NAME`.",
+));
+
+pub static TOKEN_UNUSED: Rule = online(rule(
+    "TCF-AUTH-002",
+    "API token unused for 90 days",
+    Severity::Low,
+    "Tokens not revoked whose last use (or creation, never used) is more than 90 days old: a credential nobody needs is one that can only leak.",
+    "Revoke it: `tcf-platform tokens revoke NAME`.",
+));
+
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 26] = [
+pub static ALL: [&Rule; 30] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -285,6 +317,10 @@ pub static ALL: [&Rule; 26] = [
     &BACKUPS_UNENCRYPTED,
     &BACKUPS_UNSCHEDULED,
     &RESTORE_NOT_PROVEN,
+    &CERTIFICATE_EXPIRY,
+    &NO_HSTS,
+    &TOKEN_NEVER_EXPIRES,
+    &TOKEN_UNUSED,
 ];
 
 pub fn all() -> impl Iterator<Item = &'static Rule> {

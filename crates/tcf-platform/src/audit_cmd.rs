@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use tcf_api::{Client, ClientError};
-use tcf_audit::checks::{self, Inputs, LiveInstance, LiveService, LiveView};
+use tcf_audit::checks::{
+    self, Inputs, LiveCertificate, LiveInstance, LiveService, LiveToken, LiveView,
+};
 use tcf_audit::{advisories::Database, render, Ignores, Meta, Report, Severity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,7 +75,42 @@ async fn live_view(socket: PathBuf) -> Result<LiveView, String> {
     };
     let ping: tcf_api::Ping = client.get("/v1/ping").await.map_err(offline)?;
     let status: tcf_api::Status = client.get("/v1/status").await.map_err(offline)?;
+    let ms = |t: &str| tcf_backup::time::parse_rfc3339_ms(t);
+    let tokens = client
+        .get::<Vec<tcf_api::access::TokenInfo>>("/v1/tokens")
+        .await
+        .map_err(|e| format!("the daemon's tokens could not be read: {e}"))
+        .map(|list| {
+            list.into_iter()
+                .map(|t| LiveToken {
+                    created_ms: ms(&t.created).unwrap_or(0),
+                    expires_ms: t.expires.as_deref().and_then(ms),
+                    last_used_ms: t.last_used.as_deref().and_then(ms),
+                    revoked: t.revoked.is_some(),
+                    name: t.name,
+                    role: t.role,
+                })
+                .collect()
+        });
+    let certificates = client
+        .get::<tcf_api::tls::TlsStatus>("/v1/tls")
+        .await
+        .map_err(|e| format!("the daemon's certificates could not be read: {e}"))
+        .map(|s| {
+            s.certificates
+                .into_iter()
+                .map(|c| LiveCertificate {
+                    service: c.service,
+                    hostnames: c.hostnames,
+                    not_after: c.not_after,
+                    days_left: c.days_left,
+                    expired: c.expired,
+                })
+                .collect()
+        });
     Ok(LiveView {
+        tokens,
+        certificates,
         daemon_pid: ping.pid,
         socket,
         services: status

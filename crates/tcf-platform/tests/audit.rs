@@ -288,10 +288,39 @@ fn online_audit_reads_the_running_platform() {
         .map(|s| s["instances"].as_array().unwrap().len())
         .sum();
 
+    // A deployer token without an expiry, and one with: only the first is a finding.
+    assert!(p
+        .cli(&["tokens", "create", "ci", "--role", "deployer"])
+        .status
+        .success());
+    assert!(p
+        .cli(&[
+            "tokens",
+            "create",
+            "grafana",
+            "--role",
+            "viewer",
+            "--expires",
+            "30d"
+        ])
+        .status
+        .success());
+
     let out = p.cli(&["prod", "audit", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
     let report = json_of(&out);
     assert_eq!(report["mode"], "online", "{report:#}");
+    let never_expire: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "TCF-AUTH-001")
+        .collect();
+    assert_eq!(never_expire.len(), 1, "{report:#}");
+    assert_eq!(never_expire[0]["location"]["resource"], "token ci");
+    assert_eq!(check_status(&report, "TCF-AUTH-002"), "pass", "{report:#}");
+    // No HTTPS service here: nothing to expire, a pass that really read the daemon's list.
+    assert_eq!(check_status(&report, "TCF-TLS-001"), "pass", "{report:#}");
     // Every public address is bound by the daemon and nothing else: a pass, really checked.
     assert_eq!(check_status(&report, "TCF-NET-002"), "pass", "{report:#}");
     assert_eq!(check_status(&report, "TCF-NET-003"), "pass", "{report:#}");
