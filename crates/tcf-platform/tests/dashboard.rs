@@ -430,6 +430,34 @@ fn the_dashboard_from_the_config_and_what_is_refused() {
     );
     assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
     assert!(denied.contains("has the viewer role"), "{denied}");
+    // The same in the browser: the login page first, then the viewer shown the refusal.
+    let driver = Driver::start(free_port());
+    let profile = tempfile::tempdir().unwrap();
+    let b: Session = driver.session(profile.path());
+    b.go(&format!("http://{addr}/services/personas"));
+    b.wait("the login page", WAIT, |b| {
+        b.url().ends_with("/login") && b.count("input[name=token]") == 1
+    });
+    b.screenshot(&screenshots().join("login.png"));
+    b.script(&format!(
+        "document.getElementById('token').value = {};",
+        serde_json::Value::String(token.clone())
+    ));
+    b.click("form.login button[type=submit]");
+    b.wait("the overview, logged in", WAIT, |b| {
+        !b.url().ends_with("/login") && b.text("body").contains("vera (dashboard)")
+    });
+    assert!(
+        b.count("button.danger, a[href$='/rollback']") == 0,
+        "no rollback offered to a viewer"
+    );
+    b.go(&format!("http://{addr}/services/personas/rollback"));
+    b.wait("the refusal", WAIT, |b| {
+        b.text("body").contains("has the viewer role")
+    });
+    b.screenshot(&screenshots().join("viewer-refused.png"));
+    drop(b);
+    drop(driver);
     drop(exposed);
 
     // On loopback it is served from startup.
