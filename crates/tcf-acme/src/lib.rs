@@ -1,6 +1,7 @@
 //! An ACME client (RFC 8555) for the proxy's certificates: an ES256 account, orders for a
 //! service's domains, HTTP-01 challenges answered by the service's own plain listener
-//! ([`Challenges`]), a fresh P-256 key and CSR per certificate. Account and certificates are
+//! ([`Challenges`]) or TLS-ALPN-01 (RFC 8737) by its HTTPS listener ([`CertStore`]), a fresh
+//! P-256 key and CSR per certificate. Account and certificates are
 //! kept by [`AcmeState`] in the state directory, readable by the owner only.
 
 mod http;
@@ -8,11 +9,14 @@ mod http;
 use ::http::Method;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tcf_proxy::plain::Challenges;
+use tcf_proxy::tls::CertStore;
 
 pub use http::Http;
 
@@ -38,6 +42,57 @@ pub enum AcmeError {
     Key(String),
     #[error("cannot use {0}: {1}")]
     Io(PathBuf, std::io::Error),
+}
+
+/// How the ACME server is shown that we control a domain.
+#[derive(Clone, Copy)]
+pub enum Validation<'a> {
+    /// HTTP-01 (RFC 8555 §8.3): the answer served by the service's plain listener.
+    Http01(&'a Challenges),
+    /// TLS-ALPN-01 (RFC 8737): a validation certificate presented by the service's HTTPS
+    /// listener to a handshake offering `acme-tls/1`; for services without a plain port.
+    TlsAlpn01(&'a CertStore),
+}
+
+impl Validation<'_> {
+    fn challenge_type(&self) -> &'static str {
+        match self {
+            Validation::Http01(_) => "http-01",
+            Validation::TlsAlpn01(_) => "tls-alpn-01",
+        }
+    }
+}
+
+/// Something to take down once an order is over: an HTTP-01 token or a TLS-ALPN-01 domain.
+enum Posted {
+    Token(String),
+    Domain(String),
+}
+
+/// The TLS-ALPN-01 validation certificate for `domain` (RFC 8737 §3): self-signed, the domain
+/// as its only subjectAltName, and the critical acmeIdentifier extension holding the SHA-256
+/// of the key authorization.
+pub fn tls_alpn_certificate(
+    domain: &str,
+    key_authorization: &str,
+) -> Result<Arc<CertifiedKey>, AcmeError> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])
+        .map_err(|e| AcmeError::Key(e.to_string()))?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest.as_ref()));
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| AcmeError::Key(e.to_string()))?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| AcmeError::Key(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// What an order produced: the chain (leaf first) and its key, both PEM.
@@ -220,11 +275,11 @@ impl AcmeClient {
         Ok((v, answer.header("location")))
     }
 
-    /// Order a certificate for `domains`, answering HTTP-01 through `challenges`.
+    /// Order a certificate for `domains`, each validated the way `validation` says.
     pub async fn obtain(
         &self,
         domains: &[String],
-        challenges: &Challenges,
+        validation: Validation<'_>,
     ) -> Result<Issued, AcmeError> {
         let started = std::time::Instant::now();
         let identifiers: Vec<Value> = domains
@@ -241,12 +296,16 @@ impl AcmeClient {
             .await?;
         let order_url =
             order_url.ok_or_else(|| AcmeError::Protocol("newOrder (no Location)".into()))?;
-        let mut tokens = Vec::new();
+        let mut posted = Vec::new();
         let result = self
-            .authorize(&order, challenges, &mut tokens, started)
+            .authorize(&order, validation, &mut posted, started)
             .await;
-        for t in &tokens {
-            challenges.remove(t);
+        for p in &posted {
+            match (p, validation) {
+                (Posted::Token(t), Validation::Http01(challenges)) => challenges.remove(t),
+                (Posted::Domain(d), Validation::TlsAlpn01(store)) => store.remove_acme_challenge(d),
+                _ => {}
+            }
         }
         result?;
         // A fresh key per certificate; the CSR names every domain.
@@ -291,10 +350,11 @@ impl AcmeClient {
     async fn authorize(
         &self,
         order: &Value,
-        challenges: &Challenges,
-        tokens: &mut Vec<String>,
+        validation: Validation<'_>,
+        posted: &mut Vec<Posted>,
         started: std::time::Instant,
     ) -> Result<(), AcmeError> {
+        let wanted = validation.challenge_type();
         let authorizations = order["authorizations"]
             .as_array()
             .ok_or_else(|| AcmeError::Protocol("the order (no authorizations)".into()))?;
@@ -309,18 +369,30 @@ impl AcmeClient {
             }
             let challenge = authz["challenges"]
                 .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"] == "http-01"))
+                .and_then(|cs| cs.iter().find(|c| c["type"] == wanted))
                 .cloned()
                 .ok_or_else(|| AcmeError::Authorization {
                     domain: domain.clone(),
-                    detail: "no http-01 challenge offered".into(),
+                    detail: format!("no {wanted} challenge offered"),
                 })?;
             let (Some(token), Some(url)) = (challenge["token"].as_str(), challenge["url"].as_str())
             else {
                 return Err(AcmeError::Protocol("a challenge (no token or url)".into()));
             };
-            challenges.insert(token, &self.key_authorization(token));
-            tokens.push(token.to_string());
+            let key_authorization = self.key_authorization(token);
+            match validation {
+                Validation::Http01(challenges) => {
+                    challenges.insert(token, &key_authorization);
+                    posted.push(Posted::Token(token.to_string()));
+                }
+                Validation::TlsAlpn01(store) => {
+                    store.insert_acme_challenge(
+                        &domain,
+                        tls_alpn_certificate(&domain, &key_authorization)?,
+                    );
+                    posted.push(Posted::Domain(domain.clone()));
+                }
+            }
             self.post_json(url, Some(&json!({})), "the challenge")
                 .await?;
             while authz["status"] != "valid" {

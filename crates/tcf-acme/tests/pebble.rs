@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcf_acme::{AcmeClient, AcmeState, Http};
+use tcf_acme::{AcmeClient, AcmeState, Http, Validation};
 use tcf_proxy::plain::Challenges;
 use tcf_proxy::tls::{CertStore, LoadedCert};
 
@@ -53,14 +53,10 @@ fn pebble_listener_cert(dir: &Path) {
     std::fs::write(dir.join("api.key"), key.serialize_pem()).unwrap();
 }
 
-fn start_pebble(dir: &Path, plain_port: u16) -> (Servers, u16, u16) {
-    let (api, management, dns, dns_management, tls_port) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+/// Pebble validating HTTP-01 on `plain_port` and TLS-ALPN-01 on `tls_port`.
+fn start_pebble(dir: &Path, plain_port: u16, tls_port: u16) -> (Servers, u16, u16) {
+    let (api, management, dns, dns_management) =
+        (free_port(), free_port(), free_port(), free_port());
     pebble_listener_cert(dir);
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{api}"),
@@ -97,6 +93,26 @@ fn start_pebble(dir: &Path, plain_port: u16) -> (Servers, u16, u16) {
         .expect("pebble (Debian package pebble; scripts/test installs it)");
     servers.0.push(pebble);
     (servers, api, management)
+}
+
+/// A client of Pebble's API once it answers.
+async fn wait_for_pebble(dir: &Path, directory: &str) -> Http {
+    let http = Http::new(Some(&dir.join("api-ca.pem"))).unwrap();
+    let started = Instant::now();
+    loop {
+        match http.request(http::Method::GET, directory, None).await {
+            Ok(a) if a.status == 200 => return http,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "pebble did not start: {:?} {}",
+                    other.err(),
+                    std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 async fn upstream() -> SocketAddr {
@@ -179,7 +195,7 @@ async fn a_certificate_from_pebble_is_served_and_renewed_without_dropping_a_conn
     // Our plain listener is where Pebble validates HTTP-01.
     let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain_port = plain.local_addr().unwrap().port();
-    let (_servers, api, management) = start_pebble(&dir, plain_port);
+    let (_servers, api, management) = start_pebble(&dir, plain_port, free_port());
     let challenges = Arc::new(Challenges::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tcf_proxy::plain::serve_plain(
@@ -191,22 +207,7 @@ async fn a_certificate_from_pebble_is_served_and_renewed_without_dropping_a_conn
 
     let directory = format!("https://127.0.0.1:{api}/dir");
     let ca = dir.join("api-ca.pem");
-    let http = Http::new(Some(&ca)).unwrap();
-    let started = Instant::now();
-    loop {
-        match http.request(http::Method::GET, &directory, None).await {
-            Ok(a) if a.status == 200 => break,
-            other => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "pebble did not start: {:?} {}",
-                    other.err(),
-                    std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let http = wait_for_pebble(&dir, &directory).await;
 
     // The account key is kept in the state directory, owner-only.
     let state = AcmeState::new(&dir.join("state"), "web");
@@ -217,7 +218,10 @@ async fn a_certificate_from_pebble_is_served_and_renewed_without_dropping_a_conn
             .unwrap();
     client.poll = Duration::from_millis(200);
     let domains = vec!["acme.test".to_string()];
-    let issued = client.obtain(&domains, &challenges).await.unwrap();
+    let issued = client
+        .obtain(&domains, Validation::Http01(&challenges))
+        .await
+        .unwrap();
     state.save(&issued).unwrap();
     use std::os::unix::fs::PermissionsExt;
     for f in ["account.key", "cert.pem", "key.pem"] {
@@ -264,7 +268,10 @@ async fn a_certificate_from_pebble_is_served_and_renewed_without_dropping_a_conn
     assert_eq!(get(&mut old).await, "hello over https");
 
     // A forced renewal: a new certificate, on new connections only.
-    let renewed = client.obtain(&domains, &challenges).await.unwrap();
+    let renewed = client
+        .obtain(&domains, Validation::Http01(&challenges))
+        .await
+        .unwrap();
     state.save(&renewed).unwrap();
     let loaded: LoadedCert = tcf_acme::loaded(&renewed, &state).unwrap();
     store.replace(vec![loaded]);
@@ -280,4 +287,125 @@ async fn a_certificate_from_pebble_is_served_and_renewed_without_dropping_a_conn
     let _ = stop_tx.send(true);
     drop(_servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_is_answered_by_the_https_listener_without_a_plain_port() {
+    let dir = std::env::temp_dir().join(format!("tcf-acme-alpn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Only the HTTPS listener, bound first: Pebble validates TLS-ALPN-01 on its port; its
+    // HTTP-01 port is one where nothing listens.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = listener.local_addr().unwrap();
+    let (_servers, api, management) = start_pebble(&dir, free_port(), https.port());
+    let directory = format!("https://127.0.0.1:{api}/dir");
+    let http = wait_for_pebble(&dir, &directory).await;
+
+    // A service with no certificate yet: handshakes fail until ACME gives it one.
+    let store = CertStore::new(Vec::new());
+    let settings = tcf_proxy::Settings {
+        tls: Some(tcf_proxy::tls::server_config(store.clone(), true).unwrap()),
+        ..Default::default()
+    };
+    let proxy = tcf_proxy::ServiceProxy::new("web", settings);
+    let pool = tcf_proxy::Pool::new("blue", "v1", &tcf_proxy::Settings::default());
+    pool.set_backends(vec![tcf_proxy::Backend::new("b", upstream().await)]);
+    proxy.set_route(tcf_proxy::Route::single(pool));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tcf_proxy::serve(
+        listener,
+        proxy,
+        stop_rx,
+        Duration::from_secs(1),
+    ));
+
+    let state = AcmeState::new(&dir.join("state"), "web");
+    let mut client = AcmeClient::connect(
+        &directory,
+        Some(&dir.join("api-ca.pem")),
+        &state.account_key().unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    client.poll = Duration::from_millis(200);
+    let domains = vec!["acme.test".to_string(), "www.acme.test".to_string()];
+    let issued = client
+        .obtain(&domains, Validation::TlsAlpn01(&store))
+        .await
+        .expect("Pebble validates both names over TLS-ALPN-01 against our listener");
+    let cert = tcf_acme::loaded(&issued, &state).unwrap();
+    assert_eq!(cert.facts.names, domains);
+    store.replace(vec![cert]);
+
+    // Served and verified against Pebble's root, like an HTTP-01 certificate.
+    let root = http
+        .request(
+            http::Method::GET,
+            &format!("https://127.0.0.1:{management}/roots/0"),
+            None,
+        )
+        .await
+        .unwrap();
+    let (mut sender, _) = connect(https, &root.body).await;
+    assert_eq!(get(&mut sender).await, "hello over https");
+
+    // The challenge certificates are gone with the order: a handshake offering acme-tls/1
+    // now gets nothing.
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("acme.test").unwrap(), tcp)
+        .await;
+    assert!(handshake.is_err(), "no challenge pending: no certificate");
+    let _ = stop_tx.send(true);
+    drop(_servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Accepts any server certificate: only for looking at a handshake that must fail anyway.
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

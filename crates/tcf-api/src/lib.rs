@@ -59,6 +59,17 @@ pub struct ServiceStatus {
     /// Present while the service is in maintenance (every request answered 503).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// True while a colour with traffic is in panic: too few of its instances are healthy,
+    /// so the proxy routes to all of its running ones (docs/deploys.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panic: bool,
+    /// How many times the service went into panic since the daemon started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub panics: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A service taken out of service: its proxy answers every request 503 with `Retry-After`,

@@ -264,6 +264,13 @@ pub enum Probe {
     Tcp,
 }
 
+/// The share of healthy instances under which a colour routes to all of its running ones.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+
+fn default_panic_threshold() -> u32 {
+    DEFAULT_PANIC_THRESHOLD
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Health {
     #[serde(flatten)]
@@ -276,6 +283,10 @@ pub struct Health {
     pub healthy_threshold: u32,
     /// Consecutive failures that make a healthy instance unhealthy.
     pub unhealthy_threshold: u32,
+    /// Percent (0–100) of a colour's instances that must be healthy; below it the colour is
+    /// in panic and routes to all of its running instances (Envoy's panic threshold). 0: never.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
     /// Failures during this time after start do not count.
     #[serde(with = "units::duration")]
     pub start_period: Duration,

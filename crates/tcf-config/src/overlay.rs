@@ -106,6 +106,7 @@ pub(crate) fn overlay_health(base: RawHealth, over: RawHealth) -> RawHealth {
         timeout: over.timeout.or(base.timeout),
         healthy_threshold: over.healthy_threshold.or(base.healthy_threshold),
         unhealthy_threshold: over.unhealthy_threshold.or(base.unhealthy_threshold),
+        panic_threshold: over.panic_threshold.or(base.panic_threshold),
         start_period: over.start_period.or(base.start_period),
         deadline: over.deadline.or(base.deadline),
     }

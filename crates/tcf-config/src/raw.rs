@@ -139,6 +139,9 @@ pub struct RawHealth {
     pub timeout: Option<Dur>,
     pub healthy_threshold: Option<Spanned<u32>>,
     pub unhealthy_threshold: Option<Spanned<u32>>,
+    /// Percent of a colour's instances that must be healthy, below which it routes to all of
+    /// its running instances (0 turns it off).
+    pub panic_threshold: Option<Spanned<u32>>,
     pub start_period: Option<Dur>,
     pub deadline: Option<Dur>,
 }

@@ -220,6 +220,23 @@ pub(crate) fn resolve_service(
             .unwrap_or(1),
         unhealthy_threshold: at_least_one(&h.unhealthy_threshold, "unhealthy_threshold", errors)
             .unwrap_or(3),
+        panic_threshold: match &h.panic_threshold {
+            Some(p) if *p.get_ref() > 100 => {
+                errors.push(
+                    Diagnostic::new(
+                        format!(
+                            "panic_threshold is a percentage, {} is over 100",
+                            p.get_ref()
+                        ),
+                        Some(p.span()),
+                    )
+                    .hint("set it between 0 (never route to unhealthy instances) and 100"),
+                );
+                crate::DEFAULT_PANIC_THRESHOLD
+            }
+            Some(p) => *p.get_ref(),
+            None => crate::DEFAULT_PANIC_THRESHOLD,
+        },
         start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
         deadline: h.deadline.map_or(Duration::from_secs(30), |d| d.0),
     };

@@ -173,6 +173,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                 config_changed: false,
                 maintenance: lock(&svc.maintenance).clone(),
                 stale_secrets: Vec::new(),
+                panic: svc.in_panic(),
+                panics: svc.panics.load(std::sync::atomic::Ordering::Relaxed),
             }
         })
         .collect();

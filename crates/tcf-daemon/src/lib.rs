@@ -684,7 +684,7 @@ fn assemble(
         })
         .collect();
     let events = broadcast::channel(1024).0;
-    Arc::new(Platform {
+    let platform = Arc::new(Platform {
         config,
         event_log: platform::EventLog::start(store.clone(), events.clone()),
         store,
@@ -705,7 +705,18 @@ fn assemble(
         monitor: std::sync::OnceLock::new(),
         access: Default::default(),
         tls,
-    })
+    });
+    // A service's route changes report panic transitions as its events; weak, so the
+    // services do not keep their platform alive.
+    for (name, svc) in &platform.services {
+        let (weak, name) = (Arc::downgrade(&platform), name.clone());
+        let _ = svc.notify.set(Box::new(move |kind, message| {
+            if let Some(p) = weak.upgrade() {
+                p.event(kind, Some(&name), None, message);
+            }
+        }));
+    }
+    platform
 }
 
 /// Proxy worker threads: TCF_WORKER_THREADS, else one per core.

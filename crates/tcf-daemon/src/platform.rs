@@ -78,6 +78,9 @@ pub struct InstanceInfo {
     pub runtime_health: Option<String>,
     /// What the last health probe found ("ok", or why it failed), for a gate's progress.
     pub last_probe: Option<String>,
+    /// It passed its health checks at least once since its last (re)start, so it did serve:
+    /// only such an instance joins a pool in panic.
+    pub healthy_since_start: bool,
 }
 
 pub struct Instance {
@@ -127,6 +130,7 @@ impl Instance {
                 rss_bytes: 0,
                 runtime_health: None,
                 last_probe: None,
+                healthy_since_start: false,
             }),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
@@ -166,6 +170,22 @@ impl Instance {
         }
         let i = lock(&self.info);
         i.state == InstanceState::Running && i.health == Health::Healthy
+    }
+
+    /// Running and healthy at least once since its (re)start, whatever its probes say now,
+    /// and not on its way out: what a colour in panic routes to (see
+    /// [`ServiceRuntime::rebuild_route`]). One never healthy since it started may not even
+    /// listen yet.
+    fn running_once_healthy(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let i = lock(&self.info);
+        i.state == InstanceState::Running && i.healthy_since_start
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Take it out of the pool, wait (up to the limits) for its requests and upgraded
@@ -208,6 +228,9 @@ pub struct Colour {
     /// Bumped whenever someone decides this colour's fate, so a stale retirement timer can
     /// tell it was overtaken (by a rollback that switched back, say).
     pub generation: AtomicU64,
+    /// In panic: too few of its instances are healthy, so its pool holds all of its running
+    /// ones (see [`ServiceRuntime::rebuild_route`]).
+    panic: AtomicBool,
 }
 
 impl Colour {
@@ -240,6 +263,11 @@ impl Colour {
         lock(&self.instances).retain(|i| i.id != id);
     }
 
+    /// True while its pool holds unhealthy instances because too few are healthy.
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(Ordering::SeqCst)
+    }
+
     /// Every instance running and healthy, whether or not it takes traffic: ready to serve.
     pub fn warm(&self) -> bool {
         let i = self.instances();
@@ -264,6 +292,9 @@ struct Traffic {
     parked: BTreeSet<String>,
 }
 
+/// Records a service's event: its kind and message.
+pub type EventSink = Box<dyn Fn(&str, String) + Send + Sync>;
+
 pub struct ServiceRuntime {
     pub config: Service,
     pub proxy: Arc<ServiceProxy>,
@@ -271,8 +302,12 @@ pub struct ServiceRuntime {
     colours: Mutex<BTreeMap<String, Arc<Colour>>>,
     /// Held while a route is built and swapped in, so two changes never interleave.
     traffic: Mutex<Traffic>,
-    /// True while at least one instance that takes traffic is in the proxy's pool.
+    /// True while at least one healthy instance takes traffic.
     pub healthy: watch::Sender<bool>,
+    /// How many times one of its colours went into panic since the daemon started.
+    pub panics: AtomicU64,
+    /// Where its panic transitions are reported (the platform's events), once set.
+    pub notify: std::sync::OnceLock<EventSink>,
     pub metrics: Mutex<MetricsWindow>,
     /// Set while the proxy answers 503 for maintenance (crate::maintenance).
     pub maintenance: Mutex<Option<tcf_api::Maintenance>>,
@@ -287,6 +322,8 @@ impl ServiceRuntime {
             colours: Mutex::new(BTreeMap::new()),
             traffic: Mutex::new(Traffic::default()),
             healthy: watch::channel(false).0,
+            panics: AtomicU64::new(0),
+            notify: std::sync::OnceLock::new(),
             metrics: Mutex::new(Default::default()),
             maintenance: Mutex::new(None),
         }
@@ -344,6 +381,7 @@ impl ServiceRuntime {
             pool: Pool::new(name, version, self.proxy.settings()),
             instances: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            panic: AtomicBool::new(false),
         });
         lock(&self.colours).insert(name.to_string(), colour.clone());
         colour
@@ -369,13 +407,23 @@ impl ServiceRuntime {
         self.route(Traffic { weights, parked });
     }
 
-    /// True when `inst` takes requests: ready, and not parked.
+    /// True when `inst` is healthy and takes requests: ready, and not parked. (A colour in
+    /// panic also routes to its unhealthy running instances; this stays false for them.)
     pub fn in_pool(&self, inst: &Instance) -> bool {
         inst.ready() && !lock(&self.traffic).parked.contains(&inst.id)
     }
 
-    /// Put exactly the ready, unparked instances of each colour in its pool (after a health
-    /// or state change).
+    /// True while a colour that takes traffic is in panic.
+    pub fn in_panic(&self) -> bool {
+        let traffic = lock(&self.traffic);
+        traffic
+            .weights
+            .iter()
+            .any(|(name, w)| *w > 0 && self.colour(name).is_some_and(|c| c.in_panic()))
+    }
+
+    /// Fill each colour's pool after a health or state change: its ready, unparked instances;
+    /// or, for a colour with traffic in panic, all of its running ones.
     pub fn rebuild_route(&self) {
         let traffic = lock(&self.traffic);
         self.fill_pools(&traffic);
@@ -396,32 +444,76 @@ impl ServiceRuntime {
             pools,
             sticky: self.sticky.clone(),
         });
-        self.update_healthy(&traffic);
     }
 
+    /// Each colour's pool holds its ready, unparked instances. A colour with traffic whose
+    /// healthy share falls below its `health.panic_threshold` is in panic (Envoy's panic
+    /// threshold): its pool holds every running, unparked instance instead, healthy or not,
+    /// because health probes that fail on all instances at once (a host under load, a
+    /// dependency's hiccup) more often mean slow probes than dead instances, and an instance
+    /// that may answer beats a 503 from the proxy for certain. Entering and leaving panic are
+    /// events.
     fn fill_pools(&self, traffic: &Traffic) {
+        let mut any_healthy = false;
         for colour in self.colours() {
-            let backends: Vec<Arc<Backend>> = colour
-                .instances()
+            let weighted = traffic
+                .weights
                 .iter()
-                .filter(|i| i.ready() && !traffic.parked.contains(&i.id))
-                .map(|i| i.backend())
+                .any(|(name, w)| *name == colour.name && *w > 0);
+            let members: Vec<Arc<Instance>> = colour
+                .instances()
+                .into_iter()
+                .filter(|i| !i.draining() && !traffic.parked.contains(&i.id))
                 .collect();
-            colour.pool.set_backends(backends);
+            let ready: Vec<&Arc<Instance>> = members.iter().filter(|i| i.ready()).collect();
+            let running: Vec<&Arc<Instance>> = members
+                .iter()
+                .filter(|i| i.running_once_healthy())
+                .collect();
+            any_healthy |= weighted && !ready.is_empty();
+            let threshold = u64::from(colour.spec.health.panic_threshold);
+            let panic = weighted
+                && running.len() > ready.len()
+                && (ready.len() as u64) * 100 < threshold * members.len() as u64;
+            let chosen = if panic { &running } else { &ready };
+            colour
+                .pool
+                .set_backends(chosen.iter().map(|i| i.backend()).collect());
+            if colour.panic.swap(panic, Ordering::SeqCst) != panic {
+                let message = if panic {
+                    self.panics.fetch_add(1, Ordering::Relaxed);
+                    format!(
+                        "{} colour ({}): {} of {} instances healthy, under the {}% panic threshold; routing to all {} running instances",
+                        colour.name,
+                        colour.version,
+                        ready.len(),
+                        members.len(),
+                        threshold,
+                        running.len()
+                    )
+                } else {
+                    format!(
+                        "{} colour ({}): {} of {} instances healthy; routing to the healthy ones only",
+                        colour.name,
+                        colour.version,
+                        ready.len(),
+                        members.len()
+                    )
+                };
+                let kind = if panic {
+                    "service.panic"
+                } else {
+                    "service.panic_over"
+                };
+                match self.notify.get() {
+                    Some(notify) => notify(kind, message),
+                    None => tracing::warn!("{kind:<24} {:<14} {message}", self.config.name),
+                }
+            }
         }
-        self.update_healthy(traffic);
-    }
-
-    fn update_healthy(&self, traffic: &Traffic) {
-        let any = traffic.weights.iter().any(|(name, w)| {
-            *w > 0
-                && self
-                    .colour(name)
-                    .is_some_and(|c| !c.pool.backends().is_empty())
-        });
         self.healthy.send_if_modified(|h| {
-            let changed = *h != any;
-            *h = any;
+            let changed = *h != any_healthy;
+            *h = any_healthy;
             changed
         });
     }

@@ -151,6 +151,7 @@ async fn supervise(
             let mut i = lock(&inst.info);
             i.state = InstanceState::Starting;
             i.health = Health::Unknown;
+            i.healthy_since_start = false;
         }
         if adopted.is_none() && !port_is_free(inst.port()) {
             // Taken while the instance was down (any program, our own outgoing connections
@@ -248,6 +249,7 @@ async fn supervise(
                 {
                     let mut i = lock(&inst.info);
                     i.health = Health::Unknown;
+                    i.healthy_since_start = false;
                     if matches!(outcome, Outcome::Stop) {
                         i.state = InstanceState::Stopping;
                     }
@@ -351,6 +353,7 @@ async fn supervise(
         let mut i = lock(&inst.info);
         i.state = InstanceState::Stopped;
         i.health = Health::Unknown;
+        i.healthy_since_start = false;
         i.pid = None;
     }
     svc.rebuild_route();
@@ -434,7 +437,11 @@ async fn probe_loop(
                 passes += 1;
                 fails = 0;
                 if current != Health::Healthy && passes >= h.healthy_threshold {
-                    lock(&inst.info).health = Health::Healthy;
+                    {
+                        let mut i = lock(&inst.info);
+                        i.health = Health::Healthy;
+                        i.healthy_since_start = true;
+                    }
                     svc.rebuild_route();
                     let msg = if ever_healthy {
                         "healthy again; back in the proxy's pool".to_string()
@@ -658,6 +665,7 @@ pub async fn watch_dependency(p: Arc<Platform>, dep: Arc<crate::platform::Depend
 mod tests {
     use super::*;
     use crate::testkit::TestPlatform;
+    use std::sync::atomic::Ordering;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_instance_whose_port_was_taken_restarts_on_another() {
@@ -682,7 +690,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unhealthy_instance_leaves_the_pool_and_comes_back() {
-        let t = TestPlatform::start(&[("api", 1)], "").await;
+        // No panic threshold: the pool holds only healthy instances, even none.
+        let t = TestPlatform::start(
+            &[("api", 1)],
+            "\n[services.api.health]\npanic_threshold = 0\n",
+        )
+        .await;
         let svc = t.p.services["api"].clone();
         let inst = svc.instances()[0].clone();
         // Still running, but its health checks fail for a while.
@@ -697,6 +710,131 @@ mod tests {
         assert_eq!(svc.colour("blue").unwrap().pool.backends().len(), 1);
         assert!(*svc.healthy.borrow());
         assert_eq!(inst.info().restarts, 0, "it was never restarted");
+    }
+
+    /// The kinds of the service's events so far.
+    fn event_kinds(t: &TestPlatform, service: &str) -> Vec<String> {
+        t.p.event_log.flush();
+        t.p.store
+            .events(Some(service), 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    fn pool_size(svc: &ServiceRuntime) -> usize {
+        svc.colour("blue").unwrap().pool.backends().len()
+    }
+
+    fn unhealthy(inst: &Instance) -> bool {
+        inst.info().health == Health::Unhealthy
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_colour_whose_instances_all_fail_their_probes_keeps_its_traffic_in_panic() {
+        let t = TestPlatform::start(&[("api", 2)], "").await;
+        let svc = t.p.services["api"].clone();
+        let instances = svc.instances();
+        // Every probe fails at once (a loaded host, say) while the instances keep running.
+        for i in &instances {
+            t.runtime.set_sick(&i.id, true);
+        }
+        t.wait_until("both unhealthy", |_| instances.iter().all(|i| unhealthy(i)))
+            .await;
+        assert!(svc.in_panic());
+        assert_eq!(
+            pool_size(&svc),
+            2,
+            "a colour in panic routes to all its running instances"
+        );
+        assert!(!*svc.healthy.borrow(), "still reported unhealthy");
+        assert!(
+            instances.iter().all(|i| !svc.in_pool(i)),
+            "none counts as healthy"
+        );
+        assert_eq!(svc.panics.load(Ordering::Relaxed), 1);
+        // They recover: out of panic, the healthy ones only.
+        for i in &instances {
+            t.runtime.set_sick(&i.id, false);
+        }
+        t.wait_until("both healthy again", |_| {
+            instances.iter().all(|i| svc.in_pool(i))
+        })
+        .await;
+        assert!(!svc.in_panic());
+        assert_eq!(pool_size(&svc), 2);
+        assert!(*svc.healthy.borrow());
+        let kinds = event_kinds(&t, "api");
+        let panic_events: Vec<&String> = kinds
+            .iter()
+            .filter(|k| k.starts_with("service.panic"))
+            .collect();
+        assert_eq!(panic_events, ["service.panic", "service.panic_over"]);
+        assert_eq!(svc.panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_healthy_is_not_panic_and_fewer_is() {
+        let t = TestPlatform::start(&[("api", 4)], "").await;
+        let svc = t.p.services["api"].clone();
+        let instances = svc.instances();
+        // 2 of 4 healthy: at the 50 % threshold, not under it: the healthy two only.
+        for i in &instances[..2] {
+            t.runtime.set_sick(&i.id, true);
+        }
+        t.wait_until("two unhealthy", |_| {
+            instances[..2].iter().all(|i| unhealthy(i))
+        })
+        .await;
+        assert!(!svc.in_panic());
+        assert_eq!(pool_size(&svc), 2);
+        let in_pool: Vec<_> = svc
+            .colour("blue")
+            .unwrap()
+            .pool
+            .backends()
+            .iter()
+            .map(|b| b.instance.clone())
+            .collect();
+        assert_eq!(in_pool, [instances[2].id.clone(), instances[3].id.clone()]);
+        // 1 of 4: panic, all four.
+        t.runtime.set_sick(&instances[2].id, true);
+        t.wait_until("three unhealthy", |_| unhealthy(&instances[2]))
+            .await;
+        assert!(svc.in_panic());
+        assert_eq!(pool_size(&svc), 4);
+        assert!(
+            *svc.healthy.borrow(),
+            "one healthy instance still takes traffic"
+        );
+        // A crashed instance is not running: a pool in panic holds only running ones, and an
+        // instance not healthy since its restart is not one of them.
+        t.runtime.crash(&instances[0].id).await;
+        t.wait_until("the crashed one out of the pool", |_| pool_size(&svc) == 3)
+            .await;
+        t.wait_until("restarted", |_| {
+            instances[0].info().restarts == 1 && unhealthy(&instances[0])
+        })
+        .await;
+        assert!(svc.in_panic());
+        assert_eq!(pool_size(&svc), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_colour_without_traffic_is_never_in_panic() {
+        let t = TestPlatform::start(&[("api", 1)], "").await;
+        let svc = t.p.services["api"].clone();
+        let inst = svc.instances()[0].clone();
+        svc.set_traffic(vec![("blue".into(), 0)]);
+        t.runtime.set_sick(&inst.id, true);
+        t.wait_until("unhealthy", |_| unhealthy(&inst)).await;
+        assert!(!svc.in_panic());
+        assert_eq!(pool_size(&svc), 0);
+        // Given traffic again while none is healthy: in panic at once.
+        svc.set_traffic(vec![("blue".into(), 100)]);
+        assert!(svc.in_panic());
+        assert_eq!(pool_size(&svc), 1);
     }
 
     #[test]

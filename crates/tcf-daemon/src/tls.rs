@@ -26,6 +26,8 @@ pub struct ServiceTls {
     /// `None` for certificates that do not come from files.
     pub files: Option<FileCerts>,
     pub challenges: Arc<Challenges>,
+    /// It has a plain listener (`http_listen`): ACME validates with HTTP-01 there.
+    pub plain: bool,
     pub server_config: Arc<rustls::ServerConfig>,
     pub hsts: Option<axum::http::HeaderValue>,
     /// Certificates from ACME: the server, and where account and certificates are kept.
@@ -74,13 +76,6 @@ pub fn prepare(config: &Config, taking_over: bool) -> Result<Prepared, DaemonErr
                 (store, Some(files))
             }
             TlsSource::Acme(settings) => {
-                // HTTP-01 is the only challenge answered: without the plain listener every
-                // order would fail validation.
-                if tls.http_listen.is_none() {
-                    return Err(fail(
-                        "tls.acme answers the ACME server's HTTP-01 challenge on the plain listener: add http_listen = \"0.0.0.0:80\" (TLS-ALPN-01 is not supported)".into(),
-                    ));
-                }
                 let state = AcmeState::new(&config.platform.state_dir, &svc.name);
                 // A certificate from an earlier run serves at once when it still covers the
                 // configured domains; none: handshakes fail until the first one is obtained
@@ -118,6 +113,7 @@ pub fn prepare(config: &Config, taking_over: bool) -> Result<Prepared, DaemonErr
                 store,
                 files,
                 challenges: Arc::new(Challenges::default()),
+                plain: tls.http_listen.is_some(),
                 server_config,
                 hsts,
                 acme,
@@ -241,8 +237,15 @@ async fn renew(p: &Platform, service: &str, tls: &ServiceTls) -> Result<(), Stri
         )
         .await
         .map_err(|e| e.to_string())?;
+        // HTTP-01 on the plain listener when there is one; else TLS-ALPN-01, answered by
+        // the HTTPS listener itself.
+        let validation = if tls.plain {
+            tcf_acme::Validation::Http01(&tls.challenges)
+        } else {
+            tcf_acme::Validation::TlsAlpn01(&tls.store)
+        };
         let issued = client
-            .obtain(&settings.domains, &tls.challenges)
+            .obtain(&settings.domains, validation)
             .await
             .map_err(|e| e.to_string())?;
         state.save(&issued).map_err(|e| e.to_string())?;

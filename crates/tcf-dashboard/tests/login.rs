@@ -44,6 +44,8 @@ fn status() -> Status {
             config_changed: false,
             maintenance: None,
             stale_secrets: vec![],
+            panic: false,
+            panics: 0,
         }],
         dependencies: vec![],
         deploy_in_progress: None,

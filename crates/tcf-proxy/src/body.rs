@@ -11,8 +11,9 @@ pub struct Streamed {
     pub(crate) _guard: OutstandingGuard,
     /// The colour it came from, whose stats count an answer that breaks off.
     pub(crate) pool: Arc<Pool>,
-    /// The client connection this body goes to: busy until the body is done.
-    pub(crate) client: Option<Arc<ClientConn>>,
+    /// The request on the client connection this body goes to: counted busy until the
+    /// body is done (dropped).
+    pub(crate) client: Option<InFlight>,
     /// Body bytes handed to the client so far.
     pub(crate) sent: u64,
     /// The request's access log line (when the log is on) and when the request came.
@@ -27,10 +28,6 @@ impl Drop for Streamed {
                 line.error = Some("unfinished");
             }
             line.finish_since(self.sent, started);
-        }
-        if let Some(client) = &self.client {
-            client.streaming.store(false, Ordering::Relaxed);
-            client.busy.store(false, Ordering::Relaxed);
         }
     }
 }

@@ -44,14 +44,59 @@ pub(crate) struct ClientConn {
     pub(crate) ip: HeaderValue,
     /// A request began since the idle check last looked.
     pub(crate) active: std::sync::atomic::AtomicBool,
-    /// A response is being produced or its body streamed.
-    pub(crate) busy: std::sync::atomic::AtomicBool,
-    /// A streamed response body is on its way to the client.
-    pub(crate) streaming: std::sync::atomic::AtomicBool,
+    /// Requests whose response is being produced or whose body streams (one at a time over
+    /// HTTP/1.1, up to the stream limit over HTTP/2): the connection is idle only at zero.
+    pub(crate) busy: std::sync::atomic::AtomicU32,
+    /// Streamed response bodies on their way to the client.
+    pub(crate) streaming: std::sync::atomic::AtomicU32,
     /// Bytes of it moved since the idle check last looked.
     pub(crate) progress: std::sync::atomic::AtomicBool,
     /// The listener's stop: once set, every answer closes its connection.
     pub(crate) stop: Arc<StopSignal>,
+}
+
+/// One request in flight on a client connection, counted in [`ClientConn::busy`] (and, once its
+/// body streams, in [`ClientConn::streaming`]) until dropped: when its response is written, its
+/// streamed body ends, or hyper drops the request (a reset HTTP/2 stream, a closed connection).
+pub(crate) struct InFlight {
+    client: Arc<ClientConn>,
+    streaming: bool,
+}
+
+impl InFlight {
+    pub(crate) fn begin(client: Arc<ClientConn>) -> InFlight {
+        client.active.store(true, Ordering::Relaxed);
+        client.busy.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            client,
+            streaming: false,
+        }
+    }
+
+    /// Its response body streams from now on.
+    pub(crate) fn streaming(mut self) -> InFlight {
+        if !self.streaming {
+            self.client.streaming.fetch_add(1, Ordering::Relaxed);
+            self.streaming = true;
+        }
+        self
+    }
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = ClientConn;
+    fn deref(&self) -> &ClientConn {
+        &self.client
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.streaming {
+            self.client.streaming.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.client.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Tells one listener's client connections to finish up. Each connection registers its waker
@@ -125,11 +170,11 @@ async fn drive<C, T, E>(
                 Ok(_) => return,
                 // No request began for a whole period and none is running.
                 Err(_) if !client.active.swap(false, Ordering::Relaxed)
-                    && !client.busy.load(Ordering::Relaxed) => return,
+                    && client.busy.load(Ordering::Relaxed) == 0 => return,
                 // A response body that moved no byte for two whole periods: the upstream
                 // stalled, or the client reads nothing. Closing drops the body, which closes
                 // its upstream connection.
-                Err(_) if client.streaming.load(Ordering::Relaxed) => {
+                Err(_) if client.streaming.load(Ordering::Relaxed) > 0 => {
                     if client.progress.swap(false, Ordering::Relaxed) {
                         stalled_periods = 0;
                     } else {
@@ -151,7 +196,7 @@ async fn drive<C, T, E>(
     }
     // Idle: wait a moment for one more request (answered with `Connection: close`, or after
     // HTTP/2's GOAWAY, so the client reconnects) rather than close under its feet.
-    if !client.busy.load(Ordering::Relaxed)
+    if client.busy.load(Ordering::Relaxed) == 0
         && deadline::until(Instant::now() + DRAIN_IDLE, conn.as_mut())
             .await
             .is_ok()
@@ -223,17 +268,15 @@ pub async fn serve(
                     addr: client_addr,
                     ip: client_ip_value(client_addr),
                     active: false.into(),
-                    busy: false.into(),
-                    streaming: false.into(),
+                    busy: 0.into(),
+                    streaming: 0.into(),
                     progress: false.into(),
                     stop: stop_signal.clone(),
                 });
                 let for_requests = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
-                    let c = for_requests.clone();
+                    let c = InFlight::begin(for_requests.clone());
                     async move {
-                        c.active.store(true, Ordering::Relaxed);
-                        c.busy.store(true, Ordering::Relaxed);
                         let mut resp = c.proxy.handle(req, c.addr, &c.ip).await;
                         if c.stop.stopping.load(Ordering::Relaxed) {
                             resp.headers_mut().insert(
@@ -241,12 +284,10 @@ pub async fn serve(
                                 HeaderValue::from_static("close"),
                             );
                         }
-                        match resp.body_mut() {
-                            Either::Left(streamed) => {
-                                c.streaming.store(true, Ordering::Relaxed);
-                                streamed.client = Some(c.clone());
-                            }
-                            Either::Right(_) => c.busy.store(false, Ordering::Relaxed),
+                        // A streamed body keeps the request counted until it ends; any other
+                        // answer is done here.
+                        if let Either::Left(streamed) = resp.body_mut() {
+                            streamed.client = Some(c.streaming());
                         }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -278,7 +319,12 @@ pub async fn serve(
                                 },
                                 _ = stop.wait() => return,
                             };
-                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let alpn = stream.get_ref().1.alpn_protocol();
+                            if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+                                // TLS-ALPN-01: the handshake was the answer; nothing follows.
+                                return;
+                            }
+                            if alpn == Some(b"h2") {
                                 let conn = h2.serve_connection(TokioIo::new(stream), svc);
                                 drive(std::pin::pin!(conn), &client, &stop, |c| c.graceful_shutdown()).await;
                             } else {

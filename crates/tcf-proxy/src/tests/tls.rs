@@ -90,6 +90,7 @@ fn peer_leaf(s: &TlsStream<tokio::net::TcpStream>) -> CertificateDer<'static> {
 }
 
 /// An upstream that answers with what reached it: the forwarded proto and host, the path.
+/// A path starting with `/slow` is answered after [`SLOW_ANSWER`].
 async fn echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -97,6 +98,9 @@ async fn echo_upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path().starts_with("/slow") {
+                        tokio::time::sleep(SLOW_ANSWER).await;
+                    }
                     let h = |n: &str| {
                         req.headers()
                             .get(n)
@@ -122,6 +126,9 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
+/// Several of the proxy's idle-check periods ([`CLIENT_IDLE`](crate::server::CLIENT_IDLE)).
+const SLOW_ANSWER: Duration = Duration::from_millis(1500);
+
 struct Https {
     addr: SocketAddr,
     store: Arc<CertStore>,
@@ -130,9 +137,12 @@ struct Https {
 }
 
 async fn https_proxy(pairs: Vec<(PathBuf, PathBuf)>) -> Https {
+    https_proxy_with(pairs, settings()).await
+}
+
+async fn https_proxy_with(pairs: Vec<(PathBuf, PathBuf)>, mut s: Settings) -> Https {
     let files = FileCerts::new(pairs);
     let store = CertStore::new(files.load().unwrap());
-    let mut s = settings();
     s.tls = Some(server_config(store.clone(), true).unwrap());
     s.hsts = Some(HeaderValue::from_static("max-age=60"));
     let proxy = ServiceProxy::new("web", s);
@@ -360,4 +370,78 @@ async fn http1_over_alpn_h1(
     let stream = connect(addr, "a.test", client_config(&ca.pem, &[b"http/1.1"])).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     http1_over(stream).await
+}
+
+/// An HTTP/2 connection to a proxy whose upstream waits longer than the client idle check
+/// (and has the time to), with a slow stream and a quick one sent at once.
+async fn slow_and_quick_streams(name: &str) -> (Https, tokio::task::JoinHandle<(u16, String)>) {
+    let dir = temp_dir(name);
+    let ca = test_ca();
+    let mut s = settings();
+    s.upstream_timeout = SLOW_ANSWER * 4;
+    let https = https_proxy_with(
+        vec![write_pair(&dir, "a", &leaf(&ca, &["a.test"], false))],
+        s,
+    )
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stream = connect(https.addr, "a.test", client_config(&ca.pem, &[b"h2"])).await;
+    let (h2, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let send = |path: &'static str| {
+        let mut h2 = h2.clone();
+        async move {
+            let req = Request::get(format!("https://a.test{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = h2.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((
+                status,
+                String::from_utf8_lossy(&body.to_bytes()).to_string(),
+            ))
+        }
+    };
+    let slow = tokio::spawn({
+        let slow = send("/slow");
+        async move { slow.await.expect("the slow stream must complete") }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = send("/quick").await.unwrap();
+    assert_eq!(status, 200);
+    (https, slow)
+}
+
+#[tokio::test]
+async fn an_h2_stream_that_ends_leaves_the_connection_busy_while_another_waits() {
+    // The quick stream ended; the slow one waits upstream through several idle-check periods
+    // with no new stream on the connection: the connection is not idle.
+    let (_https, slow) = slow_and_quick_streams("h2-idle").await;
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "HTTP/1.1 proto=https host=a.test path=/slow")
+    );
+}
+
+#[tokio::test]
+async fn a_drain_lets_an_h2_stream_finish_after_another_ended() {
+    let (https, slow) = slow_and_quick_streams("h2-drain").await;
+    // The listener stops (a daemon stopping or handing over) while the slow stream waits.
+    https._stop.send_replace(true);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "HTTP/1.1 proto=https host=a.test path=/slow")
+    );
 }

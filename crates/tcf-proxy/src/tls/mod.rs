@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -135,11 +136,18 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737 §6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A service's certificates: what handshakes pick from, swapped whole.
 #[derive(Debug, Default)]
 pub struct CertStore {
     certs: ArcSwap<Vec<LoadedCert>>,
     last_attempt: Mutex<Option<Attempt>>,
+    /// Pending TLS-ALPN-01 challenges (RFC 8737): the validation certificate for a domain,
+    /// presented only to a handshake that offers `acme-tls/1` for that name. Read only for
+    /// such handshakes, so the lock is never on the way of a client's.
+    acme_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
@@ -147,7 +155,29 @@ impl CertStore {
         Arc::new(CertStore {
             certs: ArcSwap::from_pointee(certs),
             last_attempt: Mutex::new(None),
+            acme_challenges: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Present `key` to an ACME server validating `domain` with TLS-ALPN-01.
+    pub fn insert_acme_challenge(&self, domain: &str, key: Arc<CertifiedKey>) {
+        if let Ok(mut m) = self.acme_challenges.lock() {
+            m.insert(domain.to_ascii_lowercase(), key);
+        }
+    }
+
+    pub fn remove_acme_challenge(&self, domain: &str) {
+        if let Ok(mut m) = self.acme_challenges.lock() {
+            m.remove(&domain.to_ascii_lowercase());
+        }
+    }
+
+    fn acme_challenge(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.acme_challenges
+            .lock()
+            .ok()?
+            .get(&domain.to_ascii_lowercase())
+            .cloned()
     }
 
     /// New handshakes get these; connections already open keep theirs.
@@ -184,6 +214,14 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME server validating TLS-ALPN-01 offers `acme-tls/1` alone and must get the
+        // challenge certificate or nothing (RFC 8737 §3), never the service's own.
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            return hello.server_name().and_then(|n| self.acme_challenge(n));
+        }
         self.pick(hello.server_name())
     }
 }
@@ -195,7 +233,7 @@ pub fn unix_now() -> i64 {
 }
 
 /// The rustls server side for a service: its certificates, ALPN `h2` (when `http2`) and
-/// `http/1.1`, session tickets for cheap resumption.
+/// `http/1.1` (and `acme-tls/1` for ACME's validation), session tickets for cheap resumption.
 pub fn server_config(
     store: Arc<CertStore>,
     http2: bool,
@@ -211,6 +249,9 @@ pub fn server_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    // Last: chosen only by a client that offers nothing else (an ACME server validating
+    // TLS-ALPN-01); such a connection is closed once its handshake is done.
+    config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
     Ok(Arc::new(config))
