@@ -19,6 +19,8 @@ pub enum AdvisoryError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("cannot extract the advisory archive {path}: {message}")]
+    Archive { path: PathBuf, message: String },
     #[error("cannot read the lockfile {path}: {message}")]
     Lockfile { path: PathBuf, message: String },
 }
@@ -223,6 +225,66 @@ impl Database {
             self.advisories.len()
         )
     }
+}
+
+/// The OSV ecosystems whose lockfiles the audit reads (`Cargo.lock`, `package-lock.json`,
+/// and the Python and Ruby ones): `--update-advisories` downloads these.
+pub const ECOSYSTEMS: [&str; 4] = ["crates.io", "npm", "PyPI", "RubyGems"];
+
+/// The largest advisory a database archive may hold uncompressed: OSV's are a few KB; anything
+/// this large is a broken or hostile archive.
+const LARGEST_ADVISORY: u64 = 16 << 20;
+
+/// Extract the `*.json` advisories of an OSV `all.zip` into `dir` (flat, as [`Database::load`]
+/// reads them). Returns how many. Names are reduced to their last component, so no entry
+/// escapes `dir`.
+pub fn extract_osv_zip(archive: &Path, dir: &Path) -> Result<usize, AdvisoryError> {
+    let read_err = |source| AdvisoryError::Read {
+        path: archive.to_path_buf(),
+        source,
+    };
+    let bad = |message: String| AdvisoryError::Archive {
+        path: archive.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(archive).map_err(read_err)?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let mut count = 0;
+    for index in 0..zip.len() {
+        let mut entry = zip.by_index(index).map_err(|e| bad(e.to_string()))?;
+        if !entry.is_file() {
+            continue;
+        }
+        let Some(name) = Path::new(entry.name())
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+        else {
+            continue;
+        };
+        if !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        if entry.size() > LARGEST_ADVISORY {
+            return Err(bad(format!(
+                "{name} is {} bytes, too large for an advisory",
+                entry.size()
+            )));
+        }
+        let mut text = Vec::with_capacity(entry.size() as usize);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut entry, LARGEST_ADVISORY + 1),
+            &mut text,
+        )
+        .map_err(|e| bad(format!("{name}: {e}")))?;
+        let target = dir.join(&name);
+        std::fs::write(&target, &text).map_err(|source| AdvisoryError::Read {
+            path: target.clone(),
+            source,
+        })?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// One locked package.

@@ -5,6 +5,7 @@ use crate::advisories::{self, Database};
 use crate::model::{CheckResult, Finding, Location, Rule, Severity};
 use crate::procnet;
 use crate::secrets;
+use crate::{certs, containers};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,8 +20,6 @@ pub struct LiveView {
     pub services: Vec<LiveService>,
     /// The remote API's tokens (never their values), or why they could not be read.
     pub tokens: Result<Vec<LiveToken>, String>,
-    /// The certificates the proxy serves, or why they could not be read.
-    pub certificates: Result<Vec<LiveCertificate>, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,13 +33,26 @@ pub struct LiveToken {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct LiveCertificate {
+/// A container of the platform as the Docker engine describes it (`docker inspect`).
+#[derive(Debug, Clone, Default)]
+pub struct LiveContainer {
+    pub name: String,
+    /// Its `tcf.service` label.
     pub service: String,
-    pub hostnames: Vec<String>,
-    pub not_after: String,
-    pub days_left: i64,
-    pub expired: bool,
+    /// `Config.User` (the image's USER when the container sets none); empty: root.
+    pub user: String,
+    pub privileged: bool,
+    /// `HostConfig.NetworkMode`.
+    pub network_mode: String,
+    /// Host paths mounted into it (binds and volumes' sources).
+    pub mounts: Vec<String>,
+    /// `HostConfig.Memory` in bytes; 0: no limit.
+    pub memory: i64,
+    pub read_only: bool,
+    /// A HEALTHCHECK other than NONE.
+    pub healthcheck: bool,
+    /// Published ports: (host IP, host port, container port/proto).
+    pub published: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,16 +78,27 @@ pub struct Inputs<'a> {
     /// `--advisories`: loaded, or why it could not be.
     pub advisories: Option<Result<Database, String>>,
     pub comprehensive: bool,
+    /// With `--comprehensive`: the platform's containers on the Docker engine, or why they
+    /// could not be listed (`None`: not asked).
+    pub containers: Option<Result<Vec<LiveContainer>, String>>,
 }
 
 /// Run `selected` checks, in catalogue order.
 pub fn run(inputs: &Inputs<'_>, selected: &[&'static Rule]) -> Vec<CheckResult> {
     let config_text = std::fs::read_to_string(&inputs.config.path)
         .map_err(|e| format!("cannot read {}: {e}", inputs.config.path.display()));
+    let wants_tls = selected
+        .iter()
+        .any(|r| r.id.starts_with("TCF-TLS-") && r.id != "TCF-TLS-002");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let ctx = Ctx {
         config: inputs.config,
         text: config_text.as_deref().unwrap_or(""),
         text_ok: config_text.as_ref().map(|_| ()).map_err(Clone::clone),
+        tls: wants_tls.then(|| certs::gather(inputs.config, inputs.comprehensive, now)),
     };
     selected
         .iter()
@@ -87,6 +110,8 @@ struct Ctx<'a> {
     config: &'a Config,
     text: &'a str,
     text_ok: Result<(), String>,
+    /// The certificates, gathered once when a TLS check is selected.
+    tls: Option<certs::TlsView>,
 }
 
 fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResult {
@@ -105,10 +130,18 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
             "TCF-NET-003" => instance_extra_ports(rule, live),
             "TCF-PROC-001" => instances_as_root(rule, live),
             "TCF-API-001" => socket_mode(rule, live),
-            "TCF-TLS-001" => certificate_expiry(rule, live),
             "TCF-AUTH-001" | "TCF-AUTH-002" => tokens(rule, live),
             other => CheckResult::not_run(rule, format!("no online check is wired for {other}")),
         };
+    }
+    if let (Some(view), true) = (
+        &ctx.tls,
+        rule.id.starts_with("TCF-TLS-") && rule.id != "TCF-TLS-002",
+    ) {
+        return certs::check(rule, view);
+    }
+    if rule.id.starts_with("TCF-CTR-") {
+        return containers::check(rule, ctx.config, ctx.text, inputs.containers.as_ref());
     }
     let result = match rule.id {
         "TCF-FS-001" => state_dir_mode(rule, ctx.config),
@@ -123,7 +156,6 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-SEC-004" => Ok(secrets_in_files(rule, ctx.config)),
         "TCF-NET-001" => Ok(public_without_tls(rule, ctx)),
         "TCF-TLS-002" => Ok(no_hsts(rule, ctx)),
-        "TCF-CTR-001" | "TCF-CTR-002" | "TCF-CTR-003" | "TCF-CTR-004" => Ok(containers(rule, ctx)),
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
         "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
@@ -459,7 +491,7 @@ fn dedup(findings: &mut Vec<Finding>) {
 }
 
 /// The line of `key = …` in the config text, searching from `section`'s header when it is found.
-fn line_of(text: &str, section: &str, key: &str) -> Option<u32> {
+pub(crate) fn line_of(text: &str, section: &str, key: &str) -> Option<u32> {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines
         .iter()
@@ -839,46 +871,6 @@ fn no_hsts(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
         .collect()
 }
 
-fn certificate_expiry(rule: &'static Rule, live: &LiveView) -> CheckResult {
-    let certificates = match &live.certificates {
-        Ok(c) => c,
-        Err(why) => return CheckResult::not_run(rule, why.clone()),
-    };
-    let findings = certificates
-        .iter()
-        .filter_map(|c| {
-            let (severity, detail) = if c.expired {
-                (Severity::Critical, format!("expired on {}", c.not_after))
-            } else if c.days_left < 7 {
-                (
-                    Severity::High,
-                    format!("expires in {} days ({})", c.days_left, c.not_after),
-                )
-            } else if c.days_left < 30 {
-                (
-                    Severity::Medium,
-                    format!("expires in {} days ({})", c.days_left, c.not_after),
-                )
-            } else {
-                return None;
-            };
-            Some(
-                Finding::new(
-                    rule,
-                    Location::resource(format!("service {}, certificate", c.service)),
-                    format!(
-                        "the certificate of service {} for {} {detail}",
-                        c.service,
-                        c.hostnames.join(", ")
-                    ),
-                )
-                .severity(severity),
-            )
-        })
-        .collect();
-    CheckResult::ran(rule, findings)
-}
-
 /// How long a token may go unused before TCF-AUTH-002 reports it.
 const TOKEN_UNUSED_DAYS: i64 = 90;
 
@@ -924,54 +916,6 @@ fn tokens(rule: &'static Rule, live: &LiveView) -> CheckResult {
         })
         .collect();
     CheckResult::ran(rule, findings)
-}
-
-fn containers(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    for service in ctx.config.services.values() {
-        let Some(docker) = &service.docker else {
-            continue;
-        };
-        let section = format!("[services.{}", service.name);
-        let at = |key: &str| {
-            Location::resource(format!("service {}", service.name))
-                .in_file(&ctx.config.path, line_of(ctx.text, &section, key))
-        };
-        let detail = match rule.id {
-            "TCF-CTR-001" => match docker.user.as_deref().map(str::trim) {
-                None | Some("") => Some("no `user`: the container runs as the image's default user, root for most images".to_string()),
-                Some(u) if u == "root" || u == "0" || u.starts_with("0:") || u.starts_with("root:") => {
-                    Some(format!("user = {u:?} runs the container as root"))
-                }
-                Some(_) => None,
-            },
-            "TCF-CTR-002" => (!docker.read_only)
-                .then(|| "read_only is not set: the container may write its root filesystem".to_string()),
-            "TCF-CTR-003" => docker
-                .memory
-                .is_none()
-                .then(|| "no `memory` limit: the container may use all of the host's memory".to_string()),
-            "TCF-CTR-004" => docker
-                .volumes
-                .iter()
-                .find(|v| {
-                    let source = v.split(':').next().unwrap_or("");
-                    source == "/var/run/docker.sock" || source == "/run/docker.sock"
-                })
-                .map(|v| format!("volume {v:?} gives the container the Docker engine's socket")),
-            _ => None,
-        };
-        if let Some(detail) = detail {
-            let key = match rule.id {
-                "TCF-CTR-001" => "user",
-                "TCF-CTR-002" => "read_only",
-                "TCF-CTR-003" => "memory",
-                _ => "volumes",
-            };
-            findings.push(Finding::new(rule, at(key), detail));
-        }
-    }
-    findings
 }
 
 /// Above this a body limit protects nothing.
@@ -1361,16 +1305,12 @@ fn socket_mode(rule: &'static Rule, live: &LiveView) -> CheckResult {
 mod tests {
     use super::*;
 
-    fn live_with(
-        tokens: Result<Vec<LiveToken>, String>,
-        certificates: Result<Vec<LiveCertificate>, String>,
-    ) -> LiveView {
+    fn live_with(tokens: Result<Vec<LiveToken>, String>) -> LiveView {
         LiveView {
             daemon_pid: 1,
             socket: PathBuf::from("/run/x.sock"),
             services: vec![],
             tokens,
-            certificates,
         }
     }
 
@@ -1395,16 +1335,13 @@ mod tests {
             last_used_ms: last_used,
             revoked,
         };
-        let live = live_with(
-            Ok(vec![
-                token("ci", "deployer", None, Some(now - day), false),
-                token("grafana", "viewer", None, Some(now - day), false),
-                token("old", "admin", Some(now + 30 * day), None, false),
-                token("gone", "admin", None, None, true),
-                token("lapsed", "admin", Some(now - day), None, false),
-            ]),
-            Err("unused".into()),
-        );
+        let live = live_with(Ok(vec![
+            token("ci", "deployer", None, Some(now - day), false),
+            token("grafana", "viewer", None, Some(now - day), false),
+            token("old", "admin", Some(now + 30 * day), None, false),
+            token("gone", "admin", None, None, true),
+            token("lapsed", "admin", Some(now - day), None, false),
+        ]));
         assert_eq!(
             found(tokens(&crate::rules::TOKEN_NEVER_EXPIRES, &live)),
             [
@@ -1417,41 +1354,10 @@ mod tests {
             [("token old".to_string(), Severity::Low)]
         );
         // Tokens that could not be read: not run, never a pass.
-        let unknown = live_with(
-            Err("the daemon's tokens could not be read".into()),
-            Ok(vec![]),
-        );
+        let unknown = live_with(Err("the daemon's tokens could not be read".into()));
         assert!(tokens(&crate::rules::TOKEN_UNUSED, &unknown)
             .findings
             .is_err());
-    }
-
-    #[test]
-    fn certificates_by_how_soon_they_expire() {
-        let cert = |service: &str, days_left: i64| LiveCertificate {
-            service: service.into(),
-            hostnames: vec![format!("{service}.example.com")],
-            not_after: "2026-12-01T00:00:00Z".into(),
-            days_left,
-            expired: days_left < 0,
-        };
-        let live = live_with(
-            Err("unused".into()),
-            Ok(vec![
-                cert("a", 80),
-                cert("b", 20),
-                cert("c", 3),
-                cert("d", -2),
-            ]),
-        );
-        assert_eq!(
-            found(certificate_expiry(&crate::rules::CERTIFICATE_EXPIRY, &live)),
-            [
-                ("service b, certificate".to_string(), Severity::Medium),
-                ("service c, certificate".to_string(), Severity::High),
-                ("service d, certificate".to_string(), Severity::Critical),
-            ]
-        );
     }
 
     #[test]

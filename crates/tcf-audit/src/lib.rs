@@ -7,7 +7,9 @@
 //! is reported as `not_run` with the reason, never as a pass. docs/audit.md lists every check.
 
 pub mod advisories;
+pub mod certs;
 pub mod checks;
+pub mod containers;
 pub mod ignore;
 pub mod model;
 pub mod procnet;
@@ -15,8 +17,9 @@ pub mod render;
 pub mod report;
 pub mod rules;
 pub mod secrets;
+pub mod tls;
 
-pub use checks::{Inputs, LiveInstance, LiveService, LiveView};
+pub use checks::{Inputs, LiveContainer, LiveInstance, LiveService, LiveView};
 pub use ignore::{Ignore, IgnoreError, Ignores};
 pub use model::{CheckResult, Finding, Location, Outcome, Rule, Severity};
 pub use render::Format;
@@ -72,7 +75,18 @@ mod tests {
         assert_eq!(all.len(), rules::ALL.len());
         let ctr = select(&["CTR".into()], &["tcf-ctr-002".into()]).unwrap();
         let ids: Vec<_> = ctr.iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec!["TCF-CTR-001", "TCF-CTR-003", "TCF-CTR-004"]);
+        assert_eq!(
+            ids,
+            vec![
+                "TCF-CTR-001",
+                "TCF-CTR-003",
+                "TCF-CTR-004",
+                "TCF-CTR-005",
+                "TCF-CTR-006",
+                "TCF-CTR-007",
+                "TCF-CTR-008"
+            ]
+        );
         assert!(select(&["TCF-NOPE-001".into()], &[]).is_err());
         assert!(select(&[], &["bogus".into()]).is_err());
     }

@@ -257,13 +257,13 @@ pub static RESTORE_NOT_PROVEN: Rule = rule(
     "Run `tcf-platform backup verify ID --level restore` on the newest backup, and schedule it (the monitor's restore_verify_stale alert watches the same age).",
 );
 
-pub static CERTIFICATE_EXPIRY: Rule = online(rule(
+pub static CERTIFICATE_EXPIRY: Rule = rule(
     "TCF-TLS-001",
     "Certificate expired or expiring",
     Severity::High,
-    "Every certificate the proxy serves (`tls status`): expired (critical), expiring within 7 days (high) or within 30 days (medium). ACME certificates renew 30 days before expiry, so one this close means renewal is failing.",
-    "Replace the certificate files (they are reloaded when they change) or see why ACME renewal fails (`tcf-platform events`, `tls renew`).",
-));
+    "Every certificate the platform uses (each HTTPS service's files, ACME's kept certificates, the remote API's) and, with --comprehensive, every one it serves (a live handshake with each HTTPS listener, the remote API and dependencies that speak TLS): expired (critical), expiring within 7 days (high) or within 30 days (medium). ACME certificates renew 30 days before expiry, so one this close means renewal is failing.",
+    "Replace the certificate files (they are reloaded when they change) or see why ACME renewal fails (`tcf-platform events`, `tls renew`); a served certificate older than its file means the listener was not reloaded (`tls reload`).",
+);
 
 pub static NO_HSTS: Rule = rule(
     "TCF-TLS-002",
@@ -289,8 +289,92 @@ pub static TOKEN_UNUSED: Rule = online(rule(
     "Revoke it: `tcf-platform tokens revoke NAME`.",
 ));
 
+pub static HOSTNAME_MISMATCH: Rule = comprehensive(rule(
+    "TCF-TLS-003",
+    "Served certificate does not match the hostname",
+    Severity::High,
+    "A live handshake with each HTTPS listener (SNI set to each name it has a certificate for: its ACME domains, the first name of each certificate file) and each dependency reached over TLS (its URL's host): the certificate presented must cover that name.",
+    "Serve a certificate whose subjectAltName covers the name (the files of the service's tls, or the ACME domains), then `tls reload`; for a dependency, fix its certificate or the URL's host.",
+));
+
+pub static CHAIN_UNTRUSTED: Rule = rule(
+    "TCF-TLS-004",
+    "Certificate chain not trusted",
+    Severity::High,
+    "Each certificate file the platform uses and, with --comprehensive, each served chain: it must lead to a root of the system's bundle (SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt) or of a CA the config names (an ACME server's ca). The remote API's own self-signed certificate is exempt: clients pin its fingerprint.",
+    "Serve the full chain (leaf then intermediates) from a CA clients trust, or add the private CA to the system's bundle where the clients run.",
+);
+
+pub static WEAK_KEY: Rule = rule(
+    "TCF-TLS-005",
+    "Certificate key too small",
+    Severity::High,
+    "The keys of each certificate file and, with --comprehensive, each served chain: RSA (or DSA) under 2048 bits, EC under 256 bits.",
+    "Issue a new certificate with an ECDSA P-256 key or an RSA key of at least 2048 bits (3072 for use beyond 2030).",
+);
+
+pub static WEAK_SIGNATURE: Rule = rule(
+    "TCF-TLS-006",
+    "Certificate signed with SHA-1 or MD5",
+    Severity::High,
+    "The signature algorithm of each certificate of each file and, with --comprehensive, each served chain (roots excepted: their self-signature is not checked): SHA-1 (high), MD5 or MD2 (critical). Collisions for these hashes can be bought.",
+    "Reissue the certificate signed with SHA-256 or better (every public CA does so; for a private CA, re-sign with -sha256).",
+);
+
+pub static LEGACY_PROTOCOL: Rule = comprehensive(rule(
+    "TCF-TLS-007",
+    "TLS older than 1.2 offered",
+    Severity::Medium,
+    "Each endpoint reached over TLS (HTTPS listeners, the remote API, dependencies): a raw ClientHello offering only TLS 1.0, then only TLS 1.1, and whether the server answers with a ServerHello for that version (the probe testssl.sh makes; rustls itself cannot speak these versions).",
+    "Allow TLS 1.2 and 1.3 only on that endpoint (the platform's own listeners never offer less; for a dependency, its ssl_protocols / ssl_min_protocol_version).",
+));
+
+pub static CONTAINER_PRIVILEGED: Rule = comprehensive(cis(
+    rule(
+        "TCF-CTR-005",
+        "Privileged container",
+        Severity::Critical,
+        "Every container of the platform (by its tcf.platform label) on the Docker engine: HostConfig.Privileged. A privileged container has every capability and every device: root on the host.",
+        "Recreate it without --privileged; add only the capabilities it needs (--cap-add).",
+    ),
+    "5.5",
+));
+
+pub static CONTAINER_HOST_NETWORK: Rule = comprehensive(cis(
+    rule(
+        "TCF-CTR-006",
+        "Container shares the host's network namespace",
+        Severity::High,
+        "Every container of the platform on the engine: HostConfig.NetworkMode host. It can bind any host port and reach every loopback service (the daemon's API included).",
+        "Run it on the platform's network (tcf-NAME) and publish the port it serves.",
+    ),
+    "5.10",
+));
+
+pub static CONTAINER_NO_HEALTHCHECK: Rule = comprehensive(cis(
+    rule(
+        "TCF-CTR-007",
+        "Container without a health check",
+        Severity::Low,
+        "Every container of the platform on the engine: no HEALTHCHECK in its config (its image's or its own), or one set to NONE. The platform still probes the service over HTTP, but the engine cannot tell a hung container.",
+        "Add a HEALTHCHECK to the image (HEALTHCHECK CMD [\"/app\", \"healthcheck\"]).",
+    ),
+    "5.27",
+));
+
+pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
+    rule(
+        "TCF-CTR-008",
+        "Container port published on every interface",
+        Severity::Medium,
+        "Every container of the platform on the engine: port bindings with host IP empty, 0.0.0.0 or ::, reachable from the network around the proxy (and around Docker's own firewall rules).",
+        "Publish on 127.0.0.1 only (the platform does for the containers it starts); let the proxy serve the public address.",
+    ),
+    "5.14",
+));
+
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 30] = [
+pub static ALL: [&Rule; 39] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -310,6 +394,10 @@ pub static ALL: [&Rule; 30] = [
     &CONTAINER_WRITABLE_ROOT,
     &CONTAINER_NO_MEMORY_LIMIT,
     &CONTAINER_DOCKER_SOCKET,
+    &CONTAINER_PRIVILEGED,
+    &CONTAINER_HOST_NETWORK,
+    &CONTAINER_NO_HEALTHCHECK,
+    &CONTAINER_PUBLISHED_EVERYWHERE,
     &BODY_LIMIT,
     &NO_HEALTH_CHECK,
     &VULNERABLE_DEPENDENCY,
@@ -319,6 +407,11 @@ pub static ALL: [&Rule; 30] = [
     &RESTORE_NOT_PROVEN,
     &CERTIFICATE_EXPIRY,
     &NO_HSTS,
+    &HOSTNAME_MISMATCH,
+    &CHAIN_UNTRUSTED,
+    &WEAK_KEY,
+    &WEAK_SIGNATURE,
+    &LEGACY_PROTOCOL,
     &TOKEN_NEVER_EXPIRES,
     &TOKEN_UNUSED,
 ];

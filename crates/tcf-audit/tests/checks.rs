@@ -171,6 +171,7 @@ fn audit(f: &Fixture) -> Report {
         live: Err("no daemon in this test".into()),
         advisories: Some(Database::load(&f.osv).map_err(|e| e.to_string())),
         comprehensive: true,
+        containers: None,
     };
     let results = checks::run(&inputs, &rules::ALL);
     let meta = Meta {
@@ -340,6 +341,7 @@ fn dependency_check_without_advisories_or_comprehensive_is_not_run() {
             live: Err("offline".into()),
             advisories,
             comprehensive,
+            containers: None,
         };
         checks::run(&inputs, &[&rules::VULNERABLE_DEPENDENCY])
             .remove(0)
@@ -348,4 +350,319 @@ fn dependency_check_without_advisories_or_comprehensive_is_not_run() {
     };
     assert!(run(None, false).contains("--comprehensive"));
     assert!(run(None, true).contains("--advisories"));
+}
+
+type Made = (rcgen::Certificate, rcgen::KeyPair, rcgen::CertificateParams);
+
+/// A certificate made by rcgen (ECDSA P-256, SHA-256) valid from `from_days` to `to_days`
+/// around now, for `name`, signed by `issuer` (else self-signed). PEM (cert, key).
+fn rcgen_cert(
+    name: &str,
+    from_days: i64,
+    to_days: i64,
+    issuer: Option<&Made>,
+    is_ca: bool,
+) -> Made {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    let at = |days: i64| {
+        if days >= 0 {
+            now + day * days as u32
+        } else {
+            now - day * (-days) as u32
+        }
+    };
+    params.not_before = at(from_days).into();
+    params.not_after = at(to_days).into();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    if is_ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = match issuer {
+        Some((_, ca_key, ca_params)) => {
+            let issuer = rcgen::Issuer::from_params(ca_params, ca_key);
+            params.signed_by(&key, &issuer).unwrap()
+        }
+        None => params.self_signed(&key).unwrap(),
+    };
+    (cert, key, params)
+}
+
+/// Certificate files are judged offline: expiry by days left, the chain against the roots
+/// (SSL_CERT_FILE here: a CA made by the test), keys and signatures.
+#[test]
+fn certificate_files_are_judged_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ca = rcgen_cert("Audit Test CA", -10, 3650, None, true);
+    let ca_file = root.join("ca.pem");
+    write(&ca_file, &ca.0.pem(), 0o644);
+    let mut config = String::from("[platform]\nname = \"certs\"\nstate_dir = \"state\"\n");
+    // name, valid from/to (days from now), signed by the CA
+    let cases = [
+        ("expired.test", -60, -1, true),
+        ("soon.test", -60, 3, true),
+        ("month.test", -60, 20, true),
+        ("fine.test", -1, 200, true),
+        ("selfsigned.test", -1, 200, false),
+    ];
+    for (i, (name, from, to, by_ca)) in cases.iter().enumerate() {
+        let (cert, key, _) = rcgen_cert(name, *from, *to, by_ca.then_some(&ca), false);
+        let cert_file = root.join(format!("{name}.pem"));
+        let key_file = root.join(format!("{name}.key"));
+        write(&cert_file, &cert.pem(), 0o644);
+        write(&key_file, &key.serialize_pem(), 0o600);
+        config.push_str(&format!(
+            "[services.s{i}]\ncommand = [\"true\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{}\"\nhsts = \"max-age=60\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            28_443 + i,
+            cert_file.display(),
+            key_file.display()
+        ));
+    }
+    let config_path = root.join("tcf-platform.toml");
+    write(&config_path, &config, 0o644);
+    let config = tcf_config::load(&config_path, None).unwrap();
+    // The roots are the process's: only this test in this binary sets SSL_CERT_FILE, and every
+    // other test's fixture has no certificate to judge.
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
+    let inputs = Inputs {
+        config: &config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: false,
+        containers: None,
+    };
+    let tls_rules: Vec<&'static tcf_audit::Rule> = rules::all()
+        .filter(|r| r.id.starts_with("TCF-TLS-"))
+        .collect();
+    let results = checks::run(&inputs, &tls_rules);
+    let by_id = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.rule.id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    let found = |id: &str| -> Vec<(String, Severity)> {
+        let mut found: Vec<(String, Severity)> = by_id(id)
+            .findings
+            .as_ref()
+            .unwrap_or_else(|why| panic!("{id} not run: {why}"))
+            .iter()
+            .map(|f| {
+                let file = f.location.file.as_ref().unwrap();
+                (
+                    file.file_name().unwrap().to_string_lossy().to_string(),
+                    f.severity,
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        found("TCF-TLS-001"),
+        [
+            ("expired.test.pem".to_string(), Severity::Critical),
+            ("month.test.pem".to_string(), Severity::Medium),
+            ("soon.test.pem".to_string(), Severity::High),
+        ]
+    );
+    assert_eq!(
+        found("TCF-TLS-004"),
+        [("selfsigned.test.pem".to_string(), Severity::High)]
+    );
+    // rcgen makes P-256 keys signed with SHA-256: nothing weak.
+    assert!(found("TCF-TLS-005").is_empty());
+    assert!(found("TCF-TLS-006").is_empty());
+    // The live checks need --comprehensive: not run, never a pass.
+    for id in ["TCF-TLS-003", "TCF-TLS-007"] {
+        assert!(by_id(id).findings.is_err(), "{id}");
+    }
+}
+
+/// Live handshakes against a real TLS server that does everything wrong: openssl s_server
+/// with a 1024-bit RSA key, a SHA-1 signature, another host's name, self-signed, and TLS 1.0
+/// allowed, on the address of an HTTPS service.
+#[test]
+fn live_handshakes_judge_what_a_dependency_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (cert, key) = (root.join("weak.pem"), root.join("weak.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:1024", "-sha1", "-nodes", "-days", "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=other.example",
+            "-addext",
+            "subjectAltName=DNS:other.example",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian's openssl package) runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-min_protocol", "TLSv1"])
+        .args(["-cipher", "ALL:@SECLEVEL=0"])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until it accepts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The service's certificate file names localhost, but what listens on its address (a
+    // stale server, say) serves the weak one: the handshake judges what is served.
+    let (file_cert, file_key, _) = rcgen_cert("localhost", -1, 200, None, false);
+    write(&root.join("api.pem"), &file_cert.pem(), 0o644);
+    write(&root.join("api.key"), &file_key.serialize_pem(), 0o600);
+    let config_path = root.join("tcf-platform.toml");
+    write(
+        &config_path,
+        &format!(
+            "[platform]\nname = \"served\"\nstate_dir = \"state\"\n\n[services.api]\ncommand = [\"true\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\nhsts = \"max-age=60\"\ntls = {{ cert = \"api.pem\", key = \"api.key\" }}\n"
+        ),
+        0o644,
+    );
+    let config = tcf_config::load(&config_path, None).unwrap();
+    let inputs = Inputs {
+        config: &config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: true,
+        containers: None,
+    };
+    let tls_rules: Vec<&'static tcf_audit::Rule> = rules::all()
+        .filter(|r| r.id.starts_with("TCF-TLS-"))
+        .collect();
+    let results = checks::run(&inputs, &tls_rules);
+    let _ = server.kill();
+    let _ = server.wait();
+    let uri = format!("tls://127.0.0.1:{port}");
+    let mut failed: Vec<&str> = Vec::new();
+    for result in &results {
+        let findings = result
+            .findings
+            .as_ref()
+            .unwrap_or_else(|why| panic!("{} not run: {why}", result.rule.id));
+        let served: Vec<_> = findings
+            .iter()
+            .filter(|f| f.location.uri.as_deref() == Some(uri.as_str()))
+            .collect();
+        for f in &served {
+            assert!(
+                f.location.resource.contains("service api, SNI localhost"),
+                "{f:?}"
+            );
+        }
+        if !served.is_empty() {
+            failed.push(result.rule.id);
+        }
+    }
+    assert_eq!(
+        failed,
+        [
+            "TCF-TLS-003",
+            "TCF-TLS-004",
+            "TCF-TLS-005",
+            "TCF-TLS-006",
+            "TCF-TLS-007"
+        ]
+    );
+    let detail = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.rule.id == id)
+            .unwrap()
+            .findings
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|f| f.location.uri.as_deref() == Some(uri.as_str()))
+            .unwrap()
+            .detail
+            .clone()
+    };
+    assert!(
+        detail("TCF-TLS-003").contains("other.example"),
+        "{}",
+        detail("TCF-TLS-003")
+    );
+    assert!(
+        detail("TCF-TLS-005").contains("RSA 1024"),
+        "{}",
+        detail("TCF-TLS-005")
+    );
+    assert!(
+        detail("TCF-TLS-006").contains("sha1"),
+        "{}",
+        detail("TCF-TLS-006")
+    );
+    assert!(
+        detail("TCF-TLS-007").contains("TLS 1.0"),
+        "{}",
+        detail("TCF-TLS-007")
+    );
+}
+
+/// An endpoint that cannot be reached is a check not run with the reason, never a pass.
+#[test]
+fn an_unreachable_endpoint_is_not_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (cert, key, _) = rcgen_cert("gone.test", -1, 200, None, false);
+    write(&dir.path().join("gone.pem"), &cert.pem(), 0o644);
+    write(&dir.path().join("gone.key"), &key.serialize_pem(), 0o600);
+    let config_path = dir.path().join("tcf-platform.toml");
+    write(
+        &config_path,
+        &format!("[platform]\nname = \"gone\"\nstate_dir = \"state\"\n\n[services.gone]\ncommand = [\"true\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\nhsts = \"max-age=60\"\ntls = {{ cert = \"gone.pem\", key = \"gone.key\" }}\n"),
+        0o644,
+    );
+    let config = tcf_config::load(&config_path, None).unwrap();
+    let inputs = Inputs {
+        config: &config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: true,
+        containers: None,
+    };
+    for result in checks::run(
+        &inputs,
+        &[&rules::HOSTNAME_MISMATCH, &rules::LEGACY_PROTOCOL],
+    ) {
+        let why = result.findings.unwrap_err();
+        assert!(why.contains("service gone"), "{why}");
+    }
 }

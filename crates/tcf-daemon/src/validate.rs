@@ -195,6 +195,7 @@ fn security(fresh: &Config, names: &[String]) -> Vec<Check> {
         live: Err("a release's checks look at its config and files".into()),
         advisories: None,
         comprehensive: false,
+        containers: None,
     };
     let concerns = |resource: &str| {
         names.is_empty()

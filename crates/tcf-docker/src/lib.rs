@@ -62,6 +62,27 @@ pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the HEALTHCHECK state lookup in the probe loop may take.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A running container's settings that matter to security (`docker inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSecurity {
+    pub name: String,
+    /// Its `tcf.service` label.
+    pub service: String,
+    /// `Config.User`: the image's USER when the container sets none; empty is root.
+    pub user: String,
+    pub privileged: bool,
+    pub network_mode: String,
+    /// Host paths mounted into it.
+    pub mounts: Vec<String>,
+    /// Bytes; 0: no limit.
+    pub memory: i64,
+    pub read_only: bool,
+    /// A HEALTHCHECK other than NONE.
+    pub healthcheck: bool,
+    /// (host IP, host port, container port/proto).
+    pub published: Vec<(String, String, String)>,
+}
+
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
@@ -113,6 +134,73 @@ impl DockerRuntime {
             "label".to_string(),
             vec![format!("{LABEL_PLATFORM}={}", self.platform)],
         )])
+    }
+
+    /// The security-relevant settings of every running container of this platform, as
+    /// `docker inspect` shows them (for `prod audit --comprehensive`).
+    pub async fn inspect_security(&self) -> Result<Vec<ContainerSecurity>, DockerError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                filters: Some(self.platform_filter()),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            let c = match self.docker.inspect_container(&id, None).await {
+                Ok(c) => c,
+                // Gone between the list and the inspect: nothing runs there any more.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let config = c.config.unwrap_or_default();
+            let host = c.host_config.unwrap_or_default();
+            let labels = config.labels.clone().unwrap_or_default();
+            let published = host
+                .port_bindings
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|(inner, bindings)| {
+                    bindings.unwrap_or_default().into_iter().map(move |b| {
+                        (
+                            b.host_ip.unwrap_or_default(),
+                            b.host_port.unwrap_or_default(),
+                            inner.clone(),
+                        )
+                    })
+                })
+                .collect();
+            out.push(ContainerSecurity {
+                name: c
+                    .name
+                    .unwrap_or_else(|| id.clone())
+                    .trim_start_matches('/')
+                    .to_string(),
+                service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                user: config.user.unwrap_or_default(),
+                privileged: host.privileged.unwrap_or(false),
+                network_mode: host.network_mode.unwrap_or_default(),
+                mounts: c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.source)
+                    .collect(),
+                memory: host.memory.unwrap_or(0),
+                read_only: host.readonly_rootfs.unwrap_or(false),
+                healthcheck: config
+                    .healthcheck
+                    .and_then(|h| h.test)
+                    .is_some_and(|t| !t.is_empty() && t[0] != "NONE"),
+                published,
+            });
+        }
+        Ok(out)
     }
 
     /// Every container of this platform, running or not.

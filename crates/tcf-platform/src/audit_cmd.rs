@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use tcf_api::{Client, ClientError};
 use tcf_audit::checks::{
-    self, Inputs, LiveCertificate, LiveInstance, LiveService, LiveToken, LiveView,
+    self, Inputs, LiveContainer, LiveInstance, LiveService, LiveToken, LiveView,
 };
 use tcf_audit::{advisories::Database, render, Ignores, Meta, Report, Severity};
 
@@ -32,7 +32,8 @@ pub enum FailOn {
 
 #[derive(Debug, Args, Clone)]
 pub struct AuditArgs {
-    /// Add the slower checks (dependency advisories)
+    /// Add the slower checks: live TLS handshakes, the running containers, dependency
+    /// advisories, the secret scan of files
     #[arg(long)]
     pub comprehensive: bool,
     /// Report format [default: from --output's extension (.json, .sarif, .xml), else table]
@@ -54,13 +55,56 @@ pub struct AuditArgs {
     #[arg(long, value_name = "ID", num_args = 1..)]
     pub skip: Vec<String>,
     /// A local OSV advisory database for TCF-DEP-001: a JSON file or a directory of them
+    /// [default: STATE_DIR/advisories when it exists]
     #[arg(long, value_name = "FILE|DIR")]
     pub advisories: Option<PathBuf>,
+    /// Download the OSV database (crates.io, npm, PyPI, RubyGems) into the advisory directory
+    /// (--advisories, else STATE_DIR/advisories), replacing it whole, then exit
+    #[arg(long)]
+    pub update_advisories: bool,
+    /// Where --update-advisories downloads from: a mirror of OSV's bucket (BASE/ECOSYSTEM/all.zip)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TCF_ADVISORIES_URL",
+        default_value = crate::advisories_cmd::DEFAULT_BASE_URL
+    )]
+    pub advisories_url: String,
 }
 
 /// A usage or input problem: exit 2.
 fn usage(error: anyhow::Error) -> Failure {
     Failure { code: 2, error }
+}
+
+/// The platform's running containers on the Docker engine (by label), or why they could not
+/// be listed.
+pub async fn live_containers(config: &tcf_config::Config) -> Result<Vec<LiveContainer>, String> {
+    let services: Vec<String> = config
+        .services
+        .values()
+        .filter(|s| s.docker.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    let docker = tcf_docker::DockerRuntime::connect(&config.platform.name, &services)
+        .await
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
+    let found = docker.inspect_security().await.map_err(|e| e.to_string())?;
+    Ok(found
+        .into_iter()
+        .map(|c| LiveContainer {
+            name: c.name,
+            service: c.service,
+            user: c.user,
+            privileged: c.privileged,
+            network_mode: c.network_mode,
+            mounts: c.mounts,
+            memory: c.memory,
+            read_only: c.read_only,
+            healthcheck: c.healthcheck,
+            published: c.published,
+        })
+        .collect())
 }
 
 /// The daemon's view for the online checks, or why there is none.
@@ -92,25 +136,8 @@ async fn live_view(socket: PathBuf) -> Result<LiveView, String> {
                 })
                 .collect()
         });
-    let certificates = client
-        .get::<tcf_api::tls::TlsStatus>("/v1/tls")
-        .await
-        .map_err(|e| format!("the daemon's certificates could not be read: {e}"))
-        .map(|s| {
-            s.certificates
-                .into_iter()
-                .map(|c| LiveCertificate {
-                    service: c.service,
-                    hostnames: c.hostnames,
-                    not_after: c.not_after,
-                    days_left: c.days_left,
-                    expired: c.expired,
-                })
-                .collect()
-        });
     Ok(LiveView {
         tokens,
-        certificates,
         daemon_pid: ping.pid,
         socket,
         services: status
@@ -140,6 +167,22 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
         return Err(usage(anyhow!("--check and --skip left no check to run")));
     }
     let config = crate::load_config(cli)?;
+    let default_advisories = config.platform.state_dir.join("advisories");
+    if args.update_advisories {
+        let dir = args.advisories.clone().unwrap_or(default_advisories);
+        return match crate::advisories_cmd::update(&dir, &args.advisories_url).await {
+            Ok(count) => {
+                eprintln!(
+                    "advisory database updated: {count} advisories in {}",
+                    dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            // The database could not be had: the run did not do what was asked (exit 2), and
+            // the directory is as it was.
+            Err(error) => Err(Failure { code: 2, error }),
+        };
+    }
     let now = SystemTime::now();
     let ignores = match &args.ignore {
         Some(path) => Ignores::load(path, now).map_err(|e| usage(e.into()))?,
@@ -147,6 +190,10 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
     };
     let advisories: Option<Result<Database, String>> = match &args.advisories {
         Some(path) => Some(Ok(Database::load(path).map_err(|e| usage(e.into()))?)),
+        // The directory --update-advisories fills, when there is one.
+        None if default_advisories.is_dir() => {
+            Some(Database::load(&default_advisories).map_err(|e| e.to_string()))
+        }
         None => None,
     };
     let advisories_text = advisories
@@ -160,11 +207,17 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
     let live = live_view(socket).await;
     let offline_reason = live.as_ref().err().cloned();
 
+    let containers = if args.comprehensive {
+        Some(live_containers(&config).await)
+    } else {
+        None
+    };
     let inputs = Inputs {
         config: &config,
         live,
         advisories,
         comprehensive: args.comprehensive,
+        containers,
     };
     let results = checks::run(&inputs, &selected);
     let meta = Meta {

@@ -2,6 +2,7 @@
 //! the daemon (`up`) or talks to it over its API.
 
 mod access_cmd;
+mod advisories_cmd;
 mod audit_cmd;
 mod backup_cmd;
 mod cli;

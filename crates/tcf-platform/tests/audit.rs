@@ -416,3 +416,400 @@ fn online_audit_finds_an_instance_listening_beyond_its_port() {
     assert!(out.status.success());
     p.wait_daemon_exit(Duration::from_secs(30));
 }
+
+/// An rcgen certificate for `name`, valid from `from_days` to `to_days` around now, signed by
+/// `ca` (cert, key, params); PEM (cert, key).
+fn signed_cert(
+    name: &str,
+    from_days: i64,
+    to_days: i64,
+    ca: &(rcgen::Certificate, rcgen::KeyPair, rcgen::CertificateParams),
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let at = |d: i64| {
+        if d >= 0 {
+            now + day * d as u32
+        } else {
+            now - day * (-d) as u32
+        }
+    };
+    params.not_before = at(from_days).into();
+    params.not_after = at(to_days).into();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca.2, &ca.1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `--comprehensive` against a running insecure platform on the real engine: two HTTPS services
+/// serving an expired and a soon-expiring certificate (from a CA the audit is told to trust, so
+/// only the dates are wrong), and a container running as root with the Docker socket mounted.
+/// The TLS and container checks find exactly that, in the files and in what is served.
+#[test]
+fn comprehensive_audit_handshakes_and_inspects_the_containers() {
+    common::docker::require_engine();
+    let run_id = std::process::id();
+    let repo = format!("tcf-audit-test-{run_id}/demo");
+    let label = format!("tcf.test={run_id}");
+    let _images = common::docker::build_demo_images(&repo, &label, &["v1"]);
+    let platform = format!("tcf-audit-test-{run_id}");
+    let _objects = common::docker::PlatformObjects {
+        platform: platform.clone(),
+    };
+
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Audit Test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = (ca_cert, ca_key, ca_params);
+
+    let (secure_port, renewing_port, box_port) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"{example}
+[services.secure]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{secure_port}"
+hsts = "max-age=60"
+tls = {{ cert = "expired.pem", key = "expired.key" }}
+
+[services.renewing]
+command = ["tcf-demo"]
+version = "v1"
+listen = "127.0.0.1:{renewing_port}"
+hsts = "max-age=60"
+tls = {{ cert = "soon.pem", key = "soon.key" }}
+
+[services.box]
+runtime = "docker"
+image = "{repo}:{{version}}"
+container_port = 8080
+version = "v1"
+listen = "127.0.0.1:{box_port}"
+volumes = ["/var/run/docker.sock:/var/run/docker.sock"]
+"#,
+        example = example_config().replace("name = \"tcf\"", &format!("name = \"{platform}\"")),
+    );
+    let mut p = Platform::new(&config);
+    for (name, from, to, file) in [
+        ("secure.test", -90, -2, "expired"),
+        ("renewing.test", -60, 3, "soon"),
+    ] {
+        let (cert, key) = signed_cert(name, from, to, &ca);
+        std::fs::write(p.dir.path().join(format!("{file}.pem")), cert).unwrap();
+        let key_file = p.dir.path().join(format!("{file}.key"));
+        std::fs::write(&key_file, key).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let ca_file = p.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.0.pem()).unwrap();
+    p.up();
+    p.wait_for("all healthy", Duration::from_secs(120), all_healthy);
+
+    let out = std::process::Command::new(bin())
+        .args(["prod", "audit", "--comprehensive", "--format", "json"])
+        .args(["--check", "TLS", "CTR", "--config"])
+        .arg(&p.config)
+        .env("SSL_CERT_FILE", &ca_file)
+        .env_remove("TCF_ENV")
+        .output()
+        .unwrap();
+    let report = json_of(&out);
+    assert_eq!(report["mode"], "online", "{report:#}");
+    let found: std::collections::BTreeSet<(String, String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let location = &f["location"];
+            let where_ = match (location["uri"].as_str(), location["file"].as_str()) {
+                (Some(uri), _) if uri.starts_with("docker://") => {
+                    // Containers are named by the runtime: the service is what is stable.
+                    let resource = location["resource"].as_str().unwrap();
+                    assert!(resource.contains("(service box)"), "{resource}");
+                    "container of box".to_string()
+                }
+                (Some(uri), _) => uri.to_string(),
+                (None, Some(file)) => Path::new(file)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string(),
+                _ => location["resource"].as_str().unwrap().to_string(),
+            };
+            (
+                f["id"].as_str().unwrap().to_string(),
+                where_,
+                f["severity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let s =
+        |id: &str, at: &str, severity: &str| (id.to_string(), at.to_string(), severity.to_string());
+    let expected: std::collections::BTreeSet<(String, String, String)> = [
+        s("TCF-TLS-001", "expired.pem", "critical"),
+        s("TCF-TLS-001", "soon.pem", "high"),
+        s(
+            "TCF-TLS-001",
+            &format!("tls://127.0.0.1:{secure_port}"),
+            "critical",
+        ),
+        s(
+            "TCF-TLS-001",
+            &format!("tls://127.0.0.1:{renewing_port}"),
+            "high",
+        ),
+        s("TCF-CTR-001", "container of box", "medium"),
+        s("TCF-CTR-002", "container of box", "low"),
+        s("TCF-CTR-003", "container of box", "medium"),
+        s("TCF-CTR-004", "container of box", "critical"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, expected, "{report:#}");
+    // Every check ran: the handshakes reached both listeners, the engine answered.
+    for check in report["checks"].as_array().unwrap() {
+        assert_ne!(check["status"], "not_run", "{check:#}");
+    }
+    // SARIF names the served certificates by tls:// URI.
+    let sarif = p.dir.path().join("audit.sarif");
+    let out = std::process::Command::new(bin())
+        .args([
+            "prod",
+            "audit",
+            "--comprehensive",
+            "--check",
+            "TLS",
+            "--output",
+        ])
+        .arg(&sarif)
+        .arg("--config")
+        .arg(&p.config)
+        .env("SSL_CERT_FILE", &ca_file)
+        .env_remove("TCF_ENV")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log: Value = serde_json::from_str(&std::fs::read_to_string(&sarif).unwrap()).unwrap();
+    assert_valid_sarif(&log);
+    let text = log.to_string();
+    assert!(
+        text.contains(&format!("tls://127.0.0.1:{secure_port}")),
+        "{text}"
+    );
+
+    let out = p.cli(&["down"]);
+    assert!(out.status.success());
+    p.wait_daemon_exit(Duration::from_secs(30));
+}
+
+/// A zip archive (deflated) of `files`.
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, text) in files {
+        writer.start_file(*name, options).unwrap();
+        std::io::Write::write_all(&mut writer, text.as_bytes()).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// A mirror of OSV's bucket on loopback: `GET /ECOSYSTEM/all.zip`, HTTP/1.1, one request per
+/// connection. Serves until the returned guard is dropped.
+struct Mirror {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mirror {
+    fn start(archives: Vec<(String, Vec<u8>)>) -> Mirror {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let (stream, _) = match listener.accept() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                let mut stream = stream;
+                match archives.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(body);
+                    }
+                    None => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                    }
+                }
+            }
+        });
+        Mirror {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn update_advisories_downloads_swaps_in_and_fails_offline() {
+    let advisory = |id: &str, ecosystem: &str, name: &str, fixed: &str| {
+        format!(
+            r#"{{"id":"{id}","summary":"test advisory","affected":[{{"package":{{"ecosystem":"{ecosystem}","name":"{name}"}},"ranges":[{{"type":"SEMVER","events":[{{"introduced":"0"}},{{"fixed":"{fixed}"}}]}}]}}]}}"#
+        )
+    };
+    let crates = advisory("RUSTSEC-2099-0001", "crates.io", "smallvec", "1.6.1");
+    let npm = advisory("GHSA-test-0001", "npm", "left-pad", "1.3.1");
+    let pypi = advisory("PYSEC-2099-1", "PyPI", "requests", "2.32.0");
+    let gems = advisory("GHSA-test-0002", "RubyGems", "rack", "3.0.1");
+    let mirror = Mirror::start(vec![
+        (
+            "/crates.io/all.zip".into(),
+            zip_of(&[("RUSTSEC-2099-0001.json", &crates)]),
+        ),
+        (
+            "/npm/all.zip".into(),
+            zip_of(&[("GHSA-test-0001.json", &npm)]),
+        ),
+        (
+            "/PyPI/all.zip".into(),
+            zip_of(&[("PYSEC-2099-1.json", &pypi)]),
+        ),
+        (
+            "/RubyGems/all.zip".into(),
+            zip_of(&[("GHSA-test-0002.json", &gems)]),
+        ),
+    ]);
+
+    let config = format!(
+        "[platform]\nname = \"adv\"\nstate_dir = \".tcf\"\n\n[services.api]\ncommand = [\"./app/api\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let p = Platform::new(&config);
+    let app = p.dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("api"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(app.join("api"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        app.join("Cargo.lock"),
+        "version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\n",
+    )
+    .unwrap();
+
+    let url = format!("http://127.0.0.1:{}", mirror.port);
+    let out = p.cli(&[
+        "prod",
+        "audit",
+        "--update-advisories",
+        "--advisories-url",
+        &url,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("crates.io: 1 advisories"), "{stderr}");
+    assert!(stderr.contains("4 advisories in"), "{stderr}");
+    let dir = p.dir.path().join(".tcf/advisories");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "GHSA-test-0001.json",
+            "GHSA-test-0002.json",
+            "PYSEC-2099-1.json",
+            "RUSTSEC-2099-0001.json"
+        ]
+    );
+    // Nothing left beside it (the staging directory was renamed in).
+    let leftovers: Vec<_> = std::fs::read_dir(p.dir.path().join(".tcf"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The audit reads it without being told where, and says how old it is.
+    let out = p.cli(&[
+        "prod",
+        "audit",
+        "--comprehensive",
+        "--check",
+        "DEP",
+        "--format",
+        "json",
+    ]);
+    let report = json_of(&out);
+    let dep = finding(&report, "TCF-DEP-001").expect("TCF-DEP-001");
+    assert!(
+        dep["location"]["resource"]
+            .as_str()
+            .unwrap()
+            .contains("smallvec@1.6.0"),
+        "{dep:#}"
+    );
+    let advisories = report["advisories"].to_string();
+    assert!(advisories.contains("updated 0 days ago"), "{advisories}");
+
+    // Offline: a clear error, exit 2, and the database as it was.
+    drop(mirror);
+    let out = p.cli(&[
+        "prod",
+        "audit",
+        "--update-advisories",
+        "--advisories-url",
+        &url,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot download"), "{stderr}");
+    assert!(stderr.contains("--advisories-url"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+}
