@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use units::serialize_duration;
 
 /// The file name looked up in the current directory when no path is given.
 pub const DEFAULT_FILE_NAME: &str = "tcf-platform.toml";
