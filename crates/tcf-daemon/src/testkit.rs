@@ -264,6 +264,7 @@ impl TestPlatform {
             store,
             runtime.clone(),
             None,
+            None,
             crate::Adoptable::default(),
             &BTreeMap::new(),
             BTreeMap::new(),
