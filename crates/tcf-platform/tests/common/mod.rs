@@ -8,6 +8,7 @@ pub mod load;
 pub mod pebble;
 pub mod postgres;
 pub mod sequence;
+pub mod swarm;
 pub mod webdriver;
 
 use serde_json::Value;
