@@ -113,28 +113,16 @@ pub enum StickyBy {
 pub struct DeploySettings {
     pub strategy: Strategy,
     /// How long a retired colour's in-flight requests may take to finish.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub drain_timeout: Duration,
     /// How long upgraded connections (WebSocket) to a retired colour may stay open.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub upgrade_drain_timeout: Duration,
     /// After the switch: how long the new colour is watched before the release is final.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub watch: Duration,
     /// How long the previous colour stays warm (for an instant rollback) after a deploy.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub retire_after: Duration,
     /// Share of 5xx answers from the new colour that reverts a deploy.
     pub max_error_ratio: f64,
@@ -144,18 +132,12 @@ pub struct DeploySettings {
     /// Requests the new colour must have answered before its error ratio and p99 count.
     pub min_requests: u64,
     pub canary_steps: Vec<u32>,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub step_interval: Duration,
     pub sticky: StickyBy,
     pub max_surge: u32,
     /// A deploy lock not renewed for this long is expired and may be taken over.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub lock_ttl: Duration,
     /// Run `prod validate`'s checks before every deploy (`--no-validate` skips them).
     pub validate: bool,
@@ -168,10 +150,7 @@ pub struct Hooks {
     pub pre_deploy: Option<Vec<String>>,
     pub post_deploy: Option<Vec<String>>,
     pub post_rollback: Option<Vec<String>>,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
 }
 
@@ -270,21 +249,12 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     pub depends_on: Vec<String>,
     pub health: Health,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub stop_timeout: Duration,
     pub max_request_body: u64,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub upstream_timeout: Duration,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub connect_timeout: Duration,
     pub log_max_size: u64,
     /// What the proxy refuses in a request head.
@@ -312,10 +282,7 @@ pub struct ProxyLimits {
     pub headers_with_underscores: UnderscoreHeaders,
     /// An upgraded connection (WebSocket) that carries no byte either way for this long is
     /// closed.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub tunnel_idle_timeout: Duration,
     /// Write a JSON line per request to `state_dir/logs/access-NAME.log`.
     #[serde(default)]
@@ -345,31 +312,19 @@ pub enum Probe {
 pub struct Health {
     #[serde(flatten)]
     pub probe: Probe,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub interval: Duration,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
     /// Consecutive passes that make an instance healthy.
     pub healthy_threshold: u32,
     /// Consecutive failures that make a healthy instance unhealthy.
     pub unhealthy_threshold: u32,
     /// Failures during this time after start do not count.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub start_period: Duration,
     /// An instance not healthy this long after start is restarted.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub deadline: Duration,
 }
 
@@ -392,15 +347,9 @@ pub struct Dependency {
     pub address: Option<String>,
     /// For http and qdrant probes.
     pub url: Option<String>,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub interval: Duration,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
 }
 

@@ -60,6 +60,13 @@ pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration,
     Dur::deserialize(d).map(|d| d.0)
 }
 
+/// `#[serde(with = "units::duration")]`: a `Duration` field read and written as the config
+/// file writes it.
+pub mod duration {
+    pub use super::deserialize_duration as deserialize;
+    pub use super::serialize_duration as serialize;
+}
+
 /// Serialize an optional `Duration`.
 pub fn serialize_opt_duration<S: Serializer>(
     d: &Option<Duration>,

@@ -12,6 +12,7 @@
 
 use crate::api::{ApiError, ApiJson};
 use crate::caller::Peer;
+use crate::deploy::rfc3339;
 use crate::platform::{lock, Platform};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
@@ -41,10 +42,6 @@ pub struct Access {
     /// Per service, the secrets its instances last started with and their `updated` stamps:
     /// a secret changed since then makes the service stale in `status`.
     started_with: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    crate::deploy::rfc3339(ms)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

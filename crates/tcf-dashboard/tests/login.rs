@@ -10,7 +10,7 @@ use std::time::Duration;
 use tcf_api::monitor::{AlertTransition, AlertsList, SilenceInfo};
 use tcf_api::{Event, Release, ServiceStatus, Status};
 use tcf_dashboard::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tcf_testkit::HttpAnswer as Answer;
 
 struct Table;
 
@@ -135,20 +135,13 @@ impl DataSource for Recorder {
     }
 }
 
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+/// What a login hands back, read off an answer.
+trait LoginAnswer {
+    fn session(&self) -> String;
+    fn csrf(&self) -> String;
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-
+impl LoginAnswer for Answer {
     /// The session cookie's value from `Set-Cookie`.
     fn session(&self) -> String {
         let c = self.header("set-cookie").expect("a Set-Cookie");
@@ -165,6 +158,7 @@ impl Answer {
     }
 }
 
+/// One exchange on a fresh connection; the blocking client runs off the runtime that serves.
 async fn send(
     addr: &str,
     method: &str,
@@ -172,29 +166,25 @@ async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+    let (addr, method, path, body) = (
+        addr.to_string(),
+        method.to_string(),
+        path.to_string(),
+        body.to_string(),
     );
-    if method == "POST" {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    Answer {
-        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        head: head.to_string(),
-        body: body.to_string(),
-    }
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        tcf_testkit::http_exchange(&addr, &method, &path, &headers, &body).unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 async fn serve(secure: bool) -> (String, Arc<Recorder>) {

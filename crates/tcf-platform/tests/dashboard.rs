@@ -24,35 +24,15 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// One HTTP/1.1 exchange on a fresh connection: the whole answer, head and body.
-fn raw_http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if method == "POST" {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-fn header_of(answer: &str, name: &str) -> Option<String> {
-    let head = answer.split("\r\n\r\n").next()?;
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
+/// One HTTP/1.1 exchange on a fresh connection (`tcf_testkit::http_exchange`).
+fn raw_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> tcf_testkit::HttpAnswer {
+    tcf_testkit::http_exchange(addr, method, path, headers, body).unwrap()
 }
 
 fn json(p: &Platform, args: &[&str]) -> Value {
@@ -394,10 +374,10 @@ fn the_dashboard_from_the_config_and_what_is_refused() {
     exposed.wait_for("six healthy services", WAIT, all_healthy);
     let addr = format!("127.0.0.1:{port}");
     let first = raw_http(&addr, "GET", "/", &[], "");
-    assert!(first.starts_with("HTTP/1.1 303"), "{first}");
+    assert_eq!(first.status, 303, "{first:?}");
     assert!(
-        header_of(&first, "location").as_deref() == Some("/login"),
-        "{first}"
+        first.header("location").as_deref() == Some("/login"),
+        "{first:?}"
     );
     let made = exposed.cli(&["tokens", "create", "vera", "--role", "viewer"]);
     assert!(
@@ -407,17 +387,18 @@ fn the_dashboard_from_the_config_and_what_is_refused() {
     );
     let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
     let wrong = raw_http(&addr, "POST", "/login", &[], "token=tcfp_not-a-token");
-    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert_eq!(wrong.status, 401, "{wrong:?}");
     let login = raw_http(&addr, "POST", "/login", &[], &format!("token={token}"));
-    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
-    let cookie = header_of(&login, "set-cookie").unwrap();
+    assert_eq!(login.status, 303, "{login:?}");
+    let cookie = login.header("set-cookie").unwrap();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_string();
     let page = raw_http(&addr, "GET", "/", &[("Cookie", &cookie)], "");
-    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert_eq!(page.status, 200, "{page:?}");
+    let page = page.body;
     assert!(page.contains("vera (dashboard) · viewer"), "{page}");
     let at = page.find(r#"name="csrf" value=""#).expect("a CSRF field") + 19;
     let csrf = page[at..at + 64].to_string();
@@ -428,8 +409,8 @@ fn the_dashboard_from_the_config_and_what_is_refused() {
         &[("Cookie", &cookie)],
         &format!("csrf={csrf}&reason=x"),
     );
-    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
-    assert!(denied.contains("has the viewer role"), "{denied}");
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(denied.body.contains("has the viewer role"), "{denied:?}");
     // The same in the browser: the login page first, then the viewer shown the refusal.
     let driver = Driver::start(free_port());
     let profile = tempfile::tempdir().unwrap();

@@ -128,81 +128,6 @@ fn webhook_receiver(key: &'static str) -> (u16, Arc<Mutex<Vec<Value>>>) {
     (port, got)
 }
 
-/// A CA and a certificate it signed for 127.0.0.1 (openssl command line), for STARTTLS.
-fn test_certificates(dir: &Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tcf test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "cert.pem",
-    ]);
-    let path = |f: &str| dir.join(f).display().to_string();
-    (path("ca.pem"), path("cert.pem"), path("key.pem"))
-}
-
 /// `sha256=HEX` of HMAC-SHA256(key, body), computed by openssl, not by our code.
 fn hmac_sha256(key: &str, body: &str) -> String {
     let mut child = Command::new("openssl")
@@ -272,7 +197,12 @@ fn alerts_notifications_prometheus_and_history_across_a_restart() {
     let (hook_port, hooks) = webhook_receiver("monitoring-test-key");
     let dead_port = free_port();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_certificates(certs.path());
+    let (ca, cert, key) = tcf_testkit::openssl_ca_and_cert(certs.path());
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
     let config = format!(
         r#"
 [platform]

@@ -51,7 +51,7 @@ fn shape(report: &Value) -> Value {
 fn validate_passes_on_the_healthy_example_and_names_what_fails() {
     // The example's programs live under releases/VERSION/ so a version can be missing; a real
     // PostgreSQL is a dependency (no service waits for it, so the test can stop it).
-    let mut pg = common::postgres::Postgres::start();
+    let mut pg = tcf_testkit::start_postgres_on(common::free_port());
     let demo = bin().with_file_name("tcf-demo");
     let config = deploy_config(&[]).replace(
         "command = [\"tcf-demo\"]",
@@ -153,7 +153,7 @@ fn validate_passes_on_the_healthy_example_and_names_what_fails() {
         dep["message"].as_str().unwrap().contains("answers in"),
         "{dep}"
     );
-    pg.stop();
+    pg.kill_now();
     let (code, report) = validate(&p, &["--check-dependencies"]);
     assert_eq!(code, 1);
     assert_eq!(failed(&report), ["VAL-DEPENDENCY"], "{report:#}");

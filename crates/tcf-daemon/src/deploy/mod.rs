@@ -9,7 +9,7 @@ use crate::supervisor::spawn_instance;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tcf_api::ProgressLine;
 use tcf_config::Strategy;
 use tcf_proxy::Snapshot;
@@ -101,10 +101,7 @@ impl Outcome {
     }
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-        .to_string()
-}
+pub use tcf_monitor::rfc3339;
 
 /// Writes each step as an event and as a progress line to whoever started the release.
 struct Reporter {
