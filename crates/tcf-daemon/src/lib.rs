@@ -426,8 +426,10 @@ async fn run_daemon(
         config,
         store,
         runtime,
-        docker.clone(),
-        swarm.clone(),
+        Engines {
+            docker: docker.clone(),
+            swarm: swarm.clone(),
+        },
         Adoptable {
             containers: adoptable,
             swarm: adoptable_swarm,
@@ -670,6 +672,13 @@ fn bind_api_socket(
     Ok(listener)
 }
 
+/// The container engines the daemon connected to, for the services that need them.
+#[derive(Default)]
+struct Engines {
+    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    swarm: Option<Arc<tcf_docker::swarm::SwarmRuntime>>,
+}
+
 /// What a starting daemon found running that it takes over, and the specs it runs with.
 #[derive(Default)]
 struct Adoptable {
@@ -689,12 +698,12 @@ fn assemble(
     config: Config,
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
-    docker: Option<Arc<tcf_docker::DockerRuntime>>,
-    swarm: Option<Arc<tcf_docker::swarm::SwarmRuntime>>,
+    engines: Engines,
     adoptable: Adoptable,
     active: &BTreeMap<String, String>,
     tls: BTreeMap<String, Arc<tls::ServiceTls>>,
 ) -> Arc<Platform> {
+    let Engines { docker, swarm } = engines;
     let Adoptable {
         containers: adoptable,
         swarm: adoptable_swarm,
