@@ -29,6 +29,23 @@ pub struct Status {
     /// The remote API, when `[daemon] listen` serves it: where, and the certificate to pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<access::ApiEndpoint>,
+    /// The Swarm's nodes, when a service runs on one (docs/swarm.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the Swarm the platform's `runtime = "swarm"` services run on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// Its hostname.
+    pub name: String,
+    /// The address tasks on it are reached at.
+    pub addr: String,
+    /// ready | down | unknown | disconnected (as the Swarm's managers see it)
+    pub state: String,
+    /// active | pause | drain
+    pub availability: String,
+    pub manager: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,6 +148,10 @@ pub struct InstanceStatus {
     /// The runtime's own health view, such as a container's HEALTHCHECK state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_health: Option<String>,
+    /// The machine it runs on when its runtime spreads instances over several (a Swarm
+    /// node's hostname); null on this host.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Proxy and process metrics of one service over the last window.

@@ -76,6 +76,7 @@ fn status_api() {
                 listen: "0.0.0.0:8443".into(),
                 fingerprint_sha256: "ab".repeat(32),
             }),
+            nodes: vec![],
         }
     );
 }

@@ -68,6 +68,7 @@ pub struct Config {
     pub backup: Option<BackupConfig>,
     pub monitor: MonitorSettings,
     pub alerts: AlertSettings,
+    pub swarm: SwarmCluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,6 +174,46 @@ pub struct Daemon {
 pub enum RuntimeKind {
     Process,
     Docker,
+    /// A Docker Swarm's tasks (docs/swarm.md); the container settings are `docker`'s.
+    Swarm,
+}
+
+impl RuntimeKind {
+    /// Runs in a container (docker or swarm): an image, `container_port`, resources.
+    pub fn is_container(self) -> bool {
+        matches!(self, RuntimeKind::Docker | RuntimeKind::Swarm)
+    }
+}
+
+/// `[swarm]`: the Swarm manager's Engine API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SwarmCluster {
+    /// None: `DOCKER_HOST`, else the local socket.
+    pub endpoint: Option<String>,
+}
+
+/// What a Swarm task's restart policy is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwarmRestart {
+    Any,
+    OnFailure,
+    None,
+}
+
+/// How a `runtime = "swarm"` service's tasks are placed and restarted.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SwarmSettings {
+    pub constraints: Vec<String>,
+    /// `spread=DESCRIPTOR` each.
+    pub preferences: Vec<String>,
+    pub restart: SwarmRestart,
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "units::deserialize_duration"
+    )]
+    pub restart_delay: Duration,
+    pub restart_max_attempts: u32,
 }
 
 /// How a `runtime = "docker"` service's containers run.
@@ -219,6 +260,9 @@ pub struct Service {
     pub proxy: ProxyLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSettings>,
+    /// Placement and restarts, for `runtime = "swarm"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmSettings>,
     /// HTTPS on `listen` (docs/tls.md); `None`: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServiceTls>,

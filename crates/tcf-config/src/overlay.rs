@@ -150,6 +150,7 @@ pub(crate) fn overlay_defaults(base: RawDefaults, over: RawDefaults) -> RawDefau
         volumes: over.volumes.or(base.volumes),
         network: over.network.or(base.network),
         pull: over.pull.or(base.pull),
+        swarm: overlay_swarm(base.swarm, over.swarm),
     }
 }
 
@@ -188,5 +189,16 @@ pub(crate) fn overlay_service(base: RawService, over: RawService) -> RawService 
         volumes: over.volumes.or(base.volumes),
         network: over.network.or(base.network),
         pull: over.pull.or(base.pull),
+        swarm: overlay_swarm(base.swarm, over.swarm),
+    }
+}
+
+pub(crate) fn overlay_swarm(base: RawSwarm, over: RawSwarm) -> RawSwarm {
+    RawSwarm {
+        constraints: over.constraints.or(base.constraints),
+        preferences: over.preferences.or(base.preferences),
+        restart: over.restart.or(base.restart),
+        restart_delay: over.restart_delay.or(base.restart_delay),
+        restart_max_attempts: over.restart_max_attempts.or(base.restart_max_attempts),
     }
 }

@@ -29,6 +29,34 @@ pub struct RawFile {
     pub monitor: crate::monitor::RawMonitor,
     #[serde(default)]
     pub alerts: crate::monitor::RawAlerts,
+    /// `[swarm]`: the Swarm manager `runtime = "swarm"` services run on (docs/swarm.md).
+    #[serde(default)]
+    pub swarm: RawSwarmCluster,
+}
+
+/// `[swarm]`: where the Swarm manager's Engine API is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwarmCluster {
+    /// `unix:///path`, `tcp://host:port` or `http://host:port`; none: `DOCKER_HOST`, then the
+    /// local socket.
+    pub endpoint: Option<Spanned<String>>,
+}
+
+/// `[services.NAME.swarm]` / `[defaults.swarm]`: how a `runtime = "swarm"` service's tasks
+/// are placed and restarted.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwarm {
+    /// Placement constraints, as `docker service create --constraint` takes them.
+    pub constraints: Option<Vec<String>>,
+    /// Placement preferences: `spread=node.labels.zone`.
+    pub preferences: Option<Vec<Spanned<String>>>,
+    /// `any` (default), `on-failure` or `none`.
+    pub restart: Option<Spanned<String>>,
+    pub restart_delay: Option<Dur>,
+    /// Restarts within `restart_window` before Swarm gives up; 0: never gives up.
+    pub restart_max_attempts: Option<u32>,
 }
 
 /// `[deploy]`: how deploys and rollbacks behave.
@@ -109,6 +137,9 @@ pub struct RawDefaults {
     pub volumes: Option<Vec<String>>,
     pub network: Option<String>,
     pub pull: Option<Spanned<String>>,
+    // runtime = "swarm"
+    #[serde(default)]
+    pub swarm: RawSwarm,
 }
 
 /// `[services.NAME.proxy]` / `[defaults.proxy]`: limits on a request's head, and on idle
@@ -184,6 +215,9 @@ pub struct RawService {
     pub volumes: Option<Vec<String>>,
     pub network: Option<String>,
     pub pull: Option<Spanned<String>>,
+    // runtime = "swarm"
+    #[serde(default)]
+    pub swarm: RawSwarm,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -218,6 +218,9 @@ pub fn resolve(
         backup,
         monitor,
         alerts,
+        swarm: crate::SwarmCluster {
+            endpoint: file.swarm.endpoint.as_ref().map(|e| e.get_ref().clone()),
+        },
     })
 }
 

@@ -30,18 +30,19 @@ pub(crate) fn resolve_service(
     let runtime = match runtime_value.map(|r| (r.get_ref().as_str(), r.span())) {
         None | Some(("process", _)) => RuntimeKind::Process,
         Some(("docker", _)) => RuntimeKind::Docker,
+        Some(("swarm", _)) => RuntimeKind::Swarm,
         Some((other, span)) => {
             errors.push(
                 Diagnostic::new(
                     format!("unknown runtime {other:?} for service {name:?}"),
                     Some(span),
                 )
-                .hint("use runtime = \"process\" (the default) or \"docker\""),
+                .hint("use runtime = \"process\" (the default), \"docker\" or \"swarm\""),
             );
             RuntimeKind::Process
         }
     };
-    let docker = if runtime == RuntimeKind::Docker {
+    let docker = if runtime.is_container() {
         let d = defaults;
         let effective = RawService {
             image: raw.image.clone().or_else(|| d.image.clone()),
@@ -63,10 +64,16 @@ pub(crate) fn resolve_service(
     } else {
         None
     };
+    let swarm = (runtime == RuntimeKind::Swarm).then(|| {
+        resolve_swarm(
+            &crate::overlay::overlay_swarm(defaults.swarm.clone(), raw.swarm.clone()),
+            errors,
+        )
+    });
     let command = match &raw.command {
         // A container's command is optional: the image's CMD runs.
-        None if runtime == RuntimeKind::Docker => vec![],
-        Some(c) if runtime == RuntimeKind::Docker => c.get_ref().clone(),
+        None if runtime.is_container() => vec![],
+        Some(c) if runtime.is_container() => c.get_ref().clone(),
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
             errors.push(
                 Diagnostic::new(format!("service {name:?} has an empty command"), Some(c.span()))
@@ -305,6 +312,7 @@ pub(crate) fn resolve_service(
             errors,
         )?,
         docker,
+        swarm,
     })
 }
 
@@ -469,4 +477,49 @@ pub(crate) fn resolve_docker(
             .unwrap_or_else(|| format!("tcf-{platform}")),
         pull_missing,
     })
+}
+
+pub(crate) fn resolve_swarm(raw: &RawSwarm, errors: &mut Vec<Diagnostic>) -> crate::SwarmSettings {
+    use crate::SwarmRestart;
+    let restart = match raw
+        .restart
+        .as_ref()
+        .map(|r| (r.get_ref().as_str(), r.span()))
+    {
+        None | Some(("any", _)) => SwarmRestart::Any,
+        Some(("on-failure", _)) => SwarmRestart::OnFailure,
+        Some(("none", _)) => SwarmRestart::None,
+        Some((other, span)) => {
+            errors.push(
+                Diagnostic::new(
+                    format!("unknown swarm restart policy {other:?}"),
+                    Some(span),
+                )
+                .hint("use restart = \"any\" (the default), \"on-failure\" or \"none\""),
+            );
+            SwarmRestart::Any
+        }
+    };
+    let mut preferences = Vec::new();
+    for p in raw.preferences.iter().flatten() {
+        match p.get_ref().split_once('=') {
+            Some(("spread", descriptor)) if !descriptor.trim().is_empty() => {
+                preferences.push(descriptor.trim().to_string())
+            }
+            _ => errors.push(
+                Diagnostic::new(
+                    format!("unknown placement preference {:?}", p.get_ref()),
+                    Some(p.span()),
+                )
+                .hint("Swarm knows one kind: \"spread=node.labels.zone\""),
+            ),
+        }
+    }
+    crate::SwarmSettings {
+        constraints: raw.constraints.clone().unwrap_or_default(),
+        preferences,
+        restart,
+        restart_delay: raw.restart_delay.map_or(Duration::from_secs(1), |d| d.0),
+        restart_max_attempts: raw.restart_max_attempts.unwrap_or(0),
+    }
 }

@@ -144,6 +144,7 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         health: info.health.as_str().to_string(),
                         restarts: info.restarts,
                         runtime_health: info.runtime_health.clone(),
+                        node: info.node.clone(),
                         uptime_s: info
                             .started
                             .filter(|_| info.pid.is_some())
@@ -202,6 +203,35 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
         deploy_in_progress: lock(&p.deploying).clone(),
         warnings: lock(&p.warnings).clone(),
         api: p.access.endpoint.get().cloned(),
+        nodes: vec![],
+    }
+}
+
+/// The Swarm's nodes as its managers see them (none without a Swarm; a warning when the
+/// manager does not answer).
+pub async fn swarm_nodes(p: &Platform, status: &mut Status) {
+    let Some(swarm) = &p.swarm else {
+        return;
+    };
+    match tokio::time::timeout(Duration::from_secs(5), swarm.nodes()).await {
+        Ok(Ok(nodes)) => {
+            status.nodes = nodes
+                .into_iter()
+                .map(|n| tcf_api::NodeStatus {
+                    name: n.name,
+                    addr: n.addr,
+                    state: n.state,
+                    availability: n.availability,
+                    manager: n.manager,
+                })
+                .collect()
+        }
+        Ok(Err(e)) => status
+            .warnings
+            .push(format!("cannot list the Swarm's nodes: {e}")),
+        Err(_) => status
+            .warnings
+            .push("the Swarm manager did not list its nodes within 5 s".into()),
     }
 }
 
@@ -210,6 +240,7 @@ async fn status(
     ApiQuery(q): ApiQuery<StatusQuery>,
 ) -> Json<Status> {
     let mut status = build_status(&p, q.metrics);
+    swarm_nodes(&p, &mut status).await;
     let changed = {
         let p = p.clone();
         tokio::task::spawn_blocking(move || changed_in_file(&p))
@@ -472,6 +503,11 @@ fn deploy_specs(
         if new.runtime == tcf_config::RuntimeKind::Docker && p.docker.is_none() {
             return Err(bad_request(format!(
                 "{name} now runs on Docker, which this daemon did not connect to: `tcf-platform down` and `up` to switch runtimes"
+            )));
+        }
+        if new.runtime == tcf_config::RuntimeKind::Swarm && p.swarm.is_none() {
+            return Err(bad_request(format!(
+                "{name} now runs on a Swarm, which this daemon did not connect to: `tcf-platform down` and `up` to switch runtimes"
             )));
         }
         specs.insert(name.clone(), Arc::new(new.clone()));

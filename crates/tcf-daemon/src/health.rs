@@ -67,8 +67,12 @@ pub async fn http(authority: &str, path: &str, timeout: Duration) -> ProbeResult
 }
 
 /// Probe an instance on loopback.
-pub async fn instance(port: u16, probe: &tcf_config::Probe, timeout: Duration) -> ProbeResult {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
+pub async fn instance(
+    addr: SocketAddr,
+    probe: &tcf_config::Probe,
+    timeout: Duration,
+) -> ProbeResult {
+    let addr = addr.to_string();
     match probe {
         tcf_config::Probe::Http { path } => http(&addr, path, timeout).await,
         tcf_config::Probe::Tcp => tcp(&addr, timeout).await,

@@ -99,6 +99,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Docker(#[from] tcf_docker::DockerError),
+    #[error(transparent)]
+    Swarm(#[from] tcf_docker::swarm::SwarmError),
     #[error("cannot take over from the running daemon: {0}")]
     Handover(String),
     #[error("cannot serve the remote API on {addr}: {detail}\nhint: another program may use that address, or fix [daemon] listen, tls_cert and tls_key")]
@@ -222,6 +224,32 @@ async fn run_daemon(
             d.ensure_network(&n).await?;
         }
         Some(Arc::new(d))
+    };
+    let swarm_services: Vec<String> = config
+        .services
+        .values()
+        .filter(|s| s.runtime == tcf_config::RuntimeKind::Swarm)
+        .map(|s| s.name.clone())
+        .collect();
+    let swarm = if swarm_services.is_empty() {
+        None
+    } else {
+        let s = tcf_docker::swarm::SwarmRuntime::connect(
+            &config.platform.name,
+            config.swarm.endpoint.as_deref(),
+            &swarm_services,
+        )
+        .await?;
+        let networks: std::collections::BTreeSet<String> = config
+            .services
+            .values()
+            .filter(|svc| svc.runtime == tcf_config::RuntimeKind::Swarm)
+            .filter_map(|svc| svc.docker.as_ref().map(|d| d.network.clone()))
+            .collect();
+        for n in networks {
+            s.ensure_network(&n).await?;
+        }
+        Some(Arc::new(s))
     };
 
     // Bind everything before starting anything: a taken address fails the whole start. Each
@@ -354,6 +382,34 @@ async fn run_daemon(
             }
         }
     }
+    // Swarm services likewise: those of the active release are adopted, the rest removed.
+    let mut adoptable_swarm = BTreeMap::new();
+    if let Some(s) = &swarm {
+        for found in s.find().await? {
+            let wanted = config.services.get(&found.service).is_some_and(|svc| {
+                let version = active.get(&svc.name).unwrap_or(&svc.version);
+                svc.runtime == tcf_config::RuntimeKind::Swarm
+                    && found.version == *version
+                    && (1..=svc.instances)
+                        .any(|n| found.instance == format!("{}-{}-{n}", svc.name, found.colour))
+            });
+            if wanted {
+                adoptable_swarm.insert(found.instance.clone(), found);
+            } else {
+                s.remove(&found.name).await?;
+                reconcile_notes.push((
+                    found.service.clone(),
+                    found.instance.clone(),
+                    format!(
+                        "removed Swarm service {} ({} {}): not part of the active release",
+                        found.name, found.service, found.version
+                    ),
+                ));
+            }
+        }
+        // Secrets of services that are gone (a daemon killed between the two removals).
+        s.remove_secrets().await?;
+    }
     // Taking over, the colours run what runs (the specs their release recorded); what the
     // config file changed since is then applied as releases (`apply_config_changes`).
     let running_specs = if inherited.is_some() {
@@ -370,9 +426,13 @@ async fn run_daemon(
         config,
         store,
         runtime,
-        docker.clone(),
+        Engines {
+            docker: docker.clone(),
+            swarm: swarm.clone(),
+        },
         Adoptable {
             containers: adoptable,
+            swarm: adoptable_swarm,
             processes: left_processes,
             running_specs: running_specs.clone(),
         },
@@ -568,6 +628,19 @@ async fn run_daemon(
             tracing::warn!("cannot remove the platform's Docker networks: {e}");
         }
     }
+    if let Some(s) = &p.swarm {
+        // Services are removed as their instances stop; leftovers go too, then the secrets
+        // and the overlay networks (once no task is attached any more).
+        for found in s.find().await.unwrap_or_default() {
+            let _ = s.remove(&found.name).await;
+        }
+        if let Err(e) = s.remove_secrets().await {
+            tracing::warn!("cannot remove the platform's Swarm secrets: {e}");
+        }
+        if let Err(e) = s.remove_networks().await {
+            tracing::warn!("cannot remove the platform's Swarm networks: {e}");
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     let _ = std::fs::remove_file(&socket);
     p.event(
@@ -599,11 +672,20 @@ fn bind_api_socket(
     Ok(listener)
 }
 
+/// The container engines the daemon connected to, for the services that need them.
+#[derive(Default)]
+struct Engines {
+    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    swarm: Option<Arc<tcf_docker::swarm::SwarmRuntime>>,
+}
+
 /// What a starting daemon found running that it takes over, and the specs it runs with.
 #[derive(Default)]
 struct Adoptable {
     /// Containers of the active release, by instance id.
     containers: BTreeMap<String, tcf_docker::Found>,
+    /// Swarm services of the active release, by instance id.
+    swarm: BTreeMap<String, tcf_docker::swarm::FoundService>,
     /// Process instances of the active release, by instance id.
     processes: BTreeMap<String, LeftProcess>,
     /// Taking over: each service's spec as its release recorded it.
@@ -616,13 +698,15 @@ fn assemble(
     config: Config,
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
-    docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    engines: Engines,
     adoptable: Adoptable,
     active: &BTreeMap<String, String>,
     tls: BTreeMap<String, Arc<tls::ServiceTls>>,
 ) -> Arc<Platform> {
+    let Engines { docker, swarm } = engines;
     let Adoptable {
         containers: adoptable,
+        swarm: adoptable_swarm,
         processes: left_processes,
         running_specs,
     } = adoptable;
@@ -657,6 +741,12 @@ fn assemble(
             .find(|f: &&tcf_docker::Found| f.service == *name)
             .map(|f| f.colour.clone())
             .or_else(|| {
+                adoptable_swarm
+                    .values()
+                    .find(|f| f.service == *name)
+                    .map(|f| f.colour.clone())
+            })
+            .or_else(|| {
                 left_processes
                     .values()
                     .find(|l| l.service == *name)
@@ -690,7 +780,9 @@ fn assemble(
         store,
         runtime,
         docker: docker.clone(),
+        swarm,
         adoptable: Mutex::new(adoptable),
+        adoptable_swarm: Mutex::new(adoptable_swarm),
         adoptable_processes: Mutex::new(left_processes),
         services,
         dependencies,

@@ -81,6 +81,8 @@ pub struct InstanceInfo {
     /// It passed its health checks at least once since its last (re)start, so it did serve:
     /// only such an instance joins a pool in panic.
     pub healthy_since_start: bool,
+    /// The machine it runs on, when its runtime spreads instances over several (a Swarm node).
+    pub node: Option<String>,
 }
 
 pub struct Instance {
@@ -91,7 +93,9 @@ pub struct Instance {
     /// What it runs (its colour's spec).
     pub spec: Arc<Service>,
     /// The loopback port it listens on. Changes only while it is not running, when the port
-    /// was taken by someone else (see [`Instance::move_to_port`]).
+    /// was taken by someone else (see [`Instance::move_to_port`]), or when its runtime says
+    /// where it listens (a Swarm task: its node's address and published port, see
+    /// [`Instance::move_to`]).
     port: AtomicU16,
     /// Its place in its colour's pool; replaced along with the port.
     backend: Mutex<Arc<Backend>>,
@@ -131,6 +135,7 @@ impl Instance {
                 runtime_health: None,
                 last_probe: None,
                 healthy_since_start: false,
+                node: None,
             }),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
@@ -148,6 +153,25 @@ impl Instance {
 
     pub fn backend(&self) -> Arc<Backend> {
         lock(&self.backend).clone()
+    }
+
+    /// Where it takes connections: loopback and its port, or where its runtime runs it.
+    pub fn addr(&self) -> SocketAddr {
+        self.backend().addr
+    }
+
+    /// Take connections at `addr` from now on (a task its runtime started, or moved, on
+    /// another machine): a new backend, so no pooled connection to the old place is reused.
+    pub fn move_to(&self, addr: SocketAddr) {
+        let old = {
+            let mut backend = lock(&self.backend);
+            if backend.addr == addr {
+                return;
+            }
+            std::mem::replace(&mut *backend, Backend::new(self.id.clone(), addr))
+        };
+        old.close_idle();
+        self.port.store(addr.port(), Ordering::SeqCst);
     }
 
     /// Listen on `port` from the next start on (the old one was taken while it was down): a
@@ -608,6 +632,10 @@ pub struct Platform {
     pub runtime: Arc<dyn Runtime>,
     /// The Docker runtime, when a service uses it.
     pub docker: Option<Arc<tcf_docker::DockerRuntime>>,
+    /// The Swarm runtime, when a service uses it.
+    pub swarm: Option<Arc<tcf_docker::swarm::SwarmRuntime>>,
+    /// Swarm services found at startup that match the active release, by instance id.
+    pub adoptable_swarm: Mutex<BTreeMap<String, tcf_docker::swarm::FoundService>>,
     /// Containers found running at startup that match the active release, by instance id.
     pub adoptable: Mutex<BTreeMap<String, tcf_docker::Found>>,
     /// Process instances a previous daemon left running that match the active release, by
@@ -640,8 +668,9 @@ pub struct Platform {
 impl Platform {
     /// The runtime a service's instances run on.
     pub fn runtime_for(&self, svc: &tcf_config::Service) -> Arc<dyn Runtime> {
-        match (svc.runtime, &self.docker) {
-            (tcf_config::RuntimeKind::Docker, Some(d)) => d.clone(),
+        match (svc.runtime, &self.docker, &self.swarm) {
+            (tcf_config::RuntimeKind::Docker, Some(d), _) => d.clone(),
+            (tcf_config::RuntimeKind::Swarm, _, Some(s)) => s.clone(),
             _ => self.runtime.clone(),
         }
     }

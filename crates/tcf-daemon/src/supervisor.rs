@@ -125,7 +125,26 @@ pub fn instance_spec(
             volumes: d.volumes.clone(),
             network: d.network.clone(),
             pull_missing: d.pull_missing,
+            swarm: cfg.swarm.as_ref().map(|s| tcf_runtime::SwarmPlacement {
+                constraints: s.constraints.clone(),
+                spread: s.preferences.clone(),
+                restart: match s.restart {
+                    tcf_config::SwarmRestart::Any => "any",
+                    tcf_config::SwarmRestart::OnFailure => "on-failure",
+                    tcf_config::SwarmRestart::None => "none",
+                }
+                .to_string(),
+                restart_delay: s.restart_delay,
+                restart_max_attempts: s.restart_max_attempts,
+            }),
         }),
+        // Which variables carry a secret: known from the spec, before it is resolved.
+        secret_env: cfg
+            .env
+            .iter()
+            .filter(|(_, v)| v.contains("${secret:"))
+            .map(|(k, _)| k.clone())
+            .collect(),
     }
 }
 
@@ -153,7 +172,8 @@ async fn supervise(
             i.health = Health::Unknown;
             i.healthy_since_start = false;
         }
-        if adopted.is_none() && !port_is_free(inst.port()) {
+        let local_ports = p.runtime_for(cfg).uses_local_ports();
+        if adopted.is_none() && local_ports && !port_is_free(inst.port()) {
             // Taken while the instance was down (any program, our own outgoing connections
             // included): starting it there would fail again and again.
             match free_port() {
@@ -183,10 +203,13 @@ async fn supervise(
             {
                 Ok(env) => {
                     spec.env = env;
-                    p.runtime_for(cfg)
-                        .start(spec)
-                        .await
-                        .map_err(|e| e.to_string())
+                    let runtime = p.runtime_for(cfg);
+                    // A start can take a while (a Swarm placing a task); a stop asked for
+                    // meanwhile wins, and the runtime removes what it began.
+                    tokio::select! {
+                        started = runtime.start(spec) => started.map_err(|e| e.to_string()),
+                        _ = stop_rx.wait_for(|s| *s) => Err("stopped while starting".to_string()),
+                    }
                 }
                 Err(e) => Err(e),
             },
@@ -196,12 +219,19 @@ async fn supervise(
             Ok(mut running) => {
                 let ident = running.identity();
                 let started = Instant::now();
+                // A runtime that places instances itself says where this one listens (a
+                // Swarm task: its node's address and the port it published there).
+                if let Some(addr) = running.address() {
+                    inst.move_to(addr);
+                }
+                let node = running.node();
                 {
                     let mut i = lock(&inst.info);
                     i.pid = Some(ident.pid);
                     i.started = Some(started);
                     i.state = InstanceState::Running;
                     i.cpu_ticks = None;
+                    i.node = node.clone();
                 }
                 let record = InstanceRecord {
                     id: inst.id.clone(),
@@ -222,12 +252,17 @@ async fn supervise(
                     "instance.started",
                     service,
                     Some(id),
-                    format!(
-                        "started {} (pid {}, port {})",
-                        inst.version,
-                        ident.pid,
-                        inst.port()
-                    ),
+                    match &node {
+                        Some(node) => {
+                            format!("started {} on node {node} ({})", inst.version, inst.addr())
+                        }
+                        None => format!(
+                            "started {} (pid {}, port {})",
+                            inst.version,
+                            ident.pid,
+                            inst.port()
+                        ),
+                    },
                 );
                 let (deadline_tx, deadline_rx) = oneshot::channel::<()>();
                 // Stopped with its supervisor, even when that is aborted (a handover).
@@ -422,7 +457,7 @@ async fn probe_loop(
     let mut ever_healthy = false;
     let mut last_error = String::new();
     loop {
-        let result = health::instance(inst.port(), &h.probe, h.timeout).await;
+        let result = health::instance(inst.addr(), &h.probe, h.timeout).await;
         lock(&inst.info).last_probe = Some(match &result {
             Ok(()) => "ok".to_string(),
             Err(why) => why.clone(),
@@ -572,6 +607,44 @@ async fn adopt(
                 ),
             );
             return Some((left.port, left.running));
+        }
+    }
+    if let Some(swarm) = p.swarm.as_ref() {
+        let found = lock(&p.adoptable_swarm).remove(id);
+        if let Some(found) = found {
+            if found.version != version {
+                return None;
+            }
+            let spec = instance_spec(p, &svc.config, id, &found.colour, version, 0);
+            return match swarm.adopt(&found, &spec).await {
+                Ok(running) => {
+                    let addr = running.address()?;
+                    p.event(
+                        "recovery.adopted",
+                        Some(&svc.config.name),
+                        Some(id),
+                        format!(
+                            "adopted Swarm service {} on node {} ({addr})",
+                            found.name,
+                            running.node().unwrap_or_default()
+                        ),
+                    );
+                    Some((addr.port(), running))
+                }
+                Err(e) => {
+                    let _ = swarm.remove(&found.name).await;
+                    p.event(
+                        "recovery.removed",
+                        Some(&svc.config.name),
+                        Some(id),
+                        format!(
+                            "could not adopt Swarm service {}: {e}; removed it",
+                            found.name
+                        ),
+                    );
+                    None
+                }
+            };
         }
     }
     let docker = p.docker.as_ref()?;

@@ -263,7 +263,7 @@ impl TestPlatform {
             config,
             store,
             runtime.clone(),
-            None,
+            crate::Engines::default(),
             crate::Adoptable::default(),
             &BTreeMap::new(),
             BTreeMap::new(),

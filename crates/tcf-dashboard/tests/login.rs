@@ -51,6 +51,7 @@ fn status() -> Status {
         deploy_in_progress: None,
         warnings: vec![],
         api: None,
+        nodes: vec![],
     }
 }
 

@@ -5,6 +5,8 @@
 //! finds them; they publish their port on 127.0.0.1 only, on the port the daemon picked, so the
 //! proxy routes to them exactly like to a process.
 
+pub mod swarm;
+
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,

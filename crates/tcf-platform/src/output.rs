@@ -191,12 +191,18 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
         .collect();
     out.push_str(&table(&headers, &rows));
     if instances {
+        // A NODE column once any instance runs on a machine of a cluster (a Swarm node).
+        let with_node = s
+            .services
+            .iter()
+            .flat_map(|svc| svc.instances.iter())
+            .any(|i| i.node.is_some());
         let rows: Vec<Vec<String>> = s
             .services
             .iter()
             .flat_map(|svc| svc.instances.iter())
             .map(|i| {
-                vec![
+                let mut row = vec![
                     i.id.clone(),
                     i.colour.clone(),
                     i.version.clone(),
@@ -206,15 +212,39 @@ pub fn status(s: &Status, instances: bool, metrics: bool) -> String {
                     i.health.clone(),
                     i.restarts.to_string(),
                     uptime(i.uptime_s),
+                ];
+                if with_node {
+                    row.push(i.node.clone().unwrap_or_else(|| "-".into()));
+                }
+                row
+            })
+            .collect();
+        let mut headers = vec![
+            "INSTANCE", "COLOUR", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS", "UPTIME",
+        ];
+        if with_node {
+            headers.push("NODE");
+        }
+        out.push('\n');
+        out.push_str(&table(&headers, &rows));
+    }
+    if !s.nodes.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.addr.clone(),
+                    n.state.clone(),
+                    n.availability.clone(),
+                    if n.manager { "manager" } else { "worker" }.to_string(),
                 ]
             })
             .collect();
         out.push('\n');
         out.push_str(&table(
-            &[
-                "INSTANCE", "COLOUR", "VERSION", "PID", "PORT", "STATE", "HEALTH", "RESTARTS",
-                "UPTIME",
-            ],
+            &["NODE", "ADDRESS", "STATE", "AVAILABILITY", "ROLE"],
             &rows,
         ));
     }

@@ -51,6 +51,9 @@ pub struct InstanceSpec {
     pub stop_timeout: Duration,
     /// Set for container runtimes: what to run and how.
     pub container: Option<ContainerSpec>,
+    /// The variables of `env` whose values came from secrets: a runtime that would otherwise
+    /// write them into a spec others can read (a Swarm service's) passes them another way.
+    pub secret_env: std::collections::BTreeSet<String>,
 }
 
 /// What a container runtime needs beyond a process's argv and environment.
@@ -69,7 +72,33 @@ pub struct ContainerSpec {
     pub network: String,
     /// Pull the image when it is not present locally.
     pub pull_missing: bool,
+    /// Placement and restarts on a Swarm (`runtime = "swarm"` only).
+    pub swarm: Option<SwarmPlacement>,
 }
+
+/// Where a Swarm may run a task and how it restarts it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SwarmPlacement {
+    pub constraints: Vec<String>,
+    /// Spread descriptors (`node.labels.zone`).
+    pub spread: Vec<String>,
+    /// `any`, `on-failure` or `none`.
+    pub restart: String,
+    pub restart_delay: Duration,
+    pub restart_max_attempts: u32,
+}
+
+/// CPU and memory of an instance, as its runtime measures them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    /// Total CPU time used so far, in microseconds.
+    pub cpu_micros: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Read an instance's usage from its runtime (an engine's stats); `None` when it cannot.
+pub type UsageProbe = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<Usage>> + Send + Sync>;
 
 /// A check of the runtime's own health for an instance (a container's HEALTHCHECK state).
 pub type StatusProbe = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
@@ -113,6 +142,19 @@ pub trait Running: Send {
     fn status_probe(&self) -> Option<StatusProbe> {
         None
     }
+    /// Where it takes connections, when that is not the loopback port it was started with
+    /// (a task on another machine).
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+    /// The machine it runs on, when the runtime spreads instances over several.
+    fn node(&self) -> Option<String> {
+        None
+    }
+    /// CPU and memory from the runtime, for an instance this host's /proc cannot see.
+    fn usage_probe(&self) -> Option<UsageProbe> {
+        None
+    }
 }
 
 pub trait Runtime: Send + Sync {
@@ -128,6 +170,11 @@ pub trait Runtime: Send + Sync {
     /// Fail early, before anything starts, when `spec` cannot run (a missing image, say).
     fn check(&self, _spec: &InstanceSpec) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+    /// True when instances listen on this host's loopback, on the port the supervisor picks;
+    /// false when the runtime decides where they listen (reported by [`Running::address`]).
+    fn uses_local_ports(&self) -> bool {
+        true
     }
 }
 

@@ -369,6 +369,7 @@ mod tests {
             colour: "blue".into(),
             stop_timeout: Duration::from_secs(1),
             container: None,
+            secret_env: Default::default(),
         }
     }
 

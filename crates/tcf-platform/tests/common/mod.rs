@@ -7,6 +7,7 @@ pub mod docker;
 pub mod load;
 pub mod pebble;
 pub mod sequence;
+pub mod swarm;
 pub mod webdriver;
 
 use serde_json::Value;

@@ -1,0 +1,280 @@
+//! The Swarm runtime on a real three-node swarm (scripts/swarm-cluster, three dockerd in their
+//! own network namespaces): the TCF services spread over the nodes, the deploy sequence under
+//! load with zero failed requests, a node's engine stopped mid-run and its tasks followed to
+//! other nodes, reconcile after SIGKILL of the daemon, secrets kept out of the service specs,
+//! and `down` leaving no service, secret or network. One cluster for the whole binary.
+
+mod common;
+
+use common::docker::*;
+use common::load::Load;
+use common::sequence::*;
+use common::swarm::SwarmCluster;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(180);
+const SECRET_VALUE: &str = "sw-secret-value-7f3a9c";
+
+/// Every instance of every service: (id, node, health).
+fn instances(status: &Value) -> Vec<(String, String, String)> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().iter())
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap_or_default().to_string(),
+                i["node"].as_str().unwrap_or_default().to_string(),
+                i["health"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn node_state(status: &Value, name: &str) -> Option<String> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == name)
+        .map(|n| n["state"].as_str().unwrap_or_default().to_string())
+}
+
+/// The platform's Swarm objects of one kind (`service`, `secret`, `network`), by name.
+fn objects(cluster: &SwarmCluster, kind: &str, platform: &str) -> BTreeSet<String> {
+    cluster
+        .docker(&[
+            kind,
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("label=tcf.platform={platform}"),
+        ])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn set_secret(p: &Platform, name: &str, value: &str) {
+    let mut child = Command::new(bin())
+        .args(["secrets", "set", name, "--config"])
+        .arg(&p.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
+    require_engine();
+    if let Some(why) = SwarmCluster::unavailable() {
+        panic!("no swarm can be formed here: {why} — this test does not skip");
+    }
+    let cluster = SwarmCluster::up().expect("a three-node swarm (scripts/swarm-cluster up)");
+    let run_id = std::process::id();
+    let repo = format!("tcf-test-{run_id}/swarm-demo");
+    let label = format!("tcf.test={run_id}");
+    let versions = [
+        "v1",
+        "v2",
+        "v3",
+        "v4",
+        "v3-unhealthy",
+        "v4-errors",
+        "v5-errors",
+    ];
+    let images = build_demo_images(&repo, &label, &versions);
+    let names: Vec<String> = versions.iter().map(|v| format!("{repo}:{v}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster.load(&names).expect("images loaded on every node");
+
+    let platform = format!("tcf-swarm-test-{run_id}");
+    let config = example_config_at("examples/tcf-swarm/tcf-platform.toml")
+        .replace("name = \"tcf-swarm\"", &format!("name = \"{platform}\""))
+        .replace("tcf/demo:{version}", &format!("{repo}:{{version}}"))
+        .replace(
+            "# [swarm]\n# endpoint = \"unix:///run/tcf-swarm/node1/docker.sock\"",
+            &format!("[swarm]\nendpoint = \"{}\"", cluster.docker_host()),
+        )
+        .replace(
+            "[services.personas]\n",
+            "[services.personas]\nenv = { API_KEY = \"${secret:api_key}\" }\n",
+        );
+    assert!(config.contains("[swarm]\nendpoint"), "{config}");
+    let mut p = Platform::new(&deploy_config_from(&config, &[("retire_after", "\"10m\"")]));
+    set_secret(&p, "api_key", SECRET_VALUE);
+    p.up();
+    let status = p.wait_for("every task healthy", START, all_healthy);
+    let all = instances(&status);
+    assert_eq!(all.len(), 13, "{status:#}");
+    // Spread: the instances run on at least two of the three nodes, each one named.
+    let nodes: BTreeSet<&str> = all.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert!(nodes.iter().all(|n| n.starts_with("node")), "{all:?}");
+    assert!(nodes.len() >= 2, "instances on one node only: {all:?}");
+    assert_eq!(objects(&cluster, "service", &platform).len(), 13);
+    let node_states: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(node_states, ["ready", "ready", "ready"], "{status:#}");
+    // The table has the node of every instance and the nodes.
+    let table = String::from_utf8_lossy(&p.cli(&["status", "--services"]).stdout).to_string();
+    assert!(table.contains("NODE") && table.contains("node1"), "{table}");
+
+    // The secret is a Swarm secret: the spec has only where to read it.
+    let personas_service = format!("{platform}-personas-blue-1");
+    let spec = cluster
+        .docker(&["service", "inspect", &personas_service])
+        .unwrap();
+    assert!(
+        !spec.contains(SECRET_VALUE),
+        "the secret's value is in the spec"
+    );
+    assert!(spec.contains("API_KEY_FILE=/run/secrets/API_KEY"), "{spec}");
+    assert_eq!(objects(&cluster, "secret", &platform).len(), 2);
+
+    let gateway = listen(&status, "gateway");
+    let personas = listen(&status, "personas");
+    zero_downtime_sequence(&mut p, &gateway, &personas);
+
+    // Task logs come through `tcf-platform logs`.
+    let logs = String::from_utf8_lossy(&p.cli(&["logs", "personas"]).stdout).to_string();
+    assert!(logs.contains("tcf-demo: personas v2"), "{logs}");
+
+    // Killed with SIGKILL: the tasks keep running; the next daemon adopts the services of the
+    // active release and removes the rest (the warm previous colours).
+    let before = objects(&cluster, "service", &platform);
+    p.kill_daemon();
+    p.up();
+    let after = p.wait_for("every task healthy after the restart", START, all_healthy);
+    let kept = objects(&cluster, "service", &platform);
+    assert_eq!(kept.len(), 13, "{kept:?}");
+    assert!(
+        kept.is_subset(&before),
+        "services replaced: {before:?} → {kept:?}"
+    );
+    for svc in after["services"].as_array().unwrap() {
+        for i in svc["instances"].as_array().unwrap() {
+            assert_eq!(i["restarts"], 0, "adopted, never restarted: {i}");
+        }
+    }
+    assert_eq!(version_at(&listen(&after, "gateway")), "v1");
+    assert_eq!(version_at(&listen(&after, "personas")), "v2");
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "3000"])
+            .stdout,
+    )
+    .unwrap();
+    let second_start = events
+        .iter()
+        .rposition(|e| e["kind"] == "daemon.started")
+        .unwrap();
+    let count = |kind: &str| {
+        events[second_start..]
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+    assert_eq!(count("recovery.adopted"), 13, "every task of the release");
+    assert_eq!(
+        count("recovery.adopted") + count("recovery.removed"),
+        before.len(),
+        "every service found is adopted or removed"
+    );
+
+    // A worker's engine stopped under load: its tasks fail their probes and leave the pool,
+    // Swarm starts them elsewhere, the proxy follows; no request fails.
+    let placed: BTreeMap<String, String> = instances(&after)
+        .into_iter()
+        .map(|(id, node, _)| (id, node))
+        .collect();
+    let victim = ["node2", "node3"]
+        .into_iter()
+        .max_by_key(|n| placed.values().filter(|v| v == n).count())
+        .unwrap();
+    let on_victim: Vec<String> = placed
+        .iter()
+        .filter(|(_, n)| n.as_str() == victim)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!on_victim.is_empty(), "{placed:?}");
+    let victim_number: usize = victim.trim_start_matches("node").parse().unwrap();
+    let gateway = listen(&after, "gateway");
+    let load = Load::start(&gateway, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.stop_node(victim_number).expect("stop-node");
+    let moved = p.wait_for(
+        "the failed node's tasks healthy on the other nodes, the node down",
+        START,
+        |s| {
+            node_state(s, victim).as_deref() == Some("down")
+                && all_healthy(s)
+                && instances(s).iter().all(|(_, n, _)| n != victim)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert!(
+        report.errors.is_empty(),
+        "connection errors while a node failed: {:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+    for s in &report.samples {
+        assert!(
+            (200..300).contains(&s.status) && !s.by_proxy,
+            "{} from {} (by the proxy: {}) while a node failed",
+            s.status,
+            s.version,
+            s.by_proxy
+        );
+    }
+    assert!(report.samples.len() > 100, "too little load");
+    let table = String::from_utf8_lossy(&p.cli(&["status"]).stdout).to_string();
+    assert!(table.contains("down"), "{table}");
+    let events: Vec<Value> = serde_json::from_slice(
+        &p.cli(&["events", "--format", "json", "--limit", "3000"])
+            .stdout,
+    )
+    .unwrap();
+    for id in &on_victim {
+        assert!(
+            events.iter().any(|e| e["instance"] == id.as_str()
+                && e["kind"] == "instance.started"
+                && e["message"].as_str().unwrap_or("").contains("on node")
+                && !e["message"].as_str().unwrap_or("").contains(victim)),
+            "{id} was not followed to another node: {moved:#}"
+        );
+    }
+    cluster.start_node(victim_number).expect("start-node");
+
+    // down removes the platform's services, secrets and network; images are the test's.
+    assert!(p.cli(&["down"]).status.success());
+    assert_eq!(p.wait_daemon_exit(Duration::from_secs(120)), Some(0));
+    for kind in ["service", "secret", "network"] {
+        let left = objects(&cluster, kind, &platform);
+        assert!(left.is_empty(), "{kind}s left after down: {left:?}");
+    }
+    drop(p);
+    drop(images);
+    cluster.down().expect("swarm-cluster down");
+}
