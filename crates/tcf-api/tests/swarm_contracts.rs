@@ -39,6 +39,8 @@ fn status_on_a_swarm() {
                 metrics: None,
                 config_changed: false,
                 stale_secrets: vec![],
+                panic: false,
+                panics: 0,
                 maintenance: None,
             }],
             dependencies: vec![],

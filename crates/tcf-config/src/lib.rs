@@ -208,10 +208,7 @@ pub struct SwarmSettings {
     /// `spread=DESCRIPTOR` each.
     pub preferences: Vec<String>,
     pub restart: SwarmRestart,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "units::deserialize_duration"
-    )]
+    #[serde(with = "units::duration")]
     pub restart_delay: Duration,
     pub restart_max_attempts: u32,
 }
