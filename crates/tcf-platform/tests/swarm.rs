@@ -203,7 +203,7 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
     );
 
     // A worker's engine stopped under load: its tasks fail their probes and leave the pool,
-    // Swarm starts them elsewhere, the proxy follows; no request fails.
+    // Swarm starts them elsewhere, the proxy follows; only requests in flight on it fail.
     let placed: BTreeMap<String, String> = instances(&after)
         .into_iter()
         .map(|(id, node, _)| (id, node))
@@ -239,15 +239,39 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
         "connection errors while a node failed: {:?}",
         &report.errors[..report.errors.len().min(5)]
     );
-    for s in &report.samples {
-        assert!(
-            (200..300).contains(&s.status) && !s.by_proxy,
-            "{} from {} (by the proxy: {}) while a node failed",
-            s.status,
-            s.version,
-            s.by_proxy
-        );
-    }
+    // A request already on its way to a task when the node's engine killed it cannot succeed
+    // (the proxy retries only what it has not yet sent): at most one per load connection, and
+    // only as the proxy's 502/504. Everything else succeeds.
+    let lost: Vec<&common::load::Sample> = report
+        .samples
+        .iter()
+        .filter(|s| !(200..300).contains(&s.status) || s.by_proxy)
+        .collect();
+    eprintln!("requests in flight on the failed node: {}", lost.len());
+    assert!(
+        lost.len() <= 6
+            && lost
+                .iter()
+                .all(|s| s.by_proxy && (s.status == 502 || s.status == 504)),
+        "while a node failed: {lost:?}"
+    );
+    // Once the probes have failed and the tasks run elsewhere, no request reaches a dead task.
+    let followed = Load::start(&gateway, 6);
+    std::thread::sleep(Duration::from_secs(2));
+    let followed = followed.stop();
+    assert!(followed.errors.is_empty(), "{:?}", followed.errors);
+    assert!(
+        followed
+            .samples
+            .iter()
+            .all(|s| (200..300).contains(&s.status) && !s.by_proxy),
+        "after the tasks moved: {:?}",
+        followed
+            .samples
+            .iter()
+            .filter(|s| !(200..300).contains(&s.status) || s.by_proxy)
+            .collect::<Vec<_>>()
+    );
     assert!(report.samples.len() > 100, "too little load");
     let table = String::from_utf8_lossy(&p.cli(&["status"]).stdout).to_string();
     assert!(table.contains("down"), "{table}");
