@@ -357,6 +357,18 @@ impl ServiceProxy {
         best.cloned()
     }
 
+    /// The colour for a request that loaded `route`. A pool is emptied of the instances a
+    /// route change takes out only after the route stopped pointing at it, so a request that
+    /// loaded the route just before finds that pool empty: it takes the route as it is now.
+    fn choose_pool(&self, route: &Route, key: u64) -> Option<Arc<Pool>> {
+        let pool = route.choose(key)?;
+        if !pool.backends.load().is_empty() {
+            return Some(pool.clone());
+        }
+        let current = self.route.load();
+        Some(current.choose(key).unwrap_or(pool).clone())
+    }
+
     /// Proxy one request; never fails: errors become responses with the right status. The
     /// client's address comes rendered as a header value (once per connection, not per request).
     pub async fn handle(
@@ -384,7 +396,7 @@ impl ServiceProxy {
             (Ok(replaced_host), None) => {
                 let (key, cookie) = sticky_key(&route, &parts.headers, client_addr);
                 new_cookie = cookie;
-                pool = route.choose(key).cloned();
+                pool = self.choose_pool(&route, key);
                 match &pool {
                     Some(pool) => {
                         self.forward(
