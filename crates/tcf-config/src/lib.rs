@@ -190,6 +190,9 @@ impl RuntimeKind {
 pub struct SwarmCluster {
     /// None: `DOCKER_HOST`, else the local socket.
     pub endpoint: Option<String>,
+    /// Each node's own engine by hostname, for its tasks' CPU and memory: a manager cannot
+    /// read another node's container stats.
+    pub node_engines: std::collections::BTreeMap<String, String>,
 }
 
 /// What a Swarm task's restart policy is on.

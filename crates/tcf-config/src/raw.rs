@@ -41,6 +41,10 @@ pub struct RawSwarmCluster {
     /// `unix:///path`, `tcp://host:port` or `http://host:port`; none: `DOCKER_HOST`, then the
     /// local socket.
     pub endpoint: Option<Spanned<String>>,
+    /// `{ HOSTNAME = "unix:///…" | "tcp://host:port" }`: each node's own engine, for the CPU
+    /// and memory of the tasks it runs (status, metrics); nodes not listed show none.
+    #[serde(default)]
+    pub node_engines: std::collections::BTreeMap<String, String>,
 }
 
 /// `[services.NAME.swarm]` / `[defaults.swarm]`: how a `runtime = "swarm"` service's tasks

@@ -220,6 +220,7 @@ pub fn resolve(
         alerts,
         swarm: crate::SwarmCluster {
             endpoint: file.swarm.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            node_engines: file.swarm.node_engines.clone(),
         },
     })
 }

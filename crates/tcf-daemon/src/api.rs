@@ -138,7 +138,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         id: i.id.clone(),
                         colour: i.colour.clone(),
                         version: i.version.clone(),
-                        pid: info.pid,
+                        // 0: a task on another machine, with no pid here.
+                        pid: info.pid.filter(|pid| *pid != 0),
                         port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),

@@ -239,7 +239,8 @@ async fn run_daemon(
             config.swarm.endpoint.as_deref(),
             &swarm_services,
         )
-        .await?;
+        .await?
+        .with_node_engines(&config.swarm.node_engines)?;
         let networks: std::collections::BTreeSet<String> = config
             .services
             .values()
