@@ -251,10 +251,19 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
     // The worker with the most tasks, among those that leave the gateway (under load) an
     // instance elsewhere: with all of a service's instances on the failed node, nothing could
     // answer until Swarm has started them again.
-    let gateway_nodes: BTreeSet<&String> = placed
+    let gateway_status = after["services"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|(id, _)| id.starts_with("gateway-"))
-        .map(|(_, n)| n)
+        .find(|s| s["name"] == "gateway")
+        .unwrap();
+    let serving = gateway_status["traffic"][0]["colour"].as_str().unwrap();
+    let gateway_nodes: BTreeSet<String> = gateway_status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["colour"] == serving)
+        .map(|i| i["node"].as_str().unwrap_or_default().to_string())
         .collect();
     let victim = ["node2", "node3"]
         .into_iter()
@@ -341,6 +350,44 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
         );
     }
     cluster.start_node(victim_number).expect("start-node");
+
+    // A worker's engine stopped during a deploy: the release completes or fails and reverts,
+    // never half: every answer comes from one version, the one the outcome names, and the
+    // gateway is healthy on it.
+    let deploy = deploy_in_background(&p, "v2", "gateway");
+    wait_until("the release running", START, || {
+        p.status()
+            .is_some_and(|s| s["deploy_in_progress"].is_string())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let during = if victim_number == 2 { 3 } else { 2 };
+    cluster.stop_node(during).expect("stop-node during the deploy");
+    let out = deploy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let expected = match out.status.code() {
+        Some(0) => "v2",
+        Some(1) => "v1",
+        other => panic!("deploy during a node failure ended with {other:?}:\n{stdout}"),
+    };
+    let settled = p.wait_for("the gateway healthy after the deploy", START, |s| {
+        s["services"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|svc| svc["name"] == "gateway" && svc["healthy"] == true)
+        })
+    });
+    let gateway_now = listen(&settled, "gateway");
+    for _ in 0..20 {
+        assert_eq!(version_at(&gateway_now), expected, "{stdout}");
+    }
+    let history: Vec<Value> =
+        serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
+    let newest = history[0]["status"].as_str().unwrap_or_default().to_string();
+    assert!(
+        (expected == "v2" && newest == "active") || (expected == "v1" && newest != "active"),
+        "release {newest} but {expected} serves:\n{stdout}"
+    );
+    eprintln!("deploy while node{during} stopped: {newest}, {expected} serves");
+    cluster.start_node(during).expect("start-node");
 
     // down removes the platform's services, secrets and network; images are the test's.
     assert!(p.cli(&["down"]).status.success());

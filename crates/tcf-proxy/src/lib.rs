@@ -344,17 +344,24 @@ impl ServiceProxy {
             r.set(v.wrapping_add(1));
             v
         });
+        // Least outstanding among the reachable ones; when none is, among all (one may be back).
         let mut best: Option<&Arc<Backend>> = None;
+        let mut best_unreachable: Option<&Arc<Backend>> = None;
         for i in 0..n {
             let b = &backends[(start + i) % n];
             if exclude.is_some_and(|x| Arc::ptr_eq(x, b)) {
                 continue;
             }
-            if best.is_none_or(|cur| b.outstanding() < cur.outstanding()) {
-                best = Some(b);
+            let slot = if b.reachable() {
+                &mut best
+            } else {
+                &mut best_unreachable
+            };
+            if slot.is_none_or(|cur| b.outstanding() < cur.outstanding()) {
+                *slot = Some(b);
             }
         }
-        best.cloned()
+        best.or(best_unreachable).cloned()
     }
 
     /// The colour for a request that loaded `route`. A pool is emptied of the instances a
