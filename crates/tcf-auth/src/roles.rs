@@ -72,6 +72,8 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/secrets", Role::Admin),
     ("POST", "/v1/secrets", Role::Admin),
     ("DELETE", "/v1/secrets/{name}", Role::Admin),
+    // The audit report maps the platform's weak points: admin, as tokens and secrets are.
+    ("GET", "/v1/audit", Role::Admin),
 ];
 
 /// The least role that may call `method path` (a path without its query). Unlisted: admin.

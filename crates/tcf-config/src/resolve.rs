@@ -199,6 +199,7 @@ pub fn resolve(
             None
         }
     };
+    let audit = resolve_audit(&file.audit, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -221,7 +222,31 @@ pub fn resolve(
         swarm: crate::SwarmCluster {
             endpoint: file.swarm.endpoint.as_ref().map(|e| e.get_ref().clone()),
         },
+        audit,
     })
+}
+
+fn resolve_audit(raw: &crate::raw::RawAudit, errors: &mut Vec<Diagnostic>) -> crate::AuditSettings {
+    let defaults = crate::AuditSettings::default();
+    let burst = match &raw.failed_auth_burst {
+        Some(b) if *b.get_ref() == 0 => {
+            errors.push(
+                Diagnostic::new("[audit] failed_auth_burst must be at least 1", Some(b.span()))
+                    .hint("the number of failed authentications from one address that is a burst, such as 10"),
+            );
+            defaults.failed_auth_burst
+        }
+        Some(b) => *b.get_ref(),
+        None => defaults.failed_auth_burst,
+    };
+    crate::AuditSettings {
+        max_admins: raw.max_admins.unwrap_or(defaults.max_admins),
+        secret_max_age: raw.secret_max_age.map_or(defaults.secret_max_age, |d| d.0),
+        failed_auth_burst: burst,
+        failed_auth_window: raw
+            .failed_auth_window
+            .map_or(defaults.failed_auth_window, |d| d.0),
+    }
 }
 
 pub(crate) fn resolve_deploy(
