@@ -128,6 +128,7 @@ mod tests {
         );
         assert_eq!(required_role("POST", "/v1/down"), Role::Admin);
         assert_eq!(required_role("DELETE", "/v1/secrets/db"), Role::Admin);
+        assert_eq!(required_role("GET", "/v1/audit"), Role::Admin);
         // A method or path the table does not list is closed.
         assert_eq!(required_role("POST", "/v1/status"), Role::Admin);
         assert_eq!(required_role("GET", "/v1/logs/"), Role::Admin);

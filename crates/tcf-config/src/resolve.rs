@@ -695,6 +695,35 @@ mod tests {
         resolve(Path::new("/tmp/tcf-platform.toml"), text, None)
     }
 
+    #[test]
+    fn audit_section_defaults_values_and_a_zero_burst() {
+        let base = "[platform]\nname = \"p\"\n";
+        let defaults = config(base).unwrap().audit;
+        assert_eq!(defaults, crate::AuditSettings::default());
+        assert_eq!(defaults.max_admins, 2);
+        assert_eq!(defaults.secret_max_age, Duration::from_secs(90 * 86_400));
+        let set = config(&format!(
+            "{base}[audit]\nmax_admins = 1\nsecret_max_age = \"30d\"\nfailed_auth_burst = 5\nfailed_auth_window = \"1m\"\n"
+        ))
+        .unwrap()
+        .audit;
+        assert_eq!(
+            set,
+            crate::AuditSettings {
+                max_admins: 1,
+                secret_max_age: Duration::from_secs(30 * 86_400),
+                failed_auth_burst: 5,
+                failed_auth_window: Duration::from_secs(60),
+            }
+        );
+        let errors = config(&format!("{base}[audit]\nfailed_auth_burst = 0\n")).unwrap_err();
+        assert!(
+            errors[0].message.contains("failed_auth_burst"),
+            "{errors:?}"
+        );
+        assert!(config(&format!("{base}[audit]\nmax_admin = 1\n")).is_err());
+    }
+
     const TWO_SERVICES: &str = r#"
 [platform]
 name = "p"

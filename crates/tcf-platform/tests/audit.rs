@@ -228,7 +228,15 @@ expires = "2000-01-01"
         .collect();
     assert_eq!(
         ids,
-        vec!["TCF-SEC-001", "TCF-SEC-002", "TCF-SEC-003", "TCF-SEC-004"]
+        vec![
+            "TCF-SEC-001",
+            "TCF-SEC-002",
+            "TCF-SEC-003",
+            "TCF-SEC-004",
+            "TCF-SEC-005",
+            "TCF-SEC-006",
+            "TCF-SEC-007"
+        ]
     );
 
     // Usage errors: exit 2.
