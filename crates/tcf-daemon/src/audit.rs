@@ -227,14 +227,14 @@ pub fn stored_secrets(list: Vec<tcf_api::access::SecretInfo>) -> Vec<StoredSecre
         .collect()
 }
 
-/// The secrets in a store no daemon runs on: read under the daemon's lock, and only when the
-/// store exists (an audit creates nothing).
+/// The secrets in a store no daemon runs on, read from a copy (`Store::open_read_only`): an
+/// audit writes, locks and chmods nothing in the state directory. No store: no secrets.
 pub fn offline_secrets(state_dir: &std::path::Path) -> Result<Vec<StoredSecret>, String> {
     if !state_dir.join("state.db").exists() {
         return Ok(Vec::new());
     }
-    crate::access::offline(state_dir, |s| s.secrets())
-        .map_err(|e| format!("the store could not be opened: {e}"))?
+    tcf_store::Store::open_read_only(state_dir)
+        .and_then(|store| store.secrets())
         .map(|rows| rows.into_iter().map(stored_secret).collect())
         .map_err(|e| format!("the store's secrets could not be read: {e}"))
 }

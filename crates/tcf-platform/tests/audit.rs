@@ -887,13 +887,28 @@ fn remote_audit_over_the_api_needs_an_admin_and_renders_every_format() {
     let mut p = Platform::new(&config);
     set_secret(&p, "orphan", ORPHAN_VALUE);
 
-    // Offline, the unused secret is found in the store itself.
-    let out = p.cli(&["prod", "audit", "--format", "json", "--check", "SEC"]);
+    // Offline, the unused secret is found in the store itself, which the audit reads without
+    // changing anything: the state directory opened up keeps its mode and is reported.
+    let state = p.dir.path().join(".tcf");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = p.cli(&[
+        "prod",
+        "audit",
+        "--format",
+        "json",
+        "--check",
+        "SEC",
+        "TCF-FS-001",
+    ]);
     let report = json_of(&out);
     assert_eq!(report["mode"], "offline");
     let orphan = finding(&report, "TCF-SEC-005").expect("TCF-SEC-005 offline");
     assert_eq!(orphan["location"]["resource"], "secret orphan");
     assert_eq!(check_status(&report, "TCF-SEC-006"), "pass", "{report:#}");
+    assert!(finding(&report, "TCF-FS-001").is_some(), "{report:#}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750, "the audit changed the state directory's mode");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     p.up();
     let status = p.wait_for("all healthy", Duration::from_secs(60), all_healthy);
