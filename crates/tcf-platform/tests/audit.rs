@@ -975,6 +975,23 @@ fn remote_audit_over_the_api_needs_an_admin_and_renders_every_format() {
     assert_eq!(check_status(&report, "TCF-NET-002"), "pass", "{report:#}");
     assert_eq!(check_status(&report, "TCF-API-001"), "pass", "{report:#}");
 
+    // The local audit (through the socket) sees the same.
+    let local = json_of(&p.cli(&[
+        "prod",
+        "audit",
+        "--format",
+        "json",
+        "--check",
+        "AUTH",
+        "TCF-SEC-005",
+        "TCF-NET-004",
+    ]));
+    assert_eq!(local["mode"], "online", "{local:#}");
+    for id in ["TCF-SEC-005", "TCF-AUTH-003", "TCF-AUTH-004", "TCF-NET-004"] {
+        let here = finding(&local, id).unwrap_or_else(|| panic!("{id} locally: {local:#}"));
+        assert_eq!(here["location"]["resource"], found(id), "{id}");
+    }
+
     // Every format, rendered here from the daemon's report; ignores apply here too.
     let dir = tempfile::tempdir().unwrap();
     let sarif = dir.path().join("audit.sarif");
