@@ -137,7 +137,7 @@ pub static SECRET_IN_SERVICE_TREE: Rule = comprehensive(rule(
     "TCF-SEC-007",
     "Credential in a service's files",
     Severity::High,
-    "Every text file under each process service's directories (its program's directory and the one above, within the config's directory), skipping .git, target and node_modules, binaries and files over 1 MiB: PEM private keys, assignments whose name is a credential's (password = \"…\") with a literal value, URLs with a password, known token formats and long random-looking strings (the rules of TCF-SEC-001). Only file, line and rule are reported, never the value.",
+    "Every text file under each process service's directories (its program's directory and the one above, when below the config's directory), skipping .git, target and node_modules, binaries and files over 1 MiB: PEM private keys, assignments whose name is a credential's (password = \"…\") with a literal value, URLs with a password, known token formats and long random-looking strings (the rules of TCF-SEC-001). Only file, line and rule are reported, never the value.",
     "Remove the credential from the file (and from version control history), rotate it, and hand it to the service as a secret: `tcf-platform secrets set NAME` and `${secret:NAME}` in its env.",
 ));
 

@@ -56,7 +56,7 @@ const DIGEST_WORDS: &[&str] = &[
     "SALT",
 ];
 
-/// The directories of each process service's program, within the config's directory (a
+/// The directories of each process service's program, below the config's directory (a
 /// program found on PATH, such as `sh`, is the system's and not scanned).
 pub fn service_dirs(config: &Config) -> BTreeSet<PathBuf> {
     let base = config_dir(config);
