@@ -1521,6 +1521,25 @@ mod tests {
     }
 
     #[test]
+    fn dependency_addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_address("127.0.0.1:5432"),
+            Some(("127.0.0.1".into(), 5432))
+        );
+        assert_eq!(split_address("[::1]:6379"), Some(("::1".into(), 6379)));
+        assert_eq!(
+            split_address("LocalHost:6379"),
+            Some(("localhost".into(), 6379))
+        );
+        assert_eq!(
+            split_address("db.internal:5432"),
+            Some(("db.internal".into(), 5432))
+        );
+        assert_eq!(split_address("db.internal"), None);
+        assert_eq!(split_address("db:http"), None);
+    }
+
+    #[test]
     fn who_may_in_words() {
         assert_eq!(
             who_may(0o755, true),

@@ -289,8 +289,7 @@ fn fingerprints_are_stable_across_runs() {
 fn a_json_report_reads_back_to_the_same_report() {
     let remote = Report::build(meta(), results(), &Ignores::default());
     let json = render::json_report(&remote);
-    let (meta_back, results_back, unknown) =
-        tcf_audit::report::results_from_json(&json).unwrap();
+    let (meta_back, results_back, unknown) = tcf_audit::report::results_from_json(&json).unwrap();
     assert!(unknown.is_empty());
     let local = report();
     let back = Report::build(meta_back, results_back, &ignores());
