@@ -96,6 +96,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .merge(crate::backup::routes())
         .merge(crate::maintenance::routes())
         .merge(crate::tls::routes())
+        .merge(crate::audit::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError(

@@ -8,6 +8,7 @@
 pub mod access;
 mod api;
 mod api_monitor;
+pub mod audit;
 mod backup;
 mod caller;
 mod dashboard;
