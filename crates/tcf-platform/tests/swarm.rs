@@ -361,7 +361,9 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let during = if victim_number == 2 { 3 } else { 2 };
-    cluster.stop_node(during).expect("stop-node during the deploy");
+    cluster
+        .stop_node(during)
+        .expect("stop-node during the deploy");
     let out = deploy.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let expected = match out.status.code() {
@@ -381,7 +383,10 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
     }
     let history: Vec<Value> =
         serde_json::from_slice(&p.cli(&["history", "--format", "json"]).stdout).unwrap();
-    let newest = history[0]["status"].as_str().unwrap_or_default().to_string();
+    let newest = history[0]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         (expected == "v2" && newest == "active") || (expected == "v1" && newest != "active"),
         "release {newest} but {expected} serves:\n{stdout}"
