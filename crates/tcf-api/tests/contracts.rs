@@ -73,6 +73,7 @@ fn deploy_stream() {
         release: Some(7),
         result: None,
         exit_code: None,
+        report: None,
     };
     let result = ProgressLine {
         time: "2026-11-25T16:00:05.000Z".into(),
@@ -82,6 +83,7 @@ fn deploy_stream() {
         release: Some(7),
         result: Some("deployed".into()),
         exit_code: Some(0),
+        report: None,
     };
     let stream: String = [step, result]
         .iter()

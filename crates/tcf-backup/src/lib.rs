@@ -66,25 +66,30 @@ pub enum Source {
 }
 
 impl Settings {
-    /// From the config's `[backup]`. `secret` resolves `${secret:NAME}` in passwords; an
-    /// unresolved one is an error naming it. A PostgreSQL source without a password uses
-    /// `PGPASSWORD` from the environment, as the PostgreSQL tools do.
+    /// From the config's `[backup]`. `secret` gives a secret's value by name, for
+    /// `${secret:NAME}` in passwords (the platform's secret store; parsed as services' env
+    /// references are); a missing one is an error naming it, never showing a value. A
+    /// PostgreSQL source without a password uses `PGPASSWORD` from the environment, as the
+    /// PostgreSQL tools do.
     pub fn from_config(
         config: &tcf_config::BackupConfig,
         secret: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings> {
+        use tcf_auth::reference::Substitution;
         let resolve = |source: &str, password: &Option<String>| -> Result<Option<String>> {
-            match password.as_deref() {
-                Some(p) if p.starts_with("${secret:") && p.ends_with('}') => {
-                    let name = &p["${secret:".len()..p.len() - 1];
-                    secret(name).map(Some).ok_or_else(|| {
-                        BackupError::Invalid(format!(
-                            "backup source {source:?}: the secret {name:?} is not available\nhint: set it (`tcf-platform secrets set {name}`) or write the password in the config"
-                        ))
-                    })
-                }
-                other => Ok(other.map(str::to_string)),
-            }
+            let Some(p) = password else {
+                return Ok(None);
+            };
+            tcf_auth::reference::substitute(p, secret)
+                .map(Some)
+                .map_err(|e| match e {
+                    Substitution::Missing(name) => BackupError::Invalid(format!(
+                        "backup source {source} refers to the secret {name}, which is not set\nhint: set it with `tcf-platform secrets set {name}` (the value on stdin)"
+                    )),
+                    Substitution::Malformed(m) => {
+                        BackupError::Invalid(format!("backup source {source}: password: {m}"))
+                    }
+                })
         };
         let current_user = || {
             nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -147,6 +152,14 @@ impl Settings {
             pg_bin_dir: config.pg_bin_dir.clone(),
             sources,
         })
+    }
+}
+
+impl Settings {
+    /// For reading the repository only (list, the last verify): passwords are not resolved,
+    /// so a `${secret:NAME}` needs no secret store. Never connect to a source with these.
+    pub fn for_repository(config: &tcf_config::BackupConfig) -> Result<Settings> {
+        Settings::from_config(config, &|_| Some(String::new()))
     }
 }
 

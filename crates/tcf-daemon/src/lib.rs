@@ -7,8 +7,9 @@
 
 pub mod access;
 mod api;
+mod api_backup;
 mod api_monitor;
-mod backup;
+pub mod backup;
 mod caller;
 mod dashboard;
 mod deploy;
