@@ -1110,3 +1110,63 @@ pub async fn pre_deploy_backup(
     .await
     .map_err(|e| BackupError::Invalid(format!("the backup task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(password: &str) -> tcf_config::BackupConfig {
+        let source = tcf_config::BackupSource {
+            name: "main".into(),
+            dependency: None,
+            kind: tcf_config::BackupSourceKind::Postgres {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                user: Some("app".into()),
+                password: Some(password.into()),
+                databases: None,
+            },
+        };
+        tcf_config::BackupConfig {
+            repository: "/nonexistent/repo".into(),
+            recipients: vec![],
+            identity: None,
+            schedule: None,
+            retention: None,
+            pg_bin_dir: None,
+            sources: BTreeMap::from([("main".to_string(), source)]),
+        }
+    }
+
+    fn password(s: &Settings) -> Option<String> {
+        match &s.sources["main"] {
+            Source::Postgres { conn, .. } => conn.password.clone(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn secret_passwords_resolve_through_the_lookup_and_never_show() {
+        let lookup = |name: &str| (name == "pg_password").then(|| "s3cr3t-value".to_string());
+        let s = Settings::from_config(&config("${secret:pg_password}"), &lookup).unwrap();
+        assert_eq!(password(&s).as_deref(), Some("s3cr3t-value"));
+        assert!(!format!("{s:?}").contains("s3cr3t-value"), "{s:?}");
+        // Plain text is taken as written.
+        let s = Settings::from_config(&config("plain"), &lookup).unwrap();
+        assert_eq!(password(&s).as_deref(), Some("plain"));
+        // A missing secret and a malformed reference are errors naming them, not the value.
+        let e = Settings::from_config(&config("${secret:other}"), &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backup source main refers to the secret other, which is not set"),
+            "{e}"
+        );
+        let e = Settings::from_config(&config("${secret:pg_password"), &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unterminated"), "{e}");
+        // Reading the repository needs no secret.
+        assert!(Settings::for_repository(&config("${secret:other}")).is_ok());
+    }
+}

@@ -7,7 +7,7 @@
 //! caller. A restore puts the running services that use what it replaces in maintenance while
 //! it writes.
 
-use crate::api::{ApiError, ApiJson};
+use crate::api::{ApiError, ApiJson, ApiQuery};
 use crate::backup::{
     error_text, exit_code, no_backup_section, services_using, verify_verdict, wire_entry,
     wire_listed, wire_prune, wire_restore, wire_verify,
@@ -15,7 +15,7 @@ use crate::backup::{
 use crate::caller::{check_text, Peer};
 use crate::deploy::rfc3339;
 use crate::platform::Platform;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -309,7 +309,7 @@ async fn plan(
 async fn restore_plan(
     State(p): State<Arc<Platform>>,
     Path(id): Path<String>,
-    Query(q): Query<PlanQuery>,
+    ApiQuery(q): ApiQuery<PlanQuery>,
 ) -> Result<Json<RestorePlan>, ApiError> {
     let (config, backup) = fresh_config(&p).await?;
     plan(&p, &config, &backup, &id, q.source.as_deref())
@@ -415,7 +415,7 @@ async fn prune(
         let result = blocking(move || {
             let backups = Backups::new(settings);
             let listed = backups.list()?;
-            let pins = crate::backup::pinned(&listed, Some(&releases));
+            let pins = crate::backup::pinned(&listed, Some(releases.as_slice()));
             backups.prune(dry_run, &pins, &progress)
         })
         .await;

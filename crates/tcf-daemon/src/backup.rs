@@ -439,7 +439,9 @@ pub fn offline_settings(
     config: &tcf_config::Config,
     backup: &tcf_config::BackupConfig,
 ) -> Result<tcf_backup::Settings, String> {
-    let wanted = !crate::access::backup_secret_users(config).is_empty();
+    // A platform that never ran has no store, so no secret: the error names the missing one.
+    let wanted = !crate::access::backup_secret_users(config).is_empty()
+        && config.platform.state_dir.join("state.db").exists();
     let rows = if wanted {
         tcf_store::Store::open_read_only(&config.platform.state_dir)
             .and_then(|s| s.secrets())
