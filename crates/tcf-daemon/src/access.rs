@@ -850,3 +850,68 @@ pub fn report_loose_modes(p: &Platform, found: Vec<String>) {
         lock(&p.warnings).push(warning);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, password: &str) -> tcf_config::Config {
+        let path = dir.join("tcf-platform.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[platform]\nname = \"x\"\n\n[backup]\nrepository = \"repo\"\n\n[backup.sources.main]\nkind = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/\"\npassword = \"{password}\"\n"
+            ),
+        )
+        .unwrap();
+        tcf_config::load(&path, None).unwrap()
+    }
+
+    /// One resolver: a backup source's `${secret:NAME}` is checked and opened from the store
+    /// as services' env references are; errors name the source and the secret, never a value.
+    #[test]
+    fn backup_passwords_are_checked_and_resolved_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "${secret:pg_password}");
+        let state_dir = cfg.platform.state_dir.clone();
+        crate::ensure_private_dir(&state_dir).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        let backup = cfg.backup.clone().unwrap();
+
+        // A deploy that takes no backup does not need it; one that does, and validate, do.
+        assert!(check_references(&cfg, &[], false, &store).is_ok());
+        let e = check_references(&cfg, &[], true, &store).unwrap_err();
+        assert!(
+            e.contains("backup source main refers to the secret pg_password, which is not set"),
+            "{e}"
+        );
+        let e = backup_settings(&backup, &state_dir, &store.secrets().unwrap()).unwrap_err();
+        assert!(
+            e.contains("backup source main refers to the secret pg_password"),
+            "{e}"
+        );
+
+        let value = "v4lue-never-shown";
+        set_secrets(
+            &store,
+            &state_dir,
+            &BTreeMap::from([("pg_password".to_string(), value.to_string())]),
+            "tester",
+        )
+        .unwrap();
+        assert!(check_references(&cfg, &[], true, &store).is_ok());
+        let settings = backup_settings(&backup, &state_dir, &store.secrets().unwrap()).unwrap();
+        match &settings.sources["main"] {
+            tcf_backup::Source::Postgres { conn, .. } => {
+                assert_eq!(conn.password.as_deref(), Some(value))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{settings:?}").contains(value));
+
+        // A malformed reference is named as the config's error.
+        let cfg = config(dir.path(), "${secret:pg_password");
+        let e = malformed_reference(&cfg).unwrap();
+        assert!(e.starts_with("backup source main: password:"), "{e}");
+    }
+}
