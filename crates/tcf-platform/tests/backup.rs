@@ -670,7 +670,7 @@ databases = ["app"]
     let out = remote(&url, &fingerprint, &deployer, &["backup", "list"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains(&format!("{id}")) && text(&out).contains("ok restore"),
+        text(&out).contains(&id) && text(&out).contains("ok restore"),
         "{}",
         text(&out)
     );
