@@ -390,7 +390,12 @@ impl Backups {
     ) -> Result<Manifest> {
         let recipients = Recipients::parse(&self.settings.recipients)?;
         let started = time::now_unix_ms();
-        let id = repo::new_id(started.div_euclid(1000));
+        // Ids are the second and 16 random bits: under the lock, never reuse one that exists
+        // (a recovery point taken in the same second as the backup it protects, say).
+        let mut id = repo::new_id(started.div_euclid(1000));
+        while self.repo.backup_dir(&id).exists() {
+            id = repo::new_id(started.div_euclid(1000));
+        }
         let staging = self.repo.staging(lock, &id)?;
         progress.step(&format!("backup {id} ({trigger})"));
         let result = self.write_artifacts(&staging, &recipients, sources, progress);

@@ -760,6 +760,29 @@ databases = ["app"]
         assert!(!contains(&bytes, &password), "the password is in {what}");
     }
 
+    // A reference to a secret that does not exist: the daemon's backup and a deploy that
+    // takes a backup refuse, naming it (exit 2), as `config validate` does.
+    let config_text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config_text.replace("${secret:pg_password}", "${secret:pg_pasword}"),
+    )
+    .unwrap();
+    for args in [
+        &["backup", "create"][..],
+        &["prod", "deploy", "v2", "--backup", "--force"][..],
+        &["config", "validate"][..],
+    ] {
+        let out = p.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("backup source main refers to the secret pg_pasword"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    std::fs::write(&p.config, &config_text).unwrap();
+
     // Without a daemon the CLI runs the work itself: the same JSON, the secret still resolved.
     let out = p.cli(&["down"]);
     assert!(out.status.success(), "{}", text(&out));
