@@ -20,6 +20,34 @@ pub struct LiveView {
     pub services: Vec<LiveService>,
     /// The remote API's tokens (never their values), or why they could not be read.
     pub tokens: Result<Vec<LiveToken>, String>,
+    /// The refused authentications of the last day (the daemon's auth.failed events), or why
+    /// they could not be read.
+    pub failed_auths: Result<Vec<FailedAuth>, String>,
+}
+
+/// One refused authentication on the remote API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAuth {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// The client's IP address.
+    pub address: String,
+}
+
+impl FailedAuth {
+    /// From an event's actor (`remote 203.0.113.9`), the address; None for another actor.
+    pub fn address_of_actor(actor: &str) -> Option<&str> {
+        actor.strip_prefix("remote ").map(str::trim)
+    }
+}
+
+/// A secret in the store: its name and when it was last set (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub name: String,
+    /// Unix milliseconds.
+    pub updated_ms: i64,
+    pub updated_by: String,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +109,9 @@ pub struct Inputs<'a> {
     /// With `--comprehensive`: the platform's containers on the Docker engine, or why they
     /// could not be listed (`None`: not asked).
     pub containers: Option<Result<Vec<LiveContainer>, String>>,
+    /// The secrets in the store (from the daemon, or from the store itself when none runs),
+    /// or why they could not be read.
+    pub secrets: Result<Vec<StoredSecret>, String>,
 }
 
 /// Run `selected` checks, in catalogue order.
@@ -131,6 +162,8 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
             "TCF-PROC-001" => instances_as_root(rule, live),
             "TCF-API-001" => socket_mode(rule, live),
             "TCF-AUTH-001" | "TCF-AUTH-002" => tokens(rule, live),
+            "TCF-AUTH-003" => crate::access::too_many_admins(rule, ctx.config, live),
+            "TCF-AUTH-004" => crate::access::failed_auth_bursts(rule, ctx.config, live),
             other => CheckResult::not_run(rule, format!("no online check is wired for {other}")),
         };
     }
@@ -154,6 +187,10 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
         "TCF-SEC-004" => Ok(secrets_in_files(rule, ctx.config)),
+        "TCF-SEC-005" => crate::access::unused_secrets(rule, ctx.config, &inputs.secrets),
+        "TCF-SEC-006" => crate::access::stale_secrets(rule, ctx.config, &inputs.secrets),
+        "TCF-SEC-007" => crate::scan::check(rule, ctx.config),
+        "TCF-NET-004" => exposed_dependencies(rule, ctx),
         "TCF-NET-001" => Ok(public_without_tls(rule, ctx)),
         "TCF-TLS-002" => Ok(no_hsts(rule, ctx)),
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
@@ -393,7 +430,7 @@ fn writable_by_others(rule: &'static Rule, file: &Path, what: &str) -> Vec<Findi
     findings
 }
 
-fn config_dir(config: &Config) -> PathBuf {
+pub(crate) fn config_dir(config: &Config) -> PathBuf {
     config
         .path
         .parent()
@@ -402,7 +439,7 @@ fn config_dir(config: &Config) -> PathBuf {
 }
 
 /// A service's program as the process runtime finds it, with the config's version filled in.
-fn service_program(config: &Config, service: &tcf_config::Service) -> Option<PathBuf> {
+pub(crate) fn service_program(config: &Config, service: &tcf_config::Service) -> Option<PathBuf> {
     let program = service
         .command
         .first()?
@@ -485,7 +522,7 @@ fn hooks_writable(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>, 
     Ok(findings)
 }
 
-fn dedup(findings: &mut Vec<Finding>) {
+pub(crate) fn dedup(findings: &mut Vec<Finding>) {
     let mut seen = BTreeSet::new();
     findings.retain(|f| seen.insert(f.fingerprint.clone()));
 }
@@ -625,7 +662,7 @@ fn weak_secrets(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
 }
 
 /// Env and compose files, by name.
-fn is_env_or_compose_file(name: &str) -> bool {
+pub(crate) fn is_env_or_compose_file(name: &str) -> bool {
     let yaml = name.ends_with(".yml") || name.ends_with(".yaml");
     name == ".env"
         || name.starts_with(".env.")
@@ -634,7 +671,7 @@ fn is_env_or_compose_file(name: &str) -> bool {
 }
 
 /// `KEY=value`, `export KEY=value`, `- KEY=value`, `KEY: value`: the key and the unquoted value.
-fn key_value(line: &str) -> Option<(&str, &str)> {
+pub(crate) fn key_value(line: &str) -> Option<(&str, &str)> {
     let line = line.trim();
     if line.starts_with('#') {
         return None;
@@ -853,6 +890,95 @@ fn public_without_tls(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
             )
         })
         .collect()
+}
+
+/// The host of `host:port` (`[::1]:5432` too) and the port.
+fn split_address(address: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = address.rsplit_once(':')?;
+    Some((
+        host.trim_matches(['[', ']']).to_ascii_lowercase(),
+        port.parse().ok()?,
+    ))
+}
+
+fn exposed_dependencies(rule: &'static Rule, ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
+    let with_address: Vec<&tcf_config::Dependency> = ctx
+        .config
+        .dependencies
+        .values()
+        .filter(|d| d.address.is_some())
+        .collect();
+    if with_address.is_empty() {
+        return Err("no [dependencies] entry has an address (host:port) to look up".to_string());
+    }
+    let listeners = procnet::host_listeners()
+        .map_err(|e| format!("cannot read this host's listeners (/proc/net/tcp): {e}"))?;
+    let mut findings = Vec::new();
+    let mut local = 0;
+    for dep in with_address {
+        let address = dep.address.as_deref().unwrap_or_default();
+        let Some((host, port)) = split_address(address) else {
+            continue;
+        };
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        let loopback = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback());
+        let on_port: Vec<&SocketAddr> = listeners.iter().filter(|a| a.port() == port).collect();
+        // A non-loopback address is this host's when something here listens on it (or on
+        // every interface); any other host is not ours to look at.
+        let ours = loopback
+            || ip.is_some_and(|ip| {
+                on_port
+                    .iter()
+                    .any(|a| a.ip() == ip || a.ip().is_unspecified())
+            });
+        if !ours {
+            continue;
+        }
+        local += 1;
+        let exposed: BTreeSet<String> = on_port
+            .iter()
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| a.to_string())
+            .collect();
+        if exposed.is_empty() {
+            continue;
+        }
+        let line = line_of(ctx.text, &format!("[dependencies.{}", dep.name), "address");
+        let everywhere = on_port.iter().any(|a| a.ip().is_unspecified());
+        findings.push(
+            Finding::new(
+                rule,
+                Location::resource(format!("dependency {}", dep.name))
+                    .in_file(&ctx.config.path, line)
+                    .with_uri(format!("tcp://{address}")),
+                format!(
+                    "dependency {} ({address}) is listened for on {}{}",
+                    dep.name,
+                    exposed.into_iter().collect::<Vec<_>>().join(", "),
+                    if everywhere {
+                        ": every interface of this host"
+                    } else {
+                        ": a non-loopback address"
+                    }
+                ),
+            )
+            .severity(if everywhere {
+                Severity::High
+            } else {
+                Severity::Medium
+            }),
+        );
+    }
+    if local == 0 {
+        return Err(
+            "no [dependencies] address is on this host (loopback, localhost or an address it listens on)"
+                .to_string(),
+        );
+    }
+    Ok(findings)
 }
 
 fn no_hsts(rule: &'static Rule, ctx: &Ctx<'_>) -> Vec<Finding> {
@@ -1311,6 +1437,7 @@ mod tests {
             socket: PathBuf::from("/run/x.sock"),
             services: vec![],
             tokens,
+            failed_auths: Ok(Vec::new()),
         }
     }
 
@@ -1391,6 +1518,25 @@ mod tests {
         assert!(is_env_or_compose_file("compose.yaml"));
         assert!(!is_env_or_compose_file("config.yaml"));
         assert!(!is_env_or_compose_file("environment.rs"));
+    }
+
+    #[test]
+    fn dependency_addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_address("127.0.0.1:5432"),
+            Some(("127.0.0.1".into(), 5432))
+        );
+        assert_eq!(split_address("[::1]:6379"), Some(("::1".into(), 6379)));
+        assert_eq!(
+            split_address("LocalHost:6379"),
+            Some(("localhost".into(), 6379))
+        );
+        assert_eq!(
+            split_address("db.internal:5432"),
+            Some(("db.internal".into(), 5432))
+        );
+        assert_eq!(split_address("db.internal"), None);
+        assert_eq!(split_address("db:http"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! up; [`render`] writes a table, JSON, SARIF 2.1.0 or JUnit XML. A check that could not run
 //! is reported as `not_run` with the reason, never as a pass. docs/audit.md lists every check.
 
+pub mod access;
 pub mod advisories;
 pub mod certs;
 pub mod checks;
@@ -16,6 +17,7 @@ pub mod procnet;
 pub mod render;
 pub mod report;
 pub mod rules;
+pub mod scan;
 pub mod secrets;
 pub mod tls;
 

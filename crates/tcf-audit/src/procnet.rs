@@ -106,6 +106,20 @@ pub fn listening_addrs(pid: u32) -> io::Result<BTreeSet<SocketAddr>> {
     Ok(addrs)
 }
 
+/// Every TCP address this host listens on, in the audit's own network namespace.
+pub fn host_listeners() -> io::Result<BTreeSet<SocketAddr>> {
+    let mut addrs = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match std::fs::read_to_string(table) {
+            Ok(text) => addrs.extend(parse_table(&text).into_iter().map(|(_, a)| a)),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && table.ends_with('6') => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

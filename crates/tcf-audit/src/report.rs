@@ -159,3 +159,87 @@ fn summarize(checks: &[CheckReport], findings: &[Finding], ignored: usize) -> Su
             .then(|| ((passed_weight * 100 + run_weight / 2) / run_weight).min(100)),
     }
 }
+
+/// A JSON report (`render::json_report`) read back as what it was built from: the meta and
+/// every check's outcome with all its findings, ignored ones included. The CLI gets a remote
+/// daemon's report this way, applies its own ignores ([`Report::build`]) and renders any
+/// format. Checks this build does not know (a newer daemon) are returned by ID, left out.
+pub fn results_from_json(
+    value: &serde_json::Value,
+) -> Result<(Meta, Vec<CheckResult>, Vec<String>), String> {
+    use crate::model::Location;
+    let text = |v: &serde_json::Value, what: &str| -> Result<String, String> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("the report has no {what}"))
+    };
+    let opt = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let version = value["schema_version"].as_u64().unwrap_or(0);
+    if version != u64::from(crate::render::JSON_SCHEMA_VERSION) {
+        return Err(format!(
+            "the report has schema_version {version}, this tcf-platform reads {}",
+            crate::render::JSON_SCHEMA_VERSION
+        ));
+    }
+    let meta = Meta {
+        tool_version: text(&value["tool"]["version"], "tool.version")?,
+        generated_at: text(&value["generated_at"], "generated_at")?,
+        config: PathBuf::from(text(&value["target"]["config"], "target.config")?),
+        platform: text(&value["target"]["platform"], "target.platform")?,
+        environment: opt(&value["target"]["environment"]),
+        offline_reason: opt(&value["offline_reason"]),
+        comprehensive: value["comprehensive"].as_bool().unwrap_or(false),
+        advisories: opt(&value["advisories"]),
+    };
+    let mut findings_of: std::collections::BTreeMap<String, Vec<Finding>> = Default::default();
+    let empty = Vec::new();
+    let all = value["findings"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .chain(value["ignored"].as_array().unwrap_or(&empty));
+    for f in all {
+        let id = text(&f["id"], "finding id")?;
+        let Some(rule) = crate::rules::find(&id) else {
+            continue;
+        };
+        let l = &f["location"];
+        let location = Location {
+            resource: text(&l["resource"], "finding location")?,
+            file: opt(&l["file"]).map(PathBuf::from),
+            line: l["line"].as_u64().and_then(|n| u32::try_from(n).ok()),
+            uri: opt(&l["uri"]),
+        };
+        let severity = f["severity"]
+            .as_str()
+            .and_then(Severity::parse)
+            .ok_or_else(|| format!("a finding of {id} has no severity"))?;
+        let mut finding = Finding::new(rule, location, text(&f["detail"], "finding detail")?)
+            .severity(severity)
+            .remediation(text(&f["remediation"], "finding remediation")?);
+        if let Some(fp) = opt(&f["fingerprint"]) {
+            finding.fingerprint = fp;
+        }
+        findings_of
+            .entry(rule.id.to_string())
+            .or_default()
+            .push(finding);
+    }
+    let mut results = Vec::new();
+    let mut unknown = Vec::new();
+    for c in value["checks"].as_array().unwrap_or(&empty) {
+        let id = text(&c["id"], "check id")?;
+        let Some(rule) = crate::rules::find(&id) else {
+            unknown.push(id);
+            continue;
+        };
+        results.push(match c["status"].as_str() {
+            Some("not_run") => CheckResult::not_run(rule, opt(&c["reason"]).unwrap_or_default()),
+            Some("pass" | "fail") => {
+                CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
+            }
+            other => return Err(format!("check {id} has the status {other:?}")),
+        });
+    }
+    Ok((meta, results, unknown))
+}

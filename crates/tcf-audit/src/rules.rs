@@ -117,6 +117,30 @@ pub static SECRET_IN_FILES: Rule = comprehensive(rule(
     "Move the value into a secret store or a file only the service's user can read (chmod 600), keep such files out of version control, and rotate the credential.",
 ));
 
+pub static SECRET_UNUSED: Rule = rule(
+    "TCF-SEC-005",
+    "Secret set but used by nothing",
+    Severity::Low,
+    "The secrets in the store (`secrets list`) against the `${secret:NAME}` references in the services' env and the [backup.sources] passwords: a secret nothing refers to is a credential kept for no one, that can only leak.",
+    "Remove it (`tcf-platform secrets rm NAME`) and revoke the credential where it was issued, or refer to it from the service that needs it.",
+);
+
+pub static SECRET_NOT_ROTATED: Rule = rule(
+    "TCF-SEC-006",
+    "Secret not rotated",
+    Severity::Medium,
+    "When each secret in the store was last set (`secrets list`, column updated) against [audit] secret_max_age (default 90 days): a long-lived credential has had longer to leak.",
+    "Issue a new credential where it comes from, `tcf-platform secrets set NAME` with it, deploy the services that use it (`status` lists them as stale), then revoke the old one.",
+);
+
+pub static SECRET_IN_SERVICE_TREE: Rule = comprehensive(rule(
+    "TCF-SEC-007",
+    "Credential in a service's files",
+    Severity::High,
+    "Every text file under each process service's directories (its program's directory and the one above, when below the config's directory), skipping .git, target and node_modules, binaries and files over 1 MiB: PEM private keys, assignments whose name is a credential's (password = \"…\") with a literal value, URLs with a password, known token formats and long random-looking strings (the rules of TCF-SEC-001). Only file, line and rule are reported, never the value.",
+    "Remove the credential from the file (and from version control history), rotate it, and hand it to the service as a secret: `tcf-platform secrets set NAME` and `${secret:NAME}` in its env.",
+));
+
 pub static PUBLIC_WITHOUT_TLS: Rule = rule(
     "TCF-NET-001",
     "Service served on a public address without TLS",
@@ -140,6 +164,14 @@ pub static INSTANCE_EXTRA_PORTS: Rule = online(rule(
     "The TCP sockets each running instance listens on (its process's fds against /proc/PID/net/tcp{,6}) besides the PORT it was given: a debug or admin port the proxy does not guard.",
     "Turn the extra listener off in the service, or bind it to 127.0.0.1 and declare why in its docs.",
 ));
+
+pub static DEPENDENCY_EXPOSED: Rule = rule(
+    "TCF-NET-004",
+    "Dependency reachable from outside loopback",
+    Severity::High,
+    "Each [dependencies] entry whose address is on this host (a loopback address, localhost, or an address of this host): the host's TCP listeners on its port (/proc/net/tcp{,6}) bound to 0.0.0.0, :: or a non-loopback address. A database or cache the services reach over loopback needs no other interface, and is often not protected for one.",
+    "Bind the dependency to 127.0.0.1 (postgresql.conf listen_addresses, redis.conf bind, or -p 127.0.0.1:PORT:PORT for a container), or firewall the port to the hosts that need it.",
+);
 
 pub static INSTANCE_ROOT: Rule = online(rule(
     "TCF-PROC-001",
@@ -289,6 +321,22 @@ pub static TOKEN_UNUSED: Rule = online(rule(
     "Revoke it: `tcf-platform tokens revoke NAME`.",
 ));
 
+pub static TOO_MANY_ADMINS: Rule = online(rule(
+    "TCF-AUTH-003",
+    "More admin tokens than configured",
+    Severity::Medium,
+    "The live (not revoked, not expired) admin tokens against [audit] max_admins (default 2): every admin token can stop the platform, read every secret and mint more tokens.",
+    "Revoke the admin tokens nobody needs (`tcf-platform tokens revoke NAME`), give automation deployer or viewer tokens, or raise [audit] max_admins deliberately.",
+));
+
+pub static FAILED_AUTH_BURST: Rule = online(rule(
+    "TCF-AUTH-004",
+    "Burst of failed authentications",
+    Severity::High,
+    "The daemon's auth.failed events of the last 24 hours, by client address: [audit] failed_auth_burst (default 10) or more from one address within failed_auth_window (default 10 minutes) is someone guessing tokens or a client with a revoked one.",
+    "Find who owns the address (`tcf-platform events` shows each refusal); block it at the firewall if it is not yours, or give the client a valid token.",
+));
+
 pub static HOSTNAME_MISMATCH: Rule = comprehensive(rule(
     "TCF-TLS-003",
     "Served certificate does not match the hostname",
@@ -374,7 +422,7 @@ pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
 ));
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 39] = [
+pub static ALL: [&Rule; 45] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -385,9 +433,13 @@ pub static ALL: [&Rule; 39] = [
     &URL_CREDENTIALS,
     &WEAK_SECRET,
     &SECRET_IN_FILES,
+    &SECRET_UNUSED,
+    &SECRET_NOT_ROTATED,
+    &SECRET_IN_SERVICE_TREE,
     &PUBLIC_WITHOUT_TLS,
     &LISTENERS_VS_CONFIG,
     &INSTANCE_EXTRA_PORTS,
+    &DEPENDENCY_EXPOSED,
     &INSTANCE_ROOT,
     &SOCKET_MODE,
     &CONTAINER_ROOT,
@@ -414,6 +466,8 @@ pub static ALL: [&Rule; 39] = [
     &LEGACY_PROTOCOL,
     &TOKEN_NEVER_EXPIRES,
     &TOKEN_UNUSED,
+    &TOO_MANY_ADMINS,
+    &FAILED_AUTH_BURST,
 ];
 
 pub fn all() -> impl Iterator<Item = &'static Rule> {

@@ -7,7 +7,7 @@ mod schema;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use tcf_audit::checks::{self, Inputs};
+use tcf_audit::checks::{self, Inputs, StoredSecret};
 use tcf_audit::{advisories::Database, rules, Ignores, Meta, Outcome, Report, Severity};
 
 fn write(path: &Path, text: &str, mode: u32) {
@@ -45,6 +45,10 @@ volumes = ["/var/run/docker.sock:/var/run/docker.sock"]
 
 [services.worker.health]
 path = "/up"
+
+[dependencies.cache]
+kind = "redis"
+address = "127.0.0.1:{dep_port}"
 "#;
 
 /// An insecure [backup]: unencrypted, unscheduled, a literal weak password.
@@ -82,6 +86,10 @@ user = "1000:1000"
 read_only = true
 memory = "256MiB"
 
+[dependencies.cache]
+kind = "redis"
+address = "127.0.0.1:{dep_port}"
+
 [backup]
 repository = "backups"
 recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
@@ -102,16 +110,26 @@ struct Fixture {
     _dir: tempfile::TempDir,
     config: tcf_config::Config,
     osv: std::path::PathBuf,
+    /// The dependency's listener: on every interface (insecure) or loopback only.
+    _dependency: std::net::TcpListener,
+    /// What the store holds (never a value).
+    secrets: Vec<StoredSecret>,
 }
+
+const DAY_MS: i64 = 86_400_000;
 
 fn fixture(config_text: &str, insecure: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     chmod(root, 0o755);
+    let dependency =
+        std::net::TcpListener::bind(if insecure { "0.0.0.0:0" } else { "127.0.0.1:0" }).unwrap();
+    let dep_port = dependency.local_addr().unwrap().port();
+    let config_text = config_text.replace("{dep_port}", &dep_port.to_string());
     let config_path = root.join("tcf-platform.toml");
     write(
         &config_path,
-        config_text,
+        &config_text,
         if insecure { 0o666 } else { 0o644 },
     );
     write(
@@ -136,6 +154,33 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
     );
     chmod(&root.join("hooks"), 0o755);
     if insecure {
+        // The service's own tree: a credential in its code (found), and the same in places
+        // the scan skips (version control, build output, a binary, a large file).
+        write(
+            &root.join("app/src/settings.py"),
+            "import os\nDEBUG = False\nDB_PASSWORD = \"pw-not-real-5531\"\nHOST = os.environ.get(\"HOST\")\n",
+            0o644,
+        );
+        for skipped in ["app/.git/config", "app/target/debug/settings.py"] {
+            write(
+                &root.join(skipped),
+                "DB_PASSWORD = \"pw-not-real-5531\"\n",
+                0o644,
+            );
+        }
+        write(
+            &root.join("app/bin/blob"),
+            "DB_PASSWORD = \"pw-not-real-5531\"\n\0\u{1}",
+            0o644,
+        );
+        write(
+            &root.join("app/data/dump.sql"),
+            &format!(
+                "DB_PASSWORD = \"pw-not-real-5531\"\n{}",
+                "-- filler\n".repeat(120_000)
+            ),
+            0o644,
+        );
         write(
             &root.join(".env"),
             "# local settings\nRUST_LOG=debug\nexport STRIPE_SECRET_KEY=sk_live_not_real_4242\nPASSWORD_FILE=/run/secrets/pw\n",
@@ -175,10 +220,28 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
     let osv = root.join("osv.json");
     write(&osv, OSV, 0o644);
     let config = tcf_config::load(&config_path, None).unwrap();
+    let now = tcf_backup::time::now_unix_ms();
+    let secrets = if insecure {
+        // Referred to by nothing, and set 200 days ago.
+        vec![StoredSecret {
+            name: "legacy_token".into(),
+            updated_ms: now - 200 * DAY_MS,
+            updated_by: "unix alice".into(),
+        }]
+    } else {
+        // The backup source's password, set last week.
+        vec![StoredSecret {
+            name: "pg_password".into(),
+            updated_ms: now - 7 * DAY_MS,
+            updated_by: "unix alice".into(),
+        }]
+    };
     Fixture {
         _dir: dir,
         config,
         osv,
+        _dependency: dependency,
+        secrets,
     }
 }
 
@@ -189,6 +252,7 @@ fn audit(f: &Fixture) -> Report {
         advisories: Some(Database::load(&f.osv).map_err(|e| e.to_string())),
         comprehensive: true,
         containers: None,
+        secrets: Ok(f.secrets.clone()),
     };
     let results = checks::run(&inputs, &rules::ALL);
     let meta = Meta {
@@ -237,7 +301,14 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
             "TCF-SEC-004",
             format!("{}:6 CACHE_URL", p("app/docker-compose.yml")),
         ),
+        ("TCF-SEC-005", "secret legacy_token".into()),
+        ("TCF-SEC-006", "secret legacy_token".into()),
+        (
+            "TCF-SEC-007",
+            format!("{}:3 DB_PASSWORD", p("app/src/settings.py")),
+        ),
         ("TCF-NET-001", "service api".into()),
+        ("TCF-NET-004", "dependency cache".into()),
         ("TCF-CTR-001", "service worker".into()),
         ("TCF-CTR-002", "service worker".into()),
         ("TCF-CTR-003", "service worker".into()),
@@ -359,6 +430,7 @@ fn dependency_check_without_advisories_or_comprehensive_is_not_run() {
             advisories,
             comprehensive,
             containers: None,
+            secrets: Ok(Vec::new()),
         };
         checks::run(&inputs, &[&rules::VULNERABLE_DEPENDENCY])
             .remove(0)
@@ -452,6 +524,7 @@ fn certificate_files_are_judged_offline() {
         advisories: None,
         comprehensive: false,
         containers: None,
+        secrets: Ok(Vec::new()),
     };
     let tls_rules: Vec<&'static tcf_audit::Rule> = rules::all()
         .filter(|r| r.id.starts_with("TCF-TLS-"))
@@ -576,6 +649,7 @@ fn live_handshakes_judge_what_a_dependency_serves() {
         advisories: None,
         comprehensive: true,
         containers: None,
+        secrets: Ok(Vec::new()),
     };
     let tls_rules: Vec<&'static tcf_audit::Rule> = rules::all()
         .filter(|r| r.id.starts_with("TCF-TLS-"))
@@ -674,6 +748,7 @@ fn an_unreachable_endpoint_is_not_a_pass() {
         advisories: None,
         comprehensive: true,
         containers: None,
+        secrets: Ok(Vec::new()),
     };
     for result in checks::run(
         &inputs,
@@ -682,4 +757,156 @@ fn an_unreachable_endpoint_is_not_a_pass() {
         let why = result.findings.unwrap_err();
         assert!(why.contains("service gone"), "{why}");
     }
+}
+
+/// The access checks of the daemon's view: the insecure platform has three live admin tokens
+/// (over the default max_admins of 2) and a burst of refused authentications from one address;
+/// the hardened one an admin and a deployer, and a few scattered refusals.
+#[test]
+fn access_checks_count_admins_and_failed_auth_bursts() {
+    use tcf_audit::checks::{FailedAuth, LiveToken, LiveView};
+    let now = tcf_backup::time::now_unix_ms();
+    let token = |name: &str, role: &str, revoked: bool| LiveToken {
+        name: name.into(),
+        role: role.into(),
+        created_ms: now - DAY_MS,
+        expires_ms: Some(now + 30 * DAY_MS),
+        last_used_ms: Some(now - DAY_MS),
+        revoked,
+    };
+    let refused = |address: &str, seconds_ago: i64| FailedAuth {
+        address: address.into(),
+        at_ms: now - seconds_ago * 1000,
+    };
+    let view = |tokens, failed_auths| LiveView {
+        daemon_pid: std::process::id(),
+        socket: "/nonexistent/tcf.sock".into(),
+        services: Vec::new(),
+        tokens: Ok(tokens),
+        failed_auths: Ok(failed_auths),
+    };
+    let insecure = view(
+        vec![
+            token("alice", "admin", false),
+            token("bob", "admin", false),
+            token("ci-admin", "admin", false),
+            token("old-admin", "admin", true),
+            token("ci", "deployer", false),
+        ],
+        (0..12)
+            .map(|i| refused("203.0.113.9", 1800 + 30 * i))
+            .chain((0..12).map(|i| refused("198.51.100.7", 3600 * i)))
+            .collect(),
+    );
+    let hardened = view(
+        vec![
+            token("alice", "admin", false),
+            token("ci", "deployer", false),
+        ],
+        (0..9)
+            .map(|i| refused("203.0.113.9", 1800 + 30 * i))
+            .collect(),
+    );
+    let f = fixture(INSECURE, true);
+    let run = |live: LiveView| {
+        let inputs = Inputs {
+            config: &f.config,
+            live: Ok(live),
+            advisories: None,
+            comprehensive: false,
+            containers: None,
+            secrets: Ok(Vec::new()),
+        };
+        let results = checks::run(
+            &inputs,
+            &[&rules::TOO_MANY_ADMINS, &rules::FAILED_AUTH_BURST],
+        );
+        let meta = Meta {
+            tool_version: "test".into(),
+            generated_at: "2026-11-25T12:00:00Z".into(),
+            config: f.config.path.clone(),
+            platform: f.config.platform.name.clone(),
+            environment: None,
+            offline_reason: None,
+            comprehensive: false,
+            advisories: None,
+        };
+        Report::build(meta, results, &Ignores::default())
+    };
+    let report = run(insecure);
+    let expected: BTreeSet<(&str, String)> = [
+        ("TCF-AUTH-003", "admin tokens".to_string()),
+        ("TCF-AUTH-004", "address 203.0.113.9".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(ids(&report), expected);
+    let admins = &report
+        .findings
+        .iter()
+        .find(|f| f.rule_id == "TCF-AUTH-003")
+        .unwrap();
+    assert!(
+        admins
+            .detail
+            .contains("3 live admin tokens (alice, bob, ci-admin)"),
+        "{}",
+        admins.detail
+    );
+    let burst = &report
+        .findings
+        .iter()
+        .find(|f| f.rule_id == "TCF-AUTH-004")
+        .unwrap();
+    assert!(
+        burst
+            .detail
+            .starts_with("12 failed authentications from 203.0.113.9"),
+        "{}",
+        burst.detail
+    );
+    let report = run(hardened);
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert!(report.checks.iter().all(|c| c.outcome == Outcome::Pass));
+}
+
+/// `[audit]` moves the thresholds: two admins over a max of 1, a secret older than 30 days.
+#[test]
+fn audit_section_sets_the_thresholds() {
+    let text = format!(
+        "{INSECURE}\n[audit]\nmax_admins = 0\nsecret_max_age = \"30d\"\nfailed_auth_burst = 3\nfailed_auth_window = \"1m\"\n"
+    );
+    let f = fixture(&text, false);
+    assert_eq!(f.config.audit.max_admins, 0);
+    assert_eq!(f.config.audit.failed_auth_burst, 3);
+    let now = tcf_backup::time::now_unix_ms();
+    let secrets = vec![StoredSecret {
+        name: "month_old".into(),
+        updated_ms: now - 40 * DAY_MS,
+        updated_by: "unix alice".into(),
+    }];
+    let inputs = Inputs {
+        config: &f.config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: false,
+        containers: None,
+        secrets: Ok(secrets),
+    };
+    let results = checks::run(&inputs, &[&rules::SECRET_NOT_ROTATED]);
+    let found = results[0].findings.as_ref().unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].detail.contains("40 days ago"),
+        "{}",
+        found[0].detail
+    );
+    assert!(found[0].detail.contains("(30 days)"), "{}", found[0].detail);
+    // A store that could not be read: not run, never a pass.
+    let inputs = Inputs {
+        secrets: Err("the store could not be opened".into()),
+        ..inputs
+    };
+    let results = checks::run(&inputs, &[&rules::SECRET_UNUSED]);
+    assert!(results[0].findings.is_err());
 }

@@ -282,3 +282,34 @@ fn fingerprints_are_stable_across_runs() {
     assert_eq!(fp(&a, "TCF-SEC-001"), fp(&b, "TCF-SEC-001"));
     assert!(fp(&a, "TCF-SEC-001").is_some());
 }
+
+/// A remote daemon's report (JSON, no ignores) read back, with the ignores applied here, is
+/// the report that was built locally, in every format.
+#[test]
+fn a_json_report_reads_back_to_the_same_report() {
+    let remote = Report::build(meta(), results(), &Ignores::default());
+    let json = render::json_report(&remote);
+    let (meta_back, results_back, unknown) = tcf_audit::report::results_from_json(&json).unwrap();
+    assert!(unknown.is_empty());
+    let local = report();
+    let back = Report::build(meta_back, results_back, &ignores());
+    for format in [Format::Table, Format::Json, Format::Sarif, Format::Junit] {
+        assert_eq!(
+            render::render(&back, format),
+            render::render(&local, format),
+            "{format:?}"
+        );
+    }
+    // A check this build does not know is left out and named; a bad status is an error.
+    let mut newer = json.clone();
+    newer["checks"][0]["id"] = "TCF-NEW-001".into();
+    let (_, results, unknown) = tcf_audit::report::results_from_json(&newer).unwrap();
+    assert_eq!(unknown, ["TCF-NEW-001"]);
+    assert_eq!(results.len(), 6);
+    let mut broken = json.clone();
+    broken["checks"][0]["status"] = "maybe".into();
+    assert!(tcf_audit::report::results_from_json(&broken).is_err());
+    let mut other = json;
+    other["schema_version"] = 2.into();
+    assert!(tcf_audit::report::results_from_json(&other).is_err());
+}

@@ -78,6 +78,8 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/secrets", Role::Admin),
     ("POST", "/v1/secrets", Role::Admin),
     ("DELETE", "/v1/secrets/{name}", Role::Admin),
+    // The audit report maps the platform's weak points: admin, as tokens and secrets are.
+    ("GET", "/v1/audit", Role::Admin),
 ];
 
 /// The least role that may call `method path` (a path without its query). Unlisted: admin.
@@ -143,6 +145,7 @@ mod tests {
         );
         assert_eq!(required_role("POST", "/v1/backups/prune"), Role::Admin);
         assert_eq!(required_role("DELETE", "/v1/secrets/db"), Role::Admin);
+        assert_eq!(required_role("GET", "/v1/audit"), Role::Admin);
         // A method or path the table does not list is closed.
         assert_eq!(required_role("POST", "/v1/status"), Role::Admin);
         assert_eq!(required_role("GET", "/v1/logs/"), Role::Admin);

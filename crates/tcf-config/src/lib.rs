@@ -69,6 +69,41 @@ pub struct Config {
     pub monitor: MonitorSettings,
     pub alerts: AlertSettings,
     pub swarm: SwarmCluster,
+    /// `[audit]`: shown only when it differs from the defaults.
+    #[serde(skip_serializing_if = "AuditSettings::is_default")]
+    pub audit: AuditSettings,
+}
+
+/// `[audit]`: the thresholds of `prod audit`'s access and secrets checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditSettings {
+    /// TCF-AUTH-003: more live admin tokens than this is a finding.
+    pub max_admins: u32,
+    /// TCF-SEC-006: a secret not set again for this long is due for rotation.
+    #[serde(with = "units::duration")]
+    pub secret_max_age: Duration,
+    /// TCF-AUTH-004: this many failed authentications from one address within
+    /// `failed_auth_window` (in the last day) is a burst.
+    pub failed_auth_burst: u32,
+    #[serde(with = "units::duration")]
+    pub failed_auth_window: Duration,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            max_admins: 2,
+            secret_max_age: Duration::from_secs(90 * 86_400),
+            failed_auth_burst: 10,
+            failed_auth_window: Duration::from_secs(600),
+        }
+    }
+}
+
+impl AuditSettings {
+    pub fn is_default(&self) -> bool {
+        *self == AuditSettings::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -190,6 +225,9 @@ impl RuntimeKind {
 pub struct SwarmCluster {
     /// None: `DOCKER_HOST`, else the local socket.
     pub endpoint: Option<String>,
+    /// Each node's own engine by hostname, for its tasks' CPU and memory: a manager cannot
+    /// read another node's container stats.
+    pub node_engines: std::collections::BTreeMap<String, String>,
 }
 
 /// What a Swarm task's restart policy is on.

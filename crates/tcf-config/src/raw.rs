@@ -32,6 +32,19 @@ pub struct RawFile {
     /// `[swarm]`: the Swarm manager `runtime = "swarm"` services run on (docs/swarm.md).
     #[serde(default)]
     pub swarm: RawSwarmCluster,
+    /// `[audit]`: the thresholds `prod audit` holds the platform to (docs/audit.md).
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// `[audit]`: the policy the audit's access and secrets checks measure against.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub max_admins: Option<u32>,
+    pub secret_max_age: Option<Dur>,
+    pub failed_auth_burst: Option<Spanned<u32>>,
+    pub failed_auth_window: Option<Dur>,
 }
 
 /// `[swarm]`: where the Swarm manager's Engine API is.
@@ -41,6 +54,10 @@ pub struct RawSwarmCluster {
     /// `unix:///path`, `tcp://host:port` or `http://host:port`; none: `DOCKER_HOST`, then the
     /// local socket.
     pub endpoint: Option<Spanned<String>>,
+    /// `{ HOSTNAME = "unix:///…" | "tcp://host:port" }`: each node's own engine, for the CPU
+    /// and memory of the tasks it runs (status, metrics); nodes not listed show none.
+    #[serde(default)]
+    pub node_engines: std::collections::BTreeMap<String, String>,
 }
 
 /// `[services.NAME.swarm]` / `[defaults.swarm]`: how a `runtime = "swarm"` service's tasks

@@ -199,6 +199,7 @@ pub fn resolve(
             None
         }
     };
+    let audit = resolve_audit(&file.audit, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -220,8 +221,33 @@ pub fn resolve(
         alerts,
         swarm: crate::SwarmCluster {
             endpoint: file.swarm.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            node_engines: file.swarm.node_engines.clone(),
         },
+        audit,
     })
+}
+
+fn resolve_audit(raw: &crate::raw::RawAudit, errors: &mut Vec<Diagnostic>) -> crate::AuditSettings {
+    let defaults = crate::AuditSettings::default();
+    let burst = match &raw.failed_auth_burst {
+        Some(b) if *b.get_ref() == 0 => {
+            errors.push(
+                Diagnostic::new("[audit] failed_auth_burst must be at least 1", Some(b.span()))
+                    .hint("the number of failed authentications from one address that is a burst, such as 10"),
+            );
+            defaults.failed_auth_burst
+        }
+        Some(b) => *b.get_ref(),
+        None => defaults.failed_auth_burst,
+    };
+    crate::AuditSettings {
+        max_admins: raw.max_admins.unwrap_or(defaults.max_admins),
+        secret_max_age: raw.secret_max_age.map_or(defaults.secret_max_age, |d| d.0),
+        failed_auth_burst: burst,
+        failed_auth_window: raw
+            .failed_auth_window
+            .map_or(defaults.failed_auth_window, |d| d.0),
+    }
 }
 
 pub(crate) fn resolve_deploy(
@@ -668,6 +694,35 @@ mod tests {
 
     fn config(text: &str) -> Result<Config, Vec<Diagnostic>> {
         resolve(Path::new("/tmp/tcf-platform.toml"), text, None)
+    }
+
+    #[test]
+    fn audit_section_defaults_values_and_a_zero_burst() {
+        let base = "[platform]\nname = \"p\"\n";
+        let defaults = config(base).unwrap().audit;
+        assert_eq!(defaults, crate::AuditSettings::default());
+        assert_eq!(defaults.max_admins, 2);
+        assert_eq!(defaults.secret_max_age, Duration::from_secs(90 * 86_400));
+        let set = config(&format!(
+            "{base}[audit]\nmax_admins = 1\nsecret_max_age = \"30d\"\nfailed_auth_burst = 5\nfailed_auth_window = \"1m\"\n"
+        ))
+        .unwrap()
+        .audit;
+        assert_eq!(
+            set,
+            crate::AuditSettings {
+                max_admins: 1,
+                secret_max_age: Duration::from_secs(30 * 86_400),
+                failed_auth_burst: 5,
+                failed_auth_window: Duration::from_secs(60),
+            }
+        );
+        let errors = config(&format!("{base}[audit]\nfailed_auth_burst = 0\n")).unwrap_err();
+        assert!(
+            errors[0].message.contains("failed_auth_burst"),
+            "{errors:?}"
+        );
+        assert!(config(&format!("{base}[audit]\nmax_admin = 1\n")).is_err());
     }
 
     const TWO_SERVICES: &str = r#"

@@ -450,7 +450,7 @@ pub async fn protect(
             p.access.limiter.record_failure(addr.ip(), Instant::now());
             p.event_by(
                 &format!("remote {}", addr.ip()),
-                "auth.failed",
+                crate::audit::AUTH_FAILED,
                 None,
                 None,
                 format!("refused {method} {path} from {addr}: {e}"),

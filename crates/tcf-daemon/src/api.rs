@@ -97,6 +97,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .merge(crate::api_backup::routes())
         .merge(crate::maintenance::routes())
         .merge(crate::tls::routes())
+        .merge(crate::audit::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError(
@@ -139,7 +140,8 @@ pub fn build_status(p: &Platform, with_metrics: bool) -> Status {
                         id: i.id.clone(),
                         colour: i.colour.clone(),
                         version: i.version.clone(),
-                        pid: info.pid,
+                        // 0: a task on another machine, with no pid here.
+                        pid: info.pid.filter(|pid| *pid != 0),
                         port: i.port(),
                         state: info.state.as_str().to_string(),
                         health: info.health.as_str().to_string(),

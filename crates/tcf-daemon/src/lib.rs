@@ -9,6 +9,7 @@ pub mod access;
 mod api;
 mod api_backup;
 mod api_monitor;
+pub mod audit;
 pub mod backup;
 mod caller;
 mod dashboard;
@@ -240,7 +241,8 @@ async fn run_daemon(
             config.swarm.endpoint.as_deref(),
             &swarm_services,
         )
-        .await?;
+        .await?
+        .with_node_engines(&config.swarm.node_engines)?;
         let networks: std::collections::BTreeSet<String> = config
             .services
             .values()

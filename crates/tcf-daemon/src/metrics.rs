@@ -98,7 +98,10 @@ pub fn sample(p: &Platform) {
         lock(&svc.metrics).push(Instant::now(), svc.proxy.stats().snapshot());
         for inst in svc.instances() {
             let mut info = lock(&inst.info);
-            let Some(pid) = info.pid else { continue };
+            // Pid 0: a task on another machine, sampled through its runtime instead.
+            let Some(pid) = info.pid.filter(|pid| *pid != 0) else {
+                continue;
+            };
             let now = Instant::now();
             if let Some(ticks) = procfs::cpu_ticks(pid) {
                 if let Some((at, before)) = info.cpu_ticks {
@@ -112,6 +115,27 @@ pub fn sample(p: &Platform) {
             }
             info.rss_bytes = procfs::rss_bytes(pid).unwrap_or(0);
         }
+    }
+}
+
+/// Sample an instance's CPU and memory through its runtime every [`SAMPLE_EVERY`] until
+/// aborted (with its supervisor's prober); a sample the runtime cannot take leaves the last.
+pub async fn sample_usage(inst: Arc<crate::platform::Instance>, probe: tcf_runtime::UsageProbe) {
+    let mut last: Option<(Instant, u64)> = None;
+    loop {
+        if let Some(usage) = probe().await {
+            let now = Instant::now();
+            let mut info = lock(&inst.info);
+            if let Some((at, before)) = last.replace((now, usage.cpu_micros)) {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    info.cpu_percent =
+                        usage.cpu_micros.saturating_sub(before) as f64 / 1e6 / secs * 100.0;
+                }
+            }
+            info.rss_bytes = usage.memory_bytes;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }
 

@@ -450,16 +450,24 @@ impl ServiceRuntime {
     /// or, for a colour with traffic in panic, all of its running ones.
     pub fn rebuild_route(&self) {
         let traffic = lock(&self.traffic);
-        self.fill_pools(&traffic);
+        self.fill_pools(&traffic, true);
     }
 
     fn route(&self, next: Traffic) {
         let mut traffic = lock(&self.traffic);
-        *traffic = next;
-        // Pools first, then the route that points at them: a request never sees a parked
-        // instance in a colour it was just given.
-        self.fill_pools(&traffic);
-        let pools = traffic
+        // Instances join pools before the route points at them, and leave (newly parked) only
+        // after it stopped: a request never finds a parked instance in a colour it was just
+        // given, nor an emptied pool in the route it loaded (a rolling step parks the old
+        // colour's last instances in the same change that takes its traffic away).
+        let still_parked = next.parked.intersection(&traffic.parked).cloned().collect();
+        self.fill_pools(
+            &Traffic {
+                weights: next.weights.clone(),
+                parked: still_parked,
+            },
+            false,
+        );
+        let pools = next
             .weights
             .iter()
             .filter_map(|(name, w)| self.colour(name).map(|c| (c.pool.clone(), *w)))
@@ -468,6 +476,8 @@ impl ServiceRuntime {
             pools,
             sticky: self.sticky.clone(),
         });
+        *traffic = next;
+        self.fill_pools(&traffic, true);
     }
 
     /// Each colour's pool holds its ready, unparked instances. A colour with traffic whose
@@ -477,7 +487,9 @@ impl ServiceRuntime {
     /// dependency's hiccup) more often mean slow probes than dead instances, and an instance
     /// that may answer beats a 503 from the proxy for certain. Entering and leaving panic are
     /// events.
-    fn fill_pools(&self, traffic: &Traffic) {
+    /// `settled` is false for the transitional fill of a route change: panic is worked out
+    /// for the members but not recorded or reported until the change is complete.
+    fn fill_pools(&self, traffic: &Traffic, settled: bool) {
         let mut any_healthy = false;
         for colour in self.colours() {
             let weighted = traffic
@@ -503,6 +515,9 @@ impl ServiceRuntime {
             colour
                 .pool
                 .set_backends(chosen.iter().map(|i| i.backend()).collect());
+            if !settled {
+                continue;
+            }
             if colour.panic.swap(panic, Ordering::SeqCst) != panic {
                 let message = if panic {
                     self.panics.fetch_add(1, Ordering::Relaxed);
@@ -534,6 +549,9 @@ impl ServiceRuntime {
                     None => tracing::warn!("{kind:<24} {:<14} {message}", self.config.name),
                 }
             }
+        }
+        if !settled {
+            return;
         }
         self.healthy.send_if_modified(|h| {
             let changed = *h != any_healthy;

@@ -274,6 +274,14 @@ async fn supervise(
                     deadline_tx,
                     running.status_probe(),
                 )));
+                // CPU and memory of an instance this host's /proc cannot see (a task on
+                // another node), from its runtime; stopped with the prober.
+                let _usage_sampler = running.usage_probe().map(|probe| {
+                    AbortOnDrop(tokio::spawn(crate::metrics::sample_usage(
+                        inst.clone(),
+                        probe,
+                    )))
+                });
                 let outcome = tokio::select! {
                     exit = running.wait() => Outcome::Exited(exit),
                     _ = stop_rx.wait_for(|s| *s) => Outcome::Stop,

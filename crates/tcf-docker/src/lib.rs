@@ -64,6 +64,45 @@ pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the HEALTHCHECK state lookup in the probe loop may take.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The CPU and memory of container `id` from its engine's stats (one sample); `None` when the
+/// engine does not answer in time or reports no numbers.
+pub async fn container_usage(docker: &Docker, id: &str) -> Option<tcf_runtime::Usage> {
+    let mut stats = docker.stats(
+        id,
+        Some(bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        }),
+    );
+    let sample = tokio::time::timeout(STATUS_PROBE_TIMEOUT, stats.next())
+        .await
+        .ok()??
+        .ok()?;
+    usage_from_stats(&sample)
+}
+
+/// What `docker stats` shows: total CPU time, and memory without the page cache the kernel
+/// can reclaim (`inactive_file` on cgroup v2, `total_inactive_file` on v1).
+fn usage_from_stats(stats: &bollard::models::ContainerStatsResponse) -> Option<tcf_runtime::Usage> {
+    let cpu_nanos = stats.cpu_stats.as_ref()?.cpu_usage.as_ref()?.total_usage?;
+    let memory = stats.memory_stats.as_ref()?;
+    let reclaimable = memory
+        .stats
+        .as_ref()
+        .and_then(|s| {
+            s.get("inactive_file")
+                .or_else(|| s.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    Some(tcf_runtime::Usage {
+        cpu_micros: cpu_nanos / 1000,
+        memory_bytes: memory.usage?.saturating_sub(reclaimable),
+        // For a container without a limit, engines report the node's memory.
+        memory_limit_bytes: memory.limit.filter(|l| *l > 0),
+    })
+}
+
 /// A running container's settings that matter to security (`docker inspect`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSecurity {
@@ -562,5 +601,44 @@ impl Runtime for DockerRuntime {
     fn clean_up(&self, _left: Identity, _grace: Duration) -> BoxFuture<'_, bool> {
         // Containers are reconciled by label (see `find`), not by pid.
         Box::pin(async { false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats};
+
+    #[test]
+    fn usage_is_cpu_time_and_memory_without_reclaimable_cache() {
+        let mut stats = bollard::models::ContainerStatsResponse {
+            cpu_stats: Some(ContainerCpuStats {
+                cpu_usage: Some(ContainerCpuUsage {
+                    total_usage: Some(2_500_000_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            memory_stats: Some(ContainerMemoryStats {
+                usage: Some(50 << 20),
+                limit: Some(256 << 20),
+                stats: Some(HashMap::from([("inactive_file".to_string(), 8 << 20)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let usage = usage_from_stats(&stats).unwrap();
+        assert_eq!(usage.cpu_micros, 2_500_000);
+        assert_eq!(usage.memory_bytes, 42 << 20);
+        assert_eq!(usage.memory_limit_bytes, Some(256 << 20));
+        // cgroup v1 names it differently.
+        stats.memory_stats.as_mut().unwrap().stats = Some(HashMap::from([(
+            "total_inactive_file".to_string(),
+            2 << 20,
+        )]));
+        assert_eq!(usage_from_stats(&stats).unwrap().memory_bytes, 48 << 20);
+        // A stopped container's stats carry no numbers.
+        stats.cpu_stats = None;
+        assert_eq!(usage_from_stats(&stats), None);
     }
 }

@@ -32,7 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcf_runtime::logfile::open_instance_log;
-use tcf_runtime::{BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError};
+use tcf_runtime::{
+    BoxFuture, Exit, Identity, InstanceSpec, Running, Runtime, RuntimeError, UsageProbe,
+};
 use tokio::sync::watch;
 
 /// Which Swarm service an instance's secrets belong to (they go with it).
@@ -63,6 +65,12 @@ pub enum SwarmError {
     },
     #[error("Swarm manager error: {0}")]
     Api(#[from] bollard::errors::Error),
+    #[error("[swarm] node_engines: cannot use {endpoint:?} for node {node}: {source}\nhint: give each node's engine as unix:///path/docker.sock or tcp://host:port")]
+    NodeEngine {
+        node: String,
+        endpoint: String,
+        source: bollard::errors::Error,
+    },
 }
 
 /// A Swarm service of this platform found at startup, by its labels.
@@ -91,6 +99,10 @@ pub struct NodeInfo {
 pub struct SwarmRuntime {
     docker: Docker,
     platform: String,
+    /// The manager's own hostname: its tasks' stats come from `docker`.
+    manager_node: String,
+    /// Other nodes' engines by hostname (`[swarm] node_engines`), for their tasks' stats.
+    node_engines: Arc<HashMap<String, Docker>>,
     /// Bumped on every engine event about nodes and services: a wait on a task re-reads it then.
     changes: watch::Sender<u64>,
 }
@@ -182,12 +194,8 @@ impl SwarmRuntime {
             services: services.join(", "),
             source,
         };
-        let timeout = crate::ENGINE_CALL_TIMEOUT.as_secs();
         let docker = match endpoint {
-            Some(e) if e.starts_with("unix://") || e.starts_with('/') => {
-                Docker::connect_with_unix(e, timeout, bollard::API_DEFAULT_VERSION)
-            }
-            Some(e) => Docker::connect_with_http(e, timeout, bollard::API_DEFAULT_VERSION),
+            Some(e) => engine_client(e),
             None => Docker::connect_with_local_defaults()
                 .map(|d| d.with_timeout(crate::ENGINE_CALL_TIMEOUT)),
         }
@@ -208,6 +216,8 @@ impl SwarmRuntime {
         let runtime = SwarmRuntime {
             docker,
             platform: platform.to_string(),
+            manager_node: info.name.unwrap_or_default(),
+            node_engines: Arc::new(HashMap::new()),
             changes: watch::channel(0).0,
         };
         runtime.follow_events();
@@ -216,6 +226,34 @@ impl SwarmRuntime {
 
     pub fn client(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Read the CPU and memory of tasks on other nodes from these engines (hostname →
+    /// endpoint). The clients connect on first use: a node that is down costs its tasks'
+    /// numbers, never the start.
+    pub fn with_node_engines(
+        mut self,
+        engines: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SwarmRuntime, SwarmError> {
+        let mut clients = HashMap::new();
+        for (node, endpoint) in engines {
+            let client = engine_client(endpoint).map_err(|source| SwarmError::NodeEngine {
+                node: node.clone(),
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+            clients.insert(node.clone(), client);
+        }
+        self.node_engines = Arc::new(clients);
+        Ok(self)
+    }
+
+    /// The engine that can read the stats of a task on `node`, if we know one.
+    fn engine_of(&self, node: &str) -> Option<Docker> {
+        if node == self.manager_node {
+            return Some(self.docker.clone());
+        }
+        self.node_engines.get(node).cloned()
     }
 
     /// Wake every wait on a task whenever a node or service changes (a node that goes down,
@@ -490,6 +528,10 @@ impl SwarmRuntime {
                 };
                 return Ok(RunningTask {
                     id: t.id.clone().unwrap_or_default(),
+                    container_id: status
+                        .container_status
+                        .as_ref()
+                        .and_then(|c| c.container_id.clone()),
                     node_id,
                     node_name: node
                         .description
@@ -543,6 +585,7 @@ impl SwarmRuntime {
         });
         Ok(SwarmTask {
             docker: self.docker.clone(),
+            node_engine: self.engine_of(&task.node_name),
             service: service.to_string(),
             task,
             changes: self.changes.subscribe(),
@@ -724,6 +767,16 @@ impl SwarmRuntime {
 
 /// A node's address: `Status.Addr`, or a manager's advertised address when that is 0.0.0.0
 /// (as some engines report for managers).
+/// A client of the engine at `endpoint` (`unix:///path`, a socket path, `tcp://` or `http://`).
+fn engine_client(endpoint: &str) -> Result<Docker, bollard::errors::Error> {
+    let timeout = crate::ENGINE_CALL_TIMEOUT.as_secs();
+    if endpoint.starts_with("unix://") || endpoint.starts_with('/') {
+        Docker::connect_with_unix(endpoint, timeout, bollard::API_DEFAULT_VERSION)
+    } else {
+        Docker::connect_with_http(endpoint, timeout, bollard::API_DEFAULT_VERSION)
+    }
+}
+
 fn node_address(node: &bollard::models::Node) -> Option<IpAddr> {
     let from_status = node
         .status
@@ -791,6 +844,8 @@ impl Drop for RemoveOnDrop {
 #[derive(Debug, Clone)]
 struct RunningTask {
     id: String,
+    /// Its container on its node, for the node's engine's stats.
+    container_id: Option<String>,
     node_id: String,
     node_name: String,
     addr: SocketAddr,
@@ -801,6 +856,8 @@ struct SwarmTask {
     /// The Swarm service this task belongs to (one per instance).
     service: String,
     task: RunningTask,
+    /// The engine of the node it runs on, when known: where its CPU and memory are read.
+    node_engine: Option<Docker>,
     changes: watch::Receiver<u64>,
     /// Set once the platform asked for the service to go.
     stopping: Arc<AtomicBool>,
@@ -915,6 +972,15 @@ impl Running for SwarmTask {
 
     fn node(&self) -> Option<String> {
         Some(self.task.node_name.clone())
+    }
+
+    fn usage_probe(&self) -> Option<UsageProbe> {
+        let engine = self.node_engine.clone()?;
+        let container = self.task.container_id.clone()?;
+        Some(Arc::new(move || {
+            let (engine, container) = (engine.clone(), container.clone());
+            Box::pin(async move { crate::container_usage(&engine, &container).await })
+        }))
     }
 }
 

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use tcf_api::{Client, ClientError};
-use tcf_audit::checks::{
-    self, Inputs, LiveContainer, LiveInstance, LiveService, LiveToken, LiveView,
-};
+use tcf_audit::checks::{self, Inputs, LiveView, StoredSecret};
 use tcf_audit::{advisories::Database, render, Ignores, Meta, Report, Severity};
+use tcf_daemon::audit as daemon_audit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditFormat {
@@ -77,38 +76,16 @@ fn usage(error: anyhow::Error) -> Failure {
     Failure { code: 2, error }
 }
 
-/// The platform's running containers on the Docker engine (by label), or why they could not
-/// be listed.
-pub async fn live_containers(config: &tcf_config::Config) -> Result<Vec<LiveContainer>, String> {
-    let services: Vec<String> = config
-        .services
-        .values()
-        .filter(|s| s.docker.is_some())
-        .map(|s| s.name.clone())
-        .collect();
-    let docker = tcf_docker::DockerRuntime::connect(&config.platform.name, &services)
-        .await
-        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
-    let found = docker.inspect_security().await.map_err(|e| e.to_string())?;
-    Ok(found
-        .into_iter()
-        .map(|c| LiveContainer {
-            name: c.name,
-            service: c.service,
-            user: c.user,
-            privileged: c.privileged,
-            network_mode: c.network_mode,
-            mounts: c.mounts,
-            memory: c.memory,
-            read_only: c.read_only,
-            healthcheck: c.healthcheck,
-            published: c.published,
-        })
-        .collect())
-}
+use tcf_daemon::audit::live_containers;
 
-/// The daemon's view for the online checks, or why there is none.
-async fn live_view(socket: PathBuf) -> Result<LiveView, String> {
+/// What `GET /v1/events` returns at most: the failed authentications of the last day are
+/// looked for among these newest events.
+const EVENTS_LOOKED_AT: u32 = 10_000;
+
+/// The daemon's view for the online checks and the store's secrets, or why there is none.
+async fn live_view(
+    socket: PathBuf,
+) -> Result<(LiveView, Result<Vec<StoredSecret>, String>), String> {
     let client =
         Client::new(&socket).with_timeouts(Duration::from_secs(3), Duration::from_secs(10));
     let offline = |e: ClientError| match e {
@@ -119,53 +96,85 @@ async fn live_view(socket: PathBuf) -> Result<LiveView, String> {
     };
     let ping: tcf_api::Ping = client.get("/v1/ping").await.map_err(offline)?;
     let status: tcf_api::Status = client.get("/v1/status").await.map_err(offline)?;
-    let ms = |t: &str| tcf_backup::time::parse_rfc3339_ms(t);
     let tokens = client
         .get::<Vec<tcf_api::access::TokenInfo>>("/v1/tokens")
         .await
         .map_err(|e| format!("the daemon's tokens could not be read: {e}"))
-        .map(|list| {
-            list.into_iter()
-                .map(|t| LiveToken {
-                    created_ms: ms(&t.created).unwrap_or(0),
-                    expires_ms: t.expires.as_deref().and_then(ms),
-                    last_used_ms: t.last_used.as_deref().and_then(ms),
-                    revoked: t.revoked.is_some(),
-                    name: t.name,
-                    role: t.role,
-                })
-                .collect()
-        });
-    Ok(LiveView {
-        tokens,
-        daemon_pid: ping.pid,
-        socket,
-        services: status
-            .services
-            .into_iter()
-            .map(|s| LiveService {
-                name: s.name,
-                listen: s.listen,
-                instances: s
-                    .instances
-                    .into_iter()
-                    .filter(|i| i.state == "running")
-                    .map(|i| LiveInstance {
-                        id: i.id,
-                        pid: i.pid,
-                        port: i.port,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
+        .map(|list| list.into_iter().map(daemon_audit::live_token).collect());
+    let failed_auths = client
+        .get::<Vec<tcf_api::Event>>(&format!("/v1/events?limit={EVENTS_LOOKED_AT}"))
+        .await
+        .map_err(|e| format!("the daemon's events could not be read: {e}"))
+        .map(|events| daemon_audit::failed_auths(&events, tcf_backup::time::now_unix_ms()));
+    let secrets = client
+        .get::<Vec<tcf_api::access::SecretInfo>>("/v1/secrets")
+        .await
+        .map_err(|e| format!("the daemon's secrets could not be listed: {e}"))
+        .map(daemon_audit::stored_secrets);
+    Ok((
+        LiveView {
+            tokens,
+            failed_auths,
+            daemon_pid: ping.pid,
+            socket,
+            services: daemon_audit::live_services(status),
+        },
+        secrets,
+    ))
 }
 
-pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
-    let selected = tcf_audit::select(&args.check, &args.skip).map_err(|e| usage(e.into()))?;
-    if selected.is_empty() {
-        return Err(usage(anyhow!("--check and --skip left no check to run")));
+/// The report of a remote daemon (`--host`): it runs the checks on its host and answers with
+/// the JSON report, before ignores; the ignores are applied here.
+async fn remote_report(
+    cli: &crate::cli::Cli,
+    args: &AuditArgs,
+    ignores: &Ignores,
+) -> Result<Report, Failure> {
+    if args.advisories.is_some() || args.update_advisories {
+        return Err(usage(anyhow!(
+            "--advisories and --update-advisories work on a local audit only\nhint: a remote daemon reads its own STATE_DIR/advisories; run `prod audit --update-advisories` on its host"
+        )));
     }
+    let mut query = format!("/v1/audit?comprehensive={}", args.comprehensive);
+    if !args.check.is_empty() {
+        query.push_str(&format!("&check={}", args.check.join(",")));
+    }
+    if !args.skip.is_empty() {
+        query.push_str(&format!("&skip={}", args.skip.join(",")));
+    }
+    // A comprehensive audit handshakes and inspects containers: give it time.
+    let client = crate::client(cli)
+        .map_err(usage)?
+        .with_timeouts(Duration::from_secs(10), Duration::from_secs(600));
+    let value: serde_json::Value = client.get(&query).await.map_err(|e| Failure {
+        code: 2,
+        error: anyhow!("the remote daemon's audit could not be had: {e}"),
+    })?;
+    let (meta, results, unknown) =
+        tcf_audit::report::results_from_json(&value).map_err(|e| Failure {
+            code: 2,
+            error: anyhow!(
+                "the remote daemon answered a report this tcf-platform cannot read: {e}"
+            ),
+        })?;
+    if !unknown.is_empty() {
+        eprintln!(
+            "warning: the remote daemon ran checks this tcf-platform does not know ({}); upgrade it to see them",
+            unknown.join(", ")
+        );
+    }
+    Ok(Report::build(meta, results, ignores))
+}
+
+/// The audit run here, on the config and files, with the local daemon's view when one answers.
+/// None: `--update-advisories` was asked and done.
+async fn local_report(
+    cli: &crate::cli::Cli,
+    args: &AuditArgs,
+    selected: &[&'static tcf_audit::Rule],
+    ignores: &Ignores,
+    now: SystemTime,
+) -> Result<Option<Report>, Failure> {
     let config = crate::load_config(cli)?;
     let default_advisories = config.platform.state_dir.join("advisories");
     if args.update_advisories {
@@ -176,18 +185,13 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
                     "advisory database updated: {count} advisories in {}",
                     dir.display()
                 );
-                Ok(ExitCode::SUCCESS)
+                Ok(None)
             }
             // The database could not be had: the run did not do what was asked (exit 2), and
             // the directory is as it was.
             Err(error) => Err(Failure { code: 2, error }),
         };
     }
-    let now = SystemTime::now();
-    let ignores = match &args.ignore {
-        Some(path) => Ignores::load(path, now).map_err(|e| usage(e.into()))?,
-        None => Ignores::default(),
-    };
     let advisories: Option<Result<Database, String>> = match &args.advisories {
         Some(path) => Some(Ok(Database::load(path).map_err(|e| usage(e.into()))?)),
         // The directory --update-advisories fills, when there is one.
@@ -204,7 +208,13 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
         .socket
         .clone()
         .unwrap_or_else(|| config.daemon.socket.clone());
-    let live = live_view(socket).await;
+    let (live, secrets) = match live_view(socket).await {
+        Ok((view, secrets)) => (Ok(view), secrets),
+        Err(why) => (
+            Err(why),
+            daemon_audit::offline_secrets(&config.platform.state_dir),
+        ),
+    };
     let offline_reason = live.as_ref().err().cloned();
 
     let containers = if args.comprehensive {
@@ -218,8 +228,9 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
         advisories,
         comprehensive: args.comprehensive,
         containers,
+        secrets,
     };
-    let results = checks::run(&inputs, &selected);
+    let results = checks::run(&inputs, selected);
     let meta = Meta {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         generated_at: humantime::format_rfc3339_seconds(now).to_string(),
@@ -230,7 +241,28 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
         comprehensive: args.comprehensive,
         advisories: advisories_text,
     };
-    let report = Report::build(meta, results, &ignores);
+    Ok(Some(Report::build(meta, results, ignores)))
+}
+
+pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
+    let selected = tcf_audit::select(&args.check, &args.skip).map_err(|e| usage(e.into()))?;
+    if selected.is_empty() {
+        return Err(usage(anyhow!("--check and --skip left no check to run")));
+    }
+    let now = SystemTime::now();
+    let ignores = match &args.ignore {
+        Some(path) => Ignores::load(path, now).map_err(|e| usage(e.into()))?,
+        None => Ignores::default(),
+    };
+    let report = if cli.host.is_some() {
+        remote_report(cli, args, &ignores).await?
+    } else {
+        match local_report(cli, args, &selected, &ignores, now).await? {
+            Some(report) => report,
+            // --update-advisories did its work.
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    };
 
     let format = match (args.format, &args.output) {
         (Some(f), _) => f,

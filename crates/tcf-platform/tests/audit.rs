@@ -228,7 +228,15 @@ expires = "2000-01-01"
         .collect();
     assert_eq!(
         ids,
-        vec!["TCF-SEC-001", "TCF-SEC-002", "TCF-SEC-003", "TCF-SEC-004"]
+        vec![
+            "TCF-SEC-001",
+            "TCF-SEC-002",
+            "TCF-SEC-003",
+            "TCF-SEC-004",
+            "TCF-SEC-005",
+            "TCF-SEC-006",
+            "TCF-SEC-007"
+        ]
     );
 
     // Usage errors: exit 2.
@@ -812,4 +820,260 @@ fn update_advisories_downloads_swaps_in_and_fails_offline() {
     assert!(stderr.contains("cannot download"), "{stderr}");
     assert!(stderr.contains("--advisories-url"), "{stderr}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+}
+
+/// The CLI against a remote daemon only (`--host`, a token, the pinned fingerprint; no config).
+fn remote_cli(url: &str, fingerprint: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .args(["--host", url, "--fingerprint", fingerprint])
+        .env("TCF_TOKEN", token)
+        .env_remove("TCF_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn create_token(p: &Platform, name: &str, role: &str) -> String {
+    let out = p.cli(&["tokens", "create", name, "--role", role]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn set_secret(p: &Platform, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin())
+        .args(["secrets", "set", name, "--config"])
+        .arg(&p.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `prod audit --host`: the remote daemon runs the checks on its host and answers the JSON
+/// report; the CLI applies its ignores and renders every format from it. Only an admin may
+/// ask. The platform has a secret nothing uses (also found offline, from the store), three
+/// admin tokens, a burst of refused authentications from 127.0.0.1 and a dependency whose
+/// port listens on every interface.
+#[test]
+fn remote_audit_over_the_api_needs_an_admin_and_renders_every_format() {
+    const ORPHAN_VALUE: &str = "orphan-value-Zk3-not-real";
+    let dependency = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let dep_port = dependency.local_addr().unwrap().port();
+    let listen = free_port();
+    let config = format!(
+        "{}\n[daemon]\nlisten = \"127.0.0.1:{listen}\"\n\n[dependencies.cache]\nkind = \"tcp\"\naddress = \"127.0.0.1:{dep_port}\"\n\n[audit]\nfailed_auth_burst = 3\n",
+        example_config()
+    );
+    let mut p = Platform::new(&config);
+    set_secret(&p, "orphan", ORPHAN_VALUE);
+
+    // Offline, the unused secret is found in the store itself, which the audit reads without
+    // changing anything: the state directory opened up keeps its mode and is reported.
+    let state = p.dir.path().join(".tcf");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = p.cli(&[
+        "prod",
+        "audit",
+        "--format",
+        "json",
+        "--check",
+        "SEC",
+        "TCF-FS-001",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(report["mode"], "offline");
+    let orphan = finding(&report, "TCF-SEC-005").expect("TCF-SEC-005 offline");
+    assert_eq!(orphan["location"]["resource"], "secret orphan");
+    assert_eq!(check_status(&report, "TCF-SEC-006"), "pass", "{report:#}");
+    assert!(finding(&report, "TCF-FS-001").is_some(), "{report:#}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750, "the audit changed the state directory's mode");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    p.up();
+    let status = p.wait_for("all healthy", Duration::from_secs(60), all_healthy);
+    let fingerprint = status["api"]["fingerprint_sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status names the remote API: {status:#}"))
+        .to_string();
+    let url = format!("https://127.0.0.1:{listen}");
+    let admin = create_token(&p, "ops-1", "admin");
+    create_token(&p, "ops-2", "admin");
+    create_token(&p, "ops-3", "admin");
+    let viewer = create_token(&p, "watcher", "viewer");
+
+    // Three refused authentications from 127.0.0.1: a burst by this config's [audit].
+    for _ in 0..3 {
+        let out = remote_cli(&url, &fingerprint, "tcfp_guess", &["status"]);
+        assert!(!out.status.success());
+    }
+
+    // A viewer may not: the report maps the platform's weak points.
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &viewer,
+        &["prod", "audit", "--format", "json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin"), "{stderr}");
+
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &admin,
+        &["prod", "audit", "--format", "json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(ORPHAN_VALUE));
+    let report = json_of(&out);
+    assert_eq!(report["mode"], "online", "{report:#}");
+    assert_eq!(
+        report["target"]["config"],
+        p.config.display().to_string(),
+        "the daemon's own config"
+    );
+    let found = |id: &str| {
+        finding(&report, id).unwrap_or_else(|| panic!("{id} not found: {report:#}"))["location"]
+            ["resource"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(found("TCF-SEC-005"), "secret orphan");
+    assert_eq!(found("TCF-AUTH-003"), "admin tokens");
+    assert_eq!(found("TCF-AUTH-004"), "address 127.0.0.1");
+    assert_eq!(found("TCF-NET-004"), "dependency cache");
+    // The daemon's own view: its listeners, its socket.
+    assert_eq!(check_status(&report, "TCF-NET-002"), "pass", "{report:#}");
+    assert_eq!(check_status(&report, "TCF-API-001"), "pass", "{report:#}");
+
+    // The local audit (through the socket) sees the same.
+    let local = json_of(&p.cli(&[
+        "prod",
+        "audit",
+        "--format",
+        "json",
+        "--check",
+        "AUTH",
+        "TCF-SEC-005",
+        "TCF-NET-004",
+    ]));
+    assert_eq!(local["mode"], "online", "{local:#}");
+    for id in ["TCF-SEC-005", "TCF-AUTH-003", "TCF-AUTH-004", "TCF-NET-004"] {
+        let here = finding(&local, id).unwrap_or_else(|| panic!("{id} locally: {local:#}"));
+        assert_eq!(here["location"]["resource"], found(id), "{id}");
+    }
+
+    // Every format, rendered here from the daemon's report; ignores apply here too.
+    let dir = tempfile::tempdir().unwrap();
+    let sarif = dir.path().join("audit.sarif");
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &admin,
+        &["prod", "audit", "--output", sarif.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log: Value = serde_json::from_str(&std::fs::read_to_string(&sarif).unwrap()).unwrap();
+    assert_valid_sarif(&log);
+    assert!(log["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["ruleId"] == "TCF-AUTH-004"));
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &admin,
+        &["prod", "audit", "--format", "junit"],
+    );
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        xml.contains("<testsuites") && xml.contains("TCF-NET-004"),
+        "{xml}"
+    );
+    let out = remote_cli(&url, &fingerprint, &admin, &["prod", "audit"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Mode: online"), "{table}");
+    assert!(table.contains("TCF-AUTH-003"), "{table}");
+
+    let ignore = dir.path().join("ignore.toml");
+    std::fs::write(
+        &ignore,
+        "[[ignore]]\nid = \"TCF-AUTH-003\"\nstatement = \"three operators on call\"\nexpires = \"2999-01-01\"\n",
+    )
+    .unwrap();
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &admin,
+        &[
+            "prod",
+            "audit",
+            "--format",
+            "json",
+            "--check",
+            "AUTH",
+            "--ignore",
+            ignore.to_str().unwrap(),
+            "--fail-on",
+            "high",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "TCF-AUTH-004 is high");
+    let report = json_of(&out);
+    assert!(finding(&report, "TCF-AUTH-003").is_none(), "{report:#}");
+    assert_eq!(report["ignored"][0]["id"], "TCF-AUTH-003");
+    assert_eq!(
+        report["checks"].as_array().unwrap().len(),
+        4,
+        "--check AUTH only"
+    );
+
+    // What needs the client's files is refused with a remote daemon.
+    let out = remote_cli(
+        &url,
+        &fingerprint,
+        &admin,
+        &["prod", "audit", "--advisories", "/nonexistent"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("local audit only"));
+
+    let out = p.cli(&["down"]);
+    assert!(out.status.success());
+    p.wait_daemon_exit(Duration::from_secs(30));
+    drop(dependency);
 }

@@ -68,7 +68,7 @@ impl ServiceProxy {
         let backends = pool.backends();
         let mut tried: Option<Arc<Backend>> = None;
         // Nothing was lost whenever we loop: another connection or backend is safe.
-        for _attempt in 0..3 {
+        for attempt in 0..3 {
             let backend = self
                 .pick(&backends, tried.as_ref())
                 .or_else(|| tried.clone())
@@ -78,7 +78,8 @@ impl ServiceProxy {
                 Some(c) => c,
                 None => match backend.connect(self.settings.connect_timeout).await {
                     Ok(c) => c,
-                    Err(e) if backends.len() > 1 && tried.is_none() => {
+                    // Refused or timed out: nothing was sent, so another instance may take it.
+                    Err(e) if backends.len() > 1 && attempt < 2 => {
                         tracing::debug!(service = %self.name, "{e}; trying another instance");
                         tried = Some(backend);
                         continue;

@@ -344,17 +344,36 @@ impl ServiceProxy {
             r.set(v.wrapping_add(1));
             v
         });
+        // Least outstanding among the reachable ones; when none is, among all (one may be back).
         let mut best: Option<&Arc<Backend>> = None;
+        let mut best_unreachable: Option<&Arc<Backend>> = None;
         for i in 0..n {
             let b = &backends[(start + i) % n];
             if exclude.is_some_and(|x| Arc::ptr_eq(x, b)) {
                 continue;
             }
-            if best.is_none_or(|cur| b.outstanding() < cur.outstanding()) {
-                best = Some(b);
+            let slot = if b.reachable() {
+                &mut best
+            } else {
+                &mut best_unreachable
+            };
+            if slot.is_none_or(|cur| b.outstanding() < cur.outstanding()) {
+                *slot = Some(b);
             }
         }
-        best.cloned()
+        best.or(best_unreachable).cloned()
+    }
+
+    /// The colour for a request that loaded `route`. A pool is emptied of the instances a
+    /// route change takes out only after the route stopped pointing at it, so a request that
+    /// loaded the route just before finds that pool empty: it takes the route as it is now.
+    fn choose_pool(&self, route: &Route, key: u64) -> Option<Arc<Pool>> {
+        let pool = route.choose(key)?;
+        if !pool.backends.load().is_empty() {
+            return Some(pool.clone());
+        }
+        let current = self.route.load();
+        Some(current.choose(key).unwrap_or(pool).clone())
     }
 
     /// Proxy one request; never fails: errors become responses with the right status. The
@@ -384,7 +403,7 @@ impl ServiceProxy {
             (Ok(replaced_host), None) => {
                 let (key, cookie) = sticky_key(&route, &parts.headers, client_addr);
                 new_cookie = cookie;
-                pool = route.choose(key).cloned();
+                pool = self.choose_pool(&route, key);
                 match &pool {
                     Some(pool) => {
                         self.forward(

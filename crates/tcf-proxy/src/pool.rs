@@ -11,6 +11,17 @@ pub(crate) const IDLE_PER_BACKEND: usize = 256;
 /// An idle connection older than this is closed rather than reused: shorter than the usual
 /// server-side keep-alive timeouts, so we never send on a connection the server is closing.
 pub(crate) const MAX_IDLE: Duration = Duration::from_secs(15);
+/// How long an instance that refused a connection (or let it time out) is passed over while
+/// others can take its requests: an instance that just died refuses at once and has nothing
+/// outstanding, so least-outstanding balancing would otherwise send it the most requests
+/// until its health probes fail (nginx's `max_fails`/`fail_timeout`, on the first failure).
+pub(crate) const UNREACHABLE_FOR: Duration = Duration::from_secs(1);
+
+/// Milliseconds on a process-wide monotonic clock, from 1 (0 means "never").
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
 
 /// One upstream instance the proxy may send requests to, with its own idle connections in a
 /// lock-free queue: taking and returning a connection takes no lock.
@@ -24,6 +35,8 @@ pub struct Backend {
     /// Bumped by [`close_idle`](Backend::close_idle): a connection made before is never reused,
     /// even one that was carrying a request at that moment.
     pub(crate) generation: std::sync::atomic::AtomicU64,
+    /// Until when (on [`clock_ms`]) it is passed over after a failed connect; 0: reachable.
+    unreachable_until: std::sync::atomic::AtomicU64,
     /// One queue per proxy worker thread, made on its first use: a connection is reused by
     /// the thread that made it (and whose reactor it is registered with).
     pub(crate) idle: Box<[std::sync::OnceLock<IdleQueue>]>,
@@ -50,6 +63,7 @@ impl Backend {
             outstanding: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
             generation: 0.into(),
+            unreachable_until: 0.into(),
             idle: (0..MAX_WORKERS)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
@@ -123,18 +137,32 @@ impl Backend {
         let _ = queue.push((conn, Instant::now()));
     }
 
+    /// False for a moment after it failed to take a connection (see [`UNREACHABLE_FOR`]).
+    /// No clock is read while it is reachable.
+    pub(crate) fn reachable(&self) -> bool {
+        match self.unreachable_until.load(Ordering::Relaxed) {
+            0 => true,
+            until => clock_ms() >= until,
+        }
+    }
+
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, ProxyError> {
+        let failed = |why: String| {
+            self.unreachable_until.store(
+                clock_ms() + UNREACHABLE_FOR.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            ProxyError::Connect(self.addr, why)
+        };
         let stream =
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
-                Err(_) => {
-                    return Err(ProxyError::Connect(
-                        self.addr,
-                        format!("no connection within {timeout:?}"),
-                    ))
-                }
-                Ok(Err(e)) => return Err(ProxyError::Connect(self.addr, e.to_string())),
+                Err(_) => return Err(failed(format!("no connection within {timeout:?}"))),
+                Ok(Err(e)) => return Err(failed(e.to_string())),
                 Ok(Ok(s)) => s,
             };
+        if self.unreachable_until.load(Ordering::Relaxed) != 0 {
+            self.unreachable_until.store(0, Ordering::Relaxed);
+        }
         let _ = stream.set_nodelay(true);
         let mut conn = Conn::new(stream);
         conn.generation = self.generation.load(Ordering::Relaxed);

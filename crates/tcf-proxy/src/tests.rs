@@ -194,6 +194,54 @@ async fn maintenance_answers_503_with_retry_after_and_leaves_the_route_alone() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+#[test]
+fn a_request_whose_loaded_colour_was_emptied_takes_the_current_route() {
+    let proxy = ServiceProxy::new("svc", settings());
+    // What a request loaded: the old colour, emptied since (its last instances parked).
+    let old = Pool::new("blue", "v1", &settings());
+    let loaded = Route::single(old.clone());
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let new = route_of(vec![Backend::new("green-1", addr)]);
+    let new_pool = new.pools[0].0.clone();
+    proxy.set_route(new);
+    let chosen = proxy.choose_pool(&loaded, 0).unwrap();
+    assert!(Arc::ptr_eq(&chosen, &new_pool));
+    // A colour that still has instances keeps the request, whatever the route says now.
+    old.set_backends(vec![Backend::new("blue-1", addr)]);
+    assert!(Arc::ptr_eq(&proxy.choose_pool(&loaded, 0).unwrap(), &old));
+    // Empty everywhere: the loaded colour answers for it (503, no backend).
+    old.set_backends(Vec::new());
+    proxy.set_route(loaded.clone());
+    assert!(Arc::ptr_eq(&proxy.choose_pool(&loaded, 0).unwrap(), &old));
+}
+
+#[tokio::test]
+async fn instances_that_refuse_are_passed_over_while_another_answers() {
+    // Two of three instances just died (a node went down): they refuse at once and have
+    // nothing outstanding, so least-outstanding balancing would prefer them.
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        dead.push(l.local_addr().unwrap());
+    }
+    let hits = Arc::new(AtomicU32::new(0));
+    let (ok, _t) = upstream("ok", Duration::ZERO, hits.clone()).await;
+    let backends = vec![
+        Backend::new("dead-1", dead[0]),
+        Backend::new("dead-2", dead[1]),
+        Backend::new("ok", ok),
+    ];
+    let proxy = ServiceProxy::new("svc", settings());
+    proxy.set_route(route_of(backends.clone()));
+    let (addr, _stop) = start_proxy(proxy).await;
+    for _ in 0..30 {
+        assert_eq!(get(addr, "/", None).await.0, 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 30);
+    assert!(!backends[0].reachable() && !backends[1].reachable());
+    assert!(backends[2].reachable());
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_another_backend() {
     let dead = TcpListener::bind("127.0.0.1:0")

@@ -433,6 +433,30 @@ impl Store {
         })
     }
 
+    /// Every event of `kind` at or after `since_ms` (Unix ms), oldest first.
+    pub fn events_of_kind_since(&self, kind: &str, since_ms: i64) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, ts_ms, actor, kind, service, instance, message FROM events
+                 WHERE kind = ?1 AND ts_ms >= ?2 ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map(params![kind, since_ms], |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        actor: r.get(2)?,
+                        kind: r.get(3)?,
+                        service: r.get(4)?,
+                        instance: r.get(5)?,
+                        message: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
     /// The newest `limit` events (optionally of one service), oldest first.
     pub fn events(&self, service: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>> {
         self.with(|c| {
