@@ -4,6 +4,7 @@
 //! daemon's domain types. Add fields, never rename or remove them. See docs/api.md.
 
 pub mod access;
+pub mod backup;
 pub mod client;
 pub mod monitor;
 pub mod remote;
@@ -375,6 +376,10 @@ pub struct ProgressLine {
     /// Only on the last line: 0 deployed, 1 failed and reverted, 2 usage or config, 3 lock held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
+    /// Only on the last line of a backup command's stream that succeeded: its report, as
+    /// `--format json` prints it (`backup::BackupEntry`, `BackupVerifyReport`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 /// `POST /v1/backup/events`: a backup, verify, restore or prune the CLI ran, for the audit trail.

@@ -73,6 +73,7 @@ fn deploy_stream() {
         release: Some(7),
         result: None,
         exit_code: None,
+        report: None,
     };
     let result = ProgressLine {
         time: "2026-11-25T16:00:05.000Z".into(),
@@ -82,6 +83,7 @@ fn deploy_stream() {
         release: Some(7),
         result: Some("deployed".into()),
         exit_code: Some(0),
+        report: None,
     };
     let stream: String = [step, result]
         .iter()
@@ -164,4 +166,65 @@ fn handover_and_reload() {
             new_pid: 5120,
         }
     );
+}
+
+/// `backup list --format json` (one entry) and the streamed backup command's last line: the
+/// same shapes whether the daemon or the CLI ran the work.
+#[test]
+fn backup_entry_and_result_line() {
+    use tcf_api::backup::*;
+    let entry = BackupEntry {
+        id: "20261125T160000Z-a1b2".into(),
+        time: Some("2026-11-25T16:00:00.000Z".into()),
+        trigger: Some("pre-deploy of 7".into()),
+        trigger_detail: Some(BackupTrigger::PreDeploy {
+            release: "7".into(),
+        }),
+        sources: vec!["main".into()],
+        size: 2048,
+        encrypted: false,
+        artifacts: vec![BackupArtifact {
+            file: "main.db.app.dump.zst".into(),
+            source: "main".into(),
+            kind: "postgres_database".into(),
+            database: Some("app".into()),
+            size: 2048,
+            sha256: "ab".repeat(32),
+            tool: "pg_dump (PostgreSQL) 15.8".into(),
+            server_version: Some("15.8".into()),
+            duration_ms: 120,
+        }],
+        last_verify: Some(BackupVerifyRecord {
+            level: "checksums".into(),
+            time: "2026-11-25T16:00:01.000Z".into(),
+            ok: true,
+            problems: vec![],
+        }),
+        damaged: None,
+    };
+    insta::assert_json_snapshot!("backup_entry", entry);
+    let last = ProgressLine {
+        time: "2026-11-25T16:00:02.000Z".into(),
+        step: "result".into(),
+        service: None,
+        message: "backup 20261125T160000Z-a1b2 verify --level restore: ok".into(),
+        release: None,
+        result: Some("verified".into()),
+        exit_code: Some(0),
+        report: Some(
+            serde_json::to_value(BackupVerifyReport {
+                id: "20261125T160000Z-a1b2".into(),
+                level: "restore".into(),
+                ok: true,
+                problems: vec![],
+                artifacts: vec![BackupArtifactCheck {
+                    artifact: "main.db.app.dump.zst".into(),
+                    status: "ok".into(),
+                    detail: vec!["1 table(s), 100 row(s) match".into()],
+                }],
+            })
+            .unwrap(),
+        ),
+    };
+    insta::assert_snapshot!("backup_result_line", serde_json::to_string(&last).unwrap());
 }

@@ -803,7 +803,7 @@ const RESTORE_PROOF_DAYS: i64 = 7;
 /// Why no backup counts as proven restorable, if so: read from the repository (a listing of
 /// manifests and their verify records; no key and no server needed).
 fn restore_not_proven(backup: &tcf_config::BackupConfig) -> Result<Option<String>, String> {
-    let settings = tcf_backup::Settings::from_config(backup, &|_| None)
+    let settings = tcf_backup::Settings::for_repository(backup)
         .map_err(|e| format!("cannot read [backup]: {e}"))?;
     let backups = tcf_backup::Backups::new(settings);
     let last = backups

@@ -192,6 +192,23 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
             0o644,
         );
     }
+    if !insecure {
+        // A backup that passed a restore-verify today (its password a secret: the check reads
+        // the repository without it).
+        let verified = tcf_backup::time::rfc3339_ms(tcf_backup::time::now_unix_ms());
+        write(
+            &root.join("backups/backups/20261201T030000Z-0a1b/verify.json"),
+            &format!(r#"{{"level":"restore","time":"{verified}","ok":true}}"#),
+            0o600,
+        );
+        for d in [
+            "backups/backups/20261201T030000Z-0a1b",
+            "backups/backups",
+            "backups",
+        ] {
+            chmod(&root.join(d), 0o700);
+        }
+    }
     std::fs::create_dir_all(root.join("state/logs")).unwrap();
     write(&root.join("state/state.db"), "", 0o644);
     write(

@@ -52,6 +52,7 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/alerts", Role::Viewer),
     ("GET", "/v1/alerts/history", Role::Viewer),
     ("GET", "/v1/monitor", Role::Viewer),
+    ("GET", "/v1/backups", Role::Viewer),
     // Changing what runs.
     ("POST", "/v1/deploy", Role::Deployer),
     ("POST", "/v1/rollback", Role::Deployer),
@@ -63,9 +64,14 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/alerts/silences", Role::Deployer),
     ("POST", "/v1/alerts/silences/{id}/expire", Role::Deployer),
     ("POST", "/v1/monitor", Role::Deployer),
+    ("POST", "/v1/backups", Role::Deployer),
+    ("POST", "/v1/backups/{id}/verify", Role::Deployer),
     // Administration.
     ("POST", "/v1/down", Role::Admin),
     ("POST", "/v1/backup/events", Role::Admin),
+    ("GET", "/v1/backups/{id}/restore", Role::Admin),
+    ("POST", "/v1/backups/{id}/restore", Role::Admin),
+    ("POST", "/v1/backups/prune", Role::Admin),
     ("GET", "/v1/tokens", Role::Admin),
     ("POST", "/v1/tokens", Role::Admin),
     ("POST", "/v1/tokens/{name}/revoke", Role::Admin),
@@ -127,6 +133,17 @@ mod tests {
             Role::Deployer
         );
         assert_eq!(required_role("POST", "/v1/down"), Role::Admin);
+        assert_eq!(required_role("GET", "/v1/backups"), Role::Viewer);
+        assert_eq!(required_role("POST", "/v1/backups"), Role::Deployer);
+        assert_eq!(
+            required_role("POST", "/v1/backups/20261125T161824Z-3fa1/verify"),
+            Role::Deployer
+        );
+        assert_eq!(
+            required_role("POST", "/v1/backups/20261125T161824Z-3fa1/restore"),
+            Role::Admin
+        );
+        assert_eq!(required_role("POST", "/v1/backups/prune"), Role::Admin);
         assert_eq!(required_role("DELETE", "/v1/secrets/db"), Role::Admin);
         assert_eq!(required_role("GET", "/v1/audit"), Role::Admin);
         // A method or path the table does not list is closed.

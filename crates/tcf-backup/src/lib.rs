@@ -66,25 +66,30 @@ pub enum Source {
 }
 
 impl Settings {
-    /// From the config's `[backup]`. `secret` resolves `${secret:NAME}` in passwords; an
-    /// unresolved one is an error naming it. A PostgreSQL source without a password uses
-    /// `PGPASSWORD` from the environment, as the PostgreSQL tools do.
+    /// From the config's `[backup]`. `secret` gives a secret's value by name, for
+    /// `${secret:NAME}` in passwords (the platform's secret store; parsed as services' env
+    /// references are); a missing one is an error naming it, never showing a value. A
+    /// PostgreSQL source without a password uses `PGPASSWORD` from the environment, as the
+    /// PostgreSQL tools do.
     pub fn from_config(
         config: &tcf_config::BackupConfig,
         secret: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings> {
+        use tcf_auth::reference::Substitution;
         let resolve = |source: &str, password: &Option<String>| -> Result<Option<String>> {
-            match password.as_deref() {
-                Some(p) if p.starts_with("${secret:") && p.ends_with('}') => {
-                    let name = &p["${secret:".len()..p.len() - 1];
-                    secret(name).map(Some).ok_or_else(|| {
-                        BackupError::Invalid(format!(
-                            "backup source {source:?}: the secret {name:?} is not available\nhint: set it (`tcf-platform secrets set {name}`) or write the password in the config"
-                        ))
-                    })
-                }
-                other => Ok(other.map(str::to_string)),
-            }
+            let Some(p) = password else {
+                return Ok(None);
+            };
+            tcf_auth::reference::substitute(p, secret)
+                .map(Some)
+                .map_err(|e| match e {
+                    Substitution::Missing(name) => BackupError::Invalid(format!(
+                        "backup source {source} refers to the secret {name}, which is not set\nhint: set it with `tcf-platform secrets set {name}` (the value on stdin)"
+                    )),
+                    Substitution::Malformed(m) => {
+                        BackupError::Invalid(format!("backup source {source}: password: {m}"))
+                    }
+                })
         };
         let current_user = || {
             nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -147,6 +152,14 @@ impl Settings {
             pg_bin_dir: config.pg_bin_dir.clone(),
             sources,
         })
+    }
+}
+
+impl Settings {
+    /// For reading the repository only (list, the last verify): passwords are not resolved,
+    /// so a `${secret:NAME}` needs no secret store. Never connect to a source with these.
+    pub fn for_repository(config: &tcf_config::BackupConfig) -> Result<Settings> {
+        Settings::from_config(config, &|_| Some(String::new()))
     }
 }
 
@@ -377,7 +390,12 @@ impl Backups {
     ) -> Result<Manifest> {
         let recipients = Recipients::parse(&self.settings.recipients)?;
         let started = time::now_unix_ms();
-        let id = repo::new_id(started.div_euclid(1000));
+        // Ids are the second and 16 random bits: under the lock, never reuse one that exists
+        // (a recovery point taken in the same second as the backup it protects, say).
+        let mut id = repo::new_id(started.div_euclid(1000));
+        while self.repo.backup_dir(&id).exists() {
+            id = repo::new_id(started.div_euclid(1000));
+        }
         let staging = self.repo.staging(lock, &id)?;
         progress.step(&format!("backup {id} ({trigger})"));
         let result = self.write_artifacts(&staging, &recipients, sources, progress);
@@ -1096,4 +1114,64 @@ pub async fn pre_deploy_backup(
     })
     .await
     .map_err(|e| BackupError::Invalid(format!("the backup task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(password: &str) -> tcf_config::BackupConfig {
+        let source = tcf_config::BackupSource {
+            name: "main".into(),
+            dependency: None,
+            kind: tcf_config::BackupSourceKind::Postgres {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                user: Some("app".into()),
+                password: Some(password.into()),
+                databases: None,
+            },
+        };
+        tcf_config::BackupConfig {
+            repository: "/nonexistent/repo".into(),
+            recipients: vec![],
+            identity: None,
+            schedule: None,
+            retention: None,
+            pg_bin_dir: None,
+            sources: BTreeMap::from([("main".to_string(), source)]),
+        }
+    }
+
+    fn password(s: &Settings) -> Option<String> {
+        match &s.sources["main"] {
+            Source::Postgres { conn, .. } => conn.password.clone(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn secret_passwords_resolve_through_the_lookup_and_never_show() {
+        let lookup = |name: &str| (name == "pg_password").then(|| "s3cr3t-value".to_string());
+        let s = Settings::from_config(&config("${secret:pg_password}"), &lookup).unwrap();
+        assert_eq!(password(&s).as_deref(), Some("s3cr3t-value"));
+        assert!(!format!("{s:?}").contains("s3cr3t-value"), "{s:?}");
+        // Plain text is taken as written.
+        let s = Settings::from_config(&config("plain"), &lookup).unwrap();
+        assert_eq!(password(&s).as_deref(), Some("plain"));
+        // A missing secret and a malformed reference are errors naming them, not the value.
+        let e = Settings::from_config(&config("${secret:other}"), &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backup source main refers to the secret other, which is not set"),
+            "{e}"
+        );
+        let e = Settings::from_config(&config("${secret:pg_password"), &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unterminated"), "{e}");
+        // Reading the repository needs no secret.
+        assert!(Settings::for_repository(&config("${secret:other}")).is_ok());
+    }
 }

@@ -119,6 +119,20 @@ impl Identities {
         Ok(Identities(ids))
     }
 
+    /// The text of an age identity file (sent by a client for one verify or restore): kept in
+    /// memory only; errors never quote it.
+    pub fn from_text(text: &str) -> Result<Identities> {
+        let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|e| {
+            BackupError::Encryption(format!(
+                "the identity given is not an age identity file: {e}"
+            ))
+        })?;
+        let ids = file
+            .into_identities()
+            .map_err(|e| BackupError::Encryption(format!("the identity given: {e}")))?;
+        Ok(Identities(ids))
+    }
+
     pub fn from_identity(identity: age::x25519::Identity) -> Identities {
         Identities(vec![Box::new(identity)])
     }

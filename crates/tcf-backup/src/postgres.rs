@@ -16,13 +16,25 @@ use std::time::Duration;
 /// Databases whose names start with this are our own scratch copies: never backed up.
 pub const SCRATCH_PREFIX: &str = "tcf_scratch_";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgConn {
     /// A host name or address, or a Unix socket directory (starts with `/`).
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
+}
+
+/// Never the password: settings may be logged.
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "••••••"))
+            .finish()
+    }
 }
 
 impl PgConn {

@@ -107,23 +107,14 @@ impl Platform {
             .with_store(move |s| s.secrets())
             .await
             .map_err(|e| e.to_string())?;
-        let key = SecretsKey::resolve(&state_dir, false).map_err(|e| e.to_string())?;
-        let mut values = BTreeMap::new();
-        let mut stamps = BTreeMap::new();
-        for name in &wanted {
-            let Some(row) = rows.iter().find(|r| &r.name == name) else {
-                return Err(missing_secret(service, name));
-            };
-            let sealed = Sealed {
-                ciphertext: row.ciphertext.clone(),
-                nonce: row.nonce.clone(),
-            };
-            values.insert(
-                name.clone(),
-                key.open(name, &sealed).map_err(|e| e.to_string())?,
-            );
-            stamps.insert(name.clone(), row.updated_ms);
-        }
+        let opened = open_secrets(&state_dir, &rows, &wanted, |name| {
+            missing_secret(service, name)
+        })?;
+        let values: BTreeMap<String, String> = opened
+            .iter()
+            .map(|(n, (v, _))| (n.clone(), v.clone()))
+            .collect();
+        let stamps: BTreeMap<String, i64> = opened.into_iter().map(|(n, (_, t))| (n, t)).collect();
         let mut out = BTreeMap::new();
         for (var, value) in env {
             let resolved = tcf_auth::reference::substitute(&value, |n| values.get(n).cloned())
@@ -161,6 +152,111 @@ impl Platform {
     }
 }
 
+/// The values of `names` (and their `updated` stamps), opened with the platform's key: the one
+/// way a secret's value leaves the store, for an instance's env and for a backup's password.
+/// `missing` words the error for a name the store does not hold.
+fn open_secrets(
+    state_dir: &std::path::Path,
+    rows: &[SecretRow],
+    names: &BTreeSet<String>,
+    missing: impl Fn(&str) -> String,
+) -> Result<BTreeMap<String, (String, i64)>, String> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let key = SecretsKey::resolve(state_dir, false).map_err(|e| e.to_string())?;
+    let mut values = BTreeMap::new();
+    for name in names {
+        let Some(row) = rows.iter().find(|r| &r.name == name) else {
+            return Err(missing(name));
+        };
+        let sealed = Sealed {
+            ciphertext: row.ciphertext.clone(),
+            nonce: row.nonce.clone(),
+        };
+        let value = key.open(name, &sealed).map_err(|e| e.to_string())?;
+        values.insert(name.clone(), (value, row.updated_ms));
+    }
+    Ok(values)
+}
+
+/// `[backup.sources.X]` passwords as written (plain text or `${secret:NAME}`), by source.
+fn backup_passwords(backup: &tcf_config::BackupConfig) -> Vec<(&str, &str)> {
+    backup
+        .sources
+        .iter()
+        .filter_map(|(name, src)| match &src.kind {
+            tcf_config::BackupSourceKind::Postgres { password, .. }
+            | tcf_config::BackupSourceKind::Redis { password, .. } => {
+                Some((name.as_str(), password.as_deref()?))
+            }
+            tcf_config::BackupSourceKind::Directory { .. } => None,
+        })
+        .collect()
+}
+
+/// Who refers to each secret from `[backup]`: `backup source NAME`.
+pub fn backup_secret_users(config: &tcf_config::Config) -> BTreeMap<String, Vec<String>> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Some(backup) = &config.backup else {
+        return users;
+    };
+    for (source, password) in backup_passwords(backup) {
+        for n in tcf_auth::reference::references(password).unwrap_or_default() {
+            users
+                .entry(n)
+                .or_default()
+                .push(format!("backup source {source}"));
+        }
+    }
+    users
+}
+
+/// `[backup]` resolved, its `${secret:NAME}` passwords opened from `rows` (the store's
+/// secrets). Errors name the source and the secret, never a value.
+pub fn backup_settings(
+    backup: &tcf_config::BackupConfig,
+    state_dir: &std::path::Path,
+    rows: &[SecretRow],
+) -> Result<tcf_backup::Settings, String> {
+    let mut names = BTreeSet::new();
+    for (source, password) in backup_passwords(backup) {
+        let refs = tcf_auth::reference::references(password)
+            .map_err(|e| format!("backup source {source}: password: {e}"))?;
+        if let Some(name) = refs.iter().find(|n| !rows.iter().any(|r| &&r.name == n)) {
+            return Err(missing_secret(&format!("backup source {source}"), name));
+        }
+        names.extend(refs);
+    }
+    let opened = open_secrets(state_dir, rows, &names, |name| {
+        missing_secret("a backup source", name)
+    })?;
+    tcf_backup::Settings::from_config(backup, &|name| {
+        opened.get(name).map(|(value, _)| value.clone())
+    })
+    .map_err(|e| e.to_string())
+}
+
+impl Platform {
+    /// [`backup_settings`] with the secrets of this daemon's store.
+    pub async fn backup_settings(
+        &self,
+        backup: &tcf_config::BackupConfig,
+    ) -> Result<tcf_backup::Settings, String> {
+        let wants_secrets = backup_passwords(backup)
+            .iter()
+            .any(|(_, p)| p.contains("${secret:"));
+        let rows = if wants_secrets {
+            self.with_store(|s| s.secrets())
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        backup_settings(backup, &self.config.platform.state_dir, &rows)
+    }
+}
+
 fn missing_secret(service: &str, name: &str) -> String {
     format!("{service} refers to the secret {name}, which is not set\nhint: set it with `tcf-platform secrets set {name}` (the value on stdin)")
 }
@@ -185,20 +281,30 @@ pub fn secret_users(config: &tcf_config::Config) -> BTreeMap<String, Vec<String>
 /// A `${secret:…}` in some service's env that is not a valid reference (unterminated, a bad
 /// name): it would never resolve.
 pub fn malformed_reference(config: &tcf_config::Config) -> Option<String> {
-    config.services.values().find_map(|svc| {
+    let in_env = config.services.values().find_map(|svc| {
         svc.env.iter().find_map(|(var, value)| {
             tcf_auth::reference::references(value)
                 .err()
                 .map(|e| format!("{}: env {var}: {e}", svc.name))
         })
+    });
+    in_env.or_else(|| {
+        backup_passwords(config.backup.as_ref()?)
+            .into_iter()
+            .find_map(|(source, password)| {
+                tcf_auth::reference::references(password)
+                    .err()
+                    .map(|e| format!("backup source {source}: password: {e}"))
+            })
     })
 }
 
-/// Every secret `services` of `config` refer to exists in the store; else the first missing,
-/// named with its service.
+/// Every secret `services` of `config` refer to (and, with `backup`, its `[backup]` sources)
+/// exists in the store; else the first missing, named with who refers to it.
 pub fn check_references(
     config: &tcf_config::Config,
     services: &[String],
+    backup: bool,
     store: &Store,
 ) -> Result<(), String> {
     if let Some(e) = malformed_reference(config) {
@@ -218,6 +324,14 @@ pub fn check_references(
             if !existing.contains(&secret) {
                 return Err(missing_secret(svc, &secret));
             }
+        }
+    }
+    if backup {
+        if let Some((secret, users)) = backup_secret_users(config)
+            .into_iter()
+            .find(|(secret, _)| !existing.contains(secret))
+        {
+            return Err(missing_secret(&users.join(", "), &secret));
         }
     }
     Ok(())
@@ -734,5 +848,70 @@ pub fn report_loose_modes(p: &Platform, found: Vec<String>) {
     for warning in found {
         tracing::warn!("{warning}");
         lock(&p.warnings).push(warning);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, password: &str) -> tcf_config::Config {
+        let path = dir.join("tcf-platform.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[platform]\nname = \"x\"\n\n[backup]\nrepository = \"repo\"\n\n[backup.sources.main]\nkind = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/\"\npassword = \"{password}\"\n"
+            ),
+        )
+        .unwrap();
+        tcf_config::load(&path, None).unwrap()
+    }
+
+    /// One resolver: a backup source's `${secret:NAME}` is checked and opened from the store
+    /// as services' env references are; errors name the source and the secret, never a value.
+    #[test]
+    fn backup_passwords_are_checked_and_resolved_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "${secret:pg_password}");
+        let state_dir = cfg.platform.state_dir.clone();
+        crate::ensure_private_dir(&state_dir).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        let backup = cfg.backup.clone().unwrap();
+
+        // A deploy that takes no backup does not need it; one that does, and validate, do.
+        assert!(check_references(&cfg, &[], false, &store).is_ok());
+        let e = check_references(&cfg, &[], true, &store).unwrap_err();
+        assert!(
+            e.contains("backup source main refers to the secret pg_password, which is not set"),
+            "{e}"
+        );
+        let e = backup_settings(&backup, &state_dir, &store.secrets().unwrap()).unwrap_err();
+        assert!(
+            e.contains("backup source main refers to the secret pg_password"),
+            "{e}"
+        );
+
+        let value = "v4lue-never-shown";
+        set_secrets(
+            &store,
+            &state_dir,
+            &BTreeMap::from([("pg_password".to_string(), value.to_string())]),
+            "tester",
+        )
+        .unwrap();
+        assert!(check_references(&cfg, &[], true, &store).is_ok());
+        let settings = backup_settings(&backup, &state_dir, &store.secrets().unwrap()).unwrap();
+        match &settings.sources["main"] {
+            tcf_backup::Source::Postgres { conn, .. } => {
+                assert_eq!(conn.password.as_deref(), Some(value))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{settings:?}").contains(value));
+
+        // A malformed reference is named as the config's error.
+        let cfg = config(dir.path(), "${secret:pg_password");
+        let e = malformed_reference(&cfg).unwrap();
+        assert!(e.starts_with("backup source main: password:"), "{e}");
     }
 }

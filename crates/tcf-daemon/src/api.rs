@@ -94,6 +94,7 @@ pub fn router(p: Arc<Platform>) -> Router {
         .route("/v1/lock", get(lock_handler))
         .route("/v1/lock/release", post(lock_release_handler))
         .merge(crate::backup::routes())
+        .merge(crate::api_backup::routes())
         .merge(crate::maintenance::routes())
         .merge(crate::tls::routes())
         .merge(crate::audit::routes())
@@ -405,6 +406,12 @@ pub(crate) fn services_in_order(p: &Platform, named: &[String]) -> Result<Vec<St
 fn stream_release(p: Arc<Platform>, plan: deploy::Plan) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(deploy::run(p, plan, tx));
+    ndjson(rx)
+}
+
+/// An answer that streams `rx`'s progress lines as NDJSON until the sender is dropped (a
+/// release's, a backup command's).
+pub(crate) fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<tcf_api::ProgressLine>) -> Response {
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
@@ -457,9 +464,10 @@ async fn deploy_handler(
     }
     let services = services_in_order(&p, &req.services)?;
     let specs = deploy_specs(&p, &fresh, &services)?;
+    let backup = req.backup.unwrap_or(fresh.deploy.backup);
     {
         let (fresh, services) = (fresh.clone(), services.clone());
-        p.with_store(move |s| crate::access::check_references(&fresh, &services, s))
+        p.with_store(move |s| crate::access::check_references(&fresh, &services, backup, s))
             .await
             .map_err(|e| bad_request(format!("{e}\nnothing was deployed")))?;
     }
@@ -471,7 +479,7 @@ async fn deploy_handler(
             .collect(),
         specs,
         validate: req.validate.unwrap_or(fresh.deploy.validate),
-        backup: req.backup.unwrap_or(fresh.deploy.backup),
+        backup,
         force: req.force,
         reason: req.reason,
         actor: peer.actor(&req.actor),

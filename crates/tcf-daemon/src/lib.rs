@@ -7,9 +7,10 @@
 
 pub mod access;
 mod api;
+mod api_backup;
 mod api_monitor;
 pub mod audit;
-mod backup;
+pub mod backup;
 mod caller;
 mod dashboard;
 mod deploy;

@@ -36,33 +36,53 @@ async fn set_maintenance(
     let services = crate::api::services_in_order(&p, &req.services)?;
     let actor = peer.actor(&req.actor);
     let retry_after_s = req.retry_after_s.unwrap_or(DEFAULT_RETRY_AFTER_S).max(1);
+    let changed = set(
+        &p,
+        &services,
+        req.on.then_some(retry_after_s),
+        &req.reason,
+        &actor,
+    );
+    Ok(Json(MaintenanceResponse { changed }))
+}
+
+/// Put `services` in maintenance (`Some(retry after)`) or back in service; one event per
+/// change, by `actor`. Returns the services that changed. The API route and a restore run
+/// by the daemon both come here.
+pub(crate) fn set(
+    p: &Platform,
+    services: &[String],
+    retry_after_s: Option<u32>,
+    reason: &str,
+    actor: &str,
+) -> Vec<String> {
     let mut changed = Vec::new();
-    for name in &services {
+    for name in services {
         let Some(svc) = p.services.get(name) else {
             continue;
         };
         let mut current = lock(&svc.maintenance);
-        if req.on {
+        if let Some(retry_after_s) = retry_after_s {
             svc.proxy
                 .set_maintenance(Some(Duration::from_secs(u64::from(retry_after_s))));
             let was_on = current.is_some();
             *current = Some(Maintenance {
                 retry_after_s,
-                reason: req.reason.clone(),
+                reason: reason.to_string(),
                 since: crate::deploy::rfc3339(tcf_monitor::now_ms()),
-                by: actor.clone(),
+                by: actor.to_string(),
             });
             drop(current);
             if !was_on {
                 changed.push(name.clone());
                 p.event_by(
-                    &actor,
+                    actor,
                     "service.maintenance_on",
                     Some(name),
                     None,
                     format!(
                         "in maintenance: every request answered 503 (Retry-After {retry_after_s} s){}",
-                        reason_suffix(&req.reason)
+                        reason_suffix(reason)
                     ),
                 );
             }
@@ -71,15 +91,15 @@ async fn set_maintenance(
             drop(current);
             changed.push(name.clone());
             p.event_by(
-                &actor,
+                actor,
                 "service.maintenance_off",
                 Some(name),
                 None,
-                format!("back in service{}", reason_suffix(&req.reason)),
+                format!("back in service{}", reason_suffix(reason)),
             );
         }
     }
-    Ok(Json(MaintenanceResponse { changed }))
+    changed
 }
 
 fn reason_suffix(reason: &str) -> String {

@@ -312,7 +312,11 @@ pub fn missing_secret(config: &tcf_config::Config) -> Option<String> {
     if let Some(e) = tcf_daemon::access::malformed_reference(config) {
         return Some(e);
     }
-    let users = tcf_daemon::access::secret_users(config);
+    // Services' env and `[backup]` passwords alike.
+    let mut users = tcf_daemon::access::secret_users(config);
+    for (secret, who) in tcf_daemon::access::backup_secret_users(config) {
+        users.entry(secret).or_default().extend(who);
+    }
     if users.is_empty() {
         return None;
     }

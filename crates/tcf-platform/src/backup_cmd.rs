@@ -1,22 +1,31 @@
-//! `tcf-platform backup …`: runs in the CLI process against the config's `[backup]` (no daemon
-//! needed); when a daemon runs, each result is also recorded as an event through its API.
+//! `tcf-platform backup …`: through the daemon whenever one answers (its Unix socket, or
+//! `--host` with a token), so the roles apply and it works remotely; the daemon runs the work
+//! and streams its progress (`/v1/backups`, tcf-daemon `api_backup.rs`). With no daemon
+//! running here and no `--host`, the work runs in this process (tcf-backup), with the same
+//! output and exit codes: the results are the same wire types either way.
 //!
 //! Exit codes: 0 success; 1 the backup, verify, restore or prune failed (verify: damage
 //! found); 2 usage or config error; 3 the repository is locked by another run; 4 verify could
 //! not run a check (nothing failed, but the backup is not proven).
 
-use crate::cli::{BackupCommand, Format, VerifyLevel};
+use crate::cli::{BackupCommand, Cli, Format, VerifyLevel};
 use crate::output;
 use crate::{actor, confirm, print_json, print_text, CmdResult, Failure};
-use anyhow::anyhow;
-use serde::Serialize;
-use std::collections::BTreeSet;
+use anyhow::{anyhow, Context};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tcf_backup::{BackupError, Backups, Identities, Level, Listed, Progress, Settings, Trigger};
+use tcf_api::backup::{
+    BackupEntry, BackupPruneReport, BackupRestoreReport, BackupVerifyReport, CreateBackup,
+    PruneBackups, RestoreBackup, RestorePlan, VerifyBackup,
+};
+use tcf_api::{Client, ClientError};
+use tcf_backup::{BackupError, Backups, Identities, Level, Progress, Settings, Trigger};
 use tcf_config::Config;
+use tcf_daemon::backup as shared;
 
 /// Progress lines on stderr, when it is a terminal.
 struct Terminal(bool);
@@ -34,29 +43,39 @@ fn failure(code: u8, error: anyhow::Error) -> Failure {
 }
 
 fn backup_failure(e: BackupError) -> Failure {
-    let code = match e {
-        BackupError::Locked { .. } => 3,
-        BackupError::UnknownSource(_)
-        | BackupError::Retention(_)
-        | BackupError::Schedule { .. } => 2,
-        _ => 1,
-    };
-    failure(code, e.into())
+    failure(shared::exit_code(&e), e.into())
 }
 
+/// A refusal by the daemon: a bad request (no `[backup]`, a missing secret, an unknown
+/// level) is a usage or config error as it is locally; a missing backup is a failure.
+fn api_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api {
+            status: 400,
+            message,
+        } => failure(2, anyhow!(message)),
+        ClientError::Api {
+            status: 404,
+            message,
+        } => failure(1, anyhow!(message)),
+        other => other.into(),
+    }
+}
+
+/// `[backup]` of the config, its secrets from the store: for running the work here.
 fn settings(config: &Config) -> Result<Settings, Failure> {
     let Some(backup) = &config.backup else {
-        return Err(failure(
-            2,
-            anyhow!(
-                "{} has no [backup] section\nhint: add [backup] with repository = \"/var/backups/tcf\" and [backup.sources.NAME]; docs/backups.md shows how",
-                config.path.display()
-            ),
-        ));
+        return Err(failure(2, anyhow!(shared::no_backup_section(config))));
     };
-    // Secrets are resolved by the platform's secret store once it exists; until then only
-    // plain-text passwords (or PGPASSWORD) work here, and the error says which secret.
-    Settings::from_config(backup, &|_| None).map_err(backup_failure)
+    shared::offline_settings(config, backup).map_err(|e| failure(2, anyhow!(e)))
+}
+
+/// For reading the repository only (list, prune, a restore's plan).
+fn repository_settings(config: &Config) -> Result<Settings, Failure> {
+    let Some(backup) = &config.backup else {
+        return Err(failure(2, anyhow!(shared::no_backup_section(config))));
+    };
+    Settings::for_repository(backup).map_err(|e| failure(2, e.into()))
 }
 
 fn identities(config: &Config, flag: Option<&PathBuf>) -> Result<Identities, Failure> {
@@ -64,6 +83,16 @@ fn identities(config: &Config, flag: Option<&PathBuf>) -> Result<Identities, Fai
         Some(path) => Identities::from_file(path).map_err(backup_failure),
         None => Ok(Identities::none()),
     }
+}
+
+/// The text of `--identity FILE`, sent to the daemon for one verify or restore.
+fn identity_text(flag: Option<&PathBuf>) -> Result<Option<String>, Failure> {
+    flag.map(|path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the age identity file {}", path.display()))
+            .map_err(|e| failure(1, e))
+    })
+    .transpose()
 }
 
 /// Run blocking backup work off the async runtime.
@@ -76,47 +105,134 @@ async fn blocking<T: Send + 'static>(
         .map_err(backup_failure)
 }
 
-/// Record an event with the daemon, if one runs; a platform without a daemon has no event log.
-async fn record_event(config: &Config, kind: &str, message: String) {
-    let client = tcf_api::Client::new(config.daemon.socket.clone());
-    // One line of plain text: the daemon refuses control characters in events.
-    let message: String = message
-        .replace('\n', " | ")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    let body = tcf_api::BackupEventRequest {
-        kind: kind.to_string(),
-        message,
-        actor: actor(),
-    };
-    let _ = client
-        .post::<serde_json::Value>("/v1/backup/events", &body)
-        .await;
+/// Where the work runs: the daemon (local or remote), or this process when none runs.
+struct Target {
+    client: Client,
+    cli_config: Option<PathBuf>,
+    environment: Option<String>,
 }
 
-pub async fn run(config: Config, command: &BackupCommand) -> CmdResult {
+impl Target {
+    /// This process runs the work only when the local daemon is not running.
+    fn offline(&self, e: &ClientError) -> bool {
+        matches!(e, ClientError::NotRunning { .. }) && !self.client.is_remote()
+    }
+
+    fn config(&self) -> Result<Config, Failure> {
+        let path = tcf_config::locate(self.cli_config.as_deref()).map_err(anyhow::Error::from)?;
+        Ok(tcf_config::load(&path, self.environment.as_deref()).map_err(anyhow::Error::from)?)
+    }
+}
+
+/// The end of a backup command: its report (or the error) and its exit code.
+type Outcome<T> = Result<(T, u8), Failure>;
+
+/// POST `body` to a streamed backup route and follow it: progress on a terminal, then the
+/// report of the last line. `None`: no daemon answers here (run the work in this process).
+async fn follow<T: DeserializeOwned>(
+    target: &Target,
+    path: &str,
+    body: &impl serde::Serialize,
+    progress: &Terminal,
+) -> Option<Outcome<T>> {
+    let body = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(failure(1, e.into()))),
+    };
+    let resp = match target.client.send("POST", path, Some(body)).await {
+        Ok(r) => r,
+        Err(e) if target.offline(&e) => return None,
+        Err(e) => return Some(Err(api_failure(e))),
+    };
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut last = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                return Some(Err(failure(
+                    1,
+                    anyhow!(
+                        "the daemon stopped answering mid-run ({e}); see `tcf-platform events`"
+                    ),
+                )))
+            }
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let Ok(line) = serde_json::from_slice::<tcf_api::ProgressLine>(&line) else {
+                continue;
+            };
+            if line.exit_code.is_some() {
+                last = Some(line);
+            } else {
+                progress.step(&line.message);
+            }
+        }
+    }
+    let Some(end) = last else {
+        return Some(Err(failure(
+            1,
+            anyhow!("the backup stream ended without a result; see `tcf-platform events`"),
+        )));
+    };
+    let code = end.exit_code.unwrap_or(1);
+    Some(match end.report {
+        Some(report) => serde_json::from_value::<T>(report)
+            .map(|r| (r, code))
+            .map_err(|e| {
+                failure(
+                    1,
+                    anyhow!("the daemon sent a report this CLI cannot read: {e}"),
+                )
+            }),
+        None => Err(failure(code, anyhow!(end.message))),
+    })
+}
+
+pub async fn run(cli: &Cli, command: &BackupCommand) -> CmdResult {
+    let target = Target {
+        client: crate::client(cli).map_err(|e| failure(2, e))?,
+        cli_config: cli.config.clone(),
+        environment: cli.environment.clone(),
+    };
     let progress = Arc::new(Terminal(std::io::stderr().is_terminal()));
     match command {
         BackupCommand::Create { source, format } => {
-            create(config, source.clone(), *format, progress).await
+            let (entry, code) = create(&target, source.clone(), progress).await?;
+            match format {
+                Format::Json => print_json(&entry)?,
+                Format::Table => print_text(&format!(
+                    "backup {} completed and verified (checksums): {} artifacts, {}\n",
+                    entry.id,
+                    entry.artifacts.len(),
+                    output::bytes(entry.size)
+                ))?,
+            }
+            Ok(ExitCode::from(code))
         }
-        BackupCommand::List { format } => list(config, *format).await,
+        BackupCommand::List { format } => {
+            let entries = list(&target).await?;
+            print_list(&entries, *format)?;
+            Ok(ExitCode::SUCCESS)
+        }
         BackupCommand::Verify {
             id,
             level,
             identity,
             format,
         } => {
-            verify(
-                config,
-                id.clone(),
-                *level,
-                identity.as_ref(),
-                *format,
-                progress,
-            )
-            .await
+            let (report, code) = verify(&target, id, *level, identity.as_ref(), progress).await?;
+            match format {
+                Format::Json => print_json(&report)?,
+                Format::Table => print_text(&verify_text(&report))?,
+            }
+            Ok(ExitCode::from(code))
         }
         BackupCommand::Restore {
             id,
@@ -125,401 +241,19 @@ pub async fn run(config: Config, command: &BackupCommand) -> CmdResult {
             identity,
             format,
         } => {
-            restore(
-                config,
-                id.clone(),
+            let Some((report, code)) = restore(
+                &target,
+                id,
                 source.clone(),
                 *force,
                 identity.as_ref(),
-                *format,
                 progress,
             )
-            .await
-        }
-        BackupCommand::Prune { dry_run, format } => {
-            prune(config, *dry_run, *format, progress).await
-        }
-    }
-}
-
-async fn create(
-    config: Config,
-    source: Option<String>,
-    format: Format,
-    progress: Arc<Terminal>,
-) -> CmdResult {
-    let backups = Backups::new(settings(&config)?);
-    let result =
-        blocking(move || backups.create(Trigger::Manual, source.as_deref(), progress.as_ref()))
-            .await;
-    match result {
-        Ok(m) => {
-            record_event(
-                &config,
-                "backup.created",
-                format!(
-                    "backup {} ({} artifacts, {} bytes)",
-                    m.id,
-                    m.artifacts.len(),
-                    m.total_size()
-                ),
-            )
-            .await;
-            match format {
-                Format::Json => print_json(&ListEntry::from_manifest(&m, None))?,
-                Format::Table => print_text(&format!(
-                    "backup {} completed and verified (checksums): {} artifacts, {}\n",
-                    m.id,
-                    m.artifacts.len(),
-                    output::bytes(m.total_size())
-                ))?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(f) => {
-            record_event(&config, "backup.failed", format!("{:#}", f.error)).await;
-            Err(f)
-        }
-    }
-}
-
-/// One backup in `backup list --format json` (a stable contract: fields are added, never renamed).
-#[derive(Serialize)]
-struct ListEntry {
-    id: String,
-    /// RFC 3339, UTC.
-    time: Option<String>,
-    /// Readable: `manual`, `schedule`, `pre-deploy of 42`, `recovery point before restoring ID`.
-    trigger: Option<String>,
-    /// The trigger as data: `{"kind": "pre_deploy", "release": "42"}`.
-    trigger_detail: Option<Trigger>,
-    sources: Vec<String>,
-    size: u64,
-    encrypted: bool,
-    artifacts: Vec<ArtifactEntry>,
-    last_verify: Option<tcf_backup::VerifyRecord>,
-    /// Why this backup cannot be used (its manifest is missing or does not match its checksum).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    damaged: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ArtifactEntry {
-    file: String,
-    source: String,
-    kind: tcf_backup::ArtifactKind,
-    database: Option<String>,
-    size: u64,
-    sha256: String,
-    tool: String,
-    server_version: Option<String>,
-    duration_ms: u64,
-}
-
-impl ListEntry {
-    fn from_manifest(
-        m: &tcf_backup::Manifest,
-        last_verify: Option<tcf_backup::VerifyRecord>,
-    ) -> ListEntry {
-        ListEntry {
-            id: m.id.clone(),
-            time: Some(m.time.clone()),
-            trigger: Some(m.trigger.to_string()),
-            trigger_detail: Some(m.trigger.clone()),
-            sources: m.sources(),
-            size: m.total_size(),
-            encrypted: !m.recipients.is_empty(),
-            artifacts: m
-                .artifacts
-                .iter()
-                .map(|a| ArtifactEntry {
-                    file: a.file.clone(),
-                    source: a.source.clone(),
-                    kind: a.kind,
-                    database: a.database.clone(),
-                    size: a.size,
-                    sha256: a.sha256.clone(),
-                    tool: a.tool.clone(),
-                    server_version: a.server_version.clone(),
-                    duration_ms: a.duration_ms,
-                })
-                .collect(),
-            last_verify,
-            damaged: None,
-        }
-    }
-
-    fn from_listed(l: &Listed) -> ListEntry {
-        match &l.manifest {
-            Ok(m) => ListEntry::from_manifest(m, l.last_verify.clone()),
-            Err(problem) => ListEntry {
-                id: l.id.clone(),
-                time: None,
-                trigger: None,
-                trigger_detail: None,
-                sources: vec![],
-                size: 0,
-                encrypted: false,
-                artifacts: vec![],
-                last_verify: l.last_verify.clone(),
-                damaged: Some(problem.clone()),
-            },
-        }
-    }
-}
-
-async fn list(config: Config, format: Format) -> CmdResult {
-    let backups = Backups::new(settings(&config)?);
-    let listed = blocking(move || backups.list()).await?;
-    let entries: Vec<ListEntry> = listed.iter().map(ListEntry::from_listed).collect();
-    match format {
-        Format::Json => print_json(&entries)?,
-        Format::Table => {
-            if entries.is_empty() {
-                print_text("no backups yet: `tcf-platform backup create` takes one\n")?;
-            } else {
-                let rows: Vec<Vec<String>> = entries
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.id.clone(),
-                            e.time.clone().unwrap_or_else(|| "-".into()),
-                            e.trigger.clone().unwrap_or_else(|| "-".into()),
-                            e.sources.join(","),
-                            output::bytes(e.size),
-                            match (&e.damaged, &e.last_verify) {
-                                (Some(d), _) => format!("DAMAGED: {d}"),
-                                (None, Some(v)) => format!(
-                                    "{} {} ({})",
-                                    if v.ok { "ok" } else { "FAILED" },
-                                    v.level,
-                                    v.time
-                                ),
-                                (None, None) => "never".into(),
-                            },
-                        ]
-                    })
-                    .collect();
-                print_text(&output::table(
-                    &["ID", "TIME", "TRIGGER", "SOURCES", "SIZE", "LAST VERIFY"],
-                    &rows,
-                ))?;
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn verify(
-    config: Config,
-    id: String,
-    level: VerifyLevel,
-    identity: Option<&PathBuf>,
-    format: Format,
-    progress: Arc<Terminal>,
-) -> CmdResult {
-    let backups = Backups::new(settings(&config)?);
-    let ids = identities(&config, identity)?;
-    let level = match level {
-        VerifyLevel::Checksums => Level::Checksums,
-        VerifyLevel::Restore => Level::Restore,
-    };
-    let report = blocking(move || backups.verify(&id, level, &ids, progress.as_ref())).await?;
-    let not_run = report
-        .artifacts
-        .iter()
-        .any(|a| a.status == tcf_backup::CheckStatus::NotRun);
-    let failed = !report.problems.is_empty()
-        || report
-            .artifacts
-            .iter()
-            .any(|a| a.status == tcf_backup::CheckStatus::Failed);
-    let verdict = if failed {
-        "FAILED"
-    } else if not_run {
-        "NOT PROVEN (a check could not run)"
-    } else {
-        "ok"
-    };
-    record_event(
-        &config,
-        if report.ok {
-            "backup.verified"
-        } else {
-            "backup.verify_failed"
-        },
-        format!(
-            "backup {} verify --level {}: {verdict}",
-            report.id,
-            level.as_str()
-        ),
-    )
-    .await;
-    match format {
-        Format::Json => print_json(&report)?,
-        Format::Table => {
-            let mut text = String::new();
-            for p in &report.problems {
-                text += &format!("FAILED  {}: {p}\n", report.id);
-            }
-            for a in &report.artifacts {
-                let status = match a.status {
-                    tcf_backup::CheckStatus::Ok => "ok",
-                    tcf_backup::CheckStatus::Failed => "FAILED",
-                    tcf_backup::CheckStatus::NotRun => "NOT RUN",
-                };
-                text += &format!("{status:<8}{}: {}\n", a.artifact, a.detail.join("; "));
-            }
-            text += &format!(
-                "backup {} (verify --level {}): {verdict}\n",
-                report.id,
-                level.as_str()
-            );
-            print_text(&text)?;
-        }
-    }
-    Ok(ExitCode::from(if failed {
-        1
-    } else if not_run {
-        4
-    } else {
-        0
-    }))
-}
-
-/// What clients of a service in maintenance during a restore are told to wait.
-const MAINTENANCE_RETRY_AFTER_S: u32 = 30;
-
-/// Services that use a source: those whose `depends_on` names the source's dependency.
-fn services_using(config: &Config, source: &str) -> Vec<String> {
-    let Some(dep) = config
-        .backup
-        .as_ref()
-        .and_then(|b| b.sources.get(source))
-        .and_then(|s| s.dependency.clone())
-    else {
-        return vec![];
-    };
-    config
-        .services
-        .values()
-        .filter(|s| s.depends_on.contains(&dep))
-        .map(|s| s.name.clone())
-        .collect()
-}
-
-/// Of `services`, those the daemon reports with a running instance (none without a daemon).
-async fn running(config: &Config, services: &[String]) -> Vec<String> {
-    let client = tcf_api::Client::new(config.daemon.socket.clone());
-    let Ok(status) = client.get::<tcf_api::Status>("/v1/status").await else {
-        return vec![];
-    };
-    status
-        .services
-        .iter()
-        .filter(|s| services.contains(&s.name) && !s.instances.is_empty())
-        .map(|s| s.name.clone())
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn restore(
-    config: Config,
-    id: String,
-    source: Option<String>,
-    force: bool,
-    identity: Option<&PathBuf>,
-    format: Format,
-    progress: Arc<Terminal>,
-) -> CmdResult {
-    let backups = Backups::new(settings(&config)?);
-    let manifest = {
-        let b = Backups::new(settings(&config)?);
-        let id = id.clone();
-        blocking(move || b.repository().manifest(&id)).await?
-    };
-    let sources: Vec<String> = manifest
-        .sources()
-        .into_iter()
-        .filter(|s| source.as_deref().is_none_or(|only| only == s))
-        .collect();
-    let mut users: Vec<String> = sources
-        .iter()
-        .flat_map(|s| services_using(&config, s))
-        .collect();
-    users.sort();
-    users.dedup();
-    // Running services that use what is restored answer 503 while it writes (maintenance),
-    // rather than read and write data being replaced under them.
-    let busy = running(&config, &users).await;
-    let in_maintenance = if busy.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} (using {}) will answer 503 while it writes",
-            busy.join(", "),
-            sources.join(", ")
-        )
-    };
-    if !force {
-        if !std::io::stdin().is_terminal() {
-            return Err(failure(
-                2,
-                anyhow!("refusing to restore without a terminal to confirm on{in_maintenance}; pass --force"),
-            ));
-        }
-        if !confirm(&format!(
-            "Replace the live data of {} with backup {id} (a recovery point is taken first{in_maintenance})?",
-            sources.join(", ")
-        )) {
-            eprintln!("not restored");
-            return Ok(ExitCode::from(1));
-        }
-    }
-    let ids = identities(&config, identity)?;
-    let daemon = tcf_api::Client::new(config.daemon.socket.clone());
-    let reason = format!("restoring backup {id}");
-    if !busy.is_empty() {
-        crate::set_maintenance(&daemon, &busy, Some(MAINTENANCE_RETRY_AFTER_S), &reason)
-            .await
-            .map_err(|e| {
-                failure(
-                    1,
-                    e.context(format!(
-                        "cannot put {} in maintenance; nothing was restored",
-                        busy.join(", ")
-                    )),
-                )
-            })?;
-        progress.step(&format!(
-            "{} in maintenance (503) while the restore writes",
-            busy.join(", ")
-        ));
-    }
-    let result =
-        blocking(move || backups.restore(&id, source.as_deref(), &ids, progress.as_ref())).await;
-    if !busy.is_empty() {
-        if let Err(e) = crate::set_maintenance(&daemon, &busy, None, &reason).await {
-            eprintln!(
-                "warning: {} are still in maintenance: {e:#}\nhint: tcf-platform maintenance off {}",
-                busy.join(", "),
-                busy.join(" ")
-            );
-        }
-    }
-    match result {
-        Ok(report) => {
-            record_event(
-                &config,
-                "backup.restored",
-                format!(
-                    "backup {} restored ({}); recovery point {}",
-                    report.id,
-                    report.restored.join(", "),
-                    report.recovery_point.as_deref().unwrap_or("none")
-                ),
-            )
-            .await;
+            .await?
+            else {
+                eprintln!("not restored");
+                return Ok(ExitCode::from(1));
+            };
             match format {
                 Format::Json => print_json(&report)?,
                 Format::Table => {
@@ -536,118 +270,302 @@ async fn restore(
                     print_text(&text)?;
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(code))
         }
-        Err(f) => {
-            record_event(&config, "backup.restore_failed", format!("{:#}", f.error)).await;
-            Err(f)
+        BackupCommand::Prune { dry_run, format } => {
+            let (report, code) = prune(&target, *dry_run, progress).await?;
+            match format {
+                Format::Json => print_json(&report)?,
+                Format::Table => print_text(&prune_text(&report))?,
+            }
+            Ok(ExitCode::from(code))
         }
     }
 }
 
-/// The pre-deploy backups of the active and the previous release are never pruned. With a
-/// daemon, those releases come from its history; without one, the two newest releases that
-/// have a pre-deploy backup stand in for them.
-async fn pinned(config: &Config, listed: &[Listed]) -> BTreeSet<String> {
-    let pre_deploy: Vec<(String, String)> = listed
-        .iter()
-        .filter_map(|l| match &l.manifest.as_ref().ok()?.trigger {
-            Trigger::PreDeploy { release } => Some((l.id.clone(), release.clone())),
-            _ => None,
-        })
-        .collect();
-    let client = tcf_api::Client::new(config.daemon.socket.clone());
-    let releases: BTreeSet<String> = match client
-        .get::<Vec<tcf_api::Release>>("/v1/releases?limit=50")
-        .await
-    {
-        Ok(rels) => {
-            let active = rels.iter().find(|r| r.status == "active");
-            let previous = active.and_then(|a| {
-                rels.iter()
-                    .find(|r| r.id < a.id && r.status == "superseded")
-            });
-            active
-                .into_iter()
-                .chain(previous)
-                .map(|r| r.id.to_string())
-                .collect()
-        }
-        Err(_) => {
-            let mut all: Vec<&String> = pre_deploy.iter().map(|(_, r)| r).collect();
-            all.sort_by_key(|r| (r.parse::<i64>().unwrap_or(i64::MIN), (*r).clone()));
-            all.dedup();
-            all.into_iter().rev().take(2).cloned().collect()
-        }
+async fn create(
+    target: &Target,
+    source: Option<String>,
+    progress: Arc<Terminal>,
+) -> Outcome<BackupEntry> {
+    let req = CreateBackup {
+        source: source.clone(),
+        actor: actor(),
     };
-    pre_deploy
+    if let Some(done) = follow(target, "/v1/backups", &req, &progress).await {
+        return done;
+    }
+    let backups = Backups::new(settings(&target.config()?)?);
+    let m = blocking(move || backups.create(Trigger::Manual, source.as_deref(), progress.as_ref()))
+        .await?;
+    Ok((shared::wire_entry(&m, None), 0))
+}
+
+async fn list(target: &Target) -> Result<Vec<BackupEntry>, Failure> {
+    match target.client.get::<Vec<BackupEntry>>("/v1/backups").await {
+        Ok(entries) => return Ok(entries),
+        Err(e) if target.offline(&e) => {}
+        Err(e) => return Err(api_failure(e)),
+    }
+    let backups = Backups::new(repository_settings(&target.config()?)?);
+    let listed = blocking(move || backups.list()).await?;
+    Ok(listed.iter().map(shared::wire_listed).collect())
+}
+
+fn print_list(entries: &[BackupEntry], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&entries),
+        Format::Table if entries.is_empty() => {
+            print_text("no backups yet: `tcf-platform backup create` takes one\n")
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.id.clone(),
+                        e.time.clone().unwrap_or_else(|| "-".into()),
+                        e.trigger.clone().unwrap_or_else(|| "-".into()),
+                        e.sources.join(","),
+                        output::bytes(e.size),
+                        match (&e.damaged, &e.last_verify) {
+                            (Some(d), _) => format!("DAMAGED: {d}"),
+                            (None, Some(v)) => format!(
+                                "{} {} ({})",
+                                if v.ok { "ok" } else { "FAILED" },
+                                v.level,
+                                v.time
+                            ),
+                            (None, None) => "never".into(),
+                        },
+                    ]
+                })
+                .collect();
+            print_text(&output::table(
+                &["ID", "TIME", "TRIGGER", "SOURCES", "SIZE", "LAST VERIFY"],
+                &rows,
+            ))
+        }
+    }
+}
+
+async fn verify(
+    target: &Target,
+    id: &str,
+    level: VerifyLevel,
+    identity: Option<&PathBuf>,
+    progress: Arc<Terminal>,
+) -> Outcome<BackupVerifyReport> {
+    let level = match level {
+        VerifyLevel::Checksums => Level::Checksums,
+        VerifyLevel::Restore => Level::Restore,
+    };
+    let req = VerifyBackup {
+        level: Some(level.as_str().to_string()),
+        identity: identity_text(identity)?,
+        actor: actor(),
+    };
+    let path = format!("/v1/backups/{}/verify", path_segment(id)?);
+    if let Some(done) = follow(target, &path, &req, &progress).await {
+        return done;
+    }
+    let config = target.config()?;
+    let backups = Backups::new(settings(&config)?);
+    let ids = identities(&config, identity)?;
+    let id = id.to_string();
+    let report = blocking(move || backups.verify(&id, level, &ids, progress.as_ref())).await?;
+    let report = shared::wire_verify(&report);
+    let (code, _) = shared::verify_verdict(&report);
+    Ok((report, code))
+}
+
+fn verify_text(report: &BackupVerifyReport) -> String {
+    let mut text = String::new();
+    for p in &report.problems {
+        text += &format!("FAILED  {}: {p}\n", report.id);
+    }
+    for a in &report.artifacts {
+        let status = match a.status.as_str() {
+            "ok" => "ok",
+            "failed" => "FAILED",
+            _ => "NOT RUN",
+        };
+        text += &format!("{status:<8}{}: {}\n", a.artifact, a.detail.join("; "));
+    }
+    text += &format!(
+        "backup {} (verify --level {}): {}\n",
+        report.id,
+        report.level,
+        shared::verify_verdict(report).1
+    );
+    text
+}
+
+/// A backup id in a URL path: ids are `20261125T161824Z-3fa1`; anything that would change the
+/// path is refused here rather than sent.
+fn path_segment(id: &str) -> Result<&str, Failure> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || id.starts_with('.')
+    {
+        return Err(failure(
+            1,
+            anyhow!("no backup {id:?} in the repository\nhint: `tcf-platform backup list` shows the ids"),
+        ));
+    }
+    Ok(id)
+}
+
+/// What a restore replaces and which running services answer 503 meanwhile: from the daemon,
+/// or, without one, from the repository (nothing runs then).
+async fn restore_plan(
+    target: &Target,
+    id: &str,
+    source: Option<&str>,
+) -> Result<(RestorePlan, bool), Failure> {
+    let query = source.map_or(String::new(), |s| format!("?source={}", query_text(s)));
+    let path = format!("/v1/backups/{}/restore{query}", path_segment(id)?);
+    match target.client.get::<RestorePlan>(&path).await {
+        Ok(plan) => return Ok((plan, true)),
+        Err(e) if target.offline(&e) => {}
+        Err(e) => return Err(api_failure(e)),
+    }
+    let backups = Backups::new(repository_settings(&target.config()?)?);
+    let manifest = {
+        let id = id.to_string();
+        blocking(move || backups.repository().manifest(&id)).await?
+    };
+    let sources = manifest
+        .sources()
         .into_iter()
-        .filter(|(_, r)| releases.contains(r))
-        .map(|(id, _)| id)
+        .filter(|s| source.is_none_or(|only| only == s))
+        .collect();
+    Ok((
+        RestorePlan {
+            id: id.to_string(),
+            sources,
+            maintenance: vec![],
+        },
+        false,
+    ))
+}
+
+/// Percent-encoding for a query value (source names are plain words; be safe anyway).
+fn query_text(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
-async fn prune(
-    config: Config,
-    dry_run: bool,
-    format: Format,
+/// `None`: the user said no.
+async fn restore(
+    target: &Target,
+    id: &str,
+    source: Option<String>,
+    force: bool,
+    identity: Option<&PathBuf>,
     progress: Arc<Terminal>,
-) -> CmdResult {
-    let backups = Backups::new(settings(&config)?);
-    let listed = {
-        let b = Backups::new(settings(&config)?);
-        blocking(move || b.list()).await?
-    };
-    let pins = pinned(&config, &listed).await;
-    let report = blocking(move || backups.prune(dry_run, &pins, progress.as_ref())).await?;
-    let removed: Vec<&str> = report
-        .decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.id.as_str())
-        .collect();
-    if !dry_run {
-        record_event(
-            &config,
-            "backup.pruned",
+) -> Result<Option<(BackupRestoreReport, u8)>, Failure> {
+    if !force {
+        let (plan, _) = restore_plan(target, id, source.as_deref()).await?;
+        let in_maintenance = if plan.maintenance.is_empty() {
+            String::new()
+        } else {
             format!(
-                "removed {} backup(s): {}",
-                removed.len(),
-                removed.join(", ")
-            ),
-        )
-        .await;
-    }
-    match format {
-        Format::Json => print_json(&report)?,
-        Format::Table => {
-            let mut text = String::new();
-            for d in &report.decisions {
-                if d.keep {
-                    text += &format!("keep    {}  ({})\n", d.id, d.reasons.join(", "));
-                } else {
-                    text += &format!(
-                        "{}  {}\n",
-                        if dry_run { "would remove" } else { "removed" },
-                        d.id
-                    );
-                }
-            }
-            for d in &report.damaged {
-                text += &format!("damaged {d}  (not touched: inspect it and remove it by hand)\n");
-            }
-            text += &format!(
-                "{} kept, {} {}\n",
-                report.decisions.len() - removed.len(),
-                removed.len(),
-                if dry_run {
-                    "would be removed (dry run)"
-                } else {
-                    "removed"
-                }
-            );
-            print_text(&text)?;
+                "; {} (using {}) will answer 503 while it writes",
+                plan.maintenance.join(", "),
+                plan.sources.join(", ")
+            )
+        };
+        if !std::io::stdin().is_terminal() {
+            return Err(failure(
+                2,
+                anyhow!("refusing to restore without a terminal to confirm on{in_maintenance}; pass --force"),
+            ));
+        }
+        if !confirm(&format!(
+            "Replace the live data of {} with backup {id} (a recovery point is taken first{in_maintenance})?",
+            plan.sources.join(", ")
+        )) {
+            return Ok(None);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let req = RestoreBackup {
+        source: source.clone(),
+        identity: identity_text(identity)?,
+        actor: actor(),
+    };
+    let path = format!("/v1/backups/{}/restore", path_segment(id)?);
+    if let Some(done) = follow(target, &path, &req, &progress).await {
+        return done.map(Some);
+    }
+    // No daemon: nothing runs that uses the data, so nothing to put in maintenance.
+    let config = target.config()?;
+    let backups = Backups::new(settings(&config)?);
+    let ids = identities(&config, identity)?;
+    let id = id.to_string();
+    let report =
+        blocking(move || backups.restore(&id, source.as_deref(), &ids, progress.as_ref())).await?;
+    Ok(Some((shared::wire_restore(&report), 0)))
+}
+
+async fn prune(
+    target: &Target,
+    dry_run: bool,
+    progress: Arc<Terminal>,
+) -> Outcome<BackupPruneReport> {
+    let req = PruneBackups {
+        dry_run,
+        actor: actor(),
+    };
+    if let Some(done) = follow(target, "/v1/backups/prune", &req, &progress).await {
+        return done;
+    }
+    let backups = Backups::new(repository_settings(&target.config()?)?);
+    let report = blocking(move || {
+        let listed = backups.list()?;
+        let pins = shared::pinned(&listed, None);
+        backups.prune(dry_run, &pins, progress.as_ref())
+    })
+    .await?;
+    Ok((shared::wire_prune(&report), 0))
+}
+
+fn prune_text(report: &BackupPruneReport) -> String {
+    let mut text = String::new();
+    let dry_run = report.dry_run;
+    for d in &report.decisions {
+        if d.keep {
+            text += &format!("keep    {}  ({})\n", d.id, d.reasons.join(", "));
+        } else {
+            text += &format!(
+                "{}  {}\n",
+                if dry_run { "would remove" } else { "removed" },
+                d.id
+            );
+        }
+    }
+    for d in &report.damaged {
+        text += &format!("damaged {d}  (not touched: inspect it and remove it by hand)\n");
+    }
+    let removed = report.decisions.iter().filter(|d| !d.keep).count();
+    text += &format!(
+        "{} kept, {} {}\n",
+        report.decisions.len() - removed,
+        removed,
+        if dry_run {
+            "would be removed (dry run)"
+        } else {
+            "removed"
+        }
+    );
+    text
 }

@@ -234,8 +234,9 @@ without a running daemon (the store is written directly while none runs). See do
         subcommand,
         long_about = "Backups of the sources in [backup] (PostgreSQL, Redis, directories), \
 described by a manifest with SHA-256 checksums, verified by checksums or by a real restore into a \
-scratch place. Runs in this process against the config; no daemon needed (when one runs, each \
-result is also recorded as an event). See docs/backups.md.\n\n\
+scratch place. Runs in the daemon when one answers (its socket, or --host with a token: the \
+roles apply) and streams its progress; with no daemon running here and no --host, runs in this \
+process against the config. See docs/backups.md.\n\n\
 Exit codes: 0 success, 1 failed (verify: damage found), 2 usage or config error, 3 the repository \
 is locked by another backup, verify, restore or prune, 4 verify could not run a check (not proven)."
     )]

@@ -194,7 +194,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         } => events(&cli, service.as_deref(), *limit, *format).await,
         Command::Tokens(command) => access_cmd::tokens(&cli, command).await,
         Command::Secrets(command) => access_cmd::secrets(&cli, command).await,
-        Command::Backup(command) => backup_cmd::run(load_config(&cli)?, command).await,
+        Command::Backup(command) => backup_cmd::run(&cli, command).await,
         Command::Config(ConfigCommand::Validate { format }) => validate(&cli, *format),
         Command::Config(ConfigCommand::Show { format }) => show(&cli, *format),
         Command::Init(args) => init_cmd::init(args),

@@ -493,3 +493,307 @@ dependency = "cache"
         pid
     );
 }
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// The CLI against the daemon's remote API, with a token (no --config: only --host).
+fn remote(url: &str, fingerprint: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .args(args)
+        .args(["--host", url, "--fingerprint", fingerprint])
+        .env("TCF_TOKEN", token)
+        .env_remove("TCF_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn token(p: &common::Platform, name: &str, role: &str) -> String {
+    let out = p.cli(&["tokens", "create", name, "--role", role]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Backups run by the daemon, through the remote API with tokens and roles; the PostgreSQL
+/// source needs a password, given as `${secret:pg_password}` and set on stdin; the password
+/// reaches no event, no log and no output. The same JSON without a daemon afterwards.
+#[test]
+fn backups_through_the_remote_api_under_roles_with_a_password_from_a_secret() {
+    let password = format!("pw-{}-{}", std::process::id(), common::free_port());
+    let pg = tcf_testkit::start_postgres_with_password(common::free_port(), &password);
+    let psql_bin = tcf_testkit::find_program("psql", &tcf_testkit::postgres_bin_dirs());
+    let psql = |db: &str, sql: &str| -> String {
+        let out = std::process::Command::new(&psql_bin)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-XAtc", sql])
+            .env("PGPASSWORD", &password)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql("postgres", "CREATE DATABASE app");
+    psql(
+        "app",
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g",
+    );
+    let listen = common::free_port();
+    let mut p = common::Platform::new(&format!(
+        r#"
+[platform]
+name = "remotebackup"
+
+[daemon]
+listen = "127.0.0.1:{listen}"
+
+[backup]
+repository = "repo"
+retention = {{ keep_last = 1 }}
+
+[backup.sources.main]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:{}/"
+password = "${{secret:pg_password}}"
+databases = ["app"]
+"#,
+        pg.port
+    ));
+
+    // The secret does not exist yet: `config validate` and a backup say which one.
+    let out = p.cli(&["config", "validate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("backup source main refers to the secret pg_password"),
+        "{}",
+        text(&out)
+    );
+    let out = p.cli(&["backup", "create"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("pg_password"), "{}", text(&out));
+
+    // Set on stdin, with no daemon running.
+    let mut child = std::process::Command::new(common::bin())
+        .args(["secrets", "set", "pg_password", "--config"])
+        .arg(&p.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.cli(&["config", "validate"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    p.up();
+    let status = p.wait_for("the remote API", Duration::from_secs(30), |s| {
+        s["api"]["fingerprint_sha256"].is_string()
+    });
+    let fingerprint = status["api"]["fingerprint_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("https://127.0.0.1:{listen}");
+    let viewer = token(&p, "watcher", "viewer");
+    let deployer = token(&p, "ci", "deployer");
+    let admin = token(&p, "ops", "admin");
+
+    // A viewer lists, and may not take a backup.
+    let out = remote(
+        &url,
+        &fingerprint,
+        &viewer,
+        &["backup", "list", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = remote(&url, &fingerprint, &viewer, &["backup", "create"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("403") && text(&out).contains("needs deployer"),
+        "{}",
+        text(&out)
+    );
+
+    // A deployer backs up, lists and verifies by a real restore into a scratch database.
+    let out = remote(
+        &url,
+        &fingerprint,
+        &deployer,
+        &["backup", "create", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        created["sources"],
+        serde_json::json!(["main"]),
+        "{created:#}"
+    );
+    let out = remote(
+        &url,
+        &fingerprint,
+        &deployer,
+        &[
+            "backup", "verify", &id, "--level", "restore", "--format", "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&verified["ok"], &verified["level"]),
+        (&serde_json::json!(true), &serde_json::json!("restore")),
+        "{verified:#}"
+    );
+    let out = remote(&url, &fingerprint, &deployer, &["backup", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&id) && text(&out).contains("ok restore"),
+        "{}",
+        text(&out)
+    );
+
+    // Restoring is the admin's: a deployer gets 403, an admin restores.
+    psql("app", "DELETE FROM t WHERE id > 10");
+    let out = remote(
+        &url,
+        &fingerprint,
+        &deployer,
+        &["backup", "restore", &id, "--force"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("403") && text(&out).contains("needs admin"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(psql("app", "SELECT count(*) FROM t"), "10");
+    // Without --force and without a terminal: refused, nothing restored.
+    let out = remote(&url, &fingerprint, &admin, &["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    let out = remote(
+        &url,
+        &fingerprint,
+        &admin,
+        &["backup", "restore", &id, "--force", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let restored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(restored["recovery_point"].is_string(), "{restored:#}");
+    assert_eq!(psql("app", "SELECT count(*) FROM t"), "100");
+    assert_eq!(psql("app", "SELECT v FROM t WHERE id = 77"), "row 77");
+
+    // Prune is the admin's too; a dry run removes nothing.
+    let out = remote(
+        &url,
+        &fingerprint,
+        &deployer,
+        &["backup", "prune", "--dry-run"],
+    );
+    assert!(text(&out).contains("403"), "{}", text(&out));
+    let out = remote(
+        &url,
+        &fingerprint,
+        &admin,
+        &["backup", "prune", "--dry-run", "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        pruned["decisions"].as_array().unwrap().len(),
+        2,
+        "{pruned:#}"
+    );
+
+    // The events name the tokens; the password is in no event, log or output.
+    let events = p.cli(&["events", "--limit", "500", "--format", "json"]);
+    assert!(events.status.success(), "{}", text(&events));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&events.stdout).unwrap();
+    let by = |kind: &str| -> Vec<String> {
+        list.iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["actor"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(by("backup.created"), ["ci"], "{list:#?}");
+    assert_eq!(by("backup.verified"), ["ci"], "{list:#?}");
+    assert_eq!(by("backup.restored"), ["ops"], "{list:#?}");
+    let remote_list = remote(
+        &url,
+        &fingerprint,
+        &viewer,
+        &["backup", "list", "--format", "json"],
+    );
+    assert!(remote_list.status.success(), "{}", text(&remote_list));
+    for (what, bytes) in [
+        ("events", events.stdout.clone()),
+        ("the daemon's log", std::fs::read(p.daemon_log()).unwrap()),
+        ("the remote list", remote_list.stdout.clone()),
+        (
+            "the restore's output",
+            [out.stdout.clone(), out.stderr.clone()].concat(),
+        ),
+    ] {
+        assert!(!contains(&bytes, &password), "the password is in {what}");
+    }
+
+    // A reference to a secret that does not exist: the daemon's backup and a deploy that
+    // takes a backup refuse, naming it (exit 2), as `config validate` does.
+    let config_text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config_text.replace("${secret:pg_password}", "${secret:pg_pasword}"),
+    )
+    .unwrap();
+    for args in [
+        &["backup", "create"][..],
+        &["prod", "deploy", "v2", "--backup", "--force"][..],
+        &["config", "validate"][..],
+    ] {
+        let out = p.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("backup source main refers to the secret pg_pasword"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    std::fs::write(&p.config, &config_text).unwrap();
+
+    // Without a daemon the CLI runs the work itself: the same JSON, the secret still resolved.
+    let out = p.cli(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    p.wait_daemon_exit(Duration::from_secs(30));
+    let local_list = p.cli(&["backup", "list", "--format", "json"]);
+    assert!(local_list.status.success(), "{}", text(&local_list));
+    assert_eq!(
+        String::from_utf8_lossy(&local_list.stdout),
+        String::from_utf8_lossy(&remote_list.stdout)
+    );
+    let out = p.cli(&["backup", "create", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!contains(&[out.stdout, out.stderr].concat(), &password));
+}

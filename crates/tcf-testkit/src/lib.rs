@@ -122,6 +122,16 @@ pub fn start_postgres() -> ServerProcess {
 /// [`start_postgres`] on a port the test chose (the platform's tests keep their servers below
 /// the ephemeral range, where the daemon gives its instances ports).
 pub fn start_postgres_on(port: u16) -> ServerProcess {
+    start_postgres_with(port, None)
+}
+
+/// [`start_postgres_on`] that requires a password (scram-sha-256, on TCP and the socket
+/// alike) of the superuser `postgres`: for tests of how a password reaches the tools.
+pub fn start_postgres_with_password(port: u16, password: &str) -> ServerProcess {
+    start_postgres_with(port, Some(password))
+}
+
+fn start_postgres_with(port: u16, password: Option<&str>) -> ServerProcess {
     let dirs = postgres_bin_dirs();
     let initdb = find_program("initdb", &dirs);
     let postgres = find_program("postgres", &dirs);
@@ -148,16 +158,28 @@ pub fn start_postgres_on(port: u16) -> ServerProcess {
     let mut init = Command::new(initdb);
     init.arg("-D")
         .arg(&pgdata)
-        .args([
-            "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale", "C",
-        ])
+        .args(["-U", "postgres", "-E", "UTF8", "--locale", "C"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // The password reaches initdb in a file (never argv), removed once the cluster exists.
+    let pwfile = dir.path().join("pwfile");
+    match password {
+        None => {
+            init.args(["-A", "trust"]);
+        }
+        Some(pw) => {
+            std::fs::write(&pwfile, format!("{pw}\n")).expect("the password file");
+            if let Some(u) = &user {
+                nix::unistd::chown(&pwfile, Some(u.uid), Some(u.gid)).expect("chown to postgres");
+            }
+            init.args(["-A", "scram-sha-256"])
+                .arg(format!("--pwfile={}", pwfile.display()));
+        }
+    }
     as_user(&mut init);
-    assert!(
-        init.status().expect("initdb runs").success(),
-        "initdb failed"
-    );
+    let initialized = init.status().expect("initdb runs").success();
+    let _ = std::fs::remove_file(&pwfile);
+    assert!(initialized, "initdb failed");
     let mut run = Command::new(postgres);
     run.arg("-D")
         .arg(&pgdata)

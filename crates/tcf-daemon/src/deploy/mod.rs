@@ -201,6 +201,7 @@ impl Reporter {
             release: self.release,
             result: None,
             exit_code: None,
+            report: None,
         });
     }
 
@@ -226,6 +227,7 @@ impl Reporter {
             release: self.release,
             result: Some(outcome.result().into()),
             exit_code: Some(outcome.exit_code()),
+            report: None,
         });
     }
 }
@@ -402,8 +404,7 @@ async fn pre_deploy_backup(
     let Some(config) = p.config.backup.as_ref() else {
         return Err("--backup needs a [backup] section in the config (docs/backups.md)".into());
     };
-    let settings =
-        tcf_backup::Settings::from_config(config, &|_| None).map_err(|e| e.to_string())?;
+    let settings = p.backup_settings(config).await?;
     rep.step(
         "backup.started",
         None,
@@ -440,6 +441,7 @@ impl tcf_backup::Progress for BackupProgress {
             release: self.release,
             result: None,
             exit_code: None,
+            report: None,
         });
     }
 }
