@@ -247,10 +247,61 @@ pub fn list_databases(conn: &PgConn) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Row count and an order-independent checksum (the sum of 60-bit prefixes of each row's MD5)
-/// of every ordinary and partitioned table outside the system schemas.
+/// How a table's rows are summed into its checksum. The manifest's checksum says which one made
+/// it ("h64:" prefix), so a restore is compared the way its backup was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowChecksum {
+    /// The sum of each row's 64-bit `hashtextextended` (the hash PostgreSQL keeps stable for
+    /// hash partitioning): about three times cheaper than MD5, so counting beside `pg_dump`
+    /// costs little. PostgreSQL 11 and later.
+    Hash64,
+    /// The sum of 60-bit prefixes of each row's MD5: what backups made before `Hash64` (and
+    /// those of servers older than 11) recorded.
+    Md5,
+}
+
+const HASH64_PREFIX: &str = "h64:";
+
+impl RowChecksum {
+    /// The method for a new backup of a server of this `server_version_num`.
+    pub fn for_server(server_version_num: i32) -> Self {
+        if server_version_num >= 110000 {
+            RowChecksum::Hash64
+        } else {
+            RowChecksum::Md5
+        }
+    }
+
+    /// The method that made the checksums recorded in `tables` (all are made the same way).
+    pub fn recorded_in(tables: &BTreeMap<String, TableStats>) -> Self {
+        match tables.values().next() {
+            Some(t) if !t.checksum.starts_with(HASH64_PREFIX) => RowChecksum::Md5,
+            _ => RowChecksum::Hash64,
+        }
+    }
+
+    fn sum_expression(self) -> &'static str {
+        match self {
+            RowChecksum::Hash64 => "coalesce(sum(hashtextextended(t::text, 0)), 0)::text",
+            RowChecksum::Md5 => {
+                "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text"
+            }
+        }
+    }
+
+    fn label(self, sum: String) -> String {
+        match self {
+            RowChecksum::Hash64 => format!("{HASH64_PREFIX}{sum}"),
+            RowChecksum::Md5 => sum,
+        }
+    }
+}
+
+/// Row count and an order-independent checksum (see [`RowChecksum`]) of every ordinary and
+/// partitioned table outside the system schemas.
 pub fn table_stats(
     client: &mut impl GenericClient,
+    method: RowChecksum,
 ) -> std::result::Result<BTreeMap<String, TableStats>, postgres::Error> {
     let tables = client.query(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -263,7 +314,8 @@ pub fn table_stats(
         let (schema, table): (String, String) = (t.get(0), t.get(1));
         let row = client.query_one(
             &format!(
-                "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text FROM {}.{} t",
+                "SELECT count(*), {} FROM {}.{} t",
+                method.sum_expression(),
                 quote_ident(&schema),
                 quote_ident(&table)
             ),
@@ -274,11 +326,41 @@ pub fn table_stats(
             format!("{schema}.{table}"),
             TableStats {
                 rows: rows as u64,
-                checksum: row.get(1),
+                checksum: method.label(row.get(1)),
             },
         );
     }
     Ok(stats)
+}
+
+/// [`table_stats`] of `database` as of an exported `snapshot`.
+fn count_in_snapshot(
+    conn: &PgConn,
+    database: &str,
+    snapshot: &str,
+    method: RowChecksum,
+) -> Result<BTreeMap<String, TableStats>> {
+    let failed = |e: postgres::Error| {
+        conn.err(format!(
+            "counting the rows of {database:?}: {}",
+            error_text(&e)
+        ))
+    };
+    let mut client = conn.connect(database)?;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(failed)?;
+    tx.batch_execute(&format!(
+        "SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    ))
+    .map_err(failed)?;
+    let tables = table_stats(&mut tx, method).map_err(failed)?;
+    tx.commit().map_err(failed)?;
+    Ok(tables)
 }
 
 /// Dump `database` into `out` and return what a restore must reproduce.
@@ -305,23 +387,35 @@ pub fn dump_database(
             ))
         })?
         .get(0);
+    let server_version: i32 = tx
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .map_err(|e| conn.err(error_text(&e)))?
+        .get(0);
     let mut cmd = Command::new(&tools.pg_dump);
     conn.apply_env(&mut cmd);
-    cmd.args(["-Fc", "-w", "--snapshot", &snapshot, "-d", database]);
-    tool::stream_from(
-        &mut cmd,
-        "pg_dump",
-        &format!("database {database:?}"),
-        out,
-        write_context,
-    )?;
-    // Counted in the dump's snapshot: exactly what pg_dump saw.
-    let tables = table_stats(&mut tx).map_err(|e| {
-        conn.err(format!(
-            "counting the rows of {database:?}: {}",
-            error_text(&e)
-        ))
-    })?;
+    // -Z0: the archive is compressed once, by our zstd, not by pg_dump's zlib first.
+    cmd.args(["-Fc", "-Z0", "-w", "--snapshot", &snapshot, "-d", database]);
+    // The rows are counted in the dump's snapshot (exactly what pg_dump saw) while pg_dump
+    // streams, so the two scans overlap instead of adding up. The counting runs on a connection
+    // of its own that imports the snapshot: if it fails, the exporting transaction (and with it
+    // pg_dump's snapshot) stays intact, and pg_dump's own error is the one reported.
+    let method = RowChecksum::for_server(server_version);
+    let (dumped, tables) = std::thread::scope(|scope| {
+        let counting = scope.spawn(|| count_in_snapshot(conn, database, &snapshot, method));
+        let dumped = tool::stream_from(
+            &mut cmd,
+            "pg_dump",
+            &format!("database {database:?}"),
+            out,
+            write_context,
+        );
+        let tables = counting
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (dumped, tables)
+    });
+    dumped?;
+    let tables = tables?;
     let props = tx
         .query_one(
             "SELECT pg_get_userbyid(datdba)::text, pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
@@ -505,7 +599,11 @@ pub fn verify_restore(
         &format!("{artifact} into scratch database {}", scratch.name),
         content,
     )?;
-    let actual = table_stats(&mut scratch.conn.connect(&scratch.name)?).map_err(|e| {
+    let actual = table_stats(
+        &mut scratch.conn.connect(&scratch.name)?,
+        RowChecksum::recorded_in(tables),
+    )
+    .map_err(|e| {
         conn.err(format!(
             "counting rows in {}: {}",
             scratch.name,
@@ -539,7 +637,11 @@ pub fn restore_database(
         &format!("{artifact} into {}", scratch.name),
         content,
     )?;
-    let actual = table_stats(&mut conn.connect(&scratch.name)?).map_err(|e| {
+    let actual = table_stats(
+        &mut conn.connect(&scratch.name)?,
+        RowChecksum::recorded_in(tables),
+    )
+    .map_err(|e| {
         conn.err(format!(
             "counting rows in {}: {}",
             scratch.name,

@@ -112,6 +112,11 @@ fn postgres_back_up_damage_restore() {
     assert_eq!(owner, "app_owner");
     assert_eq!(tables["public.customers"].rows, 500);
     assert_eq!(tables["billing.Invoices"].rows, 2000);
+    assert!(
+        tables["public.customers"].checksum.starts_with("h64:"),
+        "{:?}",
+        tables["public.customers"]
+    );
     // Checksum verification ran and was recorded as part of create.
     assert!(backups.list().unwrap()[0].last_verify.as_ref().unwrap().ok);
 
@@ -443,4 +448,77 @@ fn postgres_counts_match_the_dump_under_concurrent_writes() {
         .verify(&manifest.id, Level::Restore, &Identities::none(), &Silent)
         .unwrap();
     assert!(report.ok, "{report:#?}");
+}
+
+/// Backups made before the 64-bit row hash recorded MD5 sums: a restore is still compared the
+/// way its backup was counted, and a changed row is still caught.
+#[test]
+fn md5_counted_backups_are_verified_the_md5_way() {
+    use tcf_backup::postgres::{self, RowChecksum};
+    let (_server, conn) = start_postgres();
+    conn.connect("postgres")
+        .unwrap()
+        .batch_execute("CREATE DATABASE legacy")
+        .unwrap();
+    let mut db = conn.connect("legacy").unwrap();
+    db.batch_execute(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text);
+         INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g",
+    )
+    .unwrap();
+    let (server, major) = postgres::server_version(&conn).unwrap();
+    let tools = postgres::find_tools(major, &server, None).unwrap();
+    let md5 = postgres::table_stats(&mut db, RowChecksum::Md5).unwrap();
+    assert!(!md5["public.notes"].checksum.starts_with("h64:"));
+    assert_eq!(RowChecksum::recorded_in(&md5), RowChecksum::Md5);
+    let mut dump = Vec::new();
+    let fresh = postgres::dump_database(&conn, &tools, "legacy", &mut dump, "memory").unwrap();
+    let tcf_backup::Expectation::Tables { tables, .. } = &fresh else {
+        panic!("{fresh:?}")
+    };
+    assert_eq!(RowChecksum::recorded_in(tables), RowChecksum::Hash64);
+    assert_eq!(tables["public.notes"].rows, 300);
+
+    // The expectation a pre-h64 backup of this dump would carry.
+    let legacy = |stats: BTreeMap<String, tcf_backup::manifest::TableStats>| match fresh.clone() {
+        tcf_backup::Expectation::Tables {
+            owner,
+            encoding,
+            collate,
+            ctype,
+            ..
+        } => tcf_backup::Expectation::Tables {
+            tables: stats,
+            owner,
+            encoding,
+            collate,
+            ctype,
+        },
+        other => other,
+    };
+    let problems = postgres::verify_restore(
+        &conn,
+        &tools,
+        "legacy",
+        &legacy(md5.clone()),
+        &mut &dump[..],
+    )
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    db.batch_execute("UPDATE notes SET body = 'changed' WHERE id = 7")
+        .unwrap();
+    let changed = postgres::table_stats(&mut db, RowChecksum::Md5).unwrap();
+    assert_eq!(changed["public.notes"].rows, 300);
+    assert_ne!(
+        changed["public.notes"].checksum,
+        md5["public.notes"].checksum
+    );
+    let problems =
+        postgres::verify_restore(&conn, &tools, "legacy", &legacy(changed), &mut &dump[..])
+            .unwrap();
+    assert_eq!(
+        problems,
+        vec!["table public.notes has the same row count but different rows".to_string()]
+    );
 }
