@@ -339,6 +339,7 @@ pub fn events(events: &[Event]) -> String {
             vec![
                 e.time.clone(),
                 e.kind.clone(),
+                e.actor.clone(),
                 e.instance
                     .clone()
                     .or_else(|| e.service.clone())
@@ -347,7 +348,7 @@ pub fn events(events: &[Event]) -> String {
             ]
         })
         .collect();
-    table(&["TIME", "EVENT", "WHERE", "MESSAGE"], &rows)
+    table(&["TIME", "EVENT", "ACTOR", "WHERE", "MESSAGE"], &rows)
 }
 
 #[cfg(test)]
@@ -362,6 +363,24 @@ mod tests {
         );
         assert_eq!(t.lines().count(), 2, "{t}");
         assert!(!t.contains('\u{1b}'), "{t}");
+    }
+
+    #[test]
+    fn events_name_who_caused_them() {
+        let t = events(&[Event {
+            id: 1,
+            time: "2026-12-06T09:00:00Z".into(),
+            actor: "ci-deployer".into(),
+            kind: "deploy.started".into(),
+            service: Some("gateway".into()),
+            instance: None,
+            message: "v2".into(),
+        }]);
+        assert_eq!(
+            t,
+            "TIME                  EVENT           ACTOR        WHERE    MESSAGE\n\
+             2026-12-06T09:00:00Z  deploy.started  ci-deployer  gateway  v2\n"
+        );
     }
 
     #[test]

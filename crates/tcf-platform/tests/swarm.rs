@@ -129,7 +129,13 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
         "[swarm]\n",
         &format!("[swarm]\nnode_engines = {{ {} }}\n", engines.join(", ")),
     );
-    let mut p = Platform::new(&deploy_config_from(&config, &[("retire_after", "\"10m\"")]));
+    // Swarm schedules each task before its node's engine starts it: on a loaded machine a cold
+    // start of three tasks took longer than the quick 8 s gate the process tests use (a
+    // rollback to a stopped release failed so once), so the gates here get 20 s.
+    let config = deploy_config_from(&config, &[("retire_after", "\"10m\"")])
+        .replace("deadline = \"8s\"", "deadline = \"20s\"");
+    assert!(config.contains("deadline = \"20s\""), "{config}");
+    let mut p = Platform::new(&config);
     set_secret(&p, "api_key", SECRET_VALUE);
     p.up();
     let status = p.wait_for("every task healthy", START, all_healthy);
