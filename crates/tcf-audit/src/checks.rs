@@ -1138,18 +1138,16 @@ fn dependencies(
         };
         for candidate_dir in [Some(dir), dir.parent()].into_iter().flatten() {
             looked.insert(candidate_dir.to_path_buf());
-            for name in advisories::LOCKFILES {
-                let file = candidate_dir.join(name);
-                if file.is_file() {
-                    lockfiles.insert((service.name.clone(), file));
-                }
+            for file in advisories::lockfiles_in(candidate_dir) {
+                lockfiles.insert((service.name.clone(), file));
             }
         }
     }
     if lockfiles.is_empty() {
         let dirs: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
         return Err(format!(
-            "no Cargo.lock or package-lock.json next to any service's program (looked in {})",
+            "no {} next to any service's program (looked in {})",
+            advisories::LOCKFILE_NAMES,
             if dirs.is_empty() {
                 "no directory: no process service's program was found".to_string()
             } else {
@@ -1183,9 +1181,10 @@ fn dependencies(
                     )
                 } else {
                     format!(
-                        "Upgrade {} to {} or later (cargo update -p / npm update), rebuild and deploy service {service}.",
+                        "Upgrade {} to {} or later ({}), rebuild and deploy service {service}.",
                         package.name,
-                        fixed.join(" / ")
+                        fixed.join(" / "),
+                        update_hint(package.ecosystem)
                     )
                 };
                 findings.push(
@@ -1208,6 +1207,17 @@ fn dependencies(
         }
     }
     Ok(findings)
+}
+
+/// How a package of `ecosystem` is upgraded in its lockfile.
+fn update_hint(ecosystem: &str) -> &'static str {
+    match ecosystem {
+        "crates.io" => "cargo update -p NAME",
+        "npm" => "npm update NAME",
+        "PyPI" => "raise the pin in requirements, or poetry update NAME",
+        "RubyGems" => "bundle update NAME",
+        _ => "update the lockfile",
+    }
 }
 
 // --- online ------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ pub static VULNERABLE_DEPENDENCY: Rule = comprehensive(rule(
     "TCF-DEP-001",
     "Dependency with a known vulnerability",
     Severity::High,
-    "Cargo.lock and package-lock.json files next to each process-runtime service's program (its directory and the one above) against a local OSV advisory file or directory given with --advisories; no network.",
+    "The lockfiles next to each process-runtime service's program (its directory and the one above): Cargo.lock, package-lock.json, Gemfile.lock, poetry.lock and requirements*.txt pins, against a local OSV advisory file or directory given with --advisories; no network.",
     "Upgrade the package to a fixed version (see the advisory), rebuild and deploy the service.",
 ));
 

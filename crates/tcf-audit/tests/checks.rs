@@ -104,7 +104,14 @@ password = "${secret:pg_password}"
 const OSV: &str = r#"[{"id":"RUSTSEC-2099-0001","summary":"memory corruption in smallvec",
 "affected":[{"package":{"ecosystem":"crates.io","name":"smallvec"},
 "ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.6.1"}]}]}],
-"database_specific":{"severity":"CRITICAL"}}]"#;
+"database_specific":{"severity":"CRITICAL"}},
+{"id":"PYSEC-2099-0002","summary":"arbitrary code execution in full_load",
+"affected":[{"package":{"ecosystem":"PyPI","name":"PyYAML"},
+"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"5.4"}]}]}]},
+{"id":"GHSA-2099-rack-0003","summary":"denial of service in multipart parsing",
+"affected":[{"package":{"ecosystem":"RubyGems","name":"rack"},
+"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.2.6.4"}]}]}],
+"database_specific":{"severity":"MODERATE"}}]"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -144,6 +151,23 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
         &format!(
             "version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"{}\"\n",
             if insecure { "1.6.0" } else { "1.13.2" }
+        ),
+        0o644,
+    );
+    // A Python and a Ruby part of the service, pinned (vulnerable in the insecure fixture).
+    write(
+        &root.join("app/requirements.txt"),
+        &format!(
+            "# pinned\nPyYAML=={}  # via -r requirements.in\nrequests>=2.0\n",
+            if insecure { "5.3.1" } else { "6.0.1" }
+        ),
+        0o644,
+    );
+    write(
+        &root.join("app/Gemfile.lock"),
+        &format!(
+            "GEM\n  remote: https://rubygems.org/\n  specs:\n    rack ({})\n\nDEPENDENCIES\n  rack\n",
+            if insecure { "2.2.3" } else { "2.2.8" }
         ),
         0o644,
     );
@@ -320,6 +344,13 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
             "TCF-DEP-001",
             "crates.io smallvec@1.6.0 (RUSTSEC-2099-0001)".into(),
         ),
+        // Found in requirements.txt (the advisory names PyYAML, the pin PyYAML: PEP 503).
+        ("TCF-DEP-001", "PyPI pyyaml@5.3.1 (PYSEC-2099-0002)".into()),
+        // Found in Gemfile.lock.
+        (
+            "TCF-DEP-001",
+            "RubyGems rack@2.2.3 (GHSA-2099-rack-0003)".into(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -339,13 +370,32 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
             "{format:?} leaks a value"
         );
     }
-    let dep = report
-        .findings
-        .iter()
-        .find(|f| f.rule_id == "TCF-DEP-001")
-        .unwrap();
-    assert_eq!(dep.severity, Severity::Critical);
-    assert!(dep.remediation.contains("1.6.1"));
+    let dep = |package: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.rule_id == "TCF-DEP-001" && f.location.resource.contains(package))
+            .unwrap()
+    };
+    assert_eq!(dep("smallvec").severity, Severity::Critical);
+    assert!(dep("smallvec").remediation.contains("1.6.1"));
+    assert!(dep("pyyaml")
+        .location
+        .file
+        .as_ref()
+        .unwrap()
+        .ends_with("app/requirements.txt"));
+    // No severity in the advisory: the check's own.
+    assert_eq!(dep("pyyaml").severity, Severity::High);
+    assert!(dep("pyyaml").remediation.contains("5.4"));
+    assert!(dep("rack")
+        .location
+        .file
+        .as_ref()
+        .unwrap()
+        .ends_with("app/Gemfile.lock"));
+    assert_eq!(dep("rack").severity, Severity::Medium);
+    assert!(dep("rack").remediation.contains("bundle update"));
     let sec = report
         .findings
         .iter()
