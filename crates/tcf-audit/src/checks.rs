@@ -196,6 +196,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
         "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
+        "TCF-DEP-002" => advisories_age(rule, ctx.config, inputs.advisories.as_ref()),
         "TCF-BAK-001" | "TCF-BAK-002" | "TCF-BAK-003" | "TCF-BAK-004" => backups(rule, ctx),
         other => Err(format!("no check is wired for {other}")),
     };
@@ -1207,6 +1208,58 @@ fn dependencies(
         }
     }
     Ok(findings)
+}
+
+/// The advisory database's age against `[audit] advisories_max_age`.
+fn advisories_age(
+    rule: &'static Rule,
+    config: &Config,
+    advisories: Option<&Result<Database, String>>,
+) -> Result<Vec<Finding>, String> {
+    let db = match advisories {
+        None => {
+            return Err(
+                "no advisory database: pass --advisories FILE|DIR, or fill STATE_DIR/advisories with `prod audit --update-advisories`"
+                    .to_string(),
+            )
+        }
+        Some(Err(why)) => return Err(why.clone()),
+        Some(Ok(db)) => db,
+    };
+    let Some(modified) = db.modified else {
+        return Err(format!(
+            "the advisory database {} holds no advisory file to date it by",
+            db.path.display()
+        ));
+    };
+    let max_age = config.audit.advisories_max_age;
+    // A file dated in the future (a clock set back) is as fresh as now.
+    let age = std::time::SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    if age <= max_age {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Finding::new(
+        rule,
+        Location::file(&db.path),
+        format!(
+            "the advisory database ({} advisories) was last updated {} ago, over [audit] advisories_max_age ({}): advisories published since are not matched",
+            db.advisories.len(),
+            days_text(age),
+            days_text(max_age)
+        ),
+    )])
+}
+
+/// `12 days`, `1 day`, or hours under a day.
+fn days_text(age: std::time::Duration) -> String {
+    let days = age.as_secs() / 86_400;
+    match days {
+        0 => format!("{} hours", age.as_secs() / 3_600),
+        1 => "1 day".to_string(),
+        n => format!("{n} days"),
+    }
 }
 
 /// How a package of `ecosystem` is upgraded in its lockfile.

@@ -257,6 +257,14 @@ pub static VULNERABLE_DEPENDENCY: Rule = comprehensive(rule(
     "Upgrade the package to a fixed version (see the advisory), rebuild and deploy the service.",
 ));
 
+pub static ADVISORIES_STALE: Rule = comprehensive(rule(
+    "TCF-DEP-002",
+    "Advisory database out of date",
+    Severity::Medium,
+    "The age of the OSV database TCF-DEP-001 matches against (the time of its newest file, which --update-advisories sets to the download's) against [audit] advisories_max_age (default 7 days): advisories published since are not known, so TCF-DEP-001 passes packages it should not.",
+    "Run `tcf-platform prod audit --update-advisories` (or copy a fresh database and pass --advisories), from cron on a machine that is online.",
+));
+
 pub static NO_BACKUPS: Rule = rule(
     "TCF-BAK-001",
     "No backups configured",
@@ -422,7 +430,7 @@ pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
 ));
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 45] = [
+pub static ALL: [&Rule; 46] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -453,6 +461,7 @@ pub static ALL: [&Rule; 45] = [
     &BODY_LIMIT,
     &NO_HEALTH_CHECK,
     &VULNERABLE_DEPENDENCY,
+    &ADVISORIES_STALE,
     &NO_BACKUPS,
     &BACKUPS_UNENCRYPTED,
     &BACKUPS_UNSCHEDULED,

@@ -960,3 +960,54 @@ fn audit_section_sets_the_thresholds() {
     let results = checks::run(&inputs, &[&rules::SECRET_UNUSED]);
     assert!(results[0].findings.is_err());
 }
+
+/// The advisory database's age is its newest file's time: over `[audit] advisories_max_age`
+/// (7 days unless set) it is a finding that says how old; within it, not one.
+#[test]
+fn a_stale_advisory_database_is_a_finding() {
+    let f = fixture(HARDENED, false);
+    let age_db = |config: &tcf_config::Config, days_old: u64| {
+        let modified = std::time::SystemTime::now() - std::time::Duration::from_secs(days_old * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&f.osv)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let inputs = Inputs {
+            config,
+            live: Err("offline".into()),
+            advisories: Some(Database::load(&f.osv).map_err(|e| e.to_string())),
+            comprehensive: true,
+            containers: None,
+            secrets: Ok(Vec::new()),
+        };
+        checks::run(&inputs, &[&rules::ADVISORIES_STALE]).remove(0)
+    };
+    let stale = age_db(&f.config, 30).findings.unwrap();
+    assert_eq!(stale.len(), 1, "{stale:#?}");
+    assert_eq!(stale[0].rule_id, "TCF-DEP-002");
+    assert_eq!(stale[0].severity, Severity::Medium);
+    assert_eq!(stale[0].location.file.as_deref(), Some(f.osv.as_path()));
+    assert!(
+        stale[0].detail.contains("30 days ago") && stale[0].detail.contains("(7 days)"),
+        "{}",
+        stale[0].detail
+    );
+    assert!(age_db(&f.config, 3).findings.unwrap().is_empty());
+    // [audit] advisories_max_age moves the threshold.
+    let mut lenient = f.config.clone();
+    lenient.audit.advisories_max_age = std::time::Duration::from_secs(60 * 86_400);
+    assert!(age_db(&lenient, 30).findings.unwrap().is_empty());
+    // No database: not run, never a pass.
+    let inputs = Inputs {
+        config: &f.config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: true,
+        containers: None,
+        secrets: Ok(Vec::new()),
+    };
+    let none = checks::run(&inputs, &[&rules::ADVISORIES_STALE]).remove(0);
+    assert!(none.findings.unwrap_err().contains("--update-advisories"));
+}
