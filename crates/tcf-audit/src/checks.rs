@@ -176,6 +176,19 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
     if rule.id.starts_with("TCF-CTR-") {
         return containers::check(rule, ctx.config, ctx.text, inputs.containers.as_ref());
     }
+    match rule.id {
+        "TCF-DEP-002" => return advisories_age(rule, ctx.config, inputs.advisories.as_ref()),
+        // Nothing to look at is not a failure to look (WARN) nor a pass: INFO.
+        "TCF-FS-006" | "TCF-BAK-002" | "TCF-BAK-003" | "TCF-BAK-004"
+            if ctx.config.backup.is_none() =>
+        {
+            return CheckResult::info(
+                rule,
+                "the config has no [backup]: nothing to inspect (TCF-BAK-001 reports that)",
+            )
+        }
+        _ => {}
+    }
     let result = match rule.id {
         "TCF-FS-001" => state_dir_mode(rule, ctx.config),
         "TCF-FS-002" => store_file_modes(rule, ctx.config),
@@ -196,7 +209,6 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-CFG-001" => Ok(body_limits(rule, ctx)),
         "TCF-CFG-002" => ctx.text_ok.clone().and_then(|()| health_checks(rule, ctx)),
         "TCF-DEP-001" => dependencies(rule, ctx.config, inputs.advisories.as_ref()),
-        "TCF-DEP-002" => advisories_age(rule, ctx.config, inputs.advisories.as_ref()),
         "TCF-BAK-001" | "TCF-BAK-002" | "TCF-BAK-003" | "TCF-BAK-004" => backups(rule, ctx),
         other => Err(format!("no check is wired for {other}")),
     };
@@ -1210,27 +1222,31 @@ fn dependencies(
     Ok(findings)
 }
 
-/// The advisory database's age against `[audit] advisories_max_age`.
+/// The advisory database's age against `[audit] advisories_max_age`: a finding when stale,
+/// INFO with the age when fresh.
 fn advisories_age(
     rule: &'static Rule,
     config: &Config,
     advisories: Option<&Result<Database, String>>,
-) -> Result<Vec<Finding>, String> {
+) -> CheckResult {
     let db = match advisories {
         None => {
-            return Err(
-                "no advisory database: pass --advisories FILE|DIR, or fill STATE_DIR/advisories with `prod audit --update-advisories`"
-                    .to_string(),
+            return CheckResult::not_run(
+                rule,
+                "no advisory database: pass --advisories FILE|DIR, or fill STATE_DIR/advisories with `prod audit --update-advisories`",
             )
         }
-        Some(Err(why)) => return Err(why.clone()),
+        Some(Err(why)) => return CheckResult::not_run(rule, why.clone()),
         Some(Ok(db)) => db,
     };
     let Some(modified) = db.modified else {
-        return Err(format!(
-            "the advisory database {} holds no advisory file to date it by",
-            db.path.display()
-        ));
+        return CheckResult::not_run(
+            rule,
+            format!(
+                "the advisory database {} holds no advisory file to date it by",
+                db.path.display()
+            ),
+        );
     };
     let max_age = config.audit.advisories_max_age;
     // A file dated in the future (a clock set back) is as fresh as now.
@@ -1238,18 +1254,30 @@ fn advisories_age(
         .duration_since(modified)
         .unwrap_or_default();
     if age <= max_age {
-        return Ok(Vec::new());
+        return CheckResult::info(
+            rule,
+            format!(
+                "the advisory database {} ({} advisories) was updated {} ago, within [audit] advisories_max_age ({})",
+                db.path.display(),
+                db.advisories.len(),
+                days_text(age),
+                days_text(max_age)
+            ),
+        );
     }
-    Ok(vec![Finding::new(
+    CheckResult::ran(
         rule,
-        Location::file(&db.path),
-        format!(
-            "the advisory database ({} advisories) was last updated {} ago, over [audit] advisories_max_age ({}): advisories published since are not matched",
-            db.advisories.len(),
-            days_text(age),
-            days_text(max_age)
-        ),
-    )])
+        vec![Finding::new(
+            rule,
+            Location::file(&db.path),
+            format!(
+                "the advisory database ({} advisories) was last updated {} ago, over [audit] advisories_max_age ({}): advisories published since are not matched",
+                db.advisories.len(),
+                days_text(age),
+                days_text(max_age)
+            ),
+        )],
+    )
 }
 
 /// `12 days`, `1 day`, or hours under a day.

@@ -408,11 +408,20 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
         "TCF-NET-003",
         "TCF-PROC-001",
         "TCF-API-001",
-        "TCF-BAK-002",
     ] {
         let check = report.checks.iter().find(|c| c.rule.id == id).unwrap();
         assert!(
             matches!(&check.outcome, Outcome::NotRun { reason } if !reason.is_empty()),
+            "{id}: {:?}",
+            check.outcome
+        );
+    }
+    // No [backup]: its details have nothing to inspect (INFO); a fresh advisory database's
+    // age is INFO too.
+    for id in ["TCF-BAK-002", "TCF-DEP-002"] {
+        let check = report.checks.iter().find(|c| c.rule.id == id).unwrap();
+        assert!(
+            matches!(&check.outcome, Outcome::Info { note } if !note.is_empty()),
             "{id}: {:?}",
             check.outcome
         );
@@ -462,11 +471,16 @@ fn backup_checks_read_the_backup_section() {
     .into_iter()
     .collect();
     assert_eq!(found, expected);
-    // Without [backup], its details are not run (nothing to inspect), never passed.
+    // Without [backup], its details have nothing to inspect: INFO, neither passed nor failed
+    // (TCF-BAK-001 is the finding).
     let plain = audit(&fixture(INSECURE, true));
     for id in ["TCF-BAK-002", "TCF-BAK-003", "TCF-BAK-004", "TCF-FS-006"] {
         let check = plain.checks.iter().find(|c| c.rule.id == id).unwrap();
-        assert!(matches!(check.outcome, Outcome::NotRun { .. }), "{id}");
+        assert!(
+            matches!(&check.outcome, Outcome::Info { note } if note.contains("no [backup]")),
+            "{id}: {:?}",
+            check.outcome
+        );
     }
 }
 
@@ -994,11 +1008,17 @@ fn a_stale_advisory_database_is_a_finding() {
         "{}",
         stale[0].detail
     );
-    assert!(age_db(&f.config, 3).findings.unwrap().is_empty());
+    // Fresh: INFO with its age, not a finding.
+    let fresh = age_db(&f.config, 3);
+    assert!(fresh.findings.unwrap().is_empty());
+    let note = fresh.note.unwrap();
+    assert!(note.contains("3 days ago"), "{note}");
     // [audit] advisories_max_age moves the threshold.
     let mut lenient = f.config.clone();
     lenient.audit.advisories_max_age = std::time::Duration::from_secs(60 * 86_400);
-    assert!(age_db(&lenient, 30).findings.unwrap().is_empty());
+    let lenient = age_db(&lenient, 30);
+    assert!(lenient.findings.unwrap().is_empty());
+    assert!(lenient.note.unwrap().contains("(60 days)"));
     // No database: not run, never a pass.
     let inputs = Inputs {
         config: &f.config,
