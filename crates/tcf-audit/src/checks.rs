@@ -196,6 +196,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-FS-004" => commands_writable(rule, ctx.config),
         "TCF-FS-005" => hooks_writable(rule, ctx.config),
         "TCF-FS-006" => backup_repository_mode(rule, ctx.config),
+        "TCF-FS-007" => file_owners(rule, ctx.config, inputs.live.as_ref().ok()),
         "TCF-SEC-001" => Ok(plaintext_secrets(rule, ctx)),
         "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
@@ -337,6 +338,111 @@ fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>
                 ),
             ));
         }
+    }
+    Ok(findings)
+}
+
+/// A uid with its user name when the system knows it: `1001 (alice)`.
+fn uid_text(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{uid} ({})", user.name),
+        _ => uid.to_string(),
+    }
+}
+
+/// The files whose owner TCF-FS-007 checks, those that exist: the state directory, the store,
+/// the key files and the config.
+fn owned_files(config: &Config) -> Vec<PathBuf> {
+    let dir = &config.platform.state_dir;
+    let mut files = vec![dir.clone()];
+    files.extend(
+        [
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "daemon.lock",
+            "secrets.key",
+            "api-key.pem",
+            "api-cert.pem",
+        ]
+        .iter()
+        .map(|f| dir.join(f)),
+    );
+    if let Some((cert, key)) = &config.daemon.tls {
+        files.push(key.clone());
+        files.push(cert.clone());
+    }
+    for service in config.services.values() {
+        if let Some(tcf_config::TlsSource::Files(pairs)) = service.tls.as_ref().map(|t| &t.source) {
+            files.extend(pairs.iter().map(|p| p.key.clone()));
+        }
+    }
+    if let Some(identity) = config.backup.as_ref().and_then(|b| b.identity.clone()) {
+        files.push(identity);
+    }
+    files.push(config.path.clone());
+    let mut seen = BTreeSet::new();
+    files.retain(|f| f.exists() && seen.insert(f.clone()));
+    files
+}
+
+/// Owners: each file of [`owned_files`] must belong to the daemon's user or root. Online the
+/// daemon's user is its process's effective uid; offline it is taken to be the state
+/// directory's owner (the daemon creates it), else the user running the audit.
+fn file_owners(
+    rule: &'static Rule,
+    config: &Config,
+    live: Option<&LiveView>,
+) -> Result<Vec<Finding>, String> {
+    let (daemon_uid, whose) = match live {
+        Some(live) => {
+            let uid = procnet::effective_uid(live.daemon_pid).map_err(|e| {
+                format!(
+                    "cannot read the daemon's uid (/proc/{}/status): {e}",
+                    live.daemon_pid
+                )
+            })?;
+            (uid, format!("the daemon (pid {}) runs as", live.daemon_pid))
+        }
+        None => match std::fs::metadata(&config.platform.state_dir) {
+            Ok(meta) => (
+                meta.uid(),
+                "offline, the daemon's user is taken to be the state directory's owner:"
+                    .to_string(),
+            ),
+            Err(_) => (
+                nix::unistd::geteuid().as_raw(),
+                "offline with no state directory, the daemon's user is taken to be the one running the audit:"
+                    .to_string(),
+            ),
+        },
+    };
+    let files = owned_files(config);
+    if files.is_empty() {
+        return Err(format!(
+            "neither the state directory {} nor the config {} can be read",
+            config.platform.state_dir.display(),
+            config.path.display()
+        ));
+    }
+    let mut findings = Vec::new();
+    for file in files {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let owner = meta.uid();
+        if owner == 0 || owner == daemon_uid {
+            continue;
+        }
+        findings.push(Finding::new(
+            rule,
+            Location::file(&file),
+            format!(
+                "owned by uid {}, neither root nor the daemon's user ({whose} uid {}): that user may change its mode and rewrite it",
+                uid_text(owner),
+                uid_text(daemon_uid)
+            ),
+        ));
     }
     Ok(findings)
 }

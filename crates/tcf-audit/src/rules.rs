@@ -85,6 +85,14 @@ pub static BACKUP_REPOSITORY_MODE: Rule = rule(
     "chmod 700 the repository and chown it to the user that runs backups; set [backup] recipients so dumps are encrypted.",
 );
 
+pub static FILE_OWNER: Rule = rule(
+    "TCF-FS-007",
+    "Platform file owned by another user",
+    Severity::High,
+    "The owners of the state directory, the store (state.db and its -wal/-shm, daemon.lock), the key files (secrets.key, the remote API's key and certificate, each HTTPS service's key files, the backup identity) and the config: each must belong to the user the daemon runs as, or root. Whoever owns a file may change its mode and rewrite it.",
+    "chown the file to the daemon's user (or root for the config and keys installed by an administrator), then check it was not changed: rotate a key file that someone else owned.",
+);
+
 pub static PLAINTEXT_SECRET: Rule = rule(
     "TCF-SEC-001",
     "Plain-text credential in the config",
@@ -430,13 +438,14 @@ pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
 ));
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 46] = [
+pub static ALL: [&Rule; 47] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
     &COMMAND_WRITABLE,
     &HOOK_WRITABLE,
     &BACKUP_REPOSITORY_MODE,
+    &FILE_OWNER,
     &PLAINTEXT_SECRET,
     &URL_CREDENTIALS,
     &WEAK_SECRET,

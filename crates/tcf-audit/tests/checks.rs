@@ -1031,3 +1031,75 @@ fn a_stale_advisory_database_is_a_finding() {
     let none = checks::run(&inputs, &[&rules::ADVISORIES_STALE]).remove(0);
     assert!(none.findings.unwrap_err().contains("--update-advisories"));
 }
+
+/// TCF-FS-007: a key file and the config chowned to another user are findings; what root or
+/// the daemon's user owns is not. Online, the daemon's user is its process's uid.
+#[test]
+fn files_owned_by_another_user_are_findings() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: chown to another uid needs root (run the tests as root)");
+        return;
+    }
+    let f = fixture(HARDENED, false);
+    let root = f.config.path.parent().unwrap();
+    let key = root.join("state/secrets.key");
+    let stranger = 4242;
+    let run = |live: Result<tcf_audit::LiveView, String>| {
+        let inputs = Inputs {
+            config: &f.config,
+            live,
+            advisories: None,
+            comprehensive: false,
+            containers: None,
+            secrets: Ok(Vec::new()),
+        };
+        let mut results = checks::run(&inputs, &[&rules::FILE_OWNER]);
+        let mut found: Vec<(String, String)> = results
+            .remove(0)
+            .findings
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.location.resource, f.detail))
+            .collect();
+        found.sort();
+        found
+    };
+    // Everything root's: nothing.
+    assert!(run(Err("offline".into())).is_empty());
+    std::os::unix::fs::chown(&key, Some(stranger), Some(stranger)).unwrap();
+    std::os::unix::fs::chown(&f.config.path, Some(stranger), None).unwrap();
+    let found = run(Err("offline".into()));
+    let resources: Vec<&str> = found.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        resources,
+        [
+            key.display().to_string(),
+            f.config.path.display().to_string()
+        ]
+    );
+    assert!(found[0].1.contains("uid 4242"), "{}", found[0].1);
+    assert!(found[0].1.contains("state directory's owner"), "{}", found[0].1);
+    // Online: the daemon's uid (this process's, root) decides, with the same result.
+    let live = tcf_audit::LiveView {
+        daemon_pid: std::process::id(),
+        socket: root.join("state/tcf.sock"),
+        services: Vec::new(),
+        tokens: Ok(Vec::new()),
+        failed_auths: Ok(Vec::new()),
+    };
+    let online = run(Ok(live.clone()));
+    assert_eq!(online.len(), 2, "{online:#?}");
+    assert!(
+        online[0].1.contains(&format!("pid {}", std::process::id())),
+        "{}",
+        online[0].1
+    );
+    // Offline, a state directory of the stranger's makes it the daemon's user: its files
+    // and root's pass.
+    std::os::unix::fs::chown(root.join("state"), Some(stranger), None).unwrap();
+    assert!(run(Err("offline".into())).is_empty());
+    // Online the daemon runs as root: the stranger's state directory is a finding.
+    let online = run(Ok(live));
+    assert_eq!(online.len(), 3, "{online:#?}");
+    assert!(online.iter().any(|(r, _)| r.ends_with("/state")));
+}
