@@ -159,6 +159,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         return match rule.id {
             "TCF-NET-002" => listeners_vs_config(rule, ctx.config, live),
             "TCF-NET-003" => instance_extra_ports(rule, live),
+            "TCF-NET-005" => unexpected_listeners(rule, ctx.config, live),
             "TCF-PROC-001" => instances_as_root(rule, live),
             "TCF-API-001" => socket_mode(rule, live),
             "TCF-AUTH-001" | "TCF-AUTH-002" => tokens(rule, live),
@@ -1537,6 +1538,103 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
             ),
         ));
     }
+    CheckResult::ran(rule, findings)
+}
+
+/// Every listener of the host that is neither the platform's processes' nor on a port the
+/// config declares.
+fn unexpected_listeners(rule: &'static Rule, config: &Config, live: &LiveView) -> CheckResult {
+    let rows = match procnet::host_listen_rows() {
+        Ok(rows) => rows,
+        Err(e) => {
+            return CheckResult::not_run(
+                rule,
+                format!("cannot read this host's listeners (/proc/net/tcp): {e}"),
+            )
+        }
+    };
+    let holders = procnet::socket_holders();
+    // The platform's processes: the daemon (the proxy and the API are in it) and every
+    // instance with what it started.
+    let mut ours: BTreeSet<u32> = BTreeSet::from([live.daemon_pid]);
+    for (_, _, pid) in instances_with_pids(live) {
+        ours.extend(instance_processes(pid));
+    }
+    // Declared ports: whatever holds them (docker-proxy publishing a container's port, a
+    // dependency run outside the platform) is expected there.
+    let mut ports: BTreeSet<u16> = config
+        .services
+        .values()
+        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
+        .chain([
+            config.daemon.listen,
+            config.monitor.metrics_listen,
+            config.monitor.dashboard_listen,
+        ])
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    ports.extend(
+        live.services
+            .iter()
+            .flat_map(|s| s.instances.iter().map(|i| i.port)),
+    );
+    ports.extend(
+        config
+            .dependencies
+            .values()
+            .filter_map(|d| d.address.as_deref().and_then(split_address))
+            .map(|(_, port)| port),
+    );
+    let mut findings = Vec::new();
+    for row in rows {
+        let pids = holders.get(&row.inode).cloned().unwrap_or_default();
+        if pids.iter().any(|p| ours.contains(p)) || ports.contains(&row.addr.port()) {
+            continue;
+        }
+        let name = pids.iter().find_map(|p| procnet::command_name(*p));
+        let who = match (&name, pids.is_empty()) {
+            (Some(name), _) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("{name} (pid {}, uid {})", list.join(", "), uid_text(row.uid))
+            }
+            (None, false) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("pid {} (uid {})", list.join(", "), uid_text(row.uid))
+            }
+            (None, true) => format!(
+                "a process of uid {} this audit cannot see (run it as root to name it)",
+                uid_text(row.uid)
+            ),
+        };
+        let loopback = row.addr.ip().is_loopback();
+        findings.push(
+            Finding::new(
+                rule,
+                Location::resource(format!(
+                    "tcp://{} ({})",
+                    row.addr,
+                    name.as_deref().unwrap_or("unknown process")
+                ))
+                .with_uri(format!("tcp://{}", row.addr)),
+                format!(
+                    "{} is listened on by {who}: neither the daemon, an instance, nor a port the config declares{}",
+                    row.addr,
+                    if loopback {
+                        " (loopback only)"
+                    } else {
+                        "; it is reachable from the network"
+                    }
+                ),
+            )
+            .severity(if loopback {
+                Severity::Info
+            } else {
+                Severity::Low
+            }),
+        );
+    }
+    dedup(&mut findings);
     CheckResult::ran(rule, findings)
 }
 

@@ -181,6 +181,14 @@ pub static DEPENDENCY_EXPOSED: Rule = rule(
     "Bind the dependency to 127.0.0.1 (postgresql.conf listen_addresses, redis.conf bind, or -p 127.0.0.1:PORT:PORT for a container), or firewall the port to the hosts that need it.",
 );
 
+pub static UNEXPECTED_LISTENER: Rule = online(rule(
+    "TCF-NET-005",
+    "Unexpected listener on the host",
+    Severity::Low,
+    "Every TCP socket listening on this host (/proc/net/tcp{,6}), mapped to its processes through their /proc/PID/fd: one that is neither the daemon's (its proxy and API included), an instance's, nor on a port the config declares (services, the daemon, the monitor, the instances' PORTs, [dependencies] addresses). Low when reachable from the network, info on loopback.",
+    "Find what the process is (the finding names it and its pid); stop it, bind it to 127.0.0.1 or firewall the port if it has no business on this host, or declare it (a [dependencies] address) if the platform uses it.",
+));
+
 pub static INSTANCE_ROOT: Rule = online(rule(
     "TCF-PROC-001",
     "Instance running as root",
@@ -438,7 +446,7 @@ pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
 ));
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 47] = [
+pub static ALL: [&Rule; 48] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
@@ -457,6 +465,7 @@ pub static ALL: [&Rule; 47] = [
     &LISTENERS_VS_CONFIG,
     &INSTANCE_EXTRA_PORTS,
     &DEPENDENCY_EXPOSED,
+    &UNEXPECTED_LISTENER,
     &INSTANCE_ROOT,
     &SOCKET_MODE,
     &CONTAINER_ROOT,

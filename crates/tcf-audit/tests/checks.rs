@@ -406,6 +406,7 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
     for id in [
         "TCF-NET-002",
         "TCF-NET-003",
+        "TCF-NET-005",
         "TCF-PROC-001",
         "TCF-API-001",
     ] {
