@@ -720,7 +720,10 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         assert_eq!(
             pairs(&read_lockfile(&path).unwrap()),
-            vec![("PyPI", "jinja2", "2.11.2"), ("PyPI", "markupsafe", "2.0.1")]
+            vec![
+                ("PyPI", "jinja2", "2.11.2"),
+                ("PyPI", "markupsafe", "2.0.1")
+            ]
         );
         // Not TOML: an error naming the file, not an empty list.
         std::fs::write(&path, "[[package]\nname = ").unwrap();

@@ -1596,7 +1596,11 @@ fn unexpected_listeners(rule: &'static Rule, config: &Config, live: &LiveView) -
         let who = match (&name, pids.is_empty()) {
             (Some(name), _) => {
                 let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                format!("{name} (pid {}, uid {})", list.join(", "), uid_text(row.uid))
+                format!(
+                    "{name} (pid {}, uid {})",
+                    list.join(", "),
+                    uid_text(row.uid)
+                )
             }
             (None, false) => {
                 let list: Vec<String> = pids.iter().map(u32::to_string).collect();

@@ -126,7 +126,11 @@ pub fn socket_holders() -> BTreeMap<u64, BTreeSet<u32>> {
         return holders;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         // Another user's process, or one that exited meanwhile: not ours to see.

@@ -242,10 +242,8 @@ pub fn results_from_json(
             Some("pass" | "fail") => {
                 CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
             }
-            Some("info") => {
-                CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
-                    .with_note(opt(&c["note"]).unwrap_or_default())
-            }
+            Some("info") => CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
+                .with_note(opt(&c["note"]).unwrap_or_default()),
             other => return Err(format!("check {id} has the status {other:?}")),
         });
     }

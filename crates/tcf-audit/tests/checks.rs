@@ -982,7 +982,8 @@ fn audit_section_sets_the_thresholds() {
 fn a_stale_advisory_database_is_a_finding() {
     let f = fixture(HARDENED, false);
     let age_db = |config: &tcf_config::Config, days_old: u64| {
-        let modified = std::time::SystemTime::now() - std::time::Duration::from_secs(days_old * 86_400);
+        let modified =
+            std::time::SystemTime::now() - std::time::Duration::from_secs(days_old * 86_400);
         std::fs::File::options()
             .write(true)
             .open(&f.osv)
@@ -1079,7 +1080,11 @@ fn files_owned_by_another_user_are_findings() {
         ]
     );
     assert!(found[0].1.contains("uid 4242"), "{}", found[0].1);
-    assert!(found[0].1.contains("state directory's owner"), "{}", found[0].1);
+    assert!(
+        found[0].1.contains("state directory's owner"),
+        "{}",
+        found[0].1
+    );
     // Online: the daemon's uid (this process's, root) decides, with the same result.
     let live = tcf_audit::LiveView {
         daemon_pid: std::process::id(),
