@@ -51,6 +51,37 @@ pub struct Package {
     pub name: String,
 }
 
+impl Package {
+    /// The same package: PyPI names compare as PEP 503 normalises them (`PyYAML` is
+    /// `pyyaml`, `zope.interface` is `zope-interface`); other ecosystems' names exactly.
+    pub fn is(&self, ecosystem: &str, name: &str) -> bool {
+        self.ecosystem == ecosystem
+            && if ecosystem == PYPI {
+                normalize_pypi_name(&self.name) == normalize_pypi_name(name)
+            } else {
+                self.name == name
+            }
+    }
+}
+
+/// PEP 503: lower case, every run of `-`, `_` and `.` one `-`.
+pub fn normalize_pypi_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut in_separator = false;
+    for c in name.trim().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            in_separator = true;
+            continue;
+        }
+        if in_separator && !out.is_empty() {
+            out.push('-');
+        }
+        in_separator = false;
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Range {
     #[serde(rename = "type")]
@@ -83,7 +114,7 @@ impl Advisory {
     pub fn fixed_versions(&self, ecosystem: &str, name: &str) -> Vec<String> {
         self.affected
             .iter()
-            .filter(|a| a.package.ecosystem == ecosystem && a.package.name == name)
+            .filter(|a| a.package.is(ecosystem, name))
             .flat_map(|a| a.ranges.iter())
             .flat_map(|r| r.events.iter())
             .filter_map(|e| e.fixed.clone())
@@ -93,7 +124,7 @@ impl Advisory {
     pub fn affects(&self, ecosystem: &str, name: &str, version: &str) -> bool {
         self.affected
             .iter()
-            .filter(|a| a.package.ecosystem == ecosystem && a.package.name == name)
+            .filter(|a| a.package.is(ecosystem, name))
             .any(|a| a.versions.iter().any(|v| v == version) || in_ranges(&a.ranges, version))
     }
 }
@@ -290,79 +321,246 @@ pub fn extract_osv_zip(archive: &Path, dir: &Path) -> Result<usize, AdvisoryErro
 /// One locked package.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locked {
-    /// OSV ecosystem: `crates.io` or `npm`.
+    /// OSV ecosystem: `crates.io`, `npm`, `PyPI` or `RubyGems`.
     pub ecosystem: &'static str,
+    /// As the lockfile names it (PyPI names PEP 503-normalised).
     pub name: String,
     pub version: String,
 }
 
-/// The lockfile names this check reads, and their ecosystems.
-pub const LOCKFILES: [&str; 2] = ["Cargo.lock", "package-lock.json"];
+const PYPI: &str = "PyPI";
+const RUBYGEMS: &str = "RubyGems";
+
+/// The kinds of lockfile the audit reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockfileKind {
+    Cargo,
+    Npm,
+    /// Bundler's `Gemfile.lock`.
+    Gemfile,
+    /// pip's `requirements*.txt`: only `name==version` pins count.
+    Requirements,
+    Poetry,
+}
+
+impl LockfileKind {
+    /// By file name: `Cargo.lock`, `package-lock.json`, `Gemfile.lock`, `poetry.lock`,
+    /// `requirements.txt` and `requirements-*.txt` / `requirements_*.txt`.
+    pub fn of(file_name: &str) -> Option<LockfileKind> {
+        match file_name {
+            "Cargo.lock" => Some(LockfileKind::Cargo),
+            "package-lock.json" => Some(LockfileKind::Npm),
+            "Gemfile.lock" => Some(LockfileKind::Gemfile),
+            "poetry.lock" => Some(LockfileKind::Poetry),
+            name => name
+                .strip_prefix("requirements")
+                .and_then(|rest| rest.strip_suffix(".txt"))
+                .filter(|middle| middle.is_empty() || middle.starts_with(['-', '_', '.']))
+                .map(|_| LockfileKind::Requirements),
+        }
+    }
+}
+
+/// The lockfiles the audit reads, as the docs and messages name them.
+pub const LOCKFILE_NAMES: &str =
+    "Cargo.lock, package-lock.json, Gemfile.lock, poetry.lock or requirements*.txt";
+
+/// The lockfiles in `dir` (not below it), sorted by name.
+pub fn lockfiles_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(LockfileKind::of)
+                    .is_some()
+        })
+        .collect();
+    files.sort();
+    files
+}
 
 pub fn read_lockfile(path: &Path) -> Result<Vec<Locked>, AdvisoryError> {
     let err = |message: String| AdvisoryError::Lockfile {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let mut locked = Vec::new();
-    if name == "Cargo.lock" {
-        #[derive(Deserialize)]
-        struct CargoLock {
-            #[serde(default)]
-            package: Vec<CargoPackage>,
-        }
-        #[derive(Deserialize)]
-        struct CargoPackage {
-            name: String,
-            version: String,
-        }
-        let lock: CargoLock = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        locked.extend(lock.package.into_iter().map(|p| Locked {
-            ecosystem: "crates.io",
-            name: p.name,
-            version: p.version,
-        }));
-    } else {
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if let Some(packages) = value.get("packages").and_then(|p| p.as_object()) {
-            // lockfileVersion 2 and 3: "node_modules/a/node_modules/b" → b.
-            for (key, entry) in packages {
-                let Some((_, name)) = key.rsplit_once("node_modules/") else {
-                    continue;
-                };
-                if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
-                    locked.push(Locked {
-                        ecosystem: "npm",
-                        name: name.to_string(),
-                        version: version.to_string(),
-                    });
-                }
-            }
-        } else if let Some(deps) = value.get("dependencies").and_then(|d| d.as_object()) {
-            // lockfileVersion 1: nested "dependencies".
-            fn walk(deps: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<Locked>) {
-                for (name, entry) in deps {
-                    if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
-                        out.push(Locked {
-                            ecosystem: "npm",
-                            name: name.clone(),
-                            version: version.to_string(),
-                        });
-                    }
-                    if let Some(nested) = entry.get("dependencies").and_then(|d| d.as_object()) {
-                        walk(nested, out);
-                    }
-                }
-            }
-            walk(deps, &mut locked);
-        }
-    }
+    let kind = LockfileKind::of(name)
+        .ok_or_else(|| err(format!("{name:?} is not a lockfile the audit reads")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut locked = match kind {
+        LockfileKind::Cargo => toml_packages(&text, "crates.io").map_err(err)?,
+        LockfileKind::Poetry => toml_packages(&text, PYPI).map_err(err)?,
+        LockfileKind::Npm => npm_packages(&text).map_err(err)?,
+        LockfileKind::Gemfile => gemfile_packages(&text),
+        LockfileKind::Requirements => requirements_pins(&text),
+    };
     locked.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
     locked.dedup();
     Ok(locked)
+}
+
+/// `[[package]]` tables with `name` and `version`: Cargo.lock and poetry.lock.
+fn toml_packages(text: &str, ecosystem: &'static str) -> Result<Vec<Locked>, String> {
+    #[derive(Deserialize)]
+    struct Lock {
+        #[serde(default)]
+        package: Vec<LockPackage>,
+    }
+    #[derive(Deserialize)]
+    struct LockPackage {
+        name: String,
+        version: String,
+    }
+    let lock: Lock = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(lock
+        .package
+        .into_iter()
+        .map(|p| Locked {
+            ecosystem,
+            name: if ecosystem == PYPI {
+                normalize_pypi_name(&p.name)
+            } else {
+                p.name
+            },
+            version: p.version,
+        })
+        .collect())
+}
+
+fn npm_packages(text: &str) -> Result<Vec<Locked>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut locked = Vec::new();
+    if let Some(packages) = value.get("packages").and_then(|p| p.as_object()) {
+        // lockfileVersion 2 and 3: "node_modules/a/node_modules/b" → b.
+        for (key, entry) in packages {
+            let Some((_, name)) = key.rsplit_once("node_modules/") else {
+                continue;
+            };
+            if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
+                locked.push(Locked {
+                    ecosystem: "npm",
+                    name: name.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        }
+    } else if let Some(deps) = value.get("dependencies").and_then(|d| d.as_object()) {
+        // lockfileVersion 1: nested "dependencies".
+        fn walk(deps: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<Locked>) {
+            for (name, entry) in deps {
+                if let Some(version) = entry.get("version").and_then(|v| v.as_str()) {
+                    out.push(Locked {
+                        ecosystem: "npm",
+                        name: name.clone(),
+                        version: version.to_string(),
+                    });
+                }
+                if let Some(nested) = entry.get("dependencies").and_then(|d| d.as_object()) {
+                    walk(nested, out);
+                }
+            }
+        }
+        walk(deps, &mut locked);
+    }
+    Ok(locked)
+}
+
+/// Bundler's lockfile: in each section's `specs:` (GEM, GIT, PATH), the gems at four spaces,
+/// `    name (version)`; their own dependencies at six spaces are constraints, not versions.
+/// A platform suffix (`1.13.9-x86_64-linux`) is not part of the version advisories name.
+fn gemfile_packages(text: &str) -> Vec<Locked> {
+    let mut locked = Vec::new();
+    let mut in_specs = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            // A section header (GEM, PLATFORMS, DEPENDENCIES, BUNDLED WITH, ...).
+            in_specs = false;
+            continue;
+        }
+        if line.trim_end() == "  specs:" {
+            in_specs = true;
+            continue;
+        }
+        let Some(spec) = line.strip_prefix("    ").filter(|s| !s.starts_with(' ')) else {
+            continue;
+        };
+        if !in_specs {
+            continue;
+        }
+        let Some((name, rest)) = spec.trim_end().split_once(" (") else {
+            continue;
+        };
+        let Some(version) = rest.strip_suffix(')') else {
+            continue;
+        };
+        let version = version.split_once('-').map_or(version, |(v, _)| v);
+        if name.is_empty() || version.is_empty() || version.contains([' ', ',', '<', '>', '=']) {
+            continue;
+        }
+        locked.push(Locked {
+            ecosystem: RUBYGEMS,
+            name: name.to_string(),
+            version: version.to_string(),
+        });
+    }
+    locked
+}
+
+/// pip requirements: `name==version` pins (extras, environment markers and `--hash`
+/// options allowed). Comments, options (`-r`, `-e`, `--index-url`, ...), URLs and anything
+/// not pinned to one version (`>=`, `~=`, `==1.*`) are not locked versions and are skipped.
+fn requirements_pins(text: &str) -> Vec<Locked> {
+    let mut locked = Vec::new();
+    // A line ending in `\` continues on the next.
+    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+    for line in joined.lines() {
+        // A comment starts at `#` at the line's start or after whitespace.
+        let line = match line.find(" #").or_else(|| line.find("\t#")) {
+            Some(at) => &line[..at],
+            None => line,
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('-') {
+            continue;
+        }
+        // Environment markers and per-requirement options follow the specifier.
+        let requirement = line.split(';').next().unwrap_or("");
+        let requirement = requirement.split(" --").next().unwrap_or("").trim();
+        if requirement.contains(" @ ") || requirement.contains("://") {
+            continue;
+        }
+        let Some((name, version)) = requirement
+            .split_once("===")
+            .or_else(|| requirement.split_once("=="))
+        else {
+            continue;
+        };
+        let name = name.split('[').next().unwrap_or("").trim();
+        let version = version.trim();
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let version_ok = !version.is_empty()
+            && version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '!'));
+        if name_ok && version_ok {
+            locked.push(Locked {
+                ecosystem: PYPI,
+                name: normalize_pypi_name(name),
+                version: version.to_string(),
+            });
+        }
+    }
+    locked
 }
 
 #[cfg(test)]
@@ -430,5 +628,106 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_lockfile(&npm).unwrap().len(), 2);
+    }
+
+    fn pairs(locked: &[Locked]) -> Vec<(&str, &str, &str)> {
+        locked
+            .iter()
+            .map(|l| (l.ecosystem, l.name.as_str(), l.version.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn lockfile_names() {
+        for (name, kind) in [
+            ("Cargo.lock", Some(LockfileKind::Cargo)),
+            ("package-lock.json", Some(LockfileKind::Npm)),
+            ("Gemfile.lock", Some(LockfileKind::Gemfile)),
+            ("poetry.lock", Some(LockfileKind::Poetry)),
+            ("requirements.txt", Some(LockfileKind::Requirements)),
+            ("requirements-dev.txt", Some(LockfileKind::Requirements)),
+            ("requirements_prod.txt", Some(LockfileKind::Requirements)),
+            ("requirements.in", None),
+            ("requirementsfoo.txt", None),
+            ("Gemfile", None),
+            ("pyproject.toml", None),
+        ] {
+            assert_eq!(LockfileKind::of(name), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn pypi_names_normalise_as_pep_503_says() {
+        assert_eq!(normalize_pypi_name("PyYAML"), "pyyaml");
+        assert_eq!(normalize_pypi_name("zope.interface"), "zope-interface");
+        assert_eq!(normalize_pypi_name("Foo__Bar-.baz"), "foo-bar-baz");
+        let a = advisory(
+            r#"{"id":"PYSEC-1","affected":[{"package":{"ecosystem":"PyPI","name":"PyYAML"},"versions":["5.3"]}]}"#,
+        );
+        assert!(a.affects("PyPI", "pyyaml", "5.3"));
+        assert!(a.affects("PyPI", "PyYaml", "5.3"));
+        assert!(!a.affects("PyPI", "py-yaml", "5.3"));
+        // Other ecosystems compare names exactly.
+        let b = advisory(
+            r#"{"id":"GHSA-1","affected":[{"package":{"ecosystem":"RubyGems","name":"Rack"},"versions":["2.0.0"]}]}"#,
+        );
+        assert!(!b.affects("RubyGems", "rack", "2.0.0"));
+    }
+
+    #[test]
+    fn reads_gemfile_lock_specs_only() {
+        let text = "GIT\n  remote: https://github.com/rails/rails.git\n  revision: abc\n  specs:\n    rails (7.1.0.alpha)\n      actionpack (= 7.1.0.alpha)\n\nGEM\n  remote: https://rubygems.org/\n  specs:\n    nokogiri (1.13.9-x86_64-linux)\n      racc (~> 1.4)\n    rack (2.2.3)\n    racc (1.6.0)\n\nPLATFORMS\n  x86_64-linux\n\nDEPENDENCIES\n  nokogiri (>= 1.13)\n  rack (= 2.2.3)\n\nRUBY VERSION\n   ruby 3.2.0p0\n\nBUNDLED WITH\n   2.4.10\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Gemfile.lock");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            pairs(&read_lockfile(&path).unwrap()),
+            vec![
+                ("RubyGems", "nokogiri", "1.13.9"),
+                ("RubyGems", "racc", "1.6.0"),
+                ("RubyGems", "rack", "2.2.3"),
+                ("RubyGems", "rails", "7.1.0.alpha"),
+            ]
+        );
+        // Not a lockfile's specs: constraints, platforms and DEPENDENCIES lines.
+        assert!(gemfile_packages("DEPENDENCIES\n    rack (= 2.2.3)\n  specs:\n").is_empty());
+        assert!(gemfile_packages("GEM\n  specs:\n      racc (~> 1.4)\n").is_empty());
+        assert!(gemfile_packages("GEM\n  specs:\n    rack (>= 2, < 3)\n").is_empty());
+    }
+
+    #[test]
+    fn reads_requirements_pins_only() {
+        let text = "# pinned by pip-compile\n--index-url https://pypi.org/simple\n-r base.txt\n-e git+https://example.com/x.git#egg=x\nDjango==3.2.4  # via -r requirements.in\nPyYAML[libyaml]==5.3.1 ; python_version >= \"3.6\"\nrequests==2.25.1 \\\n    --hash=sha256:abc \\\n    --hash=sha256:def\nzope.interface===5.4.0\nflask>=2.0\nurllib3~=1.26\nsix==1.*\nnumpy\nmypkg @ https://example.com/mypkg-1.0.tar.gz\n   \n#django==1.0\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requirements-prod.txt");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            pairs(&read_lockfile(&path).unwrap()),
+            vec![
+                ("PyPI", "django", "3.2.4"),
+                ("PyPI", "pyyaml", "5.3.1"),
+                ("PyPI", "requests", "2.25.1"),
+                ("PyPI", "zope-interface", "5.4.0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_poetry_lock_packages() {
+        let text = "[[package]]\nname = \"Jinja2\"\nversion = \"2.11.2\"\ndescription = \"x\"\noptional = false\npython-versions = \">=3.6\"\n\n[package.dependencies]\nMarkupSafe = \">=0.23\"\n\n[[package]]\nname = \"markupsafe\"\nversion = \"2.0.1\"\n\n[metadata]\nlock-version = \"1.1\"\ncontent-hash = \"abc\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("poetry.lock");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            pairs(&read_lockfile(&path).unwrap()),
+            vec![
+                ("PyPI", "jinja2", "2.11.2"),
+                ("PyPI", "markupsafe", "2.0.1")
+            ]
+        );
+        // Not TOML: an error naming the file, not an empty list.
+        std::fs::write(&path, "[[package]\nname = ").unwrap();
+        let error = read_lockfile(&path).unwrap_err().to_string();
+        assert!(error.contains("poetry.lock"), "{error}");
     }
 }

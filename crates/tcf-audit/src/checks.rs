@@ -159,6 +159,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         return match rule.id {
             "TCF-NET-002" => listeners_vs_config(rule, ctx.config, live),
             "TCF-NET-003" => instance_extra_ports(rule, live),
+            "TCF-NET-005" => unexpected_listeners(rule, ctx.config, live),
             "TCF-PROC-001" => instances_as_root(rule, live),
             "TCF-API-001" => socket_mode(rule, live),
             "TCF-AUTH-001" | "TCF-AUTH-002" => tokens(rule, live),
@@ -176,6 +177,19 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
     if rule.id.starts_with("TCF-CTR-") {
         return containers::check(rule, ctx.config, ctx.text, inputs.containers.as_ref());
     }
+    match rule.id {
+        "TCF-DEP-002" => return advisories_age(rule, ctx.config, inputs.advisories.as_ref()),
+        // Nothing to look at is not a failure to look (WARN) nor a pass: INFO.
+        "TCF-FS-006" | "TCF-BAK-002" | "TCF-BAK-003" | "TCF-BAK-004"
+            if ctx.config.backup.is_none() =>
+        {
+            return CheckResult::info(
+                rule,
+                "the config has no [backup]: nothing to inspect (TCF-BAK-001 reports that)",
+            )
+        }
+        _ => {}
+    }
     let result = match rule.id {
         "TCF-FS-001" => state_dir_mode(rule, ctx.config),
         "TCF-FS-002" => store_file_modes(rule, ctx.config),
@@ -183,6 +197,7 @@ fn run_one(rule: &'static Rule, inputs: &Inputs<'_>, ctx: &Ctx<'_>) -> CheckResu
         "TCF-FS-004" => commands_writable(rule, ctx.config),
         "TCF-FS-005" => hooks_writable(rule, ctx.config),
         "TCF-FS-006" => backup_repository_mode(rule, ctx.config),
+        "TCF-FS-007" => file_owners(rule, ctx.config, inputs.live.as_ref().ok()),
         "TCF-SEC-001" => Ok(plaintext_secrets(rule, ctx)),
         "TCF-SEC-002" => Ok(url_credentials(rule, ctx)),
         "TCF-SEC-003" => Ok(weak_secrets(rule, ctx)),
@@ -324,6 +339,111 @@ fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>
                 ),
             ));
         }
+    }
+    Ok(findings)
+}
+
+/// A uid with its user name when the system knows it: `1001 (alice)`.
+fn uid_text(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{uid} ({})", user.name),
+        _ => uid.to_string(),
+    }
+}
+
+/// The files whose owner TCF-FS-007 checks, those that exist: the state directory, the store,
+/// the key files and the config.
+fn owned_files(config: &Config) -> Vec<PathBuf> {
+    let dir = &config.platform.state_dir;
+    let mut files = vec![dir.clone()];
+    files.extend(
+        [
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "daemon.lock",
+            "secrets.key",
+            "api-key.pem",
+            "api-cert.pem",
+        ]
+        .iter()
+        .map(|f| dir.join(f)),
+    );
+    if let Some((cert, key)) = &config.daemon.tls {
+        files.push(key.clone());
+        files.push(cert.clone());
+    }
+    for service in config.services.values() {
+        if let Some(tcf_config::TlsSource::Files(pairs)) = service.tls.as_ref().map(|t| &t.source) {
+            files.extend(pairs.iter().map(|p| p.key.clone()));
+        }
+    }
+    if let Some(identity) = config.backup.as_ref().and_then(|b| b.identity.clone()) {
+        files.push(identity);
+    }
+    files.push(config.path.clone());
+    let mut seen = BTreeSet::new();
+    files.retain(|f| f.exists() && seen.insert(f.clone()));
+    files
+}
+
+/// Owners: each file of [`owned_files`] must belong to the daemon's user or root. Online the
+/// daemon's user is its process's effective uid; offline it is taken to be the state
+/// directory's owner (the daemon creates it), else the user running the audit.
+fn file_owners(
+    rule: &'static Rule,
+    config: &Config,
+    live: Option<&LiveView>,
+) -> Result<Vec<Finding>, String> {
+    let (daemon_uid, whose) = match live {
+        Some(live) => {
+            let uid = procnet::effective_uid(live.daemon_pid).map_err(|e| {
+                format!(
+                    "cannot read the daemon's uid (/proc/{}/status): {e}",
+                    live.daemon_pid
+                )
+            })?;
+            (uid, format!("the daemon (pid {}) runs as", live.daemon_pid))
+        }
+        None => match std::fs::metadata(&config.platform.state_dir) {
+            Ok(meta) => (
+                meta.uid(),
+                "offline, the daemon's user is taken to be the state directory's owner:"
+                    .to_string(),
+            ),
+            Err(_) => (
+                nix::unistd::geteuid().as_raw(),
+                "offline with no state directory, the daemon's user is taken to be the one running the audit:"
+                    .to_string(),
+            ),
+        },
+    };
+    let files = owned_files(config);
+    if files.is_empty() {
+        return Err(format!(
+            "neither the state directory {} nor the config {} can be read",
+            config.platform.state_dir.display(),
+            config.path.display()
+        ));
+    }
+    let mut findings = Vec::new();
+    for file in files {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let owner = meta.uid();
+        if owner == 0 || owner == daemon_uid {
+            continue;
+        }
+        findings.push(Finding::new(
+            rule,
+            Location::file(&file),
+            format!(
+                "owned by uid {}, neither root nor the daemon's user ({whose} uid {}): that user may change its mode and rewrite it",
+                uid_text(owner),
+                uid_text(daemon_uid)
+            ),
+        ));
     }
     Ok(findings)
 }
@@ -1138,18 +1258,16 @@ fn dependencies(
         };
         for candidate_dir in [Some(dir), dir.parent()].into_iter().flatten() {
             looked.insert(candidate_dir.to_path_buf());
-            for name in advisories::LOCKFILES {
-                let file = candidate_dir.join(name);
-                if file.is_file() {
-                    lockfiles.insert((service.name.clone(), file));
-                }
+            for file in advisories::lockfiles_in(candidate_dir) {
+                lockfiles.insert((service.name.clone(), file));
             }
         }
     }
     if lockfiles.is_empty() {
         let dirs: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
         return Err(format!(
-            "no Cargo.lock or package-lock.json next to any service's program (looked in {})",
+            "no {} next to any service's program (looked in {})",
+            advisories::LOCKFILE_NAMES,
             if dirs.is_empty() {
                 "no directory: no process service's program was found".to_string()
             } else {
@@ -1183,9 +1301,10 @@ fn dependencies(
                     )
                 } else {
                     format!(
-                        "Upgrade {} to {} or later (cargo update -p / npm update), rebuild and deploy service {service}.",
+                        "Upgrade {} to {} or later ({}), rebuild and deploy service {service}.",
                         package.name,
-                        fixed.join(" / ")
+                        fixed.join(" / "),
+                        update_hint(package.ecosystem)
                     )
                 };
                 findings.push(
@@ -1208,6 +1327,85 @@ fn dependencies(
         }
     }
     Ok(findings)
+}
+
+/// The advisory database's age against `[audit] advisories_max_age`: a finding when stale,
+/// INFO with the age when fresh.
+fn advisories_age(
+    rule: &'static Rule,
+    config: &Config,
+    advisories: Option<&Result<Database, String>>,
+) -> CheckResult {
+    let db = match advisories {
+        None => {
+            return CheckResult::not_run(
+                rule,
+                "no advisory database: pass --advisories FILE|DIR, or fill STATE_DIR/advisories with `prod audit --update-advisories`",
+            )
+        }
+        Some(Err(why)) => return CheckResult::not_run(rule, why.clone()),
+        Some(Ok(db)) => db,
+    };
+    let Some(modified) = db.modified else {
+        return CheckResult::not_run(
+            rule,
+            format!(
+                "the advisory database {} holds no advisory file to date it by",
+                db.path.display()
+            ),
+        );
+    };
+    let max_age = config.audit.advisories_max_age;
+    // A file dated in the future (a clock set back) is as fresh as now.
+    let age = std::time::SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    if age <= max_age {
+        return CheckResult::info(
+            rule,
+            format!(
+                "the advisory database {} ({} advisories) was updated {} ago, within [audit] advisories_max_age ({})",
+                db.path.display(),
+                db.advisories.len(),
+                days_text(age),
+                days_text(max_age)
+            ),
+        );
+    }
+    CheckResult::ran(
+        rule,
+        vec![Finding::new(
+            rule,
+            Location::file(&db.path),
+            format!(
+                "the advisory database ({} advisories) was last updated {} ago, over [audit] advisories_max_age ({}): advisories published since are not matched",
+                db.advisories.len(),
+                days_text(age),
+                days_text(max_age)
+            ),
+        )],
+    )
+}
+
+/// `12 days`, `1 day`, or hours under a day.
+fn days_text(age: std::time::Duration) -> String {
+    let days = age.as_secs() / 86_400;
+    match days {
+        0 => format!("{} hours", age.as_secs() / 3_600),
+        1 => "1 day".to_string(),
+        n => format!("{n} days"),
+    }
+}
+
+/// How a package of `ecosystem` is upgraded in its lockfile.
+fn update_hint(ecosystem: &str) -> &'static str {
+    match ecosystem {
+        "crates.io" => "cargo update -p NAME",
+        "npm" => "npm update NAME",
+        "PyPI" => "raise the pin in requirements, or poetry update NAME",
+        "RubyGems" => "bundle update NAME",
+        _ => "update the lockfile",
+    }
 }
 
 // --- online ------------------------------------------------------------------------------
@@ -1340,6 +1538,107 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
             ),
         ));
     }
+    CheckResult::ran(rule, findings)
+}
+
+/// Every listener of the host that is neither the platform's processes' nor on a port the
+/// config declares.
+fn unexpected_listeners(rule: &'static Rule, config: &Config, live: &LiveView) -> CheckResult {
+    let rows = match procnet::host_listen_rows() {
+        Ok(rows) => rows,
+        Err(e) => {
+            return CheckResult::not_run(
+                rule,
+                format!("cannot read this host's listeners (/proc/net/tcp): {e}"),
+            )
+        }
+    };
+    let holders = procnet::socket_holders();
+    // The platform's processes: the daemon (the proxy and the API are in it) and every
+    // instance with what it started.
+    let mut ours: BTreeSet<u32> = BTreeSet::from([live.daemon_pid]);
+    for (_, _, pid) in instances_with_pids(live) {
+        ours.extend(instance_processes(pid));
+    }
+    // Declared ports: whatever holds them (docker-proxy publishing a container's port, a
+    // dependency run outside the platform) is expected there.
+    let mut ports: BTreeSet<u16> = config
+        .services
+        .values()
+        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
+        .chain([
+            config.daemon.listen,
+            config.monitor.metrics_listen,
+            config.monitor.dashboard_listen,
+        ])
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    ports.extend(
+        live.services
+            .iter()
+            .flat_map(|s| s.instances.iter().map(|i| i.port)),
+    );
+    ports.extend(
+        config
+            .dependencies
+            .values()
+            .filter_map(|d| d.address.as_deref().and_then(split_address))
+            .map(|(_, port)| port),
+    );
+    let mut findings = Vec::new();
+    for row in rows {
+        let pids = holders.get(&row.inode).cloned().unwrap_or_default();
+        if pids.iter().any(|p| ours.contains(p)) || ports.contains(&row.addr.port()) {
+            continue;
+        }
+        let name = pids.iter().find_map(|p| procnet::command_name(*p));
+        let who = match (&name, pids.is_empty()) {
+            (Some(name), _) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!(
+                    "{name} (pid {}, uid {})",
+                    list.join(", "),
+                    uid_text(row.uid)
+                )
+            }
+            (None, false) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("pid {} (uid {})", list.join(", "), uid_text(row.uid))
+            }
+            (None, true) => format!(
+                "a process of uid {} this audit cannot see (run it as root to name it)",
+                uid_text(row.uid)
+            ),
+        };
+        let loopback = row.addr.ip().is_loopback();
+        findings.push(
+            Finding::new(
+                rule,
+                Location::resource(format!(
+                    "tcp://{} ({})",
+                    row.addr,
+                    name.as_deref().unwrap_or("unknown process")
+                ))
+                .with_uri(format!("tcp://{}", row.addr)),
+                format!(
+                    "{} is listened on by {who}: neither the daemon, an instance, nor a port the config declares{}",
+                    row.addr,
+                    if loopback {
+                        " (loopback only)"
+                    } else {
+                        "; it is reachable from the network"
+                    }
+                ),
+            )
+            .severity(if loopback {
+                Severity::Info
+            } else {
+                Severity::Low
+            }),
+        );
+    }
+    dedup(&mut findings);
     CheckResult::ran(rule, findings)
 }
 

@@ -199,7 +199,12 @@ pub enum Outcome {
     Pass,
     /// It ran and found something (the findings carry the details).
     Fail,
-    /// It could not run; never counted as a pass.
+    /// It ran and found nothing wrong, and what it reports is a fact rather than a verdict:
+    /// the advisory database's age while it is fresh, or nothing there to look at (no
+    /// `[backup]` for the backup details). Neither a pass nor a failure: left out of the
+    /// score, counted on its own.
+    Info { note: String },
+    /// It could not run (WARN); never counted as a pass.
     NotRun { reason: String },
 }
 
@@ -209,6 +214,8 @@ pub struct CheckResult {
     pub rule: &'static Rule,
     /// `Err(reason)`: the check could not run.
     pub findings: Result<Vec<Finding>, String>,
+    /// What it has to say when it found nothing (an INFO outcome, [`Outcome::Info`]).
+    pub note: Option<String>,
 }
 
 impl CheckResult {
@@ -216,13 +223,26 @@ impl CheckResult {
         CheckResult {
             rule,
             findings: Ok(findings),
+            note: None,
         }
+    }
+
+    /// It ran, found nothing wrong, and reports `note` (INFO).
+    pub fn info(rule: &'static Rule, note: impl Into<String>) -> CheckResult {
+        CheckResult::ran(rule, Vec::new()).with_note(note)
+    }
+
+    /// A note to report when no finding is left (after ignores): the check's INFO.
+    pub fn with_note(mut self, note: impl Into<String>) -> CheckResult {
+        self.note = Some(note.into());
+        self
     }
 
     pub fn not_run(rule: &'static Rule, reason: impl Into<String>) -> CheckResult {
         CheckResult {
             rule,
             findings: Err(reason.into()),
+            note: None,
         }
     }
 }

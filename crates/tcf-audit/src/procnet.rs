@@ -1,7 +1,7 @@
 //! What a process is and what it listens on, from procfs: its effective uid, and the TCP
 //! sockets in LISTEN state among its file descriptors (read in its own network namespace).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -68,6 +68,23 @@ fn parse_ip(hex: &str) -> Option<IpAddr> {
 
 /// LISTEN sockets of one /proc/…/net/tcp{,6} table: (inode, address).
 pub fn parse_table(text: &str) -> Vec<(u64, SocketAddr)> {
+    parse_listen_rows(text)
+        .into_iter()
+        .map(|row| (row.inode, row.addr))
+        .collect()
+}
+
+/// A socket in LISTEN state as /proc/net/tcp{,6} shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenRow {
+    pub addr: SocketAddr,
+    /// The socket's owner (the uid of whoever created it).
+    pub uid: u32,
+    pub inode: u64,
+}
+
+/// LISTEN rows of one /proc/…/net/tcp{,6} table.
+pub fn parse_listen_rows(text: &str) -> Vec<ListenRow> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -77,9 +94,62 @@ pub fn parse_table(text: &str) -> Vec<(u64, SocketAddr)> {
             }
             let (ip, port) = fields.get(1)?.split_once(':')?;
             let addr = SocketAddr::new(parse_ip(ip)?, u16::from_str_radix(port, 16).ok()?);
-            Some((fields.get(9)?.parse().ok()?, addr))
+            Some(ListenRow {
+                addr,
+                uid: fields.get(7)?.parse().ok()?,
+                inode: fields.get(9)?.parse().ok()?,
+            })
         })
         .collect()
+}
+
+/// Every LISTEN socket of this host (the audit's own network namespace), from
+/// /proc/net/tcp and /proc/net/tcp6.
+pub fn host_listen_rows() -> io::Result<Vec<ListenRow>> {
+    let mut rows = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match std::fs::read_to_string(table) {
+            Ok(text) => rows.extend(parse_listen_rows(&text)),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && table.ends_with('6') => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rows)
+}
+
+/// Which processes hold each socket inode, for every process whose /proc/PID/fd this audit
+/// may read (all of them as root; its own user's otherwise).
+pub fn socket_holders() -> BTreeMap<u64, BTreeSet<u32>> {
+    let mut holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return holders;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Another user's process, or one that exited meanwhile: not ours to see.
+        let Ok(inodes) = socket_inodes(pid) else {
+            continue;
+        };
+        for inode in inodes {
+            holders.entry(inode).or_default().insert(pid);
+        }
+    }
+    holders
+}
+
+/// The command name of `pid` (/proc/PID/comm, at most 15 characters).
+pub fn command_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string())
+        .filter(|c| !c.is_empty())
 }
 
 /// The TCP addresses `pid` listens on.
@@ -142,6 +212,35 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn listen_rows_carry_uid_and_inode() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 100 0 0 10 0\n";
+        let rows = parse_listen_rows(v4);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].uid, rows[0].inode), (1000, 12345));
+        assert!(parse_listen_rows("header only\n").is_empty());
+    }
+
+    #[test]
+    fn the_host_table_and_the_holders_name_our_own_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let row = host_listen_rows()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.addr == addr)
+            .expect("our listener in /proc/net/tcp");
+        let holders = socket_holders();
+        assert!(
+            holders
+                .get(&row.inode)
+                .is_some_and(|pids| pids.contains(&std::process::id())),
+            "{:?}",
+            holders.get(&row.inode)
+        );
+        assert!(command_name(std::process::id()).is_some());
     }
 
     #[test]

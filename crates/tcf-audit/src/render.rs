@@ -59,6 +59,7 @@ fn status_word(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "pass",
         Outcome::Fail => "fail",
+        Outcome::Info { .. } => "info",
         Outcome::NotRun { .. } => "not_run",
     }
 }
@@ -92,6 +93,7 @@ pub fn table(report: &Report) -> String {
         let state = match check.outcome {
             Outcome::Pass => "PASS",
             Outcome::Fail => "FAIL",
+            Outcome::Info { .. } => "INFO",
             Outcome::NotRun { .. } => "NOT RUN",
         };
         let mut title = check.rule.title.to_string();
@@ -124,6 +126,20 @@ pub fn table(report: &Report) -> String {
                 f.remediation,
                 f.fingerprint
             );
+        }
+    }
+    let info: Vec<_> = report
+        .checks
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Outcome::Info { note } => Some((c.rule.id, note)),
+            _ => None,
+        })
+        .collect();
+    if !info.is_empty() {
+        out.push_str("\nInformation (neither a pass nor a failure)\n");
+        for (id, note) in info {
+            let _ = writeln!(out, "  {id}: {note}");
         }
     }
     let not_run: Vec<_> = report
@@ -177,10 +193,11 @@ pub fn table(report: &Report) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\nSummary: {} checks: {} passed, {} failed, {} not run; findings: {}; {} ignored",
+        "\nSummary: {} checks: {} passed, {} failed, {} info, {} not run; findings: {}; {} ignored",
         s.checks,
         s.passed,
         s.failed,
+        s.info,
         s.not_run,
         counts.join(", "),
         s.ignored
@@ -248,8 +265,10 @@ pub fn json_report(report: &Report) -> Value {
                 "findings": c.findings,
                 "ignored": c.ignored,
             });
-            if let Outcome::NotRun { reason } = &c.outcome {
-                v["reason"] = json!(reason);
+            match &c.outcome {
+                Outcome::NotRun { reason } => v["reason"] = json!(reason),
+                Outcome::Info { note } => v["note"] = json!(note),
+                Outcome::Pass | Outcome::Fail => {}
             }
             v
         }).collect::<Vec<_>>(),
@@ -265,6 +284,7 @@ pub fn json_report(report: &Report) -> Value {
             "checks": s.checks,
             "passed": s.passed,
             "failed": s.failed,
+            "info": s.info,
             "not_run": s.not_run,
             "ignored": s.ignored,
             "findings": s.by_severity.iter()
@@ -315,7 +335,9 @@ fn sarif_location(location: &Location) -> Value {
 }
 
 /// SARIF 2.1.0: one run, the selected checks as rules, findings as results, and checks that
-/// could not run as tool execution notifications (they are not results: nothing was found).
+/// could not run (level `warning`) or report INFO (level `note`) as tool execution
+/// notifications: they are not results, since nothing was found, and a result whose kind is
+/// not `fail` may only have level `none` (SARIF §3.27.9).
 pub fn sarif(report: &Report) -> Value {
     let rules = report.rules();
     let rule_index = |id: &str| rules.iter().position(|r| r.id == id);
@@ -359,6 +381,11 @@ pub fn sarif(report: &Report) -> Value {
             Outcome::NotRun { reason } => Some(json!({
                 "level": "warning",
                 "message": { "text": format!("{} was not run: {reason}", c.rule.id) },
+                "associatedRule": { "id": c.rule.id },
+            })),
+            Outcome::Info { note } => Some(json!({
+                "level": "note",
+                "message": { "text": format!("{}: {note}", c.rule.id) },
                 "associatedRule": { "id": c.rule.id },
             })),
             _ => None,
@@ -436,7 +463,7 @@ fn xml_escape(text: &str) -> String {
 }
 
 /// JUnit XML: a test case per check; a failed check is a failure listing its findings, one
-/// that could not run is skipped with the reason.
+/// that could not run is skipped with the reason, an INFO one passes with its note as output.
 pub fn junit(report: &Report) -> String {
     let s = &report.summary;
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -465,6 +492,13 @@ pub fn junit(report: &Report) -> String {
         match &check.outcome {
             Outcome::Pass => {
                 let _ = writeln!(out, "{open}/>");
+            }
+            Outcome::Info { note } => {
+                let _ = writeln!(
+                    out,
+                    "{open}>\n      <system-out>{}</system-out>\n    </testcase>",
+                    xml_escape(&format!("INFO: {note}"))
+                );
             }
             Outcome::NotRun { reason } => {
                 let _ = writeln!(

@@ -41,6 +41,8 @@ pub struct Summary {
     pub checks: usize,
     pub passed: usize,
     pub failed: usize,
+    /// Checks whose outcome is INFO: neither passes nor failures.
+    pub info: usize,
     pub not_run: usize,
     /// Findings per severity, `Severity::ALL` order (critical first).
     pub by_severity: Vec<(Severity, usize)>,
@@ -93,10 +95,10 @@ impl Report {
                     }
                     checks.push(CheckReport {
                         rule: result.rule,
-                        outcome: if kept > 0 {
-                            Outcome::Fail
-                        } else {
-                            Outcome::Pass
+                        outcome: match result.note {
+                            _ if kept > 0 => Outcome::Fail,
+                            Some(note) => Outcome::Info { note },
+                            None => Outcome::Pass,
                         },
                         findings: kept,
                         ignored: hidden,
@@ -142,13 +144,15 @@ fn summarize(checks: &[CheckReport], findings: &[Finding], ignored: usize) -> Su
                 run_weight += check.rule.severity.weight();
             }
             Outcome::Fail => run_weight += check.rule.severity.weight(),
-            Outcome::NotRun { .. } => {}
+            // A fact, not a verdict: it says nothing about how hardened the platform is.
+            Outcome::Info { .. } | Outcome::NotRun { .. } => {}
         }
     }
     Summary {
         checks: checks.len(),
         passed: count(|o| matches!(o, Outcome::Pass)),
         failed: count(|o| matches!(o, Outcome::Fail)),
+        info: count(|o| matches!(o, Outcome::Info { .. })),
         not_run: count(|o| matches!(o, Outcome::NotRun { .. })),
         by_severity: Severity::ALL
             .into_iter()
@@ -238,6 +242,8 @@ pub fn results_from_json(
             Some("pass" | "fail") => {
                 CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
             }
+            Some("info") => CheckResult::ran(rule, findings_of.remove(rule.id).unwrap_or_default())
+                .with_note(opt(&c["note"]).unwrap_or_default()),
             other => return Err(format!("check {id} has the status {other:?}")),
         });
     }

@@ -85,6 +85,14 @@ pub static BACKUP_REPOSITORY_MODE: Rule = rule(
     "chmod 700 the repository and chown it to the user that runs backups; set [backup] recipients so dumps are encrypted.",
 );
 
+pub static FILE_OWNER: Rule = rule(
+    "TCF-FS-007",
+    "Platform file owned by another user",
+    Severity::High,
+    "The owners of the state directory, the store (state.db and its -wal/-shm, daemon.lock), the key files (secrets.key, the remote API's key and certificate, each HTTPS service's key files, the backup identity) and the config: each must belong to the user the daemon runs as, or root. Whoever owns a file may change its mode and rewrite it.",
+    "chown the file to the daemon's user (or root for the config and keys installed by an administrator), then check it was not changed: rotate a key file that someone else owned.",
+);
+
 pub static PLAINTEXT_SECRET: Rule = rule(
     "TCF-SEC-001",
     "Plain-text credential in the config",
@@ -173,6 +181,14 @@ pub static DEPENDENCY_EXPOSED: Rule = rule(
     "Bind the dependency to 127.0.0.1 (postgresql.conf listen_addresses, redis.conf bind, or -p 127.0.0.1:PORT:PORT for a container), or firewall the port to the hosts that need it.",
 );
 
+pub static UNEXPECTED_LISTENER: Rule = online(rule(
+    "TCF-NET-005",
+    "Unexpected listener on the host",
+    Severity::Low,
+    "Every TCP socket listening on this host (/proc/net/tcp{,6}), mapped to its processes through their /proc/PID/fd: one that is neither the daemon's (its proxy and API included), an instance's, nor on a port the config declares (services, the daemon, the monitor, the instances' PORTs, [dependencies] addresses). Low when reachable from the network, info on loopback.",
+    "Find what the process is (the finding names it and its pid); stop it, bind it to 127.0.0.1 or firewall the port if it has no business on this host, or declare it (a [dependencies] address) if the platform uses it.",
+));
+
 pub static INSTANCE_ROOT: Rule = online(rule(
     "TCF-PROC-001",
     "Instance running as root",
@@ -253,8 +269,16 @@ pub static VULNERABLE_DEPENDENCY: Rule = comprehensive(rule(
     "TCF-DEP-001",
     "Dependency with a known vulnerability",
     Severity::High,
-    "Cargo.lock and package-lock.json files next to each process-runtime service's program (its directory and the one above) against a local OSV advisory file or directory given with --advisories; no network.",
+    "The lockfiles next to each process-runtime service's program (its directory and the one above): Cargo.lock, package-lock.json, Gemfile.lock, poetry.lock and requirements*.txt pins, against a local OSV advisory file or directory given with --advisories; no network.",
     "Upgrade the package to a fixed version (see the advisory), rebuild and deploy the service.",
+));
+
+pub static ADVISORIES_STALE: Rule = comprehensive(rule(
+    "TCF-DEP-002",
+    "Advisory database out of date",
+    Severity::Medium,
+    "The age of the OSV database TCF-DEP-001 matches against (the time of its newest file, which --update-advisories sets to the download's) against [audit] advisories_max_age (default 7 days): advisories published since are not known, so TCF-DEP-001 passes packages it should not.",
+    "Run `tcf-platform prod audit --update-advisories` (or copy a fresh database and pass --advisories), from cron on a machine that is online.",
 ));
 
 pub static NO_BACKUPS: Rule = rule(
@@ -422,13 +446,14 @@ pub static CONTAINER_PUBLISHED_EVERYWHERE: Rule = comprehensive(cis(
 ));
 
 /// Every check, in the order reports list them.
-pub static ALL: [&Rule; 45] = [
+pub static ALL: [&Rule; 48] = [
     &STATE_DIR_MODE,
     &STORE_FILE_MODE,
     &CONFIG_FILE_MODE,
     &COMMAND_WRITABLE,
     &HOOK_WRITABLE,
     &BACKUP_REPOSITORY_MODE,
+    &FILE_OWNER,
     &PLAINTEXT_SECRET,
     &URL_CREDENTIALS,
     &WEAK_SECRET,
@@ -440,6 +465,7 @@ pub static ALL: [&Rule; 45] = [
     &LISTENERS_VS_CONFIG,
     &INSTANCE_EXTRA_PORTS,
     &DEPENDENCY_EXPOSED,
+    &UNEXPECTED_LISTENER,
     &INSTANCE_ROOT,
     &SOCKET_MODE,
     &CONTAINER_ROOT,
@@ -453,6 +479,7 @@ pub static ALL: [&Rule; 45] = [
     &BODY_LIMIT,
     &NO_HEALTH_CHECK,
     &VULNERABLE_DEPENDENCY,
+    &ADVISORIES_STALE,
     &NO_BACKUPS,
     &BACKUPS_UNENCRYPTED,
     &BACKUPS_UNSCHEDULED,

@@ -104,7 +104,14 @@ password = "${secret:pg_password}"
 const OSV: &str = r#"[{"id":"RUSTSEC-2099-0001","summary":"memory corruption in smallvec",
 "affected":[{"package":{"ecosystem":"crates.io","name":"smallvec"},
 "ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.6.1"}]}]}],
-"database_specific":{"severity":"CRITICAL"}}]"#;
+"database_specific":{"severity":"CRITICAL"}},
+{"id":"PYSEC-2099-0002","summary":"arbitrary code execution in full_load",
+"affected":[{"package":{"ecosystem":"PyPI","name":"PyYAML"},
+"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"5.4"}]}]}]},
+{"id":"GHSA-2099-rack-0003","summary":"denial of service in multipart parsing",
+"affected":[{"package":{"ecosystem":"RubyGems","name":"rack"},
+"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.2.6.4"}]}]}],
+"database_specific":{"severity":"MODERATE"}}]"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -144,6 +151,23 @@ fn fixture(config_text: &str, insecure: bool) -> Fixture {
         &format!(
             "version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"{}\"\n",
             if insecure { "1.6.0" } else { "1.13.2" }
+        ),
+        0o644,
+    );
+    // A Python and a Ruby part of the service, pinned (vulnerable in the insecure fixture).
+    write(
+        &root.join("app/requirements.txt"),
+        &format!(
+            "# pinned\nPyYAML=={}  # via -r requirements.in\nrequests>=2.0\n",
+            if insecure { "5.3.1" } else { "6.0.1" }
+        ),
+        0o644,
+    );
+    write(
+        &root.join("app/Gemfile.lock"),
+        &format!(
+            "GEM\n  remote: https://rubygems.org/\n  specs:\n    rack ({})\n\nDEPENDENCIES\n  rack\n",
+            if insecure { "2.2.3" } else { "2.2.8" }
         ),
         0o644,
     );
@@ -320,6 +344,13 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
             "TCF-DEP-001",
             "crates.io smallvec@1.6.0 (RUSTSEC-2099-0001)".into(),
         ),
+        // Found in requirements.txt (the advisory names PyYAML, the pin PyYAML: PEP 503).
+        ("TCF-DEP-001", "PyPI pyyaml@5.3.1 (PYSEC-2099-0002)".into()),
+        // Found in Gemfile.lock.
+        (
+            "TCF-DEP-001",
+            "RubyGems rack@2.2.3 (GHSA-2099-rack-0003)".into(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -339,13 +370,32 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
             "{format:?} leaks a value"
         );
     }
-    let dep = report
-        .findings
-        .iter()
-        .find(|f| f.rule_id == "TCF-DEP-001")
-        .unwrap();
-    assert_eq!(dep.severity, Severity::Critical);
-    assert!(dep.remediation.contains("1.6.1"));
+    let dep = |package: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.rule_id == "TCF-DEP-001" && f.location.resource.contains(package))
+            .unwrap()
+    };
+    assert_eq!(dep("smallvec").severity, Severity::Critical);
+    assert!(dep("smallvec").remediation.contains("1.6.1"));
+    assert!(dep("pyyaml")
+        .location
+        .file
+        .as_ref()
+        .unwrap()
+        .ends_with("app/requirements.txt"));
+    // No severity in the advisory: the check's own.
+    assert_eq!(dep("pyyaml").severity, Severity::High);
+    assert!(dep("pyyaml").remediation.contains("5.4"));
+    assert!(dep("rack")
+        .location
+        .file
+        .as_ref()
+        .unwrap()
+        .ends_with("app/Gemfile.lock"));
+    assert_eq!(dep("rack").severity, Severity::Medium);
+    assert!(dep("rack").remediation.contains("bundle update"));
     let sec = report
         .findings
         .iter()
@@ -356,13 +406,23 @@ fn insecure_platform_yields_exactly_the_expected_findings() {
     for id in [
         "TCF-NET-002",
         "TCF-NET-003",
+        "TCF-NET-005",
         "TCF-PROC-001",
         "TCF-API-001",
-        "TCF-BAK-002",
     ] {
         let check = report.checks.iter().find(|c| c.rule.id == id).unwrap();
         assert!(
             matches!(&check.outcome, Outcome::NotRun { reason } if !reason.is_empty()),
+            "{id}: {:?}",
+            check.outcome
+        );
+    }
+    // No [backup]: its details have nothing to inspect (INFO); a fresh advisory database's
+    // age is INFO too.
+    for id in ["TCF-BAK-002", "TCF-DEP-002"] {
+        let check = report.checks.iter().find(|c| c.rule.id == id).unwrap();
+        assert!(
+            matches!(&check.outcome, Outcome::Info { note } if !note.is_empty()),
             "{id}: {:?}",
             check.outcome
         );
@@ -412,11 +472,16 @@ fn backup_checks_read_the_backup_section() {
     .into_iter()
     .collect();
     assert_eq!(found, expected);
-    // Without [backup], its details are not run (nothing to inspect), never passed.
+    // Without [backup], its details have nothing to inspect: INFO, neither passed nor failed
+    // (TCF-BAK-001 is the finding).
     let plain = audit(&fixture(INSECURE, true));
     for id in ["TCF-BAK-002", "TCF-BAK-003", "TCF-BAK-004", "TCF-FS-006"] {
         let check = plain.checks.iter().find(|c| c.rule.id == id).unwrap();
-        assert!(matches!(check.outcome, Outcome::NotRun { .. }), "{id}");
+        assert!(
+            matches!(&check.outcome, Outcome::Info { note } if note.contains("no [backup]")),
+            "{id}: {:?}",
+            check.outcome
+        );
     }
 }
 
@@ -909,4 +974,138 @@ fn audit_section_sets_the_thresholds() {
     };
     let results = checks::run(&inputs, &[&rules::SECRET_UNUSED]);
     assert!(results[0].findings.is_err());
+}
+
+/// The advisory database's age is its newest file's time: over `[audit] advisories_max_age`
+/// (7 days unless set) it is a finding that says how old; within it, not one.
+#[test]
+fn a_stale_advisory_database_is_a_finding() {
+    let f = fixture(HARDENED, false);
+    let age_db = |config: &tcf_config::Config, days_old: u64| {
+        let modified =
+            std::time::SystemTime::now() - std::time::Duration::from_secs(days_old * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&f.osv)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let inputs = Inputs {
+            config,
+            live: Err("offline".into()),
+            advisories: Some(Database::load(&f.osv).map_err(|e| e.to_string())),
+            comprehensive: true,
+            containers: None,
+            secrets: Ok(Vec::new()),
+        };
+        checks::run(&inputs, &[&rules::ADVISORIES_STALE]).remove(0)
+    };
+    let stale = age_db(&f.config, 30).findings.unwrap();
+    assert_eq!(stale.len(), 1, "{stale:#?}");
+    assert_eq!(stale[0].rule_id, "TCF-DEP-002");
+    assert_eq!(stale[0].severity, Severity::Medium);
+    assert_eq!(stale[0].location.file.as_deref(), Some(f.osv.as_path()));
+    assert!(
+        stale[0].detail.contains("30 days ago") && stale[0].detail.contains("(7 days)"),
+        "{}",
+        stale[0].detail
+    );
+    // Fresh: INFO with its age, not a finding.
+    let fresh = age_db(&f.config, 3);
+    assert!(fresh.findings.unwrap().is_empty());
+    let note = fresh.note.unwrap();
+    assert!(note.contains("3 days ago"), "{note}");
+    // [audit] advisories_max_age moves the threshold.
+    let mut lenient = f.config.clone();
+    lenient.audit.advisories_max_age = std::time::Duration::from_secs(60 * 86_400);
+    let lenient = age_db(&lenient, 30);
+    assert!(lenient.findings.unwrap().is_empty());
+    assert!(lenient.note.unwrap().contains("(60 days)"));
+    // No database: not run, never a pass.
+    let inputs = Inputs {
+        config: &f.config,
+        live: Err("offline".into()),
+        advisories: None,
+        comprehensive: true,
+        containers: None,
+        secrets: Ok(Vec::new()),
+    };
+    let none = checks::run(&inputs, &[&rules::ADVISORIES_STALE]).remove(0);
+    assert!(none.findings.unwrap_err().contains("--update-advisories"));
+}
+
+/// TCF-FS-007: a key file and the config chowned to another user are findings; what root or
+/// the daemon's user owns is not. Online, the daemon's user is its process's uid.
+#[test]
+fn files_owned_by_another_user_are_findings() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: chown to another uid needs root (run the tests as root)");
+        return;
+    }
+    let f = fixture(HARDENED, false);
+    let root = f.config.path.parent().unwrap();
+    let key = root.join("state/secrets.key");
+    let stranger = 4242;
+    let run = |live: Result<tcf_audit::LiveView, String>| {
+        let inputs = Inputs {
+            config: &f.config,
+            live,
+            advisories: None,
+            comprehensive: false,
+            containers: None,
+            secrets: Ok(Vec::new()),
+        };
+        let mut results = checks::run(&inputs, &[&rules::FILE_OWNER]);
+        let mut found: Vec<(String, String)> = results
+            .remove(0)
+            .findings
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.location.resource, f.detail))
+            .collect();
+        found.sort();
+        found
+    };
+    // Everything root's: nothing.
+    assert!(run(Err("offline".into())).is_empty());
+    std::os::unix::fs::chown(&key, Some(stranger), Some(stranger)).unwrap();
+    std::os::unix::fs::chown(&f.config.path, Some(stranger), None).unwrap();
+    let found = run(Err("offline".into()));
+    let resources: Vec<&str> = found.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        resources,
+        [
+            key.display().to_string(),
+            f.config.path.display().to_string()
+        ]
+    );
+    assert!(found[0].1.contains("uid 4242"), "{}", found[0].1);
+    assert!(
+        found[0].1.contains("state directory's owner"),
+        "{}",
+        found[0].1
+    );
+    // Online: the daemon's uid (this process's, root) decides, with the same result.
+    let live = tcf_audit::LiveView {
+        daemon_pid: std::process::id(),
+        socket: root.join("state/tcf.sock"),
+        services: Vec::new(),
+        tokens: Ok(Vec::new()),
+        failed_auths: Ok(Vec::new()),
+    };
+    let online = run(Ok(live.clone()));
+    assert_eq!(online.len(), 2, "{online:#?}");
+    assert!(
+        online[0].1.contains(&format!("pid {}", std::process::id())),
+        "{}",
+        online[0].1
+    );
+    // Offline, a state directory of the stranger's makes it the daemon's user: its files
+    // and root's pass.
+    std::os::unix::fs::chown(root.join("state"), Some(stranger), None).unwrap();
+    assert!(run(Err("offline".into())).is_empty());
+    // Online the daemon runs as root: the stranger's state directory is a finding.
+    let online = run(Ok(live));
+    assert_eq!(online.len(), 3, "{online:#?}");
+    assert!(online.iter().any(|(r, _)| r.ends_with("/state")));
 }

@@ -74,9 +74,9 @@ fn results() -> Vec<CheckResult> {
             &rules::INSTANCE_ROOT,
             "needs the running daemon (no daemon answers on /srv/tcf/.tcf/tcf.sock)",
         ),
-        CheckResult::not_run(
+        CheckResult::info(
             &rules::BACKUPS_UNENCRYPTED,
-            "the config has no [backup] to inspect (see TCF-BAK-001)",
+            "the config has no [backup]: nothing to inspect (TCF-BAK-001 reports that)",
         ),
     ]
 }
@@ -110,12 +110,15 @@ fn report() -> Report {
 fn summary_counts_not_run_and_never_as_passes() {
     let r = report();
     let s = &r.summary;
-    assert_eq!((s.checks, s.passed, s.failed, s.not_run), (7, 1, 4, 2));
+    assert_eq!(
+        (s.checks, s.passed, s.failed, s.info, s.not_run),
+        (7, 1, 4, 1, 1)
+    );
     assert_eq!(s.ignored, 1);
     // An expired ignore hides nothing and is reported.
     assert!(r.findings.iter().any(|f| f.rule_id == "TCF-FS-001"));
     assert_eq!(r.expired_ignores.len(), 1);
-    // Score: passes weighted by severity over the checks that ran (not_run excluded).
+    // Score: passes weighted by severity over the checks that ran (info and not_run excluded).
     // ran: FS-001 high 7, FS-003 high 7 (pass), SEC-001 high 7, NET-001 medium 4, DEP-001 high 7.
     assert_eq!(s.score, Some((7 * 100 + 16) / 32));
     assert!(r.fails_at(Severity::Critical));
@@ -143,19 +146,40 @@ fn json_follows_its_documented_schema() {
     // The schema is strict enough to catch a change of shape.
     let mut changed = report.clone();
     changed["checks"][0]["status"] = "skipped".into();
-    assert!(jsonschema::validator_for(
+    let schema = jsonschema::validator_for(
         &serde_json::from_str::<Value>(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../../docs/audit-report.schema.json"
             ))
-            .unwrap()
+            .unwrap(),
         )
-        .unwrap()
+        .unwrap(),
     )
-    .unwrap()
-    .validate(&changed)
-    .is_err());
+    .unwrap();
+    assert!(schema.validate(&changed).is_err());
+    // INFO carries its note, and only INFO does.
+    let info = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["status"] == "info")
+        .expect("an info check");
+    assert!(report["checks"][info]["note"]
+        .as_str()
+        .unwrap()
+        .contains("no [backup]"));
+    assert_eq!(report["summary"]["info"], 1);
+    let mut without_note = report.clone();
+    without_note["checks"][info]
+        .as_object_mut()
+        .unwrap()
+        .remove("note");
+    assert!(schema.validate(&without_note).is_err());
+    let mut pass_with_note = report.clone();
+    pass_with_note["checks"][1]["note"] = "a pass says nothing".into();
+    assert_eq!(pass_with_note["checks"][1]["status"], "pass");
+    assert!(schema.validate(&pass_with_note).is_err());
 }
 
 #[test]
@@ -239,9 +263,23 @@ fn sarif_has_the_required_structure() {
     let mut bad = log.clone();
     bad["runs"][0]["results"][0]["message"] = serde_json::json!({});
     assert!(!schema::sarif_schema_errors(&bad).is_empty());
-    // Checks that did not run are notifications, not results.
+    // Checks that did not run (warning) and INFO ones (note) are notifications, not results.
     let notes = &log["runs"][0]["invocations"][0]["toolExecutionNotifications"];
-    assert_eq!(notes.as_array().unwrap().len(), 2);
+    let levels: Vec<(&str, &str)> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["associatedRule"]["id"].as_str().unwrap(),
+                n["level"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        levels,
+        [("TCF-PROC-001", "warning"), ("TCF-BAK-002", "note")]
+    );
     assert!(log["runs"][0]["results"]
         .as_array()
         .unwrap()

@@ -87,6 +87,9 @@ pub struct AuditSettings {
     pub failed_auth_burst: u32,
     #[serde(with = "units::duration")]
     pub failed_auth_window: Duration,
+    /// TCF-DEP-002: an advisory database not updated for this long is stale.
+    #[serde(with = "units::duration")]
+    pub advisories_max_age: Duration,
 }
 
 impl Default for AuditSettings {
@@ -96,6 +99,7 @@ impl Default for AuditSettings {
             secret_max_age: Duration::from_secs(90 * 86_400),
             failed_auth_burst: 10,
             failed_auth_window: Duration::from_secs(600),
+            advisories_max_age: Duration::from_secs(7 * 86_400),
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct RawAudit {
     pub secret_max_age: Option<Dur>,
     pub failed_auth_burst: Option<Spanned<u32>>,
     pub failed_auth_window: Option<Dur>,
+    pub advisories_max_age: Option<Dur>,
 }
 
 /// `[swarm]`: where the Swarm manager's Engine API is.

@@ -247,6 +247,9 @@ fn resolve_audit(raw: &crate::raw::RawAudit, errors: &mut Vec<Diagnostic>) -> cr
         failed_auth_window: raw
             .failed_auth_window
             .map_or(defaults.failed_auth_window, |d| d.0),
+        advisories_max_age: raw
+            .advisories_max_age
+            .map_or(defaults.advisories_max_age, |d| d.0),
     }
 }
 
@@ -704,7 +707,7 @@ mod tests {
         assert_eq!(defaults.max_admins, 2);
         assert_eq!(defaults.secret_max_age, Duration::from_secs(90 * 86_400));
         let set = config(&format!(
-            "{base}[audit]\nmax_admins = 1\nsecret_max_age = \"30d\"\nfailed_auth_burst = 5\nfailed_auth_window = \"1m\"\n"
+            "{base}[audit]\nmax_admins = 1\nsecret_max_age = \"30d\"\nfailed_auth_burst = 5\nfailed_auth_window = \"1m\"\nadvisories_max_age = \"2d\"\n"
         ))
         .unwrap()
         .audit;
@@ -715,6 +718,7 @@ mod tests {
                 secret_max_age: Duration::from_secs(30 * 86_400),
                 failed_auth_burst: 5,
                 failed_auth_window: Duration::from_secs(60),
+                advisories_max_age: Duration::from_secs(2 * 86_400),
             }
         );
         let errors = config(&format!("{base}[audit]\nfailed_auth_burst = 0\n")).unwrap_err();

@@ -285,10 +285,11 @@ pub async fn audit(cli: &crate::cli::Cli, args: &AuditArgs) -> CmdResult {
     );
     let s = &report.summary;
     let summary = format!(
-        "{} checks: {} passed, {} failed, {} not run; {} findings ({} ignored)",
+        "{} checks: {} passed, {} failed, {} info, {} not run; {} findings ({} ignored)",
         s.checks,
         s.passed,
         s.failed,
+        s.info,
         s.not_run,
         report.findings.len(),
         s.ignored

@@ -386,8 +386,13 @@ fn online_audit_finds_an_instance_listening_beyond_its_port() {
     // A service whose command also starts a second demo on a port of its own choosing (PORT=0):
     // a listener the proxy knows nothing about, in the instance's process group.
     let demo = bin().with_file_name("tcf-demo");
+    // A dependency the config declares, and a listener nobody declares: both this test's.
+    let dependency = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dep_port = dependency.local_addr().unwrap().port();
+    let unexpected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unexpected_port = unexpected.local_addr().unwrap().port();
     let config = format!(
-        "{}\n[services.leaky]\ncommand = [\"sh\", \"-c\", \"PORT=0 '{demo}' & exec '{demo}'\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\n",
+        "{}\n[services.leaky]\ncommand = [\"sh\", \"-c\", \"PORT=0 '{demo}' & exec '{demo}'\"]\nversion = \"v1\"\nlisten = \"127.0.0.1:{port}\"\n\n[dependencies.cache]\nkind = \"tcp\"\naddress = \"127.0.0.1:{dep_port}\"\n",
         example_config(),
         demo = demo.display(),
         port = free_port()
@@ -420,6 +425,48 @@ fn online_audit_finds_an_instance_listening_beyond_its_port() {
     assert!(!resource.ends_with(&format!(":{leaky_port}")), "{resource}");
     // The daemon's own listeners still match the config.
     assert_eq!(check_status(&report, "TCF-NET-002"), "pass", "{report:#}");
+
+    // TCF-NET-005, every listener of the host: this test's undeclared one is reported with
+    // this test's pid (info: loopback only); the declared dependency, the daemon's addresses
+    // and the instances' (the leaky extra listener is TCF-NET-003's) are not. Other
+    // processes of this machine may be reported too: only ours are asserted.
+    let host: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "TCF-NET-005")
+        .collect();
+    let at = |port: u64| {
+        host.iter()
+            .filter(|f| {
+                f["location"]["uri"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!(":{port}")))
+            })
+            .collect::<Vec<_>>()
+    };
+    let ours = at(u64::from(unexpected_port));
+    assert_eq!(ours.len(), 1, "{report:#}");
+    assert_eq!(
+        ours[0]["location"]["uri"],
+        format!("tcp://127.0.0.1:{unexpected_port}")
+    );
+    assert_eq!(ours[0]["severity"], "info");
+    let detail = ours[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("(pid {}, uid ", std::process::id())),
+        "{detail}"
+    );
+    assert!(at(u64::from(dep_port)).is_empty(), "{report:#}");
+    assert!(at(leaky_port).is_empty(), "{report:#}");
+    let status = p.status().unwrap();
+    for service in status["services"].as_array().unwrap() {
+        let listen = service["listen"].as_str().unwrap_or_default();
+        if let Some((_, port)) = listen.rsplit_once(':') {
+            assert!(at(port.parse().unwrap()).is_empty(), "{listen}: {report:#}");
+        }
+    }
+    drop((dependency, unexpected));
     let out = p.cli(&["down"]);
     assert!(out.status.success());
     p.wait_daemon_exit(Duration::from_secs(30));
