@@ -1,7 +1,9 @@
 //! Access control and secrets with the real binary and a real daemon: the remote API over
 //! HTTPS with tokens and roles (401, 403, revoked, expired, the failed-auth limit), remote
-//! status, `logs -f` and a streamed deploy with `--fingerprint`; secrets set on stdin reaching
-//! an instance's environment and nothing else.
+//! status, `logs -f` and a streamed deploy with `--fingerprint`; the token from `--token-file`,
+//! `TCF_TOKEN_FILE` or `TCF_TOKEN` and the host and pin from `TCF_HOST`/`TCF_FINGERPRINT`; the
+//! API served from `[daemon] tls_cert`/`tls_key` and trusted with `--ca`/`TCF_CA`; secrets set
+//! on stdin reaching an instance's environment and nothing else.
 
 mod common;
 
@@ -53,6 +55,30 @@ fn remote(url: &str, fingerprint: &str, token: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// The CLI with none of the remote settings (TCF_HOST, TCF_TOKEN, ...) inherited from the
+/// test's environment: each case sets exactly what it tests.
+fn bare_cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(common::bin());
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    for var in [
+        "TCF_CONFIG",
+        "TCF_HOST",
+        "TCF_TOKEN",
+        "TCF_TOKEN_FILE",
+        "TCF_FINGERPRINT",
+        "TCF_CA",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 /// A raw HTTPS request with curl (pinning is the CLI's job; here the status codes matter).
@@ -140,6 +166,79 @@ fn the_remote_api_needs_a_token_with_the_right_role() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+
+    // The token from --token-file (a trailing newline is fine); it wins over TCF_TOKEN, which
+    // here holds no token at all (sent, it would be a 401).
+    let token_file = p.dir.path().join("viewer.token");
+    std::fs::write(&token_file, format!("{viewer}\n")).unwrap();
+    let out = bare_cli(&["status", "--host", &url, "--fingerprint", &fingerprint])
+        .arg("--token-file")
+        .arg(&token_file)
+        .env("TCF_TOKEN", "tcfp_not_a_token")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Everything from the environment: TCF_HOST, TCF_TOKEN_FILE, and TCF_FINGERPRINT pasted as
+    // `openssl x509 -fingerprint` prints it (upper case, colons).
+    let pasted = fingerprint
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).unwrap().to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let out = bare_cli(&["status", "--format", "json"])
+        .env("TCF_HOST", &url)
+        .env("TCF_TOKEN_FILE", &token_file)
+        .env("TCF_FINGERPRINT", &pasted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let env_status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(env_status["platform"], "access");
+    // TCF_TOKEN and TCF_HOST, with --host winning over TCF_HOST (which names a closed port).
+    let out = bare_cli(&["status", "--host", &url, "--fingerprint", &fingerprint])
+        .env("TCF_HOST", "https://127.0.0.1:1")
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A token file that cannot be read, or holds no token: said, nothing sent.
+    let missing = p.dir.path().join("no-such.token");
+    let out = bare_cli(&["status", "--host", &url, "--fingerprint", &fingerprint])
+        .arg("--token-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("cannot read the token file {}", missing.display())),
+        "{}",
+        text(&out)
+    );
+    let empty = p.dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = bare_cli(&["status", "--fingerprint", &fingerprint])
+        .env("TCF_HOST", &url)
+        .env("TCF_TOKEN_FILE", &empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(stderr_of(&out).contains("needs a token"), "{}", text(&out));
+    // A host with no way to trust its certificate is refused before connecting.
+    let out = bare_cli(&["status"])
+        .env("TCF_HOST", &url)
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--fingerprint") && err.contains("--ca"),
+        "{}",
+        text(&out)
+    );
 
     // Stopping the platform is the admin's.
     let out = remote(&url, &fingerprint, &viewer, &["down"]);
@@ -265,13 +364,13 @@ fn auth_failures(p: &Platform) -> usize {
         .count()
 }
 
-fn sha256_hex(value: &str) -> String {
+fn sha256_hex(value: impl AsRef<[u8]>) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(value.as_bytes())?;
+            c.stdin.take().unwrap().write_all(value.as_ref())?;
             c.wait_with_output()
         })
         .unwrap();
@@ -526,5 +625,91 @@ fn an_admin_stops_the_platform_remotely_and_no_local_pid_is_signalled() {
             .iter()
             .any(|e| e["kind"] == "daemon.stop_requested" && e["actor"] == "ops"),
         "{events:#}"
+    );
+}
+
+#[test]
+fn the_remote_api_serves_the_configured_certificate_and_a_client_trusts_its_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tcf_testkit::openssl_ca_and_cert(certs.path());
+    let (api_port, listen) = (free_port(), free_port());
+    let text_with_tls = config(api_port, Some(listen), "").replace(
+        "[daemon]\n",
+        &format!("[daemon]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
+    );
+    assert!(text_with_tls.contains("tls_key"), "{text_with_tls}");
+    let mut p = Platform::new(&text_with_tls);
+    p.up();
+    let status = p.wait_for("healthy", Duration::from_secs(30), all_healthy);
+
+    // The daemon serves the configured certificate (its fingerprint is the file's), and makes
+    // no self-signed one.
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(der.status.success(), "{}", text(&der));
+    assert_eq!(
+        status["api"]["fingerprint_sha256"].as_str(),
+        Some(sha256_hex(&der.stdout).as_str()),
+        "{status:#}"
+    );
+    assert!(!p.dir.path().join(".tcf/api-cert.pem").exists());
+
+    let url = format!("https://127.0.0.1:{listen}");
+    let viewer = create_token(&p, "watcher", "viewer", &[]);
+
+    // --ca, no fingerprint: the chain and the name (IP 127.0.0.1) are checked.
+    let out = bare_cli(&["status", "--format", "json", "--host", &url, "--ca"])
+        .arg(&ca)
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let remote_status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remote_status["platform"], "access");
+    // The same from TCF_CA.
+    let out = bare_cli(&["status"])
+        .env("TCF_HOST", &url)
+        .env("TCF_CA", &ca)
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // No --ca nor --fingerprint: refused, saying what to give.
+    let out = bare_cli(&["status", "--host", &url])
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--fingerprint") && err.contains("--ca FILE"),
+        "{}",
+        text(&out)
+    );
+
+    // Another CA did not issue it: the TLS handshake fails, no request is made. (Both test CAs
+    // have the same name, so rustls reports a bad signature rather than an unknown issuer.)
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = tcf_testkit::openssl_ca_and_cert(other.path());
+    let out = bare_cli(&["status", "--host", &url, "--ca"])
+        .arg(&other_ca)
+        .env("TCF_TOKEN", &viewer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("TLS: invalid peer certificate"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        auth_failures(&p),
+        0,
+        "nothing reached the API unauthenticated"
     );
 }
