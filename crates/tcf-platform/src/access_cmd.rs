@@ -19,8 +19,12 @@ pub fn remote(cli: &Cli) -> anyhow::Result<Option<Remote>> {
         return Ok(None);
     };
     let token = match &cli.token_file {
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the token file {}", file.display()))?,
+        Some(file) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?;
+            warn_if_others_can_read(file);
+            token
+        }
         None => std::env::var("TCF_TOKEN").unwrap_or_default(),
     };
     let trust = match (&cli.fingerprint, &cli.ca) {
@@ -40,6 +44,23 @@ pub fn remote(cli: &Cli) -> anyhow::Result<Option<Remote>> {
     Ok(Some(
         Remote::new(url, &token, trust).map_err(anyhow::Error::msg)?,
     ))
+}
+
+/// A token is a password: say so when a token file's mode lets the group or others read it
+/// (as ssh does for a private key; a warning, since the file may be on a filesystem without
+/// Unix modes).
+fn warn_if_others_can_read(file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: the token file {} can be read by others (mode {mode:03o}): chmod 600 {}",
+                file.display(),
+                file.display()
+            );
+        }
+    }
 }
 
 fn normalize_fingerprint(text: &str) -> anyhow::Result<String> {

@@ -10,6 +10,7 @@ mod common;
 use common::{all_healthy, free_port, wait_until, Platform};
 use serde_json::Value;
 use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -171,13 +172,32 @@ fn the_remote_api_needs_a_token_with_the_right_role() {
     // here holds no token at all (sent, it would be a 401).
     let token_file = p.dir.path().join("viewer.token");
     std::fs::write(&token_file, format!("{viewer}\n")).unwrap();
-    let out = bare_cli(&["status", "--host", &url, "--fingerprint", &fingerprint])
-        .arg("--token-file")
-        .arg(&token_file)
-        .env("TCF_TOKEN", "tcfp_not_a_token")
-        .output()
-        .unwrap();
+    let with_token_file = || {
+        bare_cli(&["status", "--host", &url, "--fingerprint", &fingerprint])
+            .arg("--token-file")
+            .arg(&token_file)
+            .env("TCF_TOKEN", "tcfp_not_a_token")
+            .output()
+            .unwrap()
+    };
+    // Readable by others: it works, with a warning naming the fix.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = with_token_file();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("can be read by others (mode 644): chmod 600"),
+        "{}",
+        text(&out)
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = with_token_file();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
 
     // Everything from the environment: TCF_HOST, TCF_TOKEN_FILE, and TCF_FINGERPRINT pasted as
     // `openssl x509 -fingerprint` prints it (upper case, colons).
@@ -412,7 +432,6 @@ fn a_secret_reaches_the_instance_and_nothing_else() {
     let out = set_secret(&p, "db_password", &value);
     assert!(out.status.success(), "{}", text(&out));
     let state = p.dir.path().join(".tcf");
-    use std::os::unix::fs::PermissionsExt;
     for (file, mode) in [("", 0o700), ("secrets.key", 0o600), ("state.db", 0o600)] {
         let m = std::fs::metadata(state.join(file))
             .unwrap()
