@@ -964,7 +964,7 @@ fn live_handshakes_judge_what_a_dependency_serves() {
     let (cert, key) = (root.join("weak.pem"), root.join("weak.key"));
     let made = std::process::Command::new("openssl")
         .args([
-            "req", "-x509", "-newkey", "rsa:1024", "-sha1", "-nodes", "-days", "30",
+            "req", "-x509", "-newkey", "rsa:1024", "-sha1", "-nodes", "-days", "90",
         ])
         .args([
             "-subj",
