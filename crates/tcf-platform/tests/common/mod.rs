@@ -241,7 +241,31 @@ impl Drop for Platform {
                 );
             }
         }
+        // Instances outlive a killed daemon, and one started after the test last looked (a
+        // deploy's new colour) is in no status the test read: every process working in this
+        // platform's directory is one of its instances.
+        for pid in processes_working_in(self.dir.path()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
+}
+
+/// Pids of the processes whose working directory is `dir` or below it.
+pub fn processes_working_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 pub use tcf_testkit::http_get;
