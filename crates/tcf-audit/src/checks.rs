@@ -1500,17 +1500,7 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
     };
     // The services' addresses and the daemon's own: plain HTTP listeners, the remote API,
     // the Prometheus endpoint, the dashboard.
-    let expected: BTreeSet<SocketAddr> = config
-        .services
-        .values()
-        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
-        .chain([
-            config.daemon.listen,
-            config.monitor.metrics_listen,
-            config.monitor.dashboard_listen,
-        ])
-        .flatten()
-        .collect();
+    let expected: BTreeSet<SocketAddr> = daemon_addresses(config).collect();
     let mut findings = Vec::new();
     for service in config.services.values() {
         if !bound.contains(&service.listen) {
@@ -1543,6 +1533,21 @@ fn listeners_vs_config(rule: &'static Rule, config: &Config, live: &LiveView) ->
 
 /// Every listener of the host that is neither the platform's processes' nor on a port the
 /// config declares.
+/// Every address the daemon itself listens on: the services' (and their plain HTTP
+/// listeners), the remote API, the Prometheus endpoint, the dashboard.
+fn daemon_addresses(config: &Config) -> impl Iterator<Item = SocketAddr> + '_ {
+    config
+        .services
+        .values()
+        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
+        .chain([
+            config.daemon.listen,
+            config.monitor.metrics_listen,
+            config.monitor.dashboard_listen,
+        ])
+        .flatten()
+}
+
 fn unexpected_listeners(rule: &'static Rule, config: &Config, live: &LiveView) -> CheckResult {
     let rows = match procnet::host_listen_rows() {
         Ok(rows) => rows,
@@ -1562,18 +1567,7 @@ fn unexpected_listeners(rule: &'static Rule, config: &Config, live: &LiveView) -
     }
     // Declared ports: whatever holds them (docker-proxy publishing a container's port, a
     // dependency run outside the platform) is expected there.
-    let mut ports: BTreeSet<u16> = config
-        .services
-        .values()
-        .flat_map(|s| [Some(s.listen), s.tls.as_ref().and_then(|t| t.http_listen)])
-        .chain([
-            config.daemon.listen,
-            config.monitor.metrics_listen,
-            config.monitor.dashboard_listen,
-        ])
-        .flatten()
-        .map(|a| a.port())
-        .collect();
+    let mut ports: BTreeSet<u16> = daemon_addresses(config).map(|a| a.port()).collect();
     ports.extend(
         live.services
             .iter()

@@ -333,6 +333,17 @@ pub fn table_stats(
     Ok(stats)
 }
 
+/// A read-only REPEATABLE READ transaction: one snapshot for everything it reads.
+fn snapshot_transaction(
+    client: &mut Client,
+) -> std::result::Result<postgres::Transaction<'_>, postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+}
+
 /// [`table_stats`] of `database` as of an exported `snapshot`.
 fn count_in_snapshot(
     conn: &PgConn,
@@ -347,12 +358,7 @@ fn count_in_snapshot(
         ))
     };
     let mut client = conn.connect(database)?;
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(failed)?;
+    let mut tx = snapshot_transaction(&mut client).map_err(failed)?;
     tx.batch_execute(&format!(
         "SET TRANSACTION SNAPSHOT {}",
         quote_literal(snapshot)
@@ -372,12 +378,7 @@ pub fn dump_database(
     write_context: &str,
 ) -> Result<Expectation> {
     let mut client = conn.connect(database)?;
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(|e| conn.err(error_text(&e)))?;
+    let mut tx = snapshot_transaction(&mut client).map_err(|e| conn.err(error_text(&e)))?;
     let snapshot: String = tx
         .query_one("SELECT pg_export_snapshot()", &[])
         .map_err(|e| {

@@ -82,6 +82,18 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// A remote command given neither --fingerprint nor --ca fails, saying to give one of them.
+fn assert_refused_for_want_of_trust(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--fingerprint SHA256") && err.contains("--ca FILE"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A raw HTTPS request with curl (pinning is the CLI's job; here the status codes matter).
 fn curl(url: &str, token: Option<&str>) -> (u16, String) {
     let mut cmd = Command::new("curl");
@@ -247,17 +259,10 @@ fn the_remote_api_needs_a_token_with_the_right_role() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(stderr_of(&out).contains("needs a token"), "{}", text(&out));
     // A host with no way to trust its certificate is refused before connecting.
-    let out = bare_cli(&["status"])
-        .env("TCF_HOST", &url)
-        .env("TCF_TOKEN", &viewer)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("--fingerprint") && err.contains("--ca"),
-        "{}",
-        text(&out)
+    assert_refused_for_want_of_trust(
+        bare_cli(&["status"])
+            .env("TCF_HOST", &url)
+            .env("TCF_TOKEN", &viewer),
     );
 
     // Stopping the platform is the admin's.
@@ -698,16 +703,8 @@ fn the_remote_api_serves_the_configured_certificate_and_a_client_trusts_its_ca()
     assert!(out.status.success(), "{}", text(&out));
 
     // No --ca nor --fingerprint: refused, saying what to give.
-    let out = bare_cli(&["status", "--host", &url])
-        .env("TCF_TOKEN", &viewer)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("--fingerprint") && err.contains("--ca FILE"),
-        "{}",
-        text(&out)
+    assert_refused_for_want_of_trust(
+        bare_cli(&["status", "--host", &url]).env("TCF_TOKEN", &viewer),
     );
 
     // Another CA did not issue it: the TLS handshake fails, no request is made. (Both test CAs
