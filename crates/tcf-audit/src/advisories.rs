@@ -367,19 +367,19 @@ pub const LOCKFILE_NAMES: &str =
 
 /// The lockfiles in `dir` (not below it), sorted by name.
 pub fn lockfiles_in(dir: &Path) -> Vec<PathBuf> {
+    files_named(dir, |name| LockfileKind::of(name).is_some())
+}
+
+/// The regular files directly in `dir` whose names `wanted` accepts, sorted; none if `dir`
+/// cannot be read.
+pub fn files_named(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(LockfileKind::of)
-                    .is_some()
-        })
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(&wanted))
         .collect();
     files.sort();
     files

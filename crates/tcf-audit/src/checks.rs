@@ -297,18 +297,11 @@ fn store_file_modes(rule: &'static Rule, config: &Config) -> Result<Vec<Finding>
         reachable_bits |= 0o006;
     }
     // The secrets key and the remote API's private key too (see docs/security.md).
-    let mut files: Vec<PathBuf> = [
-        "state.db",
-        "state.db-wal",
-        "state.db-shm",
-        "daemon.lock",
-        "secrets.key",
-        "api-key.pem",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .filter(|p| p.exists())
-    .collect();
+    let mut files: Vec<PathBuf> = PRIVATE_STATE_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
     if let Ok(logs) = std::fs::read_dir(dir.join("logs")) {
         let mut log_files: Vec<PathBuf> = logs.flatten().map(|e| e.path()).collect();
         log_files.sort();
@@ -353,21 +346,25 @@ fn uid_text(uid: u32) -> String {
 
 /// The files whose owner TCF-FS-007 checks, those that exist: the state directory, the store,
 /// the key files and the config.
+/// The state directory's files that only the daemon's user may read: the store, its lock, the
+/// secrets key and the remote API's private key (see docs/security.md).
+const PRIVATE_STATE_FILES: [&str; 6] = [
+    "state.db",
+    "state.db-wal",
+    "state.db-shm",
+    "daemon.lock",
+    "secrets.key",
+    "api-key.pem",
+];
+
 fn owned_files(config: &Config) -> Vec<PathBuf> {
     let dir = &config.platform.state_dir;
     let mut files = vec![dir.clone()];
     files.extend(
-        [
-            "state.db",
-            "state.db-wal",
-            "state.db-shm",
-            "daemon.lock",
-            "secrets.key",
-            "api-key.pem",
-            "api-cert.pem",
-        ]
-        .iter()
-        .map(|f| dir.join(f)),
+        PRIVATE_STATE_FILES
+            .iter()
+            .chain(&["api-cert.pem"])
+            .map(|f| dir.join(f)),
     );
     if let Some((cert, key)) = &config.daemon.tls {
         files.push(key.clone());
@@ -830,21 +827,7 @@ fn secrets_in_files(rule: &'static Rule, config: &Config) -> Vec<Finding> {
     }
     let mut findings = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(is_env_or_compose_file)
-            })
-            .collect();
-        files.sort();
-        for file in files {
+        for file in advisories::files_named(&dir, is_env_or_compose_file) {
             // Binary or unreadable files are not env files.
             let Ok(text) = std::fs::read_to_string(&file) else {
                 continue;
