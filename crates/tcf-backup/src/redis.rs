@@ -357,7 +357,8 @@ impl Throwaway {
                     .conn
                     .err("the scratch redis-server did not load the RDB within 120 s"));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Loading a large RDB takes about a second: a short poll keeps the wait close to it.
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
