@@ -113,7 +113,7 @@ fn postgres_back_up_damage_restore() {
     assert_eq!(tables["public.customers"].rows, 500);
     assert_eq!(tables["billing.Invoices"].rows, 2000);
     assert!(
-        tables["public.customers"].checksum.starts_with("h64:"),
+        tables["public.customers"].checksum.starts_with("r64:"),
         "{:?}",
         tables["public.customers"]
     );
@@ -454,7 +454,7 @@ fn postgres_counts_match_the_dump_under_concurrent_writes() {
 /// way its backup was counted, and a changed row is still caught.
 #[test]
 fn md5_counted_backups_are_verified_the_md5_way() {
-    use tcf_backup::postgres::{self, RowChecksum};
+    use tcf_backup::postgres::{self, Counting, RowChecksum};
     let (_server, conn) = start_postgres();
     conn.connect("postgres")
         .unwrap()
@@ -468,15 +468,20 @@ fn md5_counted_backups_are_verified_the_md5_way() {
     .unwrap();
     let (server, major) = postgres::server_version(&conn).unwrap();
     let tools = postgres::find_tools(major, &server, None).unwrap();
-    let md5 = postgres::table_stats(&mut db, RowChecksum::Md5).unwrap();
-    assert!(!md5["public.notes"].checksum.starts_with("h64:"));
-    assert_eq!(RowChecksum::recorded_in(&md5), RowChecksum::Md5);
+    let md5 = postgres::table_stats(&mut db, Counting::Fresh(RowChecksum::Md5)).unwrap();
+    assert_eq!(
+        RowChecksum::of(&md5["public.notes"].checksum),
+        RowChecksum::Md5
+    );
     let mut dump = Vec::new();
     let fresh = postgres::dump_database(&conn, &tools, "legacy", &mut dump, "memory").unwrap();
     let tcf_backup::Expectation::Tables { tables, .. } = &fresh else {
         panic!("{fresh:?}")
     };
-    assert_eq!(RowChecksum::recorded_in(tables), RowChecksum::Hash64);
+    assert_eq!(
+        RowChecksum::of(&tables["public.notes"].checksum),
+        RowChecksum::Record64
+    );
     assert_eq!(tables["public.notes"].rows, 300);
 
     // The expectation a pre-h64 backup of this dump would carry.
@@ -508,7 +513,7 @@ fn md5_counted_backups_are_verified_the_md5_way() {
 
     db.batch_execute("UPDATE notes SET body = 'changed' WHERE id = 7")
         .unwrap();
-    let changed = postgres::table_stats(&mut db, RowChecksum::Md5).unwrap();
+    let changed = postgres::table_stats(&mut db, Counting::Fresh(RowChecksum::Md5)).unwrap();
     assert_eq!(changed["public.notes"].rows, 300);
     assert_ne!(
         changed["public.notes"].checksum,
@@ -521,4 +526,58 @@ fn md5_counted_backups_are_verified_the_md5_way() {
         problems,
         vec!["table public.notes has the same row count but different rows".to_string()]
     );
+}
+
+/// A table whose columns have no extended hash (json, point) is summed by its text instead, in
+/// the same backup as tables summed by their records; the restore is compared table by table
+/// the way each was counted, and a changed row of either kind is caught.
+#[test]
+fn tables_without_a_record_hash_are_summed_by_their_text() {
+    use tcf_backup::postgres::{self, Counting, RowChecksum};
+    let (_server, conn) = start_postgres();
+    conn.connect("postgres")
+        .unwrap()
+        .batch_execute("CREATE DATABASE mixed")
+        .unwrap();
+    let mut db = conn.connect("mixed").unwrap();
+    db.batch_execute(
+        "CREATE TABLE plain (id int PRIMARY KEY, body text);
+         INSERT INTO plain SELECT g, 'row ' || g FROM generate_series(1, 200) g;
+         CREATE TABLE docs (id int PRIMARY KEY, doc json, at point);
+         INSERT INTO docs SELECT g, json_build_object('n', g), point(g, g) FROM generate_series(1, 50) g",
+    )
+    .unwrap();
+    let (server, major) = postgres::server_version(&conn).unwrap();
+    let tools = postgres::find_tools(major, &server, None).unwrap();
+    let mut dump = Vec::new();
+    let fresh = postgres::dump_database(&conn, &tools, "mixed", &mut dump, "memory").unwrap();
+    let tcf_backup::Expectation::Tables { tables, .. } = &fresh else {
+        panic!("{fresh:?}")
+    };
+    assert_eq!(
+        RowChecksum::of(&tables["public.plain"].checksum),
+        RowChecksum::Record64
+    );
+    assert_eq!(
+        RowChecksum::of(&tables["public.docs"].checksum),
+        RowChecksum::Hash64
+    );
+    assert_eq!(tables["public.docs"].rows, 50);
+    let problems =
+        postgres::verify_restore(&conn, &tools, "mixed", &fresh, &mut &dump[..]).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // The same rows counted now match; after a change to each table, both differ.
+    let same = postgres::table_stats(&mut db, Counting::AsRecorded(tables)).unwrap();
+    assert_eq!(&same, tables);
+    db.batch_execute(
+        "UPDATE plain SET body = 'changed' WHERE id = 7;
+         UPDATE docs SET doc = '{\"n\": -1}' WHERE id = 3",
+    )
+    .unwrap();
+    let changed = postgres::table_stats(&mut db, Counting::AsRecorded(tables)).unwrap();
+    for table in ["public.plain", "public.docs"] {
+        assert_eq!(changed[table].rows, tables[table].rows);
+        assert_ne!(changed[table].checksum, tables[table].checksum, "{table}");
+    }
 }
