@@ -334,6 +334,10 @@ pub async fn serve(
                         });
                     }
                 }
+                // One accept per turn (nginx's `multi_accept off`): without this the loop takes
+                // every pending connection (up to tokio's budget) before any of them runs, so a
+                // burst of handshakes queues ahead of requests already in progress.
+                tokio::task::yield_now().await;
             }
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
