@@ -24,6 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tcf_api::{Client, ClientError};
 use tcf_config::{Config, ConfigError};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// A failure with its exit code: 1 for operational failures, 2 for usage and config errors.
 struct Failure {
@@ -224,15 +226,29 @@ async fn dispatch(cli: Cli) -> CmdResult {
     }
 }
 
+/// `TCF_LOG`: a level (`debug`) or per-module levels (`info,tcf_proxy=debug`); info when unset.
+/// (tracing-subscriber's `Targets`: the same directives as `RUST_LOG` without span filters, and
+/// no regex engine in the binary.)
+fn log_filter() -> tracing_subscriber::filter::Targets {
+    let info = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing_subscriber::filter::LevelFilter::INFO);
+    match std::env::var("TCF_LOG") {
+        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("warning: TCF_LOG={spec:?} is not a log filter ({e}); logging at info\nhint: TCF_LOG=debug, or per module: TCF_LOG=info,tcf_proxy=debug");
+            info
+        }),
+        Err(_) => info,
+    }
+}
+
 async fn up(cli: &Cli) -> CmdResult {
     let config = load_config(cli)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TCF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        .with(log_filter())
         .init();
     eprintln!(
         "tcf-platform {}: platform {} with {} service(s); state in {}; API on {}",
