@@ -450,24 +450,35 @@ fn postgres_counts_match_the_dump_under_concurrent_writes() {
     assert!(report.ok, "{report:#?}");
 }
 
+/// A new database `name` on the server, made by `sql`: a client of it and the dump tools.
+fn database_with(
+    conn: &tcf_backup::postgres::PgConn,
+    name: &str,
+    sql: &str,
+) -> (postgres::Client, tcf_backup::postgres::PgTools) {
+    use tcf_backup::postgres as pg;
+    conn.connect("postgres")
+        .unwrap()
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut db = conn.connect(name).unwrap();
+    db.batch_execute(sql).unwrap();
+    let (server, major) = pg::server_version(conn).unwrap();
+    (db, pg::find_tools(major, &server, None).unwrap())
+}
+
 /// Backups made before the 64-bit row hash recorded MD5 sums: a restore is still compared the
 /// way its backup was counted, and a changed row is still caught.
 #[test]
 fn md5_counted_backups_are_verified_the_md5_way() {
     use tcf_backup::postgres::{self, Counting, RowChecksum};
     let (_server, conn) = start_postgres();
-    conn.connect("postgres")
-        .unwrap()
-        .batch_execute("CREATE DATABASE legacy")
-        .unwrap();
-    let mut db = conn.connect("legacy").unwrap();
-    db.batch_execute(
+    let (mut db, tools) = database_with(
+        &conn,
+        "legacy",
         "CREATE TABLE notes (id int PRIMARY KEY, body text);
          INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g",
-    )
-    .unwrap();
-    let (server, major) = postgres::server_version(&conn).unwrap();
-    let tools = postgres::find_tools(major, &server, None).unwrap();
+    );
     let md5 = postgres::table_stats(&mut db, Counting::Fresh(RowChecksum::Md5)).unwrap();
     assert_eq!(
         RowChecksum::of(&md5["public.notes"].checksum),
@@ -535,20 +546,14 @@ fn md5_counted_backups_are_verified_the_md5_way() {
 fn tables_without_a_record_hash_are_summed_by_their_text() {
     use tcf_backup::postgres::{self, Counting, RowChecksum};
     let (_server, conn) = start_postgres();
-    conn.connect("postgres")
-        .unwrap()
-        .batch_execute("CREATE DATABASE mixed")
-        .unwrap();
-    let mut db = conn.connect("mixed").unwrap();
-    db.batch_execute(
+    let (mut db, tools) = database_with(
+        &conn,
+        "mixed",
         "CREATE TABLE plain (id int PRIMARY KEY, body text);
          INSERT INTO plain SELECT g, 'row ' || g FROM generate_series(1, 200) g;
          CREATE TABLE docs (id int PRIMARY KEY, doc json, at point);
          INSERT INTO docs SELECT g, json_build_object('n', g), point(g, g) FROM generate_series(1, 50) g",
-    )
-    .unwrap();
-    let (server, major) = postgres::server_version(&conn).unwrap();
-    let tools = postgres::find_tools(major, &server, None).unwrap();
+    );
     let mut dump = Vec::new();
     let fresh = postgres::dump_database(&conn, &tools, "mixed", &mut dump, "memory").unwrap();
     let tcf_backup::Expectation::Tables { tables, .. } = &fresh else {
