@@ -1,8 +1,14 @@
-//! `tcf-load`: a fixed-rate HTTP/1.1 load generator over keep-alive connections.
+//! `tcf-load`: a fixed-rate HTTP/1.1 load generator, over keep-alive connections or a new
+//! connection per request, plain or over TLS.
 //!
-//! Every request is scheduled on a fixed timetable; its latency is measured from when it was
-//! *scheduled*, so a stall shows up in the numbers instead of hiding (no coordinated
-//! omission). Every outcome is written as one CSV line:
+//! Every request is scheduled on a fixed timetable, so two servers given the same rate get the
+//! same load whichever is faster (a closed-loop tool such as wrk pushes the faster one's
+//! bottleneck onto its own CPU). A request that waits for the one before it on its connection
+//! is measured from when it was *scheduled*, so a stall shows up in the numbers instead of
+//! hiding (no coordinated omission); one that only woke late (the timer's millisecond
+//! granularity, the load generator's own CPU) is measured from when it was sent. A new
+//! connection's request is measured with its connect and TLS handshake. Every outcome is
+//! written as one CSV line:
 //! `scheduled_ms,latency_us,status,proxy_error,connection_error`.
 //! SIGTERM or SIGINT stops it early; what was measured is still written.
 
@@ -10,6 +16,8 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +37,17 @@ struct Args {
     /// Requests per second, in total
     #[arg(long, default_value_t = 200)]
     rate: u32,
-    /// Keep-alive connections sharing the rate
+    /// Keep-alive connections sharing the rate (with --new-connection: clients, each opening
+    /// one connection per request)
     #[arg(long, default_value_t = 8)]
     connections: u32,
+    /// Open a new connection for every request (and close it after the response)
+    #[arg(long)]
+    new_connection: bool,
+    /// Speak TLS, trusting the certificates in this PEM file (the server's own self-signed
+    /// certificate will do); the server name is the host of --addr
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     /// Stop after this long (SIGTERM stops it earlier)
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -49,14 +65,70 @@ struct Sample {
     connection_error: bool,
 }
 
+static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn connect(addr: &str) -> Result<Sender, String> {
+/// TLS to the target: the client config and the name its certificate must carry.
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl Tls {
+    fn new(ca: &std::path::Path, addr: &str) -> Result<Tls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host} is not a server name: {e}"))?;
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+async fn connect(addr: &str, tls: Option<&Tls>) -> Result<Sender, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            handshake(stream).await
+        }
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<Sender, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
@@ -65,12 +137,18 @@ async fn connect(addr: &str) -> Result<Sender, String> {
     Ok(sender)
 }
 
-async fn one(sender: &mut Sender, addr: &str, path: &str) -> Result<(u16, bool), String> {
+async fn one(
+    sender: &mut Sender,
+    addr: &str,
+    path: &str,
+    close: bool,
+) -> Result<(u16, bool), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
-    let req = hyper::Request::get(path)
-        .header("host", addr)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::get(path).header("host", addr);
+    if close {
+        req = req.header("connection", "close");
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let by_proxy = resp.headers().contains_key("x-tcf-proxy-error");
@@ -83,6 +161,7 @@ async fn one(sender: &mut Sender, addr: &str, path: &str) -> Result<(u16, bool),
 
 async fn worker(
     args: Arc<Args>,
+    tls: Option<Arc<Tls>>,
     index: u32,
     start: Instant,
     end: Instant,
@@ -94,6 +173,7 @@ async fn worker(
     let mut next = start + period.mul_f64(index as f64 / args.connections as f64);
     let mut sender: Option<Sender> = None;
     let mut local = Vec::new();
+    let mut previous_done = start;
     while next < end {
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
@@ -101,14 +181,25 @@ async fn worker(
         }
         let scheduled = next;
         next += period;
+        // Late because the request before it was still running: the server's delay, counted
+        // from the schedule. Late only because this task woke late: ours, not counted.
+        let measured_from = if previous_done > scheduled {
+            scheduled
+        } else {
+            Instant::now()
+        };
         if sender.is_none() {
-            sender = connect(&args.addr).await.ok();
+            sender = connect(&args.addr, tls.as_deref()).await.ok();
         }
         let outcome = match sender.as_mut() {
-            Some(s) => one(s, &args.addr, &args.path).await,
+            Some(s) => one(s, &args.addr, &args.path, args.new_connection).await,
             None => Err("connect failed".into()),
         };
-        let latency_us = scheduled.elapsed().as_micros() as u64;
+        if args.new_connection {
+            sender = None;
+        }
+        previous_done = Instant::now();
+        let latency_us = previous_done.duration_since(measured_from).as_micros() as u64;
         let scheduled_ms = scheduled.duration_since(start).as_millis() as u64;
         match outcome {
             Ok((status, proxy_error)) => local.push(Sample {
@@ -118,7 +209,9 @@ async fn worker(
                 proxy_error,
                 connection_error: false,
             }),
-            Err(_) => {
+            Err(e) => {
+                // The first failure's reason, for the summary line (the CSV has no room for it).
+                let _ = FIRST_ERROR.set(e);
                 sender = None;
                 local.push(Sample {
                     scheduled_ms,
@@ -136,6 +229,16 @@ async fn worker(
 #[tokio::main]
 async fn main() {
     let args = Arc::new(Args::parse());
+    let tls = match &args.ca {
+        None => None,
+        Some(ca) => match Tls::new(ca, &args.addr) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                eprintln!("tcf-load: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
     let start = Instant::now();
     let end = start + args.duration;
     let samples = Arc::new(Mutex::new(Vec::new()));
@@ -154,6 +257,7 @@ async fn main() {
         .map(|i| {
             tokio::spawn(worker(
                 args.clone(),
+                tls.clone(),
                 i,
                 start,
                 end,
@@ -189,5 +293,12 @@ async fn main() {
         );
     }
     let _ = out.flush();
-    eprintln!("tcf-load: {} requests", samples.len());
+    let failed = samples.iter().filter(|s| s.connection_error).count();
+    match FIRST_ERROR.get() {
+        Some(e) => eprintln!(
+            "tcf-load: {} requests, {failed} failed to connect or to get an answer (the first: {e})",
+            samples.len()
+        ),
+        None => eprintln!("tcf-load: {} requests", samples.len()),
+    }
 }
