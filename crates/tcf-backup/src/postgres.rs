@@ -346,38 +346,24 @@ pub fn table_stats(
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
         let name = format!("{schema}.{table}");
-        let sum =
-            |client: &mut dyn FnMut(
-                &str,
-            )
-                -> std::result::Result<postgres::Row, postgres::Error>,
-             method: RowChecksum| {
-                client(&format!(
-                    "SELECT count(*), {} FROM {}.{} t",
-                    method.sum_expression(),
-                    quote_ident(&schema),
-                    quote_ident(&table)
-                ))
-                .map(|row| (row.get::<_, i64>(0), method.label(row.get(1))))
-            };
         let method = counting.method(&name);
         let (rows, checksum) = if matches!(counting, Counting::Fresh(RowChecksum::Record64)) {
             // A column type without an extended hash fails the query, and with it the
             // transaction: try it under a savepoint, and on that error sum the text instead.
             let mut savepoint = client.transaction()?;
-            match sum(&mut |q| savepoint.query_one(q, &[]), method) {
+            match sum_table(&mut savepoint, method, &schema, &table) {
                 Ok(done) => {
                     savepoint.commit()?;
                     done
                 }
                 Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
                     savepoint.rollback()?;
-                    sum(&mut |q| client.query_one(q, &[]), RowChecksum::Hash64)?
+                    sum_table(client, RowChecksum::Hash64, &schema, &table)?
                 }
                 Err(e) => return Err(e),
             }
         } else {
-            sum(&mut |q| client.query_one(q, &[]), method)?
+            sum_table(client, method, &schema, &table)?
         };
         stats.insert(
             name,
@@ -388,6 +374,23 @@ pub fn table_stats(
         );
     }
     Ok(stats)
+}
+
+/// One table's row count and its checksum by `method`, in one scan.
+fn sum_table(
+    client: &mut impl GenericClient,
+    method: RowChecksum,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<(i64, String), postgres::Error> {
+    let query = format!(
+        "SELECT count(*), {} FROM {}.{} t",
+        method.sum_expression(),
+        quote_ident(schema),
+        quote_ident(table)
+    );
+    let row = client.query_one(&query, &[])?;
+    Ok((row.get(0), method.label(row.get(1))))
 }
 
 /// A read-only REPEATABLE READ transaction: one snapshot for everything it reads.

@@ -308,7 +308,8 @@ pub async fn serve(
                             let _open = open;
                             let handshake = acceptor.accept(stream);
                             let stream = tokio::select! {
-                                done = tokio::time::timeout(TLS_HANDSHAKE, handshake) => match done {
+                                // The worker's deadline table, not a tokio timer per handshake (see deadline.rs).
+                                done = deadline::until(Instant::now() + TLS_HANDSHAKE, handshake) => match done {
                                     Ok(Ok(s)) => s,
                                     // A failed or slow handshake: nothing to answer over.
                                     Ok(Err(e)) => {
