@@ -137,13 +137,62 @@ where
     Ok(sender)
 }
 
+/// Why a request has no answer.
+enum Failure {
+    /// The kept connection was closed before this request went out (the server said
+    /// `Connection: close` or dropped it while idle): any HTTP client sends it again on a new one.
+    Unsent(String),
+    Failed(String),
+}
+
+/// One request, on the kept connection if there is one and it is still open, else on a new one.
+async fn request(
+    sender: &mut Option<Sender>,
+    args: &Args,
+    tls: Option<&Tls>,
+) -> Result<(u16, bool), String> {
+    let mut unsent = String::new();
+    for _ in 0..2 {
+        let open = match sender.take() {
+            Some(open) => open,
+            None => connect(&args.addr, tls).await?,
+        };
+        let sent = sender.insert(open);
+        match one(sent, &args.addr, &args.path, args.new_connection).await {
+            Ok(answer) => return Ok(answer),
+            Err(Failure::Unsent(e)) => {
+                *sender = None;
+                unsent = e;
+            }
+            Err(Failure::Failed(e)) => return Err(e),
+        }
+    }
+    Err(format!(
+        "the server closed two connections in a row before the request went out: {unsent}"
+    ))
+}
+
 async fn one(
     sender: &mut Sender,
     addr: &str,
     path: &str,
     close: bool,
+) -> Result<(u16, bool), Failure> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| Failure::Unsent(e.to_string()))?;
+    one_sent(sender, addr, path, close)
+        .await
+        .map_err(Failure::Failed)
+}
+
+async fn one_sent(
+    sender: &mut Sender,
+    addr: &str,
+    path: &str,
+    close: bool,
 ) -> Result<(u16, bool), String> {
-    sender.ready().await.map_err(|e| e.to_string())?;
     let mut req = hyper::Request::get(path).header("host", addr);
     if close {
         req = req.header("connection", "close");
@@ -188,13 +237,7 @@ async fn worker(
         } else {
             Instant::now()
         };
-        if sender.is_none() {
-            sender = connect(&args.addr, tls.as_deref()).await.ok();
-        }
-        let outcome = match sender.as_mut() {
-            Some(s) => one(s, &args.addr, &args.path, args.new_connection).await,
-            None => Err("connect failed".into()),
-        };
+        let outcome = request(&mut sender, &args, tls.as_deref()).await;
         if args.new_connection {
             sender = None;
         }
