@@ -71,6 +71,8 @@ pub enum SwarmError {
         endpoint: String,
         source: bollard::errors::Error,
     },
+    #[error("the platform's Swarm networks {names} are still listed {waited_s} s after their removal\nhint: look for tasks still attached: `docker network inspect {names}`")]
+    NetworksLinger { names: String, waited_s: u64 },
 }
 
 /// A Swarm service of this platform found at startup, by its labels.
@@ -394,10 +396,12 @@ impl SwarmRuntime {
         Ok(())
     }
 
-    /// Remove the platform's networks, waiting (up to 30 s) for the tasks still attached to
-    /// be gone.
+    /// Remove the platform's networks, waiting (up to 60 s) for the tasks still attached to
+    /// be gone. Done only when the manager no longer lists them: a node that has just come
+    /// back can hold an endpoint on the overlay for a while after its service was removed.
     pub async fn remove_networks(&self) -> Result<(), SwarmError> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        const WAIT: Duration = Duration::from_secs(60);
+        let deadline = Instant::now() + WAIT;
         loop {
             let nets = self
                 .docker
@@ -405,6 +409,10 @@ impl SwarmRuntime {
                     filters: Some(label_filter(LABEL_PLATFORM, &self.platform)),
                 }))
                 .await?;
+            if nets.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<String> = nets.iter().filter_map(|n| n.name.clone()).collect();
             let mut last_error = None;
             for n in nets {
                 if let Some(id) = n.id {
@@ -415,11 +423,16 @@ impl SwarmRuntime {
                     }
                 }
             }
-            match last_error {
-                None => return Ok(()),
-                Some(e) if Instant::now() >= deadline => return Err(e.into()),
-                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            if Instant::now() >= deadline {
+                return match last_error {
+                    Some(e) => Err(e.into()),
+                    None => Err(SwarmError::NetworksLinger {
+                        names: names.join(" "),
+                        waited_s: WAIT.as_secs(),
+                    }),
+                };
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

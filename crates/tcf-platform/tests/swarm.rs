@@ -403,10 +403,19 @@ fn swarm_services_spread_deploy_follow_a_failed_node_and_reconcile() {
     // down removes the platform's services, secrets and network; images are the test's.
     assert!(p.cli(&["down"]).status.success());
     assert_eq!(p.wait_daemon_exit(Duration::from_secs(120)), Some(0));
+    let log = std::fs::read_to_string(p.daemon_log()).unwrap_or_default();
+    let cleanup_warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot remove the platform's Swarm"))
+        .collect();
     for kind in ["service", "secret", "network"] {
         let left = objects(&cluster, kind, &platform);
-        assert!(left.is_empty(), "{kind}s left after down: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{kind}s left after down: {left:?}\ndaemon: {cleanup_warnings:#?}"
+        );
     }
+    assert!(cleanup_warnings.is_empty(), "{cleanup_warnings:#?}");
     drop(p);
     drop(images);
     cluster.down().expect("swarm-cluster down");
