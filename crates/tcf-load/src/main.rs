@@ -21,7 +21,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +55,14 @@ struct Args {
     out: Option<std::path::PathBuf>,
 }
 
+/// What one connection's timetable produced.
+#[derive(Default)]
+struct Worked {
+    samples: Vec<Sample>,
+    /// The first failure's reason and when its request was due (ms from the start).
+    first_error: Option<(u64, String)>,
+}
+
 #[derive(Clone, Copy)]
 struct Sample {
     scheduled_ms: u64,
@@ -64,8 +71,6 @@ struct Sample {
     proxy_error: bool,
     connection_error: bool,
 }
-
-static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -178,33 +183,21 @@ async fn one(
     path: &str,
     close: bool,
 ) -> Result<(u16, bool), Failure> {
+    // A failure before the request is on the wire can be retried; after it, it cannot.
     sender
         .ready()
         .await
         .map_err(|e| Failure::Unsent(e.to_string()))?;
-    one_sent(sender, addr, path, close)
-        .await
-        .map_err(Failure::Failed)
-}
-
-async fn one_sent(
-    sender: &mut Sender,
-    addr: &str,
-    path: &str,
-    close: bool,
-) -> Result<(u16, bool), String> {
+    let failed = |e: &dyn std::fmt::Display| Failure::Failed(e.to_string());
     let mut req = hyper::Request::get(path).header("host", addr);
     if close {
         req = req.header("connection", "close");
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let req = req.body(Empty::new()).map_err(|e| failed(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| failed(&e))?;
     let status = resp.status().as_u16();
     let by_proxy = resp.headers().contains_key("x-tcf-proxy-error");
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
+    resp.into_body().collect().await.map_err(|e| failed(&e))?;
     Ok((status, by_proxy))
 }
 
@@ -214,14 +207,13 @@ async fn worker(
     index: u32,
     start: Instant,
     end: Instant,
-    samples: Arc<Mutex<Vec<Sample>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Worked {
     let period = Duration::from_secs_f64(args.connections as f64 / args.rate.max(1) as f64);
     // Spread the connections' timetables evenly over one period.
     let mut next = start + period.mul_f64(index as f64 / args.connections as f64);
     let mut sender: Option<Sender> = None;
-    let mut local = Vec::new();
+    let mut worked = Worked::default();
     let mut previous_done = start;
     while next < end {
         tokio::select! {
@@ -245,7 +237,7 @@ async fn worker(
         let latency_us = previous_done.duration_since(measured_from).as_micros() as u64;
         let scheduled_ms = scheduled.duration_since(start).as_millis() as u64;
         match outcome {
-            Ok((status, proxy_error)) => local.push(Sample {
+            Ok((status, proxy_error)) => worked.samples.push(Sample {
                 scheduled_ms,
                 latency_us,
                 status,
@@ -254,9 +246,9 @@ async fn worker(
             }),
             Err(e) => {
                 // The first failure's reason, for the summary line (the CSV has no room for it).
-                let _ = FIRST_ERROR.set(e);
+                worked.first_error.get_or_insert((scheduled_ms, e));
                 sender = None;
-                local.push(Sample {
+                worked.samples.push(Sample {
                     scheduled_ms,
                     latency_us,
                     status: 0,
@@ -266,7 +258,7 @@ async fn worker(
             }
         }
     }
-    samples.lock().await.extend(local);
+    worked
 }
 
 #[tokio::main]
@@ -284,7 +276,6 @@ async fn main() {
     };
     let start = Instant::now();
     let end = start + args.duration;
-    let samples = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -304,15 +295,27 @@ async fn main() {
                 i,
                 start,
                 end,
-                samples.clone(),
                 stop_rx.clone(),
             ))
         })
         .collect();
+    let mut samples = Vec::new();
+    let mut first_error: Option<(u64, String)> = None;
     for t in tasks {
-        let _ = t.await;
+        let (worked_samples, error) = match t.await {
+            Ok(worked) => (worked.samples, worked.first_error),
+            Err(e) => (
+                Vec::new(),
+                Some((0, format!("a connection's task failed: {e}"))),
+            ),
+        };
+        samples.extend(worked_samples);
+        if let Some(e) = error {
+            if first_error.as_ref().is_none_or(|f| e.0 < f.0) {
+                first_error = Some(e);
+            }
+        }
     }
-    let mut samples = samples.lock().await.clone();
     samples.sort_by_key(|s| s.scheduled_ms);
     let mut out: Box<dyn Write> = match &args.out {
         Some(p) => match std::fs::File::create(p) {
@@ -337,8 +340,8 @@ async fn main() {
     }
     let _ = out.flush();
     let failed = samples.iter().filter(|s| s.connection_error).count();
-    match FIRST_ERROR.get() {
-        Some(e) => eprintln!(
+    match first_error {
+        Some((_, e)) => eprintln!(
             "tcf-load: {} requests, {failed} failed to connect or to get an answer (the first: {e})",
             samples.len()
         ),
