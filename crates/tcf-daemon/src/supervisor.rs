@@ -23,8 +23,47 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Probe this often until an instance is first healthy, so starts and deploys are quick.
 const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Ask the kernel for a free loopback port for a new instance.
+/// The ports instances are given. Below Linux's ephemeral range (32768-60999 by default), from
+/// which the kernel takes the local port of every outgoing connection: a port from the
+/// ephemeral range, free when handed out, can become some connect()'s before the instance
+/// binds it, and the instance then fails to start. Nomad's dynamic ports use this range for
+/// the same reason.
+const INSTANCE_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// The kernel's ephemeral port range, where the host says (a default where it does not).
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some(bounds.next()??..=bounds.next()??)
+        })
+        .unwrap_or(32768..=60999)
+}
+
+/// A free loopback port for a new instance, from [`INSTANCE_PORTS`] outside the ephemeral
+/// range. Handed out in turn from a per-process starting point, so two instances started
+/// together never get the same port before either has bound it, and daemons side by side
+/// start far apart. The kernel's choice only when that range is full.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(INSTANCE_PORTS.end - INSTANCE_PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let ephemeral = ephemeral_ports();
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = INSTANCE_PORTS.start + offset as u16;
+        if !ephemeral.contains(&port) && port_is_free(port) {
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

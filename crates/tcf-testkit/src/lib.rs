@@ -120,7 +120,7 @@ pub fn start_postgres() -> ServerProcess {
 }
 
 /// [`start_postgres`] on a port the test chose (the platform's tests keep their servers below
-/// the ephemeral range, where the daemon gives its instances ports).
+/// the daemon's instance ports and the ephemeral range).
 pub fn start_postgres_on(port: u16) -> ServerProcess {
     start_postgres_with(port, None)
 }

@@ -29,15 +29,16 @@ pub fn require_demo() {
     );
 }
 
-/// A free port for a public address, below the kernel's ephemeral range (32768 and up), where
-/// the daemons give their instances ports: a test's public port never races an instance's.
+/// A free port for a public address, in 10000-19999: below the daemons' instance ports
+/// (20000-31999) and the kernel's ephemeral range (32768 and up), so a test's public port
+/// never races an instance's or an outgoing connection's.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let region = (std::process::id() % 40) * 300;
+    let region = (std::process::id() % 40) * 250;
     loop {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = 20000 + (region + n) % 12000;
+        let port = 10000 + (region + n) % 10000;
         if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
             return port as u16;
         }
